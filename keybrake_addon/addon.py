@@ -1,0 +1,146 @@
+"""The mitmproxy addon: thin glue between flows and the gate.
+
+Only the vendor hosts are intercepted (`allow_hosts`, set by the proxy runner); every other
+CONNECT is tunnelled untouched. A vendor request is checked before any upstream connection
+exists (lazy connection strategy), so a refused call never reaches the vendor.
+"""
+
+import logging
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from mitmproxy import ctx, exceptions, http
+
+from .gate import Decision, Gate, Ticket
+from .home import KeybrakeHome
+from .installation import open_installation
+from .pricing import PricingError, load_pricing
+from .vendors import VENDORS, vendor_for_host
+from .vendors.base import Refusal, RefusalKind, VendorRequest, VendorResponse
+
+logger = logging.getLogger("keybrake")
+
+TICKET = "keybrake_ticket"
+KEYBRAKE_HEADER_PREFIX = "x-keybrake-"
+
+
+def parse_upstreams(entries: Sequence[str]) -> dict[str, tuple[str, str, int, str]]:
+    """`VENDOR=URL` entries as vendor -> (scheme, host, port, path prefix)."""
+    parsed = {}
+    for entry in entries:
+        vendor, sep, url = entry.partition("=")
+        if not sep or vendor not in VENDORS:
+            raise exceptions.OptionsError(
+                f"--upstream takes VENDOR=URL with VENDOR one of {', '.join(sorted(VENDORS))}; got {entry!r}")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise exceptions.OptionsError(f"--upstream {vendor}: expected an http(s) URL, got {url!r}")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        parsed[vendor] = (parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
+    return parsed
+
+
+class Keybrake:
+    def __init__(self) -> None:
+        self.gate: Gate | None = None
+        self.upstreams: dict[str, tuple[str, str, int, str]] = {}
+
+    def load(self, loader) -> None:
+        loader.add_option("keybrake_home", str, "", "The Keybrake home (database, master key, CA).")
+        loader.add_option("keybrake_upstreams", Sequence[str], [],
+                          "VENDOR=URL: send that vendor's traffic to another base URL (tests, staging, mocks).")
+        loader.add_option("keybrake_strict_egress", bool, False,
+                          "Refuse every CONNECT to a host Keybrake does not front, instead of tunnelling it.")
+
+    def configure(self, updated) -> None:
+        if "keybrake_upstreams" in updated:
+            self.upstreams = parse_upstreams(ctx.options.keybrake_upstreams)
+        if "keybrake_home" in updated and ctx.options.keybrake_home:
+            home = KeybrakeHome.resolve(ctx.options.keybrake_home)
+            try:
+                pricing = load_pricing(home.pricing_file)
+                installation = open_installation(home)
+            except (PricingError, OSError, ValueError) as error:
+                raise exceptions.OptionsError(str(error)) from None
+            if self.gate is not None:
+                self.gate.close()
+            self.gate = Gate(installation, pricing)
+
+    def done(self) -> None:
+        if self.gate is not None:
+            self.gate.close()
+            self.gate = None
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if ctx.options.keybrake_strict_egress and vendor_for_host(flow.request.host) is None:
+            flow.response = http.Response.make(
+                403, f"Keybrake strict egress: {flow.request.host} is not a vendor host Keybrake fronts.\n",
+                {"content-type": "text/plain"})
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        vendor = _vendor_of(flow)
+        if vendor is None:
+            return  # not ours: pass through untouched
+        for name in [n for n in flow.request.headers if n.lower().startswith(KEYBRAKE_HEADER_PREFIX)]:
+            del flow.request.headers[name]
+        if self.gate is None:
+            self._refuse(flow, vendor.render_refusal(Refusal(RefusalKind.UNAVAILABLE, "Keybrake is not configured.",
+                                                             retry_after_s=5)))
+            return
+        decision = await self.gate.check(vendor, _vendor_request(flow))
+        if decision.refusal is not None:
+            self._refuse(flow, decision.refusal)
+            return
+        self._forward(flow, vendor, decision)
+
+    def _forward(self, flow: http.HTTPFlow, vendor, decision: Decision) -> None:
+        flow.metadata[TICKET] = decision.ticket
+        flow.request.headers["authorization"] = decision.authorization
+        if upstream := self.upstreams.get(vendor.NAME):
+            scheme, host, port, prefix = upstream
+            flow.request.scheme, flow.request.host, flow.request.port = scheme, host, port
+            flow.request.path = prefix + flow.request.path
+        else:
+            # The real secret only ever travels over TLS, even if the client spoke plain HTTP to us.
+            flow.request.scheme, flow.request.port = "https", 443
+
+    @staticmethod
+    def _refuse(flow: http.HTTPFlow, rendered) -> None:
+        flow.response = http.Response.make(rendered.status, rendered.body, rendered.headers)
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        ticket: Ticket | None = flow.metadata.pop(TICKET, None)
+        if ticket is None or self.gate is None:
+            return
+        response = flow.response
+        headers = await self.gate.settle(ticket, VendorResponse(
+            response.status_code, {k.lower(): v for k, v in response.headers.items()}, response.content or b""),
+            request_sent=True)
+        response.headers.update(headers)
+
+    async def error(self, flow: http.HTTPFlow) -> None:
+        ticket: Ticket | None = flow.metadata.pop(TICKET, None)
+        if ticket is None or self.gate is None:
+            return
+        # If a connection to the vendor was made, the request may have reached it: keep the hold.
+        request_sent = flow.server_conn is not None and flow.server_conn.timestamp_tcp_setup is not None
+        await self.gate.settle(ticket, None, request_sent=request_sent, error=str(flow.error)[:200])
+
+
+def _vendor_of(flow: http.HTTPFlow):
+    """The vendor whose host this request targets, by connection target or Host header."""
+    candidates = {flow.request.host, flow.request.pretty_host}
+    if flow.server_conn and flow.server_conn.address:
+        candidates.add(flow.server_conn.address[0])
+    # Any vendor match means the gate applies: a vault key for one vendor is refused by another.
+    return next((v for v in map(vendor_for_host, filter(None, candidates)) if v is not None), None)
+
+
+def _vendor_request(flow: http.HTTPFlow) -> VendorRequest:
+    request = flow.request
+    path, _, query = request.path.partition("?")
+    return VendorRequest(
+        method=request.method.upper(), path=path, query=query,
+        headers={name.lower(): value for name, value in request.headers.items()},
+        body=request.get_content(strict=False) or b"",
+    )

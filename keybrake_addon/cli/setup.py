@@ -1,0 +1,104 @@
+"""Commands that set an installation up and run it: init, env, proxy, demo."""
+
+import click
+from mitmproxy.exceptions import OptionsError
+
+from ..home import KeybrakeHome
+from ..installation import initialise
+from ..worker_env import env_lines
+from .context import home_of
+
+
+@click.command()
+@click.pass_context
+def init(ctx: click.Context) -> None:
+    """Create the Keybrake home: database, master key (0600) and CA. Safe to run again."""
+    home = home_of(ctx)
+    try:
+        report = initialise(home)
+    except Exception as error:  # a half-made home must say why, not show a traceback
+        raise click.ClickException(f"could not initialise {home.root}: {error}") from None
+    for created, what in ((report.created_home, f"home {home.root}"),
+                          (report.created_master_key, f"master key {home.master_key_file} (mode 0600)"),
+                          (report.created_ca, f"CA certificate {home.ca_cert}")):
+        click.echo(("created " if created else "exists  ") + what)
+    click.echo(f"""
+Next:
+  1. Store a real secret (read from stdin, never from the command line):
+       keybrake secret set stripe < stripe-secret.txt
+  2. Issue a capped key for a run:
+       keybrake issue --vendor stripe --daily-usd-cap 500 --allow "POST /v1/payment_intents" --label my-run
+  3. Run the proxy and point workers at it:
+       keybrake proxy
+       keybrake env""")
+
+
+@click.command()
+@click.option("--proxy-url", default="http://127.0.0.1:8080", show_default=True,
+              help="Where workers reach the proxy.")
+@click.pass_context
+def env(ctx: click.Context, proxy_url: str) -> None:
+    """Print the environment lines a worker needs to go through Keybrake."""
+    home = home_of(ctx)
+    if not home.ca_cert.exists():
+        raise click.ClickException(f"no CA at {home.ca_cert}; run `keybrake init` first")
+    click.echo("\n".join(env_lines(home, proxy_url)))
+
+
+@click.command()
+@click.option("--listen-host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--listen-port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0 picks a free one and prints it).")
+@click.option("--upstream", "upstreams", multiple=True, metavar="VENDOR=URL",
+              help="Send a vendor's traffic to another base URL, e.g. stripe=http://127.0.0.1:12111. Repeatable.")
+@click.option("--strict-egress", is_flag=True,
+              help="Refuse connections to hosts Keybrake does not front, instead of tunnelling them.")
+@click.pass_context
+def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tuple[str, ...],
+          strict_egress: bool) -> None:
+    """Run the forward proxy. Initialises the home first if it is new.
+
+    Workers set HTTPS_PROXY to it and trust the Keybrake CA (see `keybrake env`). Only
+    api.stripe.com, api.twilio.com and api.resend.com are intercepted; every other host is
+    tunnelled untouched.
+    """
+    from ..proxy import ProxySettings, serve
+
+    home = home_of(ctx)
+    if not home.is_initialised():
+        initialise(home)
+        click.echo(f"initialised a new Keybrake home at {home.root}", err=True)
+
+    def announce(host: str, port: int) -> None:
+        click.echo(f"Keybrake proxy listening on http://{host}:{port} (home {home.root})")
+        click.echo("Worker environment:")
+        for line in env_lines(home, f"http://{host}:{port}"):
+            click.echo("  " + line)
+        click.echo("", nl=True)
+
+    settings = ProxySettings(home=home, listen_host=listen_host, listen_port=listen_port,
+                             upstreams=upstreams, strict_egress=strict_egress, on_listening=[announce])
+    try:
+        serve(settings)
+    except OptionsError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@click.command()
+@click.option("--charges", default=50, show_default=True, help="How many parallel $50 charges the batch tries.")
+@click.option("--cap", default="500", show_default=True, help="The key's daily cap in USD.")
+@click.pass_context
+def demo(ctx: click.Context, charges: int, cap: str) -> None:
+    """A self-contained runaway batch against a fake Stripe: watch the cap stop it.
+
+    Starts a fake Stripe on loopback and the proxy, issues a capped key, fires parallel
+    $50 PaymentIntents through the official stripe SDK and prints the spend table.
+    Uses a throwaway home unless --home is given.
+    """
+    from ..demo import run_demo
+
+    explicit = ctx.find_root().params.get("home")
+    run_demo(KeybrakeHome.resolve(explicit) if explicit else None, charges=charges, cap_usd=cap)
+
+
+COMMANDS = (init, env, proxy, demo)

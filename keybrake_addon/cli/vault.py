@@ -1,0 +1,207 @@
+"""Commands for the vault: secret, issue, keys, revoke."""
+
+import sys
+
+import click
+
+from ..ledger.base import KeyRecord
+from ..ledger.times import utc_now
+from ..money import InvalidAmount, format_usd, usd_to_micros
+from ..policy import iso
+from ..vault.issuance import IssueError, KeyRequest, issue_key
+from ..vendors import VENDORS
+from .context import installation
+from .output import emit, print_json, table
+
+VENDOR_CHOICE = click.Choice(sorted(VENDORS))
+
+
+@click.group()
+def secret() -> None:
+    """Store and list real vendor secrets (encrypted with AES-256-GCM under the master key)."""
+
+
+@secret.command("set")
+@click.argument("vendor", type=VENDOR_CHOICE)
+@click.option("--name", default="default", show_default=True, help="Name of this secret, for several accounts.")
+@click.option("--account-sid", help="Twilio only: the Account SID the secret belongs to.")
+@click.pass_context
+def secret_set(ctx: click.Context, vendor: str, name: str, account_sid: str | None) -> None:
+    """Store (or rotate) VENDOR's real secret, read from stdin.
+
+    The secret is never taken from the command line, where shell history and `ps` would
+    see it. Rotating keeps every vault key that uses this secret working.
+    """
+    if sys.stdin.isatty():
+        click.echo(f"Paste the {vendor} secret and press Enter:", err=True)
+    value = sys.stdin.readline().strip()
+    if not value:
+        raise click.ClickException("no secret on stdin")
+    with installation(ctx) as kb:
+        info = kb.vault.put(vendor, name, value, account_sid)
+    click.echo(f"stored {vendor} secret {name!r} (fingerprint {info.fingerprint})")
+
+
+@secret.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def secret_list(ctx: click.Context, as_json: bool) -> None:
+    """List stored secrets: vendor, name, fingerprint and dates. Never the secret itself."""
+    with installation(ctx) as kb:
+        rows = [{"vendor": s.vendor, "name": s.name, "fingerprint": s.fingerprint, "account_sid": s.account_sid,
+                 "created_at": iso(s.created_at), "updated_at": iso(s.updated_at)} for s in kb.vault.list()]
+    emit(rows, ["vendor", "name", "fingerprint", "account_sid", "created_at", "updated_at"],
+         "json" if as_json else "table")
+
+
+def _usd(_ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return usd_to_micros(value)
+    except InvalidAmount as error:
+        raise click.BadParameter(str(error), param=param) from None
+
+
+@click.command()
+@click.option("--vendor", required=True, type=VENDOR_CHOICE, help="The vendor this key is for.")
+@click.option("--secret", "secret_name", default="default", show_default=True, help="Which stored secret it stands for.")
+@click.option("--daily-usd-cap", callback=_usd, help="Most it may spend per UTC day, in USD.")
+@click.option("--total-usd-cap", callback=_usd, help="Most it may spend over its life, in USD.")
+@click.option("--max-calls", type=click.IntRange(0), help="Most calls it may make.")
+@click.option("--allow", "allowlist", multiple=True, metavar='"METHOD /path"',
+              help='An endpoint it may call; `*` is one path segment, `**` the rest. Repeatable.')
+@click.option("--allow-all", is_flag=True, help="Allow every endpoint (no allowlist).")
+@click.option("--no-cap", is_flag=True, help="Allow a key with no dollar cap.")
+@click.option("--allow-unpriced", is_flag=True, help="Forward calls Keybrake cannot price, counting them from the response.")
+@click.option("--expires-in", help="Lifetime: 90s, 90m, 2h, 1d.")
+@click.option("--label", help="Run label for audit and spend, e.g. trigger.dev/billing-agent/run_123.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (key_id, vault_key, vendor, label, expires_at, ...).")
+@click.pass_context
+def issue(ctx: click.Context, vendor, secret_name, daily_usd_cap, total_usd_cap, max_calls, allowlist, allow_all,
+          no_cap, allow_unpriced, expires_in, label, as_json) -> None:
+    """Issue a vault key: a capped, scoped stand-in for a real secret. Shown once."""
+    request = KeyRequest(vendor=vendor, secret_name=secret_name, label=label, daily_cap_micros=daily_usd_cap,
+                         total_cap_micros=total_usd_cap, max_calls=max_calls, allowlist=tuple(allowlist),
+                         allow_all=allow_all, no_cap=no_cap, allow_unpriced=allow_unpriced, expires_in=expires_in)
+    with installation(ctx) as kb:
+        try:
+            issued = issue_key(kb.ledger, kb.master_key, request)
+        except IssueError as error:
+            raise click.UsageError(str(error)) from None
+    if as_json:
+        print_json({"vault_key": issued.vault_key, **key_document(issued.record)})
+        return
+    click.echo(issued.vault_key)
+    click.echo(f"issued {issued.key_id} for {vendor}{' label ' + label if label else ''}; "
+               f"{describe_limits(issued.record)}. The key is shown once: Keybrake keeps only its hash.", err=True)
+
+
+@click.group()
+def keys() -> None:
+    """List and inspect vault keys."""
+
+
+KEY_COLUMNS = ["key_id", "vendor", "label", "status", "spent_usd", "reserved_usd", "remaining_usd", "calls", "expires_at"]
+
+
+@keys.command("list")
+@click.option("--label", help="Only keys with this run label.")
+@click.option("--active", is_flag=True, help="Only keys that are neither revoked nor expired.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def keys_list(ctx: click.Context, label: str | None, active: bool, as_json: bool) -> None:
+    """List vault keys with their spend."""
+    with installation(ctx) as kb:
+        records = kb.ledger.list_keys(label=label, active_at=utc_now() if active else None)
+    emit([key_document(r) for r in records], KEY_COLUMNS, "json" if as_json else "table")
+
+
+@keys.command("show")
+@click.argument("key_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def keys_show(ctx: click.Context, key_id: str, as_json: bool) -> None:
+    """Show one key: settings, spent, reserved (and of that, unknown) and remaining."""
+    with installation(ctx) as kb:
+        record = kb.ledger.get_key(key_id)
+        if record is None:
+            raise click.ClickException(f"no vault key {key_id}")
+        open_holds = kb.ledger.open_reservations(key_id)
+    document = key_document(record)
+    document["open_reservations"] = [
+        {"id": r["id"], "state": r["state"], "reserved_usd": format_usd(r["reserved_micros"]),
+         "idempotency_key": r["idempotency_key"], "created_at": r["created_at"]} for r in open_holds]
+    if as_json:
+        print_json(document)
+        return
+    for name, value in document.items():
+        if name != "open_reservations":
+            click.echo(f"{name:>18}: {', '.join(value) if isinstance(value, list) else ('-' if value is None else value)}")
+    if open_holds:
+        click.echo("\nopen reservations (counted until settled; 'unknown' means the vendor may have charged):")
+        click.echo(table(document["open_reservations"], ["id", "state", "reserved_usd", "idempotency_key", "created_at"]))
+
+
+@click.command()
+@click.argument("key_id", required=False)
+@click.option("--label", help="Revoke every key with this run label.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def revoke(ctx: click.Context, key_id: str | None, label: str | None, as_json: bool) -> None:
+    """Revoke KEY_ID, or every key of --label. Takes effect on the very next request."""
+    if bool(key_id) == bool(label):
+        raise click.UsageError("give either KEY_ID or --label")
+    with installation(ctx) as kb:
+        if key_id:
+            if not kb.ledger.revoke_key(key_id):
+                raise click.ClickException(f"no vault key {key_id}")
+            revoked = [key_id]
+        else:
+            revoked = kb.ledger.revoke_label(label)
+    if as_json:
+        print_json({"revoked": revoked})
+    elif not revoked:
+        click.echo(f"no keys with label {label!r}")
+    else:
+        click.echo(f"revoked {len(revoked)} key(s): {', '.join(revoked)}")
+
+
+def key_document(record: KeyRecord) -> dict:
+    spec = record.spec
+    remaining = record.remaining_micros()
+    return {
+        "key_id": record.key_id, "vendor": spec.vendor, "secret": spec.secret_name, "label": spec.label,
+        "status": record.status(utc_now()),
+        "daily_usd_cap": _usd_or_none(spec.daily_cap_micros), "total_usd_cap": _usd_or_none(spec.total_cap_micros),
+        "max_calls": spec.max_calls, "allowed_endpoints": list(spec.allowlist), "allow_all": spec.allow_all,
+        "allow_unpriced": spec.allow_unpriced,
+        "spent_usd": format_usd(record.spent_micros), "reserved_usd": format_usd(record.reserved_micros),
+        "unknown_usd": format_usd(record.unknown_micros),
+        "remaining_usd": "unlimited" if remaining is None else format_usd(remaining),
+        "calls": record.calls, "created_at": iso(record.created_at),
+        "expires_at": iso(spec.expires_at) if spec.expires_at else None,
+        "revoked_at": iso(record.revoked_at) if record.revoked_at else None,
+    }
+
+
+def describe_limits(record: KeyRecord) -> str:
+    spec = record.spec
+    parts = []
+    if spec.daily_cap_micros is not None:
+        parts.append(f"daily cap ${format_usd(spec.daily_cap_micros)}")
+    if spec.total_cap_micros is not None:
+        parts.append(f"total cap ${format_usd(spec.total_cap_micros)}")
+    if spec.max_calls is not None:
+        parts.append(f"max {spec.max_calls} calls")
+    parts.append("any endpoint" if spec.allow_all else f"{len(spec.allowlist)} allowed endpoint(s)")
+    if spec.expires_at:
+        parts.append(f"expires {iso(spec.expires_at)}")
+    return ", ".join(parts)
+
+
+def _usd_or_none(micros: int | None) -> str | None:
+    return None if micros is None else format_usd(micros)
+
+
+COMMANDS = (secret, issue, keys, revoke)

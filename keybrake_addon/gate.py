@@ -1,0 +1,183 @@
+"""The gate: checks one vendor request against its vault key and settles it from the answer.
+
+Independent of mitmproxy, so the forward proxy and any later listener share it. Database
+work runs on one dedicated thread: the event loop never blocks on SQLite, and calls from
+this process reach the ledger one at a time (other processes are serialised by SQLite).
+"""
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import ModuleType
+
+from . import settlement
+from .installation import Installation
+from .ledger.base import AdmitRequest, CallFacts, KeyRecord, LedgerUnavailable, Resolution, SettleRequest
+from .ledger.times import utc_now
+from .money import format_usd
+from .pricing import Pricing
+from .vault.crypto import MasterKeyError
+from .vault.vault_keys import hash_vault_key, is_vault_key_shaped
+from .vendors.base import (
+    CostEstimate,
+    MalformedRequest,
+    PricingBasis,
+    Refusal,
+    RefusalKind,
+    RenderedResponse,
+    UnknownCurrency,
+    Unpriced,
+    VendorRequest,
+    VendorResponse,
+)
+
+logger = logging.getLogger("keybrake")
+
+UNAVAILABLE_RETRY_AFTER_S = 2
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """What the request hook leaves for the response hook. Holds no secret."""
+
+    vendor: ModuleType
+    method: str
+    path: str
+    audit_id: int
+    reservation_id: int
+    created_here: bool
+    basis: PricingBasis | None
+    key_id: str
+    started: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    refusal: RenderedResponse | None = None
+    authorization: str | None = None  # the real credential header: set it, then drop this object
+    ticket: Ticket | None = None
+
+
+class Gate:
+    def __init__(self, installation: Installation, pricing: Pricing) -> None:
+        self._installation = installation
+        self._ledger = installation.ledger
+        self._vault = installation.vault
+        self._pricing = pricing
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keybrake-ledger")
+
+    def close(self) -> None:
+        self._db_thread.shutdown(wait=True)
+        self._installation.close()
+
+    async def _in_db_thread(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._db_thread, function, *args)
+
+    async def check(self, vendor: ModuleType, request: VendorRequest) -> Decision:
+        started = time.monotonic()
+        call = CallFacts(vendor.NAME, request.method, request.path, vendor.idempotency_key(request.headers),
+                         utc_now())
+        try:
+            return await self._check(vendor, request, call, started)
+        except LedgerUnavailable as error:
+            logger.error("keybrake: refusing %s %s: %s", request.method, request.path, error)
+            return Decision(refusal=vendor.render_refusal(Refusal(
+                RefusalKind.UNAVAILABLE,
+                "Keybrake cannot reach its ledger, so it forwarded nothing. Retrying is safe.",
+                retry_after_s=UNAVAILABLE_RETRY_AFTER_S)))
+
+    async def _check(self, vendor: ModuleType, request: VendorRequest, call: CallFacts, started: float) -> Decision:
+        credential = vendor.presented_credential(request.headers)
+        early = _credential_refusal(vendor, credential.token if credential else None)
+        if early is not None:
+            await self._in_db_thread(self._ledger.record_refusal, call, early)
+            return Decision(refusal=vendor.render_refusal(early))
+
+        estimate, pricing_refusal = _estimate(vendor, request, self._pricing)
+        admission = await self._in_db_thread(
+            self._ledger.admit, AdmitRequest(hash_vault_key(credential.token), call, estimate, pricing_refusal))
+        if admission.refusal is not None:
+            return Decision(refusal=vendor.render_refusal(admission.refusal))
+
+        ticket = Ticket(vendor, request.method, request.path, admission.audit_id, admission.reservation_id,
+                        admission.created_reservation, admission.basis, admission.key.key_id, started)
+        try:
+            if admission.secret is None:
+                raise MasterKeyError(f"the {vendor.NAME} secret {admission.key.spec.secret_name!r} is not in the vault")
+            authorization = vendor.authorization_header(self._vault.open(admission.secret),
+                                                        admission.secret.account_sid)
+        except MasterKeyError as error:
+            logger.error("keybrake: cannot open the secret for key %s: %s", admission.key.key_id, error)
+            await self.settle(ticket, None, request_sent=False, error=str(error))
+            return Decision(refusal=vendor.render_refusal(Refusal(
+                RefusalKind.UNAVAILABLE, f"Keybrake cannot open the vendor secret for vault key "
+                f"{admission.key.key_id}; nothing was forwarded. Check `keybrake secret list`.",
+                retry_after_s=UNAVAILABLE_RETRY_AFTER_S)))
+        return Decision(authorization=authorization, ticket=ticket)
+
+    async def settle(self, ticket: Ticket, response: VendorResponse | None, *, request_sent: bool,
+                     error: str | None = None) -> dict[str, str]:
+        """Settle from the response (None: no response came). Returns headers to add for the client."""
+        vendor = ticket.vendor
+        outcome = None
+        conflict = False
+        if response is not None:
+            outcome = vendor.outcome(VendorRequest(ticket.method, ticket.path, "", {}, b""), response,
+                                     self._pricing.usd_rates)
+            conflict = vendor.is_idempotency_conflict(response.status, response.body)
+        resolution, actual = settlement.resolve(
+            created_here=ticket.created_here, basis=ticket.basis, status=response.status if response else None,
+            outcome=outcome, request_sent=request_sent, idempotency_conflict=conflict)
+        settle_request = SettleRequest(
+            audit_id=ticket.audit_id, reservation_id=ticket.reservation_id, resolution=resolution,
+            actual_micros=actual, status=response.status if response else None,
+            object_ids=outcome.object_ids if outcome else (), vendor_request_id=outcome.vendor_request_id if outcome else None,
+            amount_minor=outcome.amount_minor if outcome else None, currency=outcome.currency if outcome else None,
+            replayed=outcome.replayed if outcome else False, duration_ms=(time.monotonic() - ticket.started) * 1000,
+            error=error)
+        try:
+            key = await self._in_db_thread(self._ledger.settle, settle_request)
+        except LedgerUnavailable as failure:
+            # The hold stays counted (never under-count); `keybrake keys show` lists it as open.
+            logger.error("keybrake: could not settle reservation %s of key %s: %s",
+                         ticket.reservation_id, ticket.key_id, failure)
+            return {"x-keybrake-key-id": ticket.key_id, "x-keybrake-settled": "false"}
+        return balance_headers(key) if key else {"x-keybrake-key-id": ticket.key_id}
+
+
+def balance_headers(key: KeyRecord) -> dict[str, str]:
+    remaining = key.remaining_micros()
+    return {
+        "x-keybrake-key-id": key.key_id,
+        "x-keybrake-spent-usd": format_usd(key.spent_micros),
+        "x-keybrake-remaining-usd": "unlimited" if remaining is None else format_usd(remaining),
+    }
+
+
+def _credential_refusal(vendor: ModuleType, token: str | None) -> Refusal | None:
+    """Refusals that need no database: no key, or something that cannot be a vault key."""
+    if token is None:
+        return Refusal(RefusalKind.MISSING_KEY,
+                       f"No API key was sent. Send your Keybrake vault key where the {vendor.NAME} secret would go.")
+    if vendor.looks_like_real_secret(token):
+        return Refusal(RefusalKind.REAL_SECRET,
+                       f"A real {vendor.NAME} secret was sent through Keybrake, which takes vault keys only. "
+                       "Store the secret with `keybrake secret set` and give workers a vault key.")
+    if not is_vault_key_shaped(token):
+        return Refusal(RefusalKind.UNKNOWN_KEY,
+                       "This is not a Keybrake vault key. Ask the parent job for a key issued by "
+                       "`keybrake issue` or POST /vault/keys.")
+    return None
+
+
+def _estimate(vendor: ModuleType, request: VendorRequest, pricing: Pricing) -> tuple[CostEstimate | None, Refusal | None]:
+    try:
+        return vendor.estimate(request, pricing.usd_rates), None
+    except UnknownCurrency as error:
+        return None, Refusal(RefusalKind.UNKNOWN_CURRENCY, f"Keybrake refused {request.method} {request.path}: {error}.")
+    except Unpriced as error:
+        return None, Refusal(RefusalKind.UNPRICED, f"Keybrake cannot price {request.method} {request.path}: {error}.")
+    except MalformedRequest as error:
+        return None, Refusal(RefusalKind.INVALID_REQUEST, f"Keybrake could not price this call: {error}.")

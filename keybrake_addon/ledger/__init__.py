@@ -1,0 +1,4 @@
+"""The ledger: vault keys, their reservations and the audit trail, with atomic cap checks.
+
+`base` holds the records and the interface; `sqlite` the embedded backend.
+"""

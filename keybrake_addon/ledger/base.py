@@ -1,0 +1,173 @@
+"""Records and the storage interface. SQLite implements it today; PostgreSQL can later.
+
+Every method that decides about money runs as one transaction in the backend, so several
+proxy processes sharing a store keep caps exact.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Protocol
+
+from ..vendors.base import CostEstimate, PricingBasis, Refusal
+
+
+class LedgerUnavailable(Exception):
+    """The store cannot answer (locked, full, read-only, corrupt). Nothing may be forwarded."""
+
+
+class Resolution(Enum):
+    SETTLE = "settled"  # the outcome is known: count the actual amount
+    RELEASE = "released"  # no money moved: give the hold back
+    UNKNOWN = "unknown"  # money may have moved: keep the hold counted
+    LEAVE = "leave"  # this response says nothing new about the reservation
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    vendor: str
+    secret_name: str
+    label: str | None
+    daily_cap_micros: int | None
+    total_cap_micros: int | None
+    max_calls: int | None
+    allowlist: tuple[str, ...]
+    allow_all: bool
+    allow_unpriced: bool
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    key_id: str
+    spec: KeySpec
+    created_at: datetime
+    revoked_at: datetime | None
+    spent_micros: int
+    reserved_micros: int
+    calls: int
+    today_spent_micros: int
+    today_reserved_micros: int
+    unknown_micros: int = 0  # part of reserved_micros whose outcome is not known
+
+    def status(self, now: datetime) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.spec.expires_at is not None and now >= self.spec.expires_at:
+            return "expired"
+        return "active"
+
+    def remaining_micros(self) -> int | None:
+        """Headroom under the tightest cap; None when the key has no dollar cap."""
+        limits = []
+        if self.spec.total_cap_micros is not None:
+            limits.append(self.spec.total_cap_micros - self.spent_micros - self.reserved_micros)
+        if self.spec.daily_cap_micros is not None:
+            limits.append(self.spec.daily_cap_micros - self.today_spent_micros - self.today_reserved_micros)
+        return max(0, min(limits)) if limits else None
+
+
+@dataclass(frozen=True)
+class SealedSecret:
+    vendor: str
+    name: str
+    nonce: bytes
+    ciphertext: bytes
+    account_sid: str | None
+
+
+@dataclass(frozen=True)
+class SecretInfo:
+    vendor: str
+    name: str
+    fingerprint: str
+    account_sid: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class CallFacts:
+    """What the audit row records about a request, whatever the decision."""
+
+    vendor: str
+    method: str
+    path: str
+    idempotency_key: str | None
+    at: datetime
+
+
+@dataclass(frozen=True)
+class AdmitRequest:
+    key_hash: str
+    call: CallFacts
+    estimate: CostEstimate | None  # None when pricing failed: see pricing_refusal
+    pricing_refusal: Refusal | None = None
+
+
+@dataclass(frozen=True)
+class Admission:
+    audit_id: int
+    refusal: Refusal | None
+    key: KeyRecord | None = None
+    reservation_id: int | None = None
+    created_reservation: bool = False
+    reserved_micros: int = 0
+    basis: PricingBasis | None = None  # how to count the response; None for a retry that attached
+    secret: SealedSecret | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.refusal is None
+
+
+@dataclass(frozen=True)
+class SettleRequest:
+    audit_id: int
+    reservation_id: int
+    resolution: Resolution
+    actual_micros: int | None  # for SETTLE
+    status: int | None
+    object_ids: tuple[str, ...]
+    vendor_request_id: str | None
+    amount_minor: int | None
+    currency: str | None
+    replayed: bool
+    duration_ms: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    label: str | None = None
+    key_id: str | None = None
+    since: datetime | None = None
+    limit: int | None = None
+
+
+class Ledger(Protocol):
+    # secrets
+    def put_secret(self, vendor: str, name: str, nonce: bytes, ciphertext: bytes,
+                   fingerprint: str, account_sid: str | None) -> None: ...
+    def get_secret(self, vendor: str, name: str) -> SealedSecret | None: ...
+    def list_secrets(self) -> list[SecretInfo]: ...
+    def get_meta(self, name: str) -> str | None: ...
+    def set_meta(self, name: str, value: str) -> None: ...
+
+    # vault keys
+    def create_key(self, key_id: str, key_hash: str, spec: KeySpec) -> KeyRecord: ...
+    def get_key(self, key_id: str) -> KeyRecord | None: ...
+    def list_keys(self, label: str | None = None, active_at: datetime | None = None) -> list[KeyRecord]: ...
+    def revoke_key(self, key_id: str) -> bool: ...
+    def revoke_label(self, label: str) -> list[str]: ...
+
+    # the gate
+    def admit(self, request: AdmitRequest) -> Admission: ...
+    def record_refusal(self, call: CallFacts, refusal: Refusal) -> int: ...
+    def settle(self, request: SettleRequest) -> KeyRecord | None: ...
+
+    # reports
+    def audit_rows(self, where: AuditFilter) -> list[dict]: ...
+    def spend(self, by: str, where: AuditFilter) -> list[dict]: ...
+    def open_reservations(self, key_id: str) -> Sequence[dict]: ...

@@ -1,0 +1,423 @@
+"""The embedded SQLite ledger.
+
+Every money decision is one `BEGIN IMMEDIATE` transaction: it takes SQLite's write lock before
+reading the totals, so no other thread or process can reserve between our read and our write.
+That is what keeps a cap exact across parallel calls and several proxy processes.
+"""
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from .. import policy
+from ..vendors.base import CostEstimate, PricingBasis, Refusal, RefusalKind
+from .base import (
+    AdmitRequest,
+    Admission,
+    AuditFilter,
+    CallFacts,
+    KeyRecord,
+    KeySpec,
+    LedgerUnavailable,
+    Resolution,
+    SealedSecret,
+    SecretInfo,
+    SettleRequest,
+)
+from .schema import SCHEMA, SCHEMA_VERSION
+from .times import from_text, to_text, utc_day, utc_now
+
+BUSY_TIMEOUT_S = 5.0
+OPEN_STATES = ("pending", "unknown")
+CAP_HIT_DECISIONS = (RefusalKind.CAP_EXCEEDED.code, RefusalKind.MAX_CALLS_EXCEEDED.code)
+
+
+class SqliteLedger:
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(
+                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a process crash; only an OS crash may lose the last commits.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        except sqlite3.Error as error:
+            raise LedgerUnavailable(f"cannot open the ledger at {self.path}: {error}") from error
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, holding SQLite's write lock from its first statement."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as error:
+                raise LedgerUnavailable(f"the ledger is unavailable: {error}") from error
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except sqlite3.Error as error:
+                self._rollback()
+                raise LedgerUnavailable(f"the ledger is unavailable: {error}") from error
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # the transaction is already gone (SQLite rolls back on some errors by itself)
+
+    def _read(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as error:
+                raise LedgerUnavailable(f"the ledger is unavailable: {error}") from error
+
+    # --- meta and secrets ---------------------------------------------------------------------
+
+    def get_meta(self, name: str) -> str | None:
+        rows = self._read("SELECT value FROM meta WHERE name = ?", (name,))
+        return rows[0]["value"] if rows else None
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self._write() as db:
+            db.execute("INSERT INTO meta (name, value) VALUES (?, ?) "
+                       "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, value))
+
+    def put_secret(self, vendor: str, name: str, nonce: bytes, ciphertext: bytes,
+                   fingerprint: str, account_sid: str | None) -> None:
+        now = to_text(utc_now())
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO secrets (vendor, name, nonce, ciphertext, fingerprint, account_sid, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (vendor, name) DO UPDATE SET "
+                "nonce = excluded.nonce, ciphertext = excluded.ciphertext, fingerprint = excluded.fingerprint, "
+                "account_sid = excluded.account_sid, updated_at = excluded.updated_at",
+                (vendor, name, nonce, ciphertext, fingerprint, account_sid, now, now),
+            )
+
+    def get_secret(self, vendor: str, name: str) -> SealedSecret | None:
+        rows = self._read("SELECT * FROM secrets WHERE vendor = ? AND name = ?", (vendor, name))
+        return _sealed(rows[0]) if rows else None
+
+    def list_secrets(self) -> list[SecretInfo]:
+        rows = self._read("SELECT * FROM secrets ORDER BY vendor, name")
+        return [
+            SecretInfo(r["vendor"], r["name"], r["fingerprint"], r["account_sid"],
+                       from_text(r["created_at"]), from_text(r["updated_at"]))
+            for r in rows
+        ]
+
+    # --- vault keys ---------------------------------------------------------------------------
+
+    def create_key(self, key_id: str, key_hash: str, spec: KeySpec) -> KeyRecord:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO vault_keys (key_id, key_hash, vendor, secret_name, label, daily_cap_micros, "
+                "total_cap_micros, max_calls, allowlist, allow_all, allow_unpriced, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key_id, key_hash, spec.vendor, spec.secret_name, spec.label, spec.daily_cap_micros,
+                 spec.total_cap_micros, spec.max_calls, json.dumps(list(spec.allowlist)),
+                 int(spec.allow_all), int(spec.allow_unpriced), to_text(utc_now()), to_text(spec.expires_at)),
+            )
+        record = self.get_key(key_id)
+        assert record is not None
+        return record
+
+    def get_key(self, key_id: str) -> KeyRecord | None:
+        with self._lock:
+            try:
+                row = self._db.execute("SELECT * FROM vault_keys WHERE key_id = ?", (key_id,)).fetchone()
+                return self._key_record(self._db, row, utc_now(), with_unknown=True) if row else None
+            except sqlite3.Error as error:
+                raise LedgerUnavailable(f"the ledger is unavailable: {error}") from error
+
+    def list_keys(self, label: str | None = None, active_at: datetime | None = None) -> list[KeyRecord]:
+        clauses, params = [], []
+        if label is not None:
+            clauses.append("label = ?")
+            params.append(label)
+        if active_at is not None:
+            clauses.append("revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)")
+            params.append(to_text(active_at))
+        now = utc_now()
+        with self._lock:
+            try:
+                rows = self._db.execute("SELECT * FROM vault_keys" + _where(clauses) + " ORDER BY created_at, key_id",
+                                        tuple(params)).fetchall()
+                return [self._key_record(self._db, row, now, with_unknown=True) for row in rows]
+            except sqlite3.Error as error:
+                raise LedgerUnavailable(f"the ledger is unavailable: {error}") from error
+
+    def revoke_key(self, key_id: str) -> bool:
+        """Revoke one key. Returns False when no such key exists; revoking twice is fine."""
+        with self._write() as db:
+            cursor = db.execute("UPDATE vault_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?",
+                                (to_text(utc_now()), key_id))
+            return cursor.rowcount > 0
+
+    def revoke_label(self, label: str) -> list[str]:
+        with self._write() as db:
+            ids = [r["key_id"] for r in db.execute("SELECT key_id FROM vault_keys WHERE label = ?", (label,))]
+            db.execute("UPDATE vault_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE label = ?",
+                       (to_text(utc_now()), label))
+            return ids
+
+    def _key_record(self, db: sqlite3.Connection, row: sqlite3.Row, now: datetime,
+                    *, with_unknown: bool = False) -> KeyRecord:
+        today = db.execute("SELECT spent_micros, reserved_micros FROM key_days WHERE key_id = ? AND day = ?",
+                           (row["key_id"], utc_day(now))).fetchone()
+        unknown = 0
+        if with_unknown:
+            unknown = db.execute(
+                "SELECT COALESCE(SUM(reserved_micros), 0) FROM reservations "
+                "WHERE key_id = ? AND state = 'unknown'", (row["key_id"],),
+            ).fetchone()[0]
+        spec = KeySpec(
+            vendor=row["vendor"], secret_name=row["secret_name"], label=row["label"],
+            daily_cap_micros=row["daily_cap_micros"], total_cap_micros=row["total_cap_micros"],
+            max_calls=row["max_calls"], allowlist=tuple(json.loads(row["allowlist"])),
+            allow_all=bool(row["allow_all"]), allow_unpriced=bool(row["allow_unpriced"]),
+            expires_at=from_text(row["expires_at"]),
+        )
+        return KeyRecord(
+            key_id=row["key_id"], spec=spec, created_at=from_text(row["created_at"]),
+            revoked_at=from_text(row["revoked_at"]), spent_micros=row["spent_micros"],
+            reserved_micros=row["reserved_micros"], calls=row["calls"],
+            today_spent_micros=today["spent_micros"] if today else 0,
+            today_reserved_micros=today["reserved_micros"] if today else 0,
+            unknown_micros=unknown,
+        )
+
+    # --- the gate -----------------------------------------------------------------------------
+
+    def admit(self, request: AdmitRequest) -> Admission:
+        """Check the key and reserve the call's cost against every cap, in one transaction."""
+        call = request.call
+        with self._write() as db:
+            row = db.execute("SELECT * FROM vault_keys WHERE key_hash = ?", (request.key_hash,)).fetchone()
+            if row is None:
+                refusal = Refusal(RefusalKind.UNKNOWN_KEY,
+                                  "This is not a vault key Keybrake knows. Ask the parent job for a key issued by "
+                                  "`keybrake issue` or POST /vault/keys.")
+                return Admission(self._insert_refusal(db, call, refusal, None), refusal)
+            key = self._key_record(db, row, call.at)
+            refusal = policy.key_refusal(key, call)
+            estimate = request.estimate
+            if refusal is None and request.pricing_refusal is not None:
+                if request.pricing_refusal.kind is RefusalKind.UNPRICED and key.spec.allow_unpriced:
+                    estimate = None  # forwarded with nothing reserved; counted from the response
+                else:
+                    refusal = request.pricing_refusal
+            if refusal is not None:
+                return Admission(self._insert_refusal(db, call, refusal, key), refusal, key=key)
+
+            if call.idempotency_key is not None:
+                existing = db.execute(
+                    "SELECT id FROM reservations WHERE key_id = ? AND idempotency_key = ?",
+                    (key.key_id, call.idempotency_key),
+                ).fetchone()
+                if existing is not None:
+                    # A retry of a call already reserved: it must not be counted twice.
+                    audit_id = self._insert_audit(db, call, key, "allowed", 0, existing["id"], None)
+                    return Admission(audit_id, None, key=key, reservation_id=existing["id"],
+                                     secret=self._sealed_for(db, key))
+
+            cost, basis, refusal = self._resolve_cost(db, key, estimate)
+            if refusal is None:
+                refusal = policy.cap_refusal(key, cost)
+            if refusal is not None:
+                return Admission(self._insert_refusal(db, call, refusal, key), refusal, key=key)
+
+            day = utc_day(call.at)
+            reservation_id = db.execute(
+                "INSERT INTO reservations (key_id, idempotency_key, day, reserved_micros, state, created_at) "
+                "VALUES (?, ?, ?, ?, 'pending', ?)",
+                (key.key_id, call.idempotency_key, day, cost, to_text(call.at)),
+            ).lastrowid
+            db.execute("UPDATE vault_keys SET reserved_micros = reserved_micros + ?, calls = calls + 1 "
+                       "WHERE key_id = ?", (cost, key.key_id))
+            db.execute("INSERT INTO key_days (key_id, day, reserved_micros) VALUES (?, ?, ?) ON CONFLICT "
+                       "(key_id, day) DO UPDATE SET reserved_micros = reserved_micros + excluded.reserved_micros",
+                       (key.key_id, day, cost))
+            audit_id = self._insert_audit(db, call, key, "allowed", cost, reservation_id, None,
+                                          amount_minor=estimate.amount_minor if estimate else None,
+                                          currency=estimate.currency if estimate else None)
+            return Admission(audit_id, None, key=key, reservation_id=reservation_id, created_reservation=True,
+                             reserved_micros=cost, basis=basis, secret=self._sealed_for(db, key))
+
+    def _resolve_cost(self, db: sqlite3.Connection, key: KeyRecord,
+                      estimate: CostEstimate | None) -> tuple[int, PricingBasis, Refusal | None]:
+        """The amount to reserve, and how the response should be counted against it."""
+        if estimate is None or estimate.basis is PricingBasis.FIXED:
+            return (estimate.usd_micros if estimate else 0), PricingBasis.FIXED, None
+        counted = db.execute(
+            "SELECT actual_micros FROM reservations WHERE object_id = ? AND state = 'settled' ORDER BY id LIMIT 1",
+            (estimate.object_ref,),
+        ).fetchone()
+        if counted is not None:
+            if estimate.basis is PricingBasis.ALREADY_COUNTED:
+                return 0, PricingBasis.ALREADY_COUNTED, None
+            return counted["actual_micros"], PricingBasis.FIXED, None
+        if key.spec.allow_unpriced:
+            return 0, PricingBasis.FIXED, None
+        return 0, PricingBasis.FIXED, Refusal(RefusalKind.UNPRICED,
+                          f"Keybrake cannot price this call: {estimate.object_ref} was not created through "
+                          "Keybrake, so its amount is unknown. A key issued with allow_unpriced forwards it "
+                          "anyway and counts it from the response.")
+
+    def _sealed_for(self, db: sqlite3.Connection, key: KeyRecord) -> SealedSecret | None:
+        row = db.execute("SELECT * FROM secrets WHERE vendor = ? AND name = ?",
+                         (key.spec.vendor, key.spec.secret_name)).fetchone()
+        return _sealed(row) if row else None
+
+    def record_refusal(self, call: CallFacts, refusal: Refusal) -> int:
+        with self._write() as db:
+            return self._insert_refusal(db, call, refusal, None)
+
+    def _insert_refusal(self, db: sqlite3.Connection, call: CallFacts, refusal: Refusal,
+                        key: KeyRecord | None) -> int:
+        return self._insert_audit(db, call, key, refusal.kind.code, 0, None, refusal.kind.status,
+                                  message=refusal.message)
+
+    def _insert_audit(self, db: sqlite3.Connection, call: CallFacts, key: KeyRecord | None, decision: str,
+                      reserved: int, reservation_id: int | None, status: int | None, *,
+                      message: str | None = None, amount_minor: int | None = None,
+                      currency: str | None = None) -> int:
+        return db.execute(
+            "INSERT INTO audit (ts, key_id, label, vendor, method, path, status, decision, reserved_micros, "
+            "actual_micros, amount_minor, currency, idempotency_key, reservation_id, message) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (to_text(call.at), key.key_id if key else None, key.spec.label if key else None, call.vendor,
+             call.method, call.path, status, decision, reserved, 0 if status is not None else None,
+             amount_minor, currency, call.idempotency_key, reservation_id, message),
+        ).lastrowid
+
+    def settle(self, request: SettleRequest) -> KeyRecord | None:
+        """Apply a response to its reservation and complete the audit row. Idempotent per reservation."""
+        now = utc_now()
+        with self._write() as db:
+            reservation = db.execute("SELECT * FROM reservations WHERE id = ?", (request.reservation_id,)).fetchone()
+            if reservation is None:
+                return None
+            call_actual = 0
+            outcome = request.resolution.value
+            first_object = request.object_ids[0] if request.object_ids else None
+            if reservation["state"] in OPEN_STATES and request.resolution is not Resolution.LEAVE:
+                held = reservation["reserved_micros"]
+                if request.resolution is Resolution.SETTLE:
+                    call_actual = held if request.actual_micros is None else request.actual_micros
+                    self._move(db, reservation, spent=call_actual, reserved=-held)
+                elif request.resolution is Resolution.RELEASE:
+                    self._move(db, reservation, spent=0, reserved=-held)
+                closed = request.resolution is not Resolution.UNKNOWN
+                db.execute(
+                    "UPDATE reservations SET state = ?, actual_micros = ?, object_id = COALESCE(?, object_id), "
+                    "settled_at = ? WHERE id = ?",
+                    (request.resolution.value,
+                     call_actual if request.resolution is Resolution.SETTLE else None,
+                     first_object, to_text(now) if closed else None, request.reservation_id),
+                )
+            elif reservation["state"] not in OPEN_STATES:
+                outcome = "already_" + reservation["state"]
+            db.execute(
+                "UPDATE audit SET status = ?, outcome = ?, actual_micros = ?, object_id = ?, vendor_request_id = ?, "
+                "amount_minor = COALESCE(?, amount_minor), currency = COALESCE(?, currency), replayed = ?, "
+                "duration_ms = ?, message = ? WHERE id = ?",
+                (request.status, outcome, call_actual, " ".join(request.object_ids) or None,
+                 request.vendor_request_id, request.amount_minor, request.currency, int(request.replayed),
+                 round(request.duration_ms, 3), request.error, request.audit_id),
+            )
+            row = db.execute("SELECT * FROM vault_keys WHERE key_id = ?", (reservation["key_id"],)).fetchone()
+            return self._key_record(db, row, now)
+
+    @staticmethod
+    def _move(db: sqlite3.Connection, reservation: sqlite3.Row, *, spent: int, reserved: int) -> None:
+        db.execute("UPDATE vault_keys SET spent_micros = spent_micros + ?, reserved_micros = reserved_micros + ? "
+                   "WHERE key_id = ?", (spent, reserved, reservation["key_id"]))
+        db.execute("UPDATE key_days SET spent_micros = spent_micros + ?, reserved_micros = reserved_micros + ? "
+                   "WHERE key_id = ? AND day = ?", (spent, reserved, reservation["key_id"], reservation["day"]))
+
+    # --- reports ------------------------------------------------------------------------------
+
+    def audit_rows(self, where: AuditFilter) -> list[dict]:
+        clauses, params = _audit_clauses(where)
+        sql = "SELECT * FROM audit" + _where(clauses) + " ORDER BY id"
+        if where.limit:
+            sql += f" LIMIT {int(where.limit)}"
+        return [dict(row) for row in self._read(sql, tuple(params))]
+
+    def spend(self, by: str, where: AuditFilter) -> list[dict]:
+        """Totals per group: calls and refusals from the audit, money from the reservations."""
+        audit_group = {"key": "key_id", "label": "label", "vendor": "vendor", "day": "substr(ts, 1, 10)"}[by]
+        clauses, params = _audit_clauses(where)
+        calls = self._read(
+            f"SELECT {audit_group} AS grp, COUNT(*) AS calls, SUM(decision = 'allowed') AS allowed, "
+            "SUM(decision != 'allowed') AS refused, "
+            f"SUM(decision IN {CAP_HIT_DECISIONS!r}) AS cap_hits "
+            "FROM audit" + _where(clauses) + " GROUP BY grp", tuple(params))
+        money_group = {"key": "r.key_id", "label": "k.label", "vendor": "k.vendor", "day": "r.day"}[by]
+        clauses, params = _audit_clauses(where, key_column="r.key_id", label_column="k.label",
+                                         time_column="r.created_at")
+        money = self._read(
+            f"SELECT {money_group} AS grp, "
+            "COALESCE(SUM(CASE WHEN r.state = 'settled' THEN r.actual_micros END), 0) AS spent_micros, "
+            "COALESCE(SUM(CASE WHEN r.state IN ('pending', 'unknown') THEN r.reserved_micros END), 0) "
+            "AS reserved_micros "
+            "FROM reservations r JOIN vault_keys k ON k.key_id = r.key_id" + _where(clauses) + " GROUP BY grp",
+            tuple(params))
+        totals: dict = {}
+        empty = {"calls": 0, "allowed": 0, "refused": 0, "cap_hits": 0, "spent_micros": 0, "reserved_micros": 0}
+        for row in calls:
+            totals[row["grp"]] = {by: row["grp"], **empty,
+                                  **{name: row[name] for name in ("calls", "allowed", "refused", "cap_hits")}}
+        for row in money:
+            entry = totals.setdefault(row["grp"], {by: row["grp"], **empty})
+            entry["spent_micros"] = row["spent_micros"]
+            entry["reserved_micros"] = row["reserved_micros"]
+        return [totals[group] for group in sorted(totals, key=lambda g: (g is None, g or ""))]
+
+    def open_reservations(self, key_id: str) -> list[dict]:
+        rows = self._read("SELECT * FROM reservations WHERE key_id = ? AND state IN ('pending', 'unknown') "
+                          "ORDER BY id", (key_id,))
+        return [dict(row) for row in rows]
+
+
+def _audit_clauses(where: AuditFilter, *, key_column: str = "key_id", label_column: str = "label",
+                   time_column: str = "ts") -> tuple[list[str], list]:
+    clauses, params = [], []
+    if where.label is not None:
+        clauses.append(f"{label_column} = ?")
+        params.append(where.label)
+    if where.key_id is not None:
+        clauses.append(f"{key_column} = ?")
+        params.append(where.key_id)
+    if where.since is not None:
+        clauses.append(f"{time_column} >= ?")
+        params.append(to_text(where.since))
+    return clauses, params
+
+
+def _where(clauses: list[str]) -> str:
+    return " WHERE " + " AND ".join(clauses) if clauses else ""
+
+
+def _sealed(row: sqlite3.Row) -> SealedSecret:
+    return SealedSecret(row["vendor"], row["name"], row["nonce"], row["ciphertext"], row["account_sid"])

@@ -1,0 +1,56 @@
+"""The rules a vault key imposes on a call. Pure: the ledger applies them inside its transaction."""
+
+from datetime import datetime
+
+from .ledger.base import CallFacts, KeyRecord
+from .money import format_usd
+from .vault.allowlist import is_allowed
+from .vendors.base import Refusal, RefusalKind
+
+
+def key_refusal(key: KeyRecord, call: CallFacts) -> Refusal | None:
+    """Why this key may not make this call at all, before any money is considered."""
+    if key.revoked_at is not None:
+        return Refusal(RefusalKind.KEY_REVOKED,
+                       f"Keybrake vault key {key.key_id} was revoked at {iso(key.revoked_at)}. "
+                       "Ask the parent job for a new key.")
+    if key.spec.expires_at is not None and call.at >= key.spec.expires_at:
+        return Refusal(RefusalKind.KEY_EXPIRED,
+                       f"Keybrake vault key {key.key_id} expired at {iso(key.spec.expires_at)}. "
+                       "Ask the parent job for a new key.")
+    if key.spec.vendor != call.vendor:
+        return Refusal(RefusalKind.WRONG_VENDOR,
+                       f"Keybrake vault key {key.key_id} is for {key.spec.vendor}, not {call.vendor}.")
+    if not key.spec.allow_all and not is_allowed(key.spec.allowlist, call.method, call.path):
+        return Refusal(RefusalKind.NOT_ALLOWED,
+                       f"Keybrake vault key {key.key_id} does not allow {call.method} {call.path}. "
+                       f"It allows: {', '.join(key.spec.allowlist) or 'nothing'}.")
+    return None
+
+
+def cap_refusal(key: KeyRecord, cost_micros: int) -> Refusal | None:
+    """Whether reserving `cost_micros` more would break a cap. `key` holds the current totals."""
+    spec = key.spec
+    if spec.max_calls is not None and key.calls + 1 > spec.max_calls:
+        return Refusal(RefusalKind.MAX_CALLS_EXCEEDED,
+                       f"Keybrake cap reached for vault key {key.key_id}{_label(key)}: "
+                       f"it allows {spec.max_calls} calls and has made {key.calls}.")
+    checks = (
+        ("total", spec.total_cap_micros, key.spent_micros, key.reserved_micros),
+        ("daily", spec.daily_cap_micros, key.today_spent_micros, key.today_reserved_micros),
+    )
+    for which, cap, spent, reserved in checks:
+        if cap is not None and spent + reserved + cost_micros > cap:
+            return Refusal(RefusalKind.CAP_EXCEEDED,
+                           f"Keybrake cap reached for vault key {key.key_id}{_label(key)}: "
+                           f"{which} cap ${format_usd(cap)}, spent ${format_usd(spent)}, "
+                           f"reserved ${format_usd(reserved)}, this call ${format_usd(cost_micros)}.")
+    return None
+
+
+def _label(key: KeyRecord) -> str:
+    return f" (label {key.spec.label})" if key.spec.label else ""
+
+
+def iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,37 @@
+"""How a vendor's answer (or its absence) resolves a reservation. Pure: no I/O.
+
+The rule behind every branch: if money may have moved and we do not know how much, the hold
+stays counted.
+"""
+
+from .ledger.base import Resolution
+from .vendors.base import Outcome, PricingBasis
+
+
+def resolve(*, created_here: bool, basis: PricingBasis | None, status: int | None,
+            outcome: Outcome | None, request_sent: bool, idempotency_conflict: bool = False
+            ) -> tuple[Resolution, int | None]:
+    """Returns the resolution and, for SETTLE, the actual USD micros (None: keep the estimate).
+
+    created_here: this request opened the reservation (False for a retry that attached to it).
+    idempotency_conflict: the vendor refused the key as in flight or reused with other parameters,
+        which says nothing about the original attempt.
+    """
+    if status is None:  # no response at all
+        if not request_sent:
+            return (Resolution.RELEASE if created_here else Resolution.LEAVE), None
+        return Resolution.UNKNOWN, None
+    if status >= 500:
+        return Resolution.UNKNOWN, None
+    if 200 <= status < 300:
+        if basis is PricingBasis.ALREADY_COUNTED:
+            return Resolution.SETTLE, 0
+        if outcome is not None and outcome.replayed and created_here:
+            # The vendor replayed a result saved before this reservation existed: nothing moved now.
+            return Resolution.SETTLE, 0
+        return Resolution.SETTLE, outcome.usd_micros if outcome is not None else None
+    if status < 200 or 300 <= status < 400:
+        return Resolution.UNKNOWN, None  # no vendor answers a money call like this; stay safe
+    if idempotency_conflict and not created_here:
+        return Resolution.LEAVE, None
+    return Resolution.RELEASE, None

@@ -1,0 +1,1 @@
+"""The vault: real vendor secrets (encrypted) and the vault keys that stand in for them."""

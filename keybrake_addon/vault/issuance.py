@@ -1,0 +1,93 @@
+"""Issuing vault keys: validate the request, derive the key, store only its hash."""
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from ..ledger.base import KeyRecord, KeySpec, Ledger
+from ..ledger.times import utc_now
+from ..vendors import VENDORS
+from .allowlist import validate_patterns
+from .crypto import derive_subkey
+from .vault_keys import derive_vault_key, hash_vault_key, new_key_id
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+DERIVATION_PURPOSE = "vault-key-derivation"
+
+
+class IssueError(ValueError):
+    """The key request is not acceptable; the message names the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90s', '90m', '2h', '1d'."""
+    match = _DURATION.match(text or "")
+    if not match or int(match[1]) == 0:
+        raise IssueError("expires_in", f"expected a positive duration like 90s, 90m, 2h or 1d, got {text!r}")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+@dataclass(frozen=True)
+class KeyRequest:
+    vendor: str
+    secret_name: str = "default"
+    label: str | None = None
+    daily_cap_micros: int | None = None
+    total_cap_micros: int | None = None
+    max_calls: int | None = None
+    allowlist: tuple[str, ...] = ()
+    allow_all: bool = False
+    no_cap: bool = False
+    allow_unpriced: bool = False
+    expires_in: str | None = None
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    key_id: str
+    vault_key: str
+    record: KeyRecord
+
+
+def issue_key(ledger: Ledger, master_key: bytes, request: KeyRequest, *, now: datetime | None = None) -> IssuedKey:
+    spec = validate(ledger, request, now or utc_now())
+    key_id = new_key_id()
+    vault_key = derive_vault_key(derive_subkey(master_key, DERIVATION_PURPOSE), spec.vendor, key_id)
+    record = ledger.create_key(key_id, hash_vault_key(vault_key), spec)
+    return IssuedKey(key_id, vault_key, record)
+
+
+def validate(ledger: Ledger, request: KeyRequest, now: datetime) -> KeySpec:
+    if request.vendor not in VENDORS:
+        raise IssueError("vendor", f"unknown vendor {request.vendor!r}; choose one of {', '.join(sorted(VENDORS))}")
+    if ledger.get_secret(request.vendor, request.secret_name) is None:
+        raise IssueError("secret", f"no {request.vendor} secret named {request.secret_name!r} is stored; "
+                                   f"run `keybrake secret set {request.vendor} --name {request.secret_name}` first")
+    for field, value in (("daily_usd_cap", request.daily_cap_micros), ("total_usd_cap", request.total_cap_micros),
+                         ("max_calls", request.max_calls)):
+        if value is not None and value < 0:
+            raise IssueError(field, "must not be negative")
+    has_cap = request.daily_cap_micros is not None or request.total_cap_micros is not None
+    if not has_cap and not request.no_cap:
+        raise IssueError("daily_usd_cap", "a key needs a daily or total USD cap (or, knowingly, --no-cap)")
+    if has_cap and request.no_cap:
+        raise IssueError("no_cap", "--no-cap contradicts the cap given")
+    if not request.allowlist and not request.allow_all:
+        raise IssueError("allowed_endpoints",
+                         'a key needs at least one --allow "METHOD /path" (or, knowingly, --allow-all)')
+    try:
+        allowlist = tuple(validate_patterns(list(request.allowlist)))
+    except ValueError as error:
+        raise IssueError("allowed_endpoints", str(error)) from None
+    expires_at = now + parse_duration(request.expires_in) if request.expires_in else None
+    return KeySpec(
+        vendor=request.vendor, secret_name=request.secret_name, label=request.label,
+        daily_cap_micros=request.daily_cap_micros, total_cap_micros=request.total_cap_micros,
+        max_calls=request.max_calls, allowlist=allowlist, allow_all=request.allow_all,
+        allow_unpriced=request.allow_unpriced, expires_at=expires_at,
+    )

@@ -1,0 +1,116 @@
+"""The contract every vendor module fulfils: pure functions, no I/O.
+
+A vendor module turns a request into a credential and a cost estimate, a response into an
+outcome, and a refusal into a response the vendor's own SDK understands.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+@dataclass(frozen=True)
+class VendorRequest:
+    method: str
+    path: str  # without the query string
+    query: str
+    headers: Mapping[str, str]  # names lower-cased
+    body: bytes
+
+
+@dataclass(frozen=True)
+class VendorResponse:
+    status: int
+    headers: Mapping[str, str]  # names lower-cased
+    body: bytes
+
+
+@dataclass(frozen=True)
+class PresentedCredential:
+    """What the client sent where the vendor secret normally goes."""
+
+    token: str
+    username: str | None = None  # the Basic-auth user, when the vendor uses one
+
+
+class PricingBasis(Enum):
+    FIXED = "fixed"  # usd_micros is the estimate
+    ALREADY_COUNTED = "already_counted"  # free if the ledger counted object_ref, else unpriced
+    COUNTED_AMOUNT = "counted_amount"  # costs what the ledger counted for object_ref
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    usd_micros: int = 0
+    basis: PricingBasis = PricingBasis.FIXED
+    object_ref: str | None = None
+    amount_minor: int | None = None
+    currency: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a vendor response says happened."""
+
+    usd_micros: int | None  # what this response says was spent; None when it does not say
+    object_ids: tuple[str, ...] = ()
+    amount_minor: int | None = None
+    currency: str | None = None
+    replayed: bool = False
+    vendor_request_id: str | None = None
+
+
+class Unpriced(Exception):
+    """The cost of this call cannot be determined from the request alone."""
+
+
+class UnknownCurrency(Unpriced):
+    pass
+
+
+class MalformedRequest(Exception):
+    """The request cannot be priced because it is not valid (the vendor would refuse it too)."""
+
+
+class RefusalKind(Enum):
+    MISSING_KEY = ("keybrake_missing_key", 401)
+    UNKNOWN_KEY = ("keybrake_unknown_key", 401)
+    KEY_EXPIRED = ("keybrake_key_expired", 401)
+    KEY_REVOKED = ("keybrake_key_revoked", 401)
+    WRONG_VENDOR = ("keybrake_wrong_vendor", 401)
+    REAL_SECRET = ("keybrake_real_secret_refused", 401)
+    ACCOUNT_MISMATCH = ("keybrake_account_mismatch", 403)
+    NOT_ALLOWED = ("keybrake_endpoint_not_allowed", 403)
+    UNPRICED = ("keybrake_unpriced_endpoint", 403)
+    UNKNOWN_CURRENCY = ("keybrake_unknown_currency", 403)
+    INVALID_REQUEST = ("keybrake_invalid_request", 400)
+    CAP_EXCEEDED = ("keybrake_cap_exceeded", 429)
+    MAX_CALLS_EXCEEDED = ("keybrake_max_calls_exceeded", 429)
+    EGRESS_DENIED = ("keybrake_egress_denied", 403)
+    UNAVAILABLE = ("keybrake_unavailable", 503)
+
+    @property
+    def code(self) -> str:
+        return self.value[0]
+
+    @property
+    def status(self) -> int:
+        return self.value[1]
+
+    @property
+    def is_cap_hit(self) -> bool:
+        return self in (RefusalKind.CAP_EXCEEDED, RefusalKind.MAX_CALLS_EXCEEDED)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    kind: RefusalKind
+    message: str  # must never contain a secret or a vault key
+    retry_after_s: int | None = None
+
+
+@dataclass(frozen=True)
+class RenderedResponse:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""

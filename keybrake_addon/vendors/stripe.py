@@ -1,0 +1,306 @@
+"""Stripe (api.stripe.com): credential, cost estimate, outcome and refusal shape.
+
+Pure functions only. Amounts come from the request where Stripe takes them, and from the
+response for settlement. See shared VENDORS.md for the facts this relies on.
+"""
+
+import base64
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+
+from .base import (
+    CostEstimate,
+    MalformedRequest,
+    Outcome,
+    PresentedCredential,
+    PricingBasis,
+    Refusal,
+    RenderedResponse,
+    Unpriced,
+    VendorRequest,
+    VendorResponse,
+)
+from .currency import minor_to_usd_micros
+from .forms import parse_form, parse_json_object
+
+NAME = "stripe"
+HOSTS = ("api.stripe.com",)
+VAULT_KEY_PREFIX = "sk_kb_"
+_REAL_SECRET_PREFIXES = ("sk_live_", "sk_test_", "rk_live_", "rk_test_")
+
+UsdRates = Mapping[str, Decimal]
+
+
+def presented_credential(headers: Mapping[str, str]) -> PresentedCredential | None:
+    """Stripe takes the key as a Bearer token, or as the Basic-auth user with no password."""
+    authorization = headers.get("authorization", "").strip()
+    scheme, _, value = authorization.partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer" and value:
+        return PresentedCredential(token=value)
+    if scheme.lower() == "basic" and value:
+        try:
+            user, _, _ = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return PresentedCredential(token=user) if user else None
+    return None
+
+
+def looks_like_real_secret(token: str) -> bool:
+    return token.startswith(_REAL_SECRET_PREFIXES)
+
+
+def authorization_header(secret: str, account_sid: str | None = None) -> str:
+    return f"Bearer {secret}"
+
+
+def idempotency_key(headers: Mapping[str, str]) -> str | None:
+    return headers.get("idempotency-key") or None
+
+
+# --- estimates -------------------------------------------------------------------------------
+
+def _int_param(form: Mapping[str, str], name: str, *, required: bool) -> int | None:
+    raw = form.get(name)
+    if raw is None or raw == "":
+        if required:
+            raise MalformedRequest(f"the parameter {name!r} is required to price this call")
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise MalformedRequest(f"the parameter {name!r} must be a whole number, got {raw!r}") from None
+    if value < 0:
+        raise MalformedRequest(f"the parameter {name!r} must not be negative")
+    return value
+
+
+def _amount_in_currency(form: Mapping[str, str], rates: UsdRates, *, amount_param: str = "amount") -> CostEstimate:
+    amount = _int_param(form, amount_param, required=True)
+    currency = form.get("currency")
+    if not currency:
+        raise MalformedRequest("the parameter 'currency' is required to price this call")
+    return CostEstimate(
+        usd_micros=minor_to_usd_micros(amount, currency, rates),
+        amount_minor=amount,
+        currency=currency.lower(),
+    )
+
+
+def _fixed(form, match, rates) -> CostEstimate:
+    return _amount_in_currency(form, rates)
+
+
+def _free(form, match, rates) -> CostEstimate:
+    return CostEstimate()
+
+
+def _already_counted(form, match, rates) -> CostEstimate:
+    # Confirming or capturing moves money the creation was already counted for.
+    return CostEstimate(basis=PricingBasis.ALREADY_COUNTED, object_ref=match["id"])
+
+
+def _payment_intent_update(form, match, rates) -> CostEstimate:
+    if "amount" in form:
+        raise Unpriced("changing a PaymentIntent's amount is not priced by Keybrake yet")
+    return CostEstimate()
+
+
+def _refund(form, match, rates) -> CostEstimate:
+    target = form.get("payment_intent") or form.get("charge")
+    if not target:
+        raise MalformedRequest("a refund needs 'charge' or 'payment_intent'")
+    amount = _int_param(form, "amount", required=False)
+    if amount is None:
+        # The whole remaining amount: at most what the ledger counted for that object.
+        return CostEstimate(basis=PricingBasis.COUNTED_AMOUNT, object_ref=target)
+    currency = form.get("currency")
+    if not currency:
+        # A partial refund is in the charge's currency, which the request does not name.
+        return CostEstimate(basis=PricingBasis.COUNTED_AMOUNT, object_ref=target, amount_minor=amount)
+    return CostEstimate(
+        usd_micros=minor_to_usd_micros(amount, currency, rates),
+        amount_minor=amount,
+        currency=currency.lower(),
+    )
+
+
+_LINE_ITEM = re.compile(r"^line_items\[(\d+)\]\[(.+)\]$")
+
+
+def _checkout_session(form, match, rates) -> CostEstimate:
+    items: dict[str, dict[str, str]] = {}
+    for name, value in form.items():
+        if found := _LINE_ITEM.match(name):
+            items.setdefault(found[1], {})[found[2]] = value
+    if not items:
+        return CostEstimate()  # a setup- or subscription-mode session without line items
+    total_usd = 0
+    total_minor = 0
+    currencies = set()
+    for item in items.values():
+        if "price_data][unit_amount" not in item:
+            raise Unpriced("checkout line items that use a saved price id are not priced yet")
+        unit = _int_param(item, "price_data][unit_amount", required=True)
+        quantity = _int_param(item, "quantity", required=False) or 1
+        currency = item.get("price_data][currency")
+        if not currency:
+            raise MalformedRequest("a checkout line item's price_data needs a currency")
+        total_usd += minor_to_usd_micros(unit * quantity, currency, rates)
+        total_minor += unit * quantity
+        currencies.add(currency.lower())
+    return CostEstimate(
+        usd_micros=total_usd,
+        amount_minor=total_minor if len(currencies) == 1 else None,
+        currency=currencies.pop() if len(currencies) == 1 else None,
+    )
+
+
+def _unpriced(why: str) -> Callable:
+    def refuse(form, match, rates) -> CostEstimate:
+        raise Unpriced(why)
+
+    return refuse
+
+
+@dataclass(frozen=True)
+class _Route:
+    pattern: re.Pattern[str]
+    estimate: Callable[[Mapping[str, str], re.Match[str], UsdRates], CostEstimate]
+    response_amount_field: str | None = None
+
+
+def _route(path: str, estimate, response_amount_field: str | None = None) -> _Route:
+    pattern = re.compile("^" + path.replace("{id}", r"(?P<id>[A-Za-z0-9_]+)") + "$")
+    return _Route(pattern, estimate, response_amount_field)
+
+
+# POST routes, first match wins. A POST that matches none of them is unpriced.
+_POST_ROUTES: tuple[_Route, ...] = (
+    _route("/v1/payment_intents", _fixed, "amount"),
+    _route("/v1/payment_intents/{id}/confirm", _already_counted, "amount"),
+    _route("/v1/payment_intents/{id}/capture", _already_counted, "amount"),
+    _route("/v1/payment_intents/{id}/cancel", _free),
+    _route("/v1/payment_intents/{id}/increment_authorization",
+           _unpriced("incrementing an authorisation is not priced by Keybrake yet")),
+    _route("/v1/payment_intents/{id}", _payment_intent_update),
+    _route("/v1/charges", _fixed, "amount"),
+    _route("/v1/charges/{id}/capture", _already_counted, "amount"),
+    _route("/v1/charges/{id}", _free),
+    _route("/v1/refunds", _refund, "amount"),
+    _route("/v1/refunds/{id}/cancel", _free),
+    _route("/v1/refunds/{id}", _free),
+    _route("/v1/transfers", _fixed, "amount"),
+    _route("/v1/payouts", _fixed, "amount"),
+    _route("/v1/payouts/{id}/cancel", _free),
+    _route("/v1/checkout/sessions", _checkout_session, "amount_total"),
+    _route("/v1/checkout/sessions/{id}/expire", _free),
+    _route("/v1/invoices/{id}/pay", _unpriced("paying an invoice is not priced by Keybrake yet")),
+    _route("/v1/subscriptions", _unpriced("subscriptions are not priced by Keybrake yet")),
+    # Objects that hold no money of their own.
+    *(
+        _route(path, _free)
+        for resource in ("customers", "payment_methods", "setup_intents", "products", "prices",
+                         "webhook_endpoints", "tokens", "coupons", "tax_rates")
+        for path in (f"/v1/{resource}", f"/v1/{resource}/{{id}}",
+                     f"/v1/{resource}/{{id}}/attach", f"/v1/{resource}/{{id}}/detach",
+                     f"/v1/{resource}/{{id}}/confirm", f"/v1/{resource}/{{id}}/cancel")
+    ),
+)
+
+_READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+
+
+def _post_route(path: str) -> tuple[_Route, re.Match[str]] | None:
+    for route in _POST_ROUTES:
+        if match := route.pattern.match(path):
+            return route, match
+    return None
+
+
+def estimate(request: VendorRequest, usd_rates: UsdRates) -> CostEstimate:
+    """The most this call can move, in USD micros, or why it cannot be told."""
+    if request.method in _READ_ONLY_METHODS:
+        return CostEstimate()
+    if request.method != "POST":
+        raise Unpriced(f"{request.method} is not a method Stripe's API uses")
+    found = _post_route(request.path)
+    if found is None:
+        raise Unpriced(f"POST {request.path} is not an endpoint Keybrake knows the cost of")
+    route, match = found
+    return route.estimate(parse_form(request.body), match, usd_rates)
+
+
+# --- outcomes --------------------------------------------------------------------------------
+
+def outcome(request: VendorRequest, response: VendorResponse, usd_rates: UsdRates) -> Outcome:
+    """What the response says was spent and on which object."""
+    replayed = response.headers.get("idempotent-replayed", "").lower() == "true"
+    request_id = response.headers.get("request-id")
+    body = parse_json_object(response.body)
+    if not isinstance(body, dict):
+        return Outcome(usd_micros=None, replayed=replayed, vendor_request_id=request_id)
+    if not 200 <= response.status < 300:
+        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        related = error.get("payment_intent") or error.get("charge")
+        object_id = related.get("id") if isinstance(related, dict) else related
+        ids = (object_id,) if isinstance(object_id, str) else ()
+        return Outcome(usd_micros=None, object_ids=ids, replayed=replayed, vendor_request_id=request_id)
+    object_id = body.get("id")
+    ids = (object_id,) if isinstance(object_id, str) else ()
+    amount_field = None
+    if request.method == "POST" and (found := _post_route(request.path)):
+        amount_field = found[0].response_amount_field
+    if amount_field is None:
+        return Outcome(usd_micros=0, object_ids=ids, replayed=replayed, vendor_request_id=request_id)
+    amount, currency = body.get(amount_field), body.get("currency")
+    if not isinstance(amount, int) or not isinstance(currency, str):
+        return Outcome(usd_micros=None, object_ids=ids, replayed=replayed, vendor_request_id=request_id)
+    try:
+        usd = minor_to_usd_micros(amount, currency, usd_rates)
+    except Unpriced:
+        usd = None
+    return Outcome(
+        usd_micros=usd, object_ids=ids, amount_minor=amount, currency=currency.lower(),
+        replayed=replayed, vendor_request_id=request_id,
+    )
+
+
+def money_may_have_moved(status: int, body: bytes) -> bool:
+    """Whether a non-2xx answer could hide a charge. Stripe's 4xx are final and move nothing."""
+    return status >= 500
+
+
+# --- refusals --------------------------------------------------------------------------------
+
+def render_refusal(refusal: Refusal) -> RenderedResponse:
+    """A Stripe-shaped error that both SDKs map to their usual exception and do not retry."""
+    kind = refusal.kind
+    headers = {
+        "content-type": "application/json",
+        # The SDKs obey this before their own rules: retrying a policy refusal is pointless.
+        "stripe-should-retry": "true" if kind.status == 503 else "false",
+        "x-keybrake-refusal": kind.code,
+    }
+    if kind.is_cap_hit:
+        headers["x-keybrake-cap-hit"] = "true"
+    if refusal.retry_after_s is not None:
+        headers["retry-after"] = str(refusal.retry_after_s)
+    error_type = "api_error" if kind.status >= 500 else "invalid_request_error"
+    body = {"error": {"type": error_type, "code": kind.code, "message": refusal.message}}
+    return RenderedResponse(kind.status, headers, json.dumps(body).encode())
+
+
+def is_idempotency_conflict(status: int, body: bytes) -> bool:
+    """409 (same key in flight) or 400 idempotency_error: says nothing about the first attempt."""
+    if status == 409:
+        return True
+    if status == 400:
+        parsed = parse_json_object(body)
+        error = parsed.get("error") if isinstance(parsed, dict) else None
+        return isinstance(error, dict) and error.get("type") == "idempotency_error"
+    return False
