@@ -1,0 +1,40 @@
+# Sourced by scripts/keybrake and scripts/test: finds Python 3.12+ and prepares .venv.
+# mitmproxy 12 needs Python >= 3.12; many machines' default python3 is older, so look explicitly.
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${KEYBRAKE_VENV:-$repo_root/.venv}"
+
+find_python() {
+  local candidate
+  for candidate in "${KEYBRAKE_PYTHON:-}" python3.13 python3.12 python3; do
+    [ -n "$candidate" ] || continue
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+      command -v "$candidate"; return 0
+    fi
+  done
+  # pyenv keeps versions it does not put on PATH.
+  local root="${PYENV_ROOT:-$HOME/.pyenv}"
+  for candidate in "$root"/versions/3.13*/bin/python3 "$root"/versions/3.12*/bin/python3; do
+    if [ -x "$candidate" ] && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+      echo "$candidate"; return 0
+    fi
+  done
+  return 1
+}
+
+ensure_venv() {  # $1: the pip extra spec, e.g. "." or ".[test]"
+  local spec="$1" python
+  if [ ! -x "$venv/bin/python" ]; then
+    if ! python="$(find_python)"; then
+      echo "keybrake: needs Python 3.12 or newer (mitmproxy 12 does), and found none on PATH or in pyenv." >&2
+      echo "keybrake: install one, or point KEYBRAKE_PYTHON at it." >&2
+      exit 1
+    fi
+    echo "keybrake: creating $venv with $python ($("$python" --version))" >&2
+    "$python" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --upgrade pip
+  fi
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$repo_root$spec" 2>&1 \
+    | grep -v -e '^WARNING: Location' -e 'is ignored: it is neither' >&2 || true
+  "$venv/bin/python" -c 'import keybrake_addon' || { echo "keybrake: install into $venv failed" >&2; exit 1; }
+}
