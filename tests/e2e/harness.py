@@ -1,0 +1,69 @@
+"""Runs the real `keybrake` CLI and proxy as processes, for end-to-end tests."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+READY = re.compile(r"Keybrake proxy listening on (http://[\d.]+:(\d+))")
+REAL_SECRET = "sk_test_" + "upstream0secret0for0tests"  # what the fake Stripe accepts
+
+
+def keybrake(home: Path, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "keybrake_addon", "--home", str(home), *args],
+                            input=stdin, capture_output=True, text=True, timeout=60)
+    if check and result.returncode != 0:
+        raise AssertionError(f"keybrake {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+def keybrake_json(home: Path, *args: str):
+    return json.loads(keybrake(home, *args, "--json").stdout)
+
+
+@dataclass
+class ProxyProcess:
+    home: Path
+    upstream: str
+    log_path: Path
+    extra_args: tuple[str, ...] = ()
+    process: subprocess.Popen | None = None
+    url: str = ""
+    port: int = 0
+    _log: object = field(default=None, repr=False)
+
+    def start(self, timeout_s: float = 30.0) -> "ProxyProcess":
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-u", "-m", "keybrake_addon", "--home", str(self.home), "proxy", "--listen-port", "0",
+             "--upstream", f"stripe={self.upstream}", *self.extra_args],
+            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"keybrake proxy exited early:\n{self.log_text()}")
+            if match := READY.search(self.log_text()):
+                self.url, self.port = match[1], int(match[2])
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise AssertionError(f"keybrake proxy did not become ready:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if self._log:
+            self._log.close()
+            self._log = None

@@ -1,0 +1,153 @@
+"""The SQLite ledger: atomic reservations across threads and processes, settlement, daily reset."""
+
+import multiprocessing
+import sqlite3
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from keybrake_addon.ledger.base import (
+    AdmitRequest, AuditFilter, CallFacts, KeySpec, LedgerUnavailable, Resolution, SettleRequest,
+)
+from keybrake_addon.ledger.sqlite import SqliteLedger
+from keybrake_addon.vendors.base import CostEstimate, PricingBasis, RefusalKind
+
+USD = 1_000_000
+KEY_HASH = "h" * 64
+
+
+def make_ledger(path, *, daily=None, total=None, max_calls=None) -> SqliteLedger:
+    ledger = SqliteLedger(path)
+    ledger.put_secret("stripe", "default", b"n" * 12, b"sealed", "fp", None)
+    ledger.create_key("kbk_test", KEY_HASH, KeySpec(
+        vendor="stripe", secret_name="default", label="run", daily_cap_micros=daily, total_cap_micros=total,
+        max_calls=max_calls, allowlist=("POST /v1/payment_intents/**",), allow_all=False, allow_unpriced=False,
+        expires_at=None))
+    return ledger
+
+
+def admit(ledger, usd, *, idem=None, at=None, path="/v1/payment_intents", estimate=None):
+    call = CallFacts("stripe", "POST", path, idem, at or datetime.now(UTC))
+    return ledger.admit(AdmitRequest(KEY_HASH, call, estimate or CostEstimate(usd_micros=int(usd * USD))))
+
+
+def settle(ledger, admission, resolution, actual_usd=None, object_id=None):
+    return ledger.settle(SettleRequest(
+        admission.audit_id, admission.reservation_id, resolution,
+        None if actual_usd is None else int(actual_usd * USD), 200, (object_id,) if object_id else (),
+        None, None, None, False, 1.0))
+
+
+def test_threads_reserve_exactly_up_to_the_cap(tmp_path):
+    make_ledger(tmp_path / "l.db", daily=500 * USD).close()
+    ledgers = [SqliteLedger(tmp_path / "l.db") for _ in range(8)]  # one connection each, like processes
+    admitted = []
+    lock = threading.Lock()
+
+    def worker(ledger):
+        for _ in range(25):
+            result = admit(ledger, 50)
+            with lock:
+                admitted.append(result.allowed)
+
+    threads = [threading.Thread(target=worker, args=(ledger,)) for ledger in ledgers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert admitted.count(True) == 10 and admitted.count(False) == 190
+    key = ledgers[0].get_key("kbk_test")
+    assert (key.reserved_micros, key.spent_micros, key.calls) == (500 * USD, 0, 10)
+
+
+def _process_worker(path, results):
+    ledger = SqliteLedger(path)
+    results.put(sum(admit(ledger, 50).allowed for _ in range(50)))
+
+
+def test_processes_reserve_exactly_up_to_the_cap(tmp_path):
+    path = tmp_path / "l.db"
+    make_ledger(path, total=475 * USD).close()
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    workers = [context.Process(target=_process_worker, args=(path, results)) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert sum(results.get(timeout=5) for _ in workers) == 9
+
+
+def test_settle_release_and_unknown(tmp_path):
+    ledger = make_ledger(tmp_path / "l.db", total=100 * USD)
+    first, second, third = admit(ledger, 50), admit(ledger, 30), admit(ledger, 20)
+    settle(ledger, first, Resolution.SETTLE, 45, "pi_1")  # the vendor charged less than estimated
+    settle(ledger, second, Resolution.RELEASE)
+    settle(ledger, third, Resolution.UNKNOWN)  # a 5xx: it stays counted
+    key = ledger.get_key("kbk_test")
+    assert (key.spent_micros, key.reserved_micros, key.unknown_micros) == (45 * USD, 20 * USD, 20 * USD)
+    assert key.remaining_micros() == 35 * USD
+    assert not admit(ledger, 36).allowed
+    assert admit(ledger, 35).allowed
+
+
+def test_retry_with_same_idempotency_key_reserves_once_and_can_settle_an_unknown(tmp_path):
+    ledger = make_ledger(tmp_path / "l.db", total=60 * USD)
+    original = admit(ledger, 50, idem="order-1")
+    settle(ledger, original, Resolution.UNKNOWN)  # the connection died after the request was sent
+    retry = admit(ledger, 50, idem="order-1")
+    assert retry.allowed and retry.reservation_id == original.reservation_id and not retry.created_reservation
+    settle(ledger, retry, Resolution.SETTLE, 50, "pi_1")
+    late = admit(ledger, 50, idem="order-1")
+    settle(ledger, late, Resolution.SETTLE, 50, "pi_1")  # a second replay changes nothing
+    key = ledger.get_key("kbk_test")
+    assert (key.spent_micros, key.reserved_micros, key.calls) == (50 * USD, 0, 1)
+    rows = ledger.audit_rows(AuditFilter())
+    assert [r["actual_micros"] for r in rows] == [0, 50 * USD, 0]  # counted once, on the row that settled it
+    assert [r["outcome"] for r in rows] == ["unknown", "settled", "already_settled"]
+
+
+def test_daily_cap_resets_at_midnight_utc(tmp_path):
+    ledger = make_ledger(tmp_path / "l.db", daily=50 * USD)
+    today = datetime(2026, 11, 28, 23, 59, tzinfo=UTC)
+    settle(ledger, admit(ledger, 50, at=today), Resolution.SETTLE, 50)
+    assert not admit(ledger, 1, at=today).allowed
+    assert admit(ledger, 50, at=today + timedelta(minutes=2)).allowed
+
+
+def test_max_calls_and_refusal_kinds(tmp_path):
+    ledger = make_ledger(tmp_path / "l.db", total=100 * USD, max_calls=2)
+    assert admit(ledger, 0).allowed and admit(ledger, 0).allowed
+    assert admit(ledger, 0).refusal.kind is RefusalKind.MAX_CALLS_EXCEEDED
+    assert admit(ledger, 0, path="/v1/customers").refusal.kind is RefusalKind.NOT_ALLOWED
+    unknown = ledger.admit(AdmitRequest("x" * 64, CallFacts("stripe", "GET", "/v1/x", None, datetime.now(UTC)),
+                                        CostEstimate()))
+    assert unknown.refusal.kind is RefusalKind.UNKNOWN_KEY
+    ledger.revoke_key("kbk_test")
+    assert admit(ledger, 0).refusal.kind is RefusalKind.KEY_REVOKED
+
+
+def test_already_counted_objects_are_free_and_unknown_ones_unpriced(tmp_path):
+    ledger = make_ledger(tmp_path / "l.db", total=100 * USD)
+    settle(ledger, admit(ledger, 50), Resolution.SETTLE, 50, "pi_known")
+    confirm = CostEstimate(basis=PricingBasis.ALREADY_COUNTED, object_ref="pi_known")
+    refund_all = CostEstimate(basis=PricingBasis.COUNTED_AMOUNT, object_ref="pi_known")
+    assert admit(ledger, 0, estimate=confirm).reserved_micros == 0
+    assert admit(ledger, 0, estimate=refund_all).reserved_micros == 50 * USD
+    stranger = CostEstimate(basis=PricingBasis.ALREADY_COUNTED, object_ref="pi_stranger")
+    assert admit(ledger, 0, estimate=stranger).refusal.kind is RefusalKind.UNPRICED
+
+
+def test_locked_database_is_unavailable_not_a_guess(tmp_path):
+    path = tmp_path / "l.db"
+    make_ledger(path, total=100 * USD).close()
+    ledger = SqliteLedger(path, busy_timeout_s=0.2)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(LedgerUnavailable):
+            admit(ledger, 10)
+    finally:
+        blocker.execute("ROLLBACK")
+    assert admit(ledger, 10).allowed  # recovers by itself once the lock is gone
