@@ -3,7 +3,9 @@ import stripe
 
 from keybrake_addon.fakes.fake_stripe import FakeStripe
 
-from .harness import REAL_SECRET, ProxyProcess, keybrake, keybrake_json
+from keybrake_addon.proxy_process import ProxyProcess
+
+from .helpers import REAL_SECRET, keybrake, keybrake_json
 
 
 @pytest.fixture
@@ -22,7 +24,7 @@ def fake_stripe():
 
 @pytest.fixture
 def proxy(home, fake_stripe, tmp_path):
-    running = ProxyProcess(home=home, upstream=fake_stripe.url, log_path=tmp_path / "proxy.log").start()
+    running = ProxyProcess(home=home, upstreams=(f"stripe={fake_stripe.url}",), log_path=tmp_path / "proxy.log").start()
     yield running
     running.stop()
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import stripe
 
-from .harness import REAL_SECRET, keybrake, keybrake_json
+from .helpers import REAL_SECRET, keybrake, keybrake_json
 
 PI = {"amount": 5000, "currency": "usd", "confirm": True, "payment_method": "pm_card_visa"}
 

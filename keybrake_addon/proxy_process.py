@@ -1,4 +1,4 @@
-"""Runs the real `keybrake` CLI and proxy as processes, for end-to-end tests."""
+"""Runs the `keybrake` CLI and proxy as child processes (the demo, end-to-end tests, benchmarks)."""
 
 import json
 import os
@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 READY = re.compile(r"Keybrake proxy listening on (http://[\d.]+:(\d+))")
-REAL_SECRET = "sk_test_" + "upstream0secret0for0tests"  # what the fake Stripe accepts
 
 
 def keybrake(home: Path, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -27,8 +26,10 @@ def keybrake_json(home: Path, *args: str):
 
 @dataclass
 class ProxyProcess:
+    """A `keybrake proxy` child on a free port; `start()` returns once it listens."""
+
     home: Path
-    upstream: str
+    upstreams: tuple[str, ...]  # VENDOR=URL
     log_path: Path
     extra_args: tuple[str, ...] = ()
     process: subprocess.Popen | None = None
@@ -40,7 +41,7 @@ class ProxyProcess:
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-u", "-m", "keybrake_addon", "--home", str(self.home), "proxy", "--listen-port", "0",
-             "--upstream", f"stripe={self.upstream}", *self.extra_args],
+             *(f"--upstream={entry}" for entry in self.upstreams), *self.extra_args],
             stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
