@@ -49,17 +49,19 @@ class Keybrake:
         loader.add_option("keybrake_home", str, "", "The Keybrake home (database, master key, CA).")
         loader.add_option("keybrake_upstreams", Sequence[str], [],
                           "VENDOR=URL: send that vendor's traffic to another base URL (tests, staging, mocks).")
+        loader.add_option("keybrake_db_busy_timeout", float, 5.0,
+                          "Seconds to wait for another writer's database lock before answering 503.")
         loader.add_option("keybrake_strict_egress", bool, False,
                           "Refuse every CONNECT to a host Keybrake does not front, instead of tunnelling it.")
 
     def configure(self, updated) -> None:
         if "keybrake_upstreams" in updated:
             self.upstreams = parse_upstreams(ctx.options.keybrake_upstreams)
-        if "keybrake_home" in updated and ctx.options.keybrake_home:
+        if updated & {"keybrake_home", "keybrake_db_busy_timeout"} and ctx.options.keybrake_home:
             home = KeybrakeHome.resolve(ctx.options.keybrake_home)
             try:
                 pricing = load_pricing(home.pricing_file)
-                installation = open_installation(home)
+                installation = open_installation(home, busy_timeout_s=ctx.options.keybrake_db_busy_timeout)
             except (PricingError, OSError, ValueError) as error:
                 raise exceptions.OptionsError(str(error)) from None
             if self.gate is not None:

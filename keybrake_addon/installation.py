@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from .ca import ensure_ca
 from .home import KeybrakeHome
-from .ledger.sqlite import SqliteLedger
+from .ledger.sqlite import BUSY_TIMEOUT_S, SqliteLedger
 from .vault.crypto import MasterKeyError, master_key_check
 from .vault.secrets import SecretVault
 
@@ -43,11 +43,11 @@ def initialise(home: KeybrakeHome) -> InitReport:
     return InitReport(created_home, created_key, created_ca)
 
 
-def open_installation(home: KeybrakeHome) -> Installation:
+def open_installation(home: KeybrakeHome, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> Installation:
     if not home.root.exists():
         raise FileNotFoundError(f"no Keybrake home at {home.root}; run `keybrake init` first")
     master_key = home.load_master_key()
-    ledger = SqliteLedger(home.database)
+    ledger = SqliteLedger(home.database, busy_timeout_s=busy_timeout_s)
     expected = ledger.get_meta(MASTER_KEY_CHECK)
     check = master_key_check(master_key)
     if expected is None:

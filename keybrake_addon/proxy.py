@@ -22,6 +22,7 @@ class ProxySettings:
     listen_port: int = 8080
     upstreams: Sequence[str] = ()
     strict_egress: bool = False
+    db_busy_timeout_s: float = 5.0
     quiet: bool = False
     on_listening: list = field(default_factory=list)
 
@@ -59,6 +60,7 @@ async def run_proxy(settings: ProxySettings) -> None:
         keybrake_home=str(settings.home.root),
         keybrake_upstreams=list(settings.upstreams),
         keybrake_strict_egress=settings.strict_egress,
+        keybrake_db_busy_timeout=settings.db_busy_timeout_s,
     )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

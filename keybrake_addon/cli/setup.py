@@ -53,9 +53,11 @@ def env(ctx: click.Context, proxy_url: str) -> None:
               help="Send a vendor's traffic to another base URL, e.g. stripe=http://127.0.0.1:12111. Repeatable.")
 @click.option("--strict-egress", is_flag=True,
               help="Refuse connections to hosts Keybrake does not front, instead of tunnelling them.")
+@click.option("--db-busy-timeout", default=5.0, show_default=True, type=click.FloatRange(0.01),
+              help="Seconds to wait for another process's database lock before refusing with 503.")
 @click.pass_context
 def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tuple[str, ...],
-          strict_egress: bool) -> None:
+          strict_egress: bool, db_busy_timeout: float) -> None:
     """Run the forward proxy. Initialises the home first if it is new.
 
     Workers set HTTPS_PROXY to it and trust the Keybrake CA (see `keybrake env`). Only
@@ -77,7 +79,8 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
         click.echo("", nl=True)
 
     settings = ProxySettings(home=home, listen_host=listen_host, listen_port=listen_port,
-                             upstreams=upstreams, strict_egress=strict_egress, on_listening=[announce])
+                             upstreams=upstreams, strict_egress=strict_egress, db_busy_timeout_s=db_busy_timeout,
+                             on_listening=[announce])
     try:
         serve(settings)
     except OptionsError as error:

@@ -1,0 +1,70 @@
+"""Edges of the proxy: a locked database, strict egress, header hygiene."""
+
+import sqlite3
+import ssl
+
+import httpx
+import pytest
+import stripe
+
+from keybrake_addon.proxy_process import ProxyProcess
+
+PI = {"amount": 5000, "currency": "usd", "confirm": True, "payment_method": "pm_card_visa"}
+
+
+def vendor_client(proxy, home) -> httpx.Client:
+    context = ssl.create_default_context(cafile=str(home / "certs" / "keybrake-ca.pem"))
+    return httpx.Client(proxy=proxy.url, verify=context, base_url="https://api.stripe.com")
+
+
+def test_locked_database_answers_503_and_forwards_nothing(home, fake_stripe, tmp_path, monkeypatch, issue):
+    key = issue("--total-usd-cap", "500", "--allow", "POST /v1/payment_intents")
+    proxy = ProxyProcess(home=home, upstreams=(f"stripe={fake_stripe.url}",), log_path=tmp_path / "p.log",
+                         extra_args=("--db-busy-timeout", "0.3")).start()
+    try:
+        blocker = sqlite3.connect(home / "keybrake.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock past the busy timeout
+        with vendor_client(proxy, home) as client:
+            refused = client.post("/v1/payment_intents", data=PI,
+                                  headers={"authorization": f"Bearer {key['vault_key']}"})
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == "2"
+            assert refused.json()["error"]["code"] == "keybrake_unavailable"
+            assert fake_stripe.hits == 0
+            blocker.execute("ROLLBACK")  # the trouble ends: the proxy recovers by itself
+            accepted = client.post("/v1/payment_intents", data=PI,
+                                   headers={"authorization": f"Bearer {key['vault_key']}"})
+            assert accepted.status_code == 200
+    finally:
+        proxy.stop()
+    assert key["vault_key"] not in proxy.log_text()
+
+
+def test_keybrake_request_headers_are_stripped(proxy, fake_stripe, home, issue):
+    key = issue("--total-usd-cap", "500", "--allow", "GET /v1/balance")
+    with vendor_client(proxy, home) as client:
+        response = client.get("/v1/balance", headers={"authorization": f"Bearer {key['vault_key']}",
+                                                      "x-keybrake-cap-hit": "false", "X-Keybrake-Anything": "1"})
+    assert response.status_code == 200
+    (seen,) = fake_stripe.received
+    assert not [name for name in seen.headers if name.startswith("x-keybrake")]
+
+
+def test_strict_egress_refuses_other_hosts(home, fake_stripe, tmp_path, tls_echo_server):
+    proxy = ProxyProcess(home=home, upstreams=(f"stripe={fake_stripe.url}",), log_path=tmp_path / "p.log",
+                         extra_args=("--strict-egress",)).start()
+    url, cert_path = tls_echo_server
+    try:
+        with httpx.Client(proxy=proxy.url, verify=ssl.create_default_context(cafile=str(cert_path))) as client:
+            with pytest.raises(httpx.ProxyError):
+                client.get(url)
+    finally:
+        proxy.stop()
+
+
+def test_unpriced_endpoint_is_refused_unless_allowed(proxy, fake_stripe, stripe_client_for, issue):
+    strict = issue("--total-usd-cap", "500", "--allow-all")
+    with pytest.raises(stripe.PermissionError) as refused:
+        stripe_client_for(strict["vault_key"]).v1.subscriptions.create(params={"customer": "cus_1"})
+    assert refused.value.json_body["error"]["code"] == "keybrake_unpriced_endpoint"
+    assert fake_stripe.hits == 0

@@ -1,0 +1,128 @@
+"""The CLI in-process: init, secrets, issuance rules, key listing, revocation, env."""
+
+import json
+import os
+import stat
+
+import pytest
+from click.testing import CliRunner
+
+from keybrake_addon.cli.main import cli
+from keybrake_addon.vault.crypto import encode_master_key, new_master_key
+
+SECRET = "sk_test_" + "cli0secret0value"
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    monkeypatch.delenv("KEYBRAKE_MASTER_KEY", raising=False)
+    home = tmp_path / "home"
+
+    def invoke(*args, stdin=None, ok=True):
+        result = CliRunner().invoke(cli, ["--home", str(home), *args], input=stdin)
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+
+    invoke.home = home
+    return invoke
+
+
+def test_init_is_idempotent_and_private(run):
+    first = run("init").output
+    assert "created master key" in first and "created CA certificate" in first
+    second = run("init").output
+    assert "created" not in second and "exists  master key" in second
+    home = run.home
+    assert stat.S_IMODE(os.stat(home / "master.key").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(home / "certs" / "keybrake-ca-key.pem").st_mode) == 0o600
+    assert b"PRIVATE KEY" not in (home / "certs" / "keybrake-ca.pem").read_bytes()
+
+
+def test_secret_set_reads_stdin_and_list_never_shows_it(run):
+    run("init")
+    assert "fingerprint" in run("secret", "set", "stripe", stdin=SECRET + "\n").output
+    listing = run("secret", "list", "--json").output
+    assert SECRET not in listing
+    (row,) = json.loads(listing)
+    assert (row["vendor"], row["name"], len(row["fingerprint"])) == ("stripe", "default", 8)
+    assert run("secret", "set", "stripe", stdin="\n", ok=False).exit_code != 0
+
+
+def test_wrong_master_key_is_a_clear_error(run, monkeypatch):
+    run("init")
+    run("secret", "set", "stripe", stdin=SECRET + "\n")
+    monkeypatch.setenv("KEYBRAKE_MASTER_KEY", encode_master_key(new_master_key()))
+    result = run("secret", "list", ok=False)
+    assert result.exit_code == 1
+    assert "master key does not match" in result.output
+
+
+def test_issue_requires_a_cap_and_an_allowlist_unless_told(run):
+    run("init")
+    run("secret", "set", "stripe", stdin=SECRET + "\n")
+    no_cap = run("issue", "--vendor", "stripe", "--allow", "POST /v1/payment_intents", ok=False)
+    assert no_cap.exit_code == 2 and "--no-cap" in no_cap.output
+    no_allow = run("issue", "--vendor", "stripe", "--daily-usd-cap", "5", ok=False)
+    assert no_allow.exit_code == 2 and "--allow-all" in no_allow.output
+    bad = run("issue", "--vendor", "stripe", "--daily-usd-cap", "5", "--allow", "POST v1", ok=False)
+    assert bad.exit_code == 2 and "must start with '/'" in bad.output
+    negative = run("issue", "--vendor", "stripe", "--daily-usd-cap", "-5", "--allow-all", ok=False)
+    assert negative.exit_code == 2
+    loose = json.loads(run("issue", "--vendor", "stripe", "--no-cap", "--allow-all", "--json").output)
+    assert (loose["remaining_usd"], loose["allow_all"]) == ("unlimited", True)
+
+
+def test_issue_json_and_key_format(run):
+    run("init")
+    run("secret", "set", "stripe", stdin=SECRET + "\n")
+    issued = json.loads(run("issue", "--vendor", "stripe", "--daily-usd-cap", "500", "--allow",
+                            "POST /v1/payment_intents", "--expires-in", "2h", "--label", "run-1", "--json").output)
+    assert {"key_id", "vault_key", "vendor", "label", "expires_at"} <= issued.keys()
+    assert issued["vault_key"].startswith("sk_kb_") and len(issued["vault_key"]) == 6 + 43
+    assert issued["key_id"].startswith("kbk_") and issued["key_id"] not in issued["vault_key"]
+    assert issued["expires_at"].endswith("Z")
+    plain = run("issue", "--vendor", "stripe", "--daily-usd-cap", "1", "--allow-all")
+    assert plain.stdout.strip().startswith("sk_kb_")  # the key alone on stdout, for $(...)
+    db = (run.home / "keybrake.db").read_bytes()
+    assert issued["vault_key"].encode() not in db
+
+
+def test_keys_list_filters_and_revoke(run):
+    run("init")
+    run("secret", "set", "stripe", stdin=SECRET + "\n")
+    ids = [json.loads(run("issue", "--vendor", "stripe", "--total-usd-cap", "5", "--allow-all", "--label", label,
+                          "--json").output)["key_id"] for label in ("a", "a", "b")]
+    assert [k["key_id"] for k in json.loads(run("keys", "list", "--label", "a", "--json").output)] == ids[:2]
+    assert "revoked 1 key(s)" in run("revoke", ids[2]).output
+    assert [k["key_id"] for k in json.loads(run("keys", "list", "--active", "--json").output)] == ids[:2]
+    assert json.loads(run("revoke", "--label", "a", "--json").output) == {"revoked": ids[:2]}
+    assert json.loads(run("keys", "show", ids[0], "--json").output)["status"] == "revoked"
+    assert run("revoke", "kbk_nosuchkey", ok=False).exit_code == 1
+    assert run("revoke", ok=False).exit_code == 2
+
+
+def test_rotating_a_secret_keeps_the_key(run):
+    run("init")
+    run("secret", "set", "stripe", stdin=SECRET + "\n")
+    key_id = json.loads(run("issue", "--vendor", "stripe", "--total-usd-cap", "5", "--allow-all", "--json").output)["key_id"]
+    run("secret", "set", "stripe", stdin=SECRET + "rotated\n")
+    assert json.loads(run("keys", "show", key_id, "--json").output)["status"] == "active"
+    assert len(json.loads(run("secret", "list", "--json").output)) == 1
+
+
+def test_env_lines_point_at_the_ca(run):
+    run("init")
+    lines = run("env", "--proxy-url", "http://127.0.0.1:9999").output
+    assert "export HTTPS_PROXY=http://127.0.0.1:9999" in lines
+    assert f"NODE_EXTRA_CA_CERTS={run.home / 'certs' / 'keybrake-ca.pem'}" in lines
+    assert "REQUESTS_CA_BUNDLE=" in lines and "ca_bundle_path" in lines
+    bundle = run.home / "certs" / "keybrake-ca-bundle.pem"
+    assert (run.home / "certs" / "keybrake-ca.pem").read_bytes() in bundle.read_bytes()
+
+
+def test_every_command_has_help(run):
+    for command in (["init"], ["secret", "set"], ["secret", "list"], ["issue"], ["keys", "list"], ["keys", "show"],
+                    ["revoke"], ["proxy"], ["audit"], ["spend"], ["env"], ["demo"]):
+        output = run(*command, "--help").output
+        assert "Usage:" in output and len(output.splitlines()) > 4, command
