@@ -1,0 +1,542 @@
+"""Keybrake throughput and latency benchmark: what does the gate cost on top of mitmproxy?
+
+Measured, in one run on one machine, against one fake Stripe (keybrake_addon.fakes.fake_stripe,
+its own process) with one load generator (its own process, httpx.AsyncClient, HTTP/1.1 keep-alive):
+
+  direct     the client POSTs straight to the fake upstream over plain http: the floor.
+  mitmproxy  bare mitmdump (regular mode, its own CA, connection_strategy=lazy) with a tiny inline
+             addon that rewrites api.stripe.com to the fake upstream, exactly what Keybrake's
+             --upstream does. The client sends https://api.stripe.com through it (CONNECT + TLS).
+  keybrake   `keybrake proxy --upstream stripe=...`, the same CONNECT + TLS, with a vault key:
+             key check, reservation in SQLite, secret swap, settlement from the response.
+
+The workload is POST /v1/payment_intents with amount=100&currency=usd and a unique
+Idempotency-Key per request, so Keybrake does its full reserve + settle path. Every response must be
+a 200; any other status or transport error is counted and makes the run fail (exit code 2).
+
+For each concurrency (default 1 and 16) and path: warm-up requests, then a fixed number of measured
+requests, repeated R times with the path order rotated each repeat. Reported: median throughput
+(req/s), median of per-run p50 and p99 latency (ms), and the proxy's CPU time per request. Also:
+`SqliteLedger.admit` + `settle` called directly in a loop on one thread (reservations/s), the proxies'
+resident memory after the run, and the figures users care about (added latency as a share of a
+typical 300 ms Stripe call, headroom over Stripe's live limit of 100 writes/s).
+
+Targets (PASS/MISS is printed; the exit code ignores them unless --strict, as machines are noisy):
+Keybrake throughput >= 0.85 x bare mitmproxy at concurrency 16; Keybrake p50 <= 1.15 x bare mitmproxy.
+
+Run:
+    python scripts/bench.py [--quick] [--concurrency 1,16,64] [--requests N] [--repeats R] [--json out.json]
+
+Everything listens on 127.0.0.1; every subprocess is stopped on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PY = sys.executable
+UPSTREAM_SECRET = "sk_test_" + "bench0upstream0secret0only"  # what the fake Stripe accepts
+STRIPE_BASE = "https://api.stripe.com"
+ENDPOINT = "/v1/payment_intents"
+FORM_BODY = "amount=100&currency=usd"
+PATHS = ("direct", "mitmproxy", "keybrake")
+TYPICAL_STRIPE_CALL_MS = 300.0
+STRIPE_LIVE_WRITES_PER_S = 100.0
+TARGET_THROUGHPUT_RATIO = 0.85  # keybrake / bare mitmproxy, at concurrency 16
+TARGET_P50_RATIO = 1.15  # keybrake / bare mitmproxy
+READY_TIMEOUT_S = 60.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+FAKE_READY = re.compile(r"fake stripe listening on http://127\.0\.0\.1:(\d+)")
+KEYBRAKE_READY = re.compile(r"Keybrake proxy listening on http://127\.0\.0\.1:(\d+)")
+MITM_READY = re.compile(r"bench mitmdump listening on 127\.0\.0\.1:(\d+)")
+
+REDIRECT_ADDON = '''
+"""Bare-mitmproxy baseline: send api.stripe.com to the fake upstream, as keybrake --upstream does."""
+from mitmproxy import ctx
+
+UPSTREAM = ("http", "127.0.0.1", {port})
+
+
+class Redirect:
+    def request(self, flow):
+        if flow.request.pretty_host == "api.stripe.com":
+            flow.request.scheme, flow.request.host, flow.request.port = UPSTREAM
+
+    def running(self):
+        host, port = ctx.master.addons.get("proxyserver").listen_addrs()[0][:2]
+        print(f"bench mitmdump listening on {{host}}:{{port}}", flush=True)
+
+
+addons = [Redirect()]
+'''
+
+
+# ----- load generator (runs in its own process: `bench.py --loadgen CONFIG_JSON`) -------------
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, min(len(sorted_values), round(fraction * len(sorted_values) + 0.5)))
+    return sorted_values[rank - 1]
+
+
+async def _phase(client, cfg: dict, count: int, tag: str) -> dict:
+    """Send `count` requests from `concurrency` workers; return timings and outcomes."""
+    latencies: list[float] = []
+    statuses: Counter = Counter()
+    errors: Counter = Counter()
+    next_index = iter(range(count))
+    headers = {"authorization": f"Bearer {cfg['token']}", "content-type": "application/x-www-form-urlencoded"}
+
+    async def worker() -> None:
+        for index in next_index:  # shared iterator: bounded, each index taken once
+            started = time.perf_counter()
+            try:
+                response = await client.post(ENDPOINT, content=FORM_BODY,
+                                             headers={**headers, "idempotency-key": f"{tag}-{index}"})
+                statuses[response.status_code] += 1
+            except Exception as error:  # noqa: BLE001 - counted and reported, never hidden
+                errors[type(error).__name__] += 1
+                continue
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(cfg["concurrency"])))
+    wall = time.perf_counter() - started
+    latencies.sort()
+    ok = statuses.get(200, 0)
+    return {
+        "requests": count, "ok": ok, "wall_s": wall, "throughput": ok / wall if wall > 0 else 0.0,
+        "p50_ms": percentile(latencies, 0.50) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000,
+        "mean_ms": statistics.fmean(latencies) * 1000 if latencies else float("nan"),
+        "statuses": {str(k): v for k, v in statuses.items()}, "errors": dict(errors),
+    }
+
+
+async def _loadgen(cfg: dict) -> dict:
+    import ssl
+
+    import httpx
+
+    concurrency = cfg["concurrency"]
+    verify = ssl.create_default_context(cafile=cfg["cafile"]) if cfg.get("cafile") else True
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=cfg["base_url"], proxy=cfg.get("proxy"), verify=verify, limits=limits,
+                                 http1=True, http2=False, trust_env=False, timeout=30.0) as client:
+        tag = uuid.uuid4().hex[:12]
+        warmup = await _phase(client, cfg, cfg["warmup"], tag + "w")
+        measured = await _phase(client, cfg, cfg["requests"], tag + "m")
+    measured["warmup_statuses"], measured["warmup_errors"] = warmup["statuses"], warmup["errors"]
+    return measured
+
+
+def loadgen_main(config_json: str) -> int:
+    print(json.dumps(asyncio.run(_loadgen(json.loads(config_json)))), flush=True)
+    return 0
+
+
+# ----- subprocesses ----------------------------------------------------------------------------
+
+@dataclass
+class Processes:
+    """Every long-running subprocess this benchmark started, so `stop_all` can end them."""
+
+    workdir: Path
+    running: list[subprocess.Popen] = field(default_factory=list)
+
+    def start(self, name: str, cmd: list[str], ready: re.Pattern, env: dict | None = None) -> tuple[subprocess.Popen, int]:
+        """Start `cmd` with output to a log file; wait (bounded) for the line that gives its port."""
+        log_path = self.workdir / f"{name}.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        self.running.append(process)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            text = log_path.read_text(errors="replace")
+            if match := ready.search(text):
+                return process, int(match[1])
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode} before it was ready:\n{text}")
+            time.sleep(0.05)
+        raise RuntimeError(f"{name} was not ready within {READY_TIMEOUT_S:.0f}s:\n{log_path.read_text()}")
+
+    def stop_all(self) -> None:
+        for process in self.running:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.running:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        self.running.clear()
+
+
+def keybrake_cli(home: Path, *args: str, stdin: str | None = None) -> str:
+    result = subprocess.run([PY, "-m", "keybrake_addon", "--home", str(home), *args], input=stdin,
+                            capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(f"keybrake {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result.stdout
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a whole process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mib(pid: int) -> dict[str, float]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    values = {}
+    for name in ("VmRSS", "VmHWM"):
+        match = re.search(rf"^{name}:\s+(\d+) kB", status, re.M)
+        values[name] = int(match[1]) / 1024 if match else float("nan")
+    return values
+
+
+# ----- the three paths -------------------------------------------------------------------------
+
+@dataclass
+class Target:
+    """One way of reaching the fake upstream, and the process whose CPU it adds."""
+
+    name: str
+    base_url: str
+    token: str
+    proxy: str | None = None
+    cafile: str | None = None
+    pid: int | None = None
+
+
+def start_fake_stripe(procs: Processes) -> tuple[subprocess.Popen, int]:
+    cmd = [PY, "-m", "keybrake_addon.fakes.fake_stripe", "--port", "0", "--secret", UPSTREAM_SECRET]
+    deadline = time.monotonic() + 300  # it may still be being written by someone else: retry a while
+    while True:
+        probe = subprocess.run([PY, "-c", "import keybrake_addon.fakes.fake_stripe as f; f.FakeStripe"],
+                               capture_output=True, text=True, timeout=60)
+        if probe.returncode == 0 or time.monotonic() > deadline:
+            break
+        print("fake_stripe is not importable yet; retrying in 20 s", file=sys.stderr)
+        time.sleep(20)
+    return procs.start("fake-stripe", cmd, FAKE_READY)
+
+
+def start_bare_mitmproxy(procs: Processes, upstream_port: int) -> Target:
+    confdir = procs.workdir / "mitmproxy-conf"
+    confdir.mkdir()
+    script = procs.workdir / "redirect.py"
+    script.write_text(REDIRECT_ADDON.format(port=upstream_port))
+    cmd = [PY, "-c", "import sys; from mitmproxy.tools.main import mitmdump; sys.exit(mitmdump())",
+           "-q", "--listen-host", "127.0.0.1", "--listen-port", "0", "--set", f"confdir={confdir}",
+           "--set", "connection_strategy=lazy", "-s", str(script)]
+    process, port = procs.start("mitmdump", cmd, MITM_READY)
+    cafile = confdir / "mitmproxy-ca-cert.pem"
+    if not cafile.exists():
+        raise RuntimeError(f"mitmdump did not write its CA to {cafile}")
+    return Target("mitmproxy", STRIPE_BASE, UPSTREAM_SECRET, f"http://127.0.0.1:{port}", str(cafile), process.pid)
+
+
+def start_keybrake(procs: Processes, upstream_port: int) -> Target:
+    home = procs.workdir / "keybrake-home"
+    keybrake_cli(home, "init")
+    keybrake_cli(home, "secret", "set", "stripe", stdin=UPSTREAM_SECRET + "\n")
+    issued = json.loads(keybrake_cli(home, "issue", "--vendor", "stripe", "--no-cap", "--allow-all",
+                                     "--label", "bench", "--json"))
+    cmd = [PY, "-m", "keybrake_addon", "--home", str(home), "proxy", "--listen-port", "0",
+           "--upstream", f"stripe=http://127.0.0.1:{upstream_port}"]
+    process, port = procs.start("keybrake", cmd, KEYBRAKE_READY)
+    return Target("keybrake", STRIPE_BASE, issued["vault_key"], f"http://127.0.0.1:{port}",
+                  str(home / "certs" / "keybrake-ca.pem"), process.pid)
+
+
+# ----- measuring -------------------------------------------------------------------------------
+
+def run_load(target: Target, concurrency: int, requests: int, warmup: int, fake_pid: int) -> dict:
+    """One measured run in a fresh load-generator process."""
+    cfg = {"base_url": target.base_url, "proxy": target.proxy, "cafile": target.cafile, "token": target.token,
+           "concurrency": concurrency, "requests": requests, "warmup": max(warmup, 2 * concurrency)}
+    cpu_pid = target.pid or fake_pid
+    cpu_before = cpu_seconds(cpu_pid)
+    result = subprocess.run([PY, os.path.abspath(__file__), "--loadgen", json.dumps(cfg)], capture_output=True,
+                            text=True, timeout=120 + requests)
+    cpu_after = cpu_seconds(cpu_pid)
+    if result.returncode != 0:
+        raise RuntimeError(f"load generator failed for {target.name} c={concurrency}:\n{result.stderr}")
+    run = json.loads(result.stdout.strip().splitlines()[-1])
+    # CPU over warm-up + measured requests, per request; for "direct" it is the fake upstream's.
+    run["cpu_us_per_req"] = (cpu_after - cpu_before) * 1e6 / (requests + cfg["warmup"])
+    run["cpu_process"] = "proxy" if target.pid else "fake upstream"
+    run.update(path=target.name, concurrency=concurrency)
+    return run
+
+
+def bad_responses(run: dict) -> int:
+    statuses = {**run["statuses"]}
+    for status, count in run["warmup_statuses"].items():
+        statuses[status] = statuses.get(status, 0) + count
+    non_ok = sum(count for status, count in statuses.items() if status != "200")
+    return non_ok + sum(run["errors"].values()) + sum(run["warmup_errors"].values())
+
+
+def measure_all(targets: dict[str, Target], concurrencies: list[int], repeats: int, requests: int, warmup: int,
+                fake_pid: int) -> list[dict]:
+    runs = []
+    for repeat in range(repeats):
+        order = PATHS[repeat % len(PATHS):] + PATHS[:repeat % len(PATHS)]  # rotate: no path always goes first
+        for concurrency in concurrencies:
+            for name in order:
+                run = run_load(targets[name], concurrency, requests, warmup, fake_pid)
+                run["repeat"] = repeat
+                runs.append(run)
+                print(f"  repeat {repeat + 1}/{repeats}  c={concurrency:<3} {name:<10} "
+                      f"{run['throughput']:8.1f} req/s  p50 {run['p50_ms']:7.2f} ms  p99 {run['p99_ms']:7.2f} ms  "
+                      f"cpu {run['cpu_us_per_req']:6.0f} us/req  bad {bad_responses(run)}", flush=True)
+    return runs
+
+
+def summarise(runs: list[dict], concurrencies: list[int]) -> dict:
+    summary: dict = {}
+    for concurrency in concurrencies:
+        for name in PATHS:
+            mine = [r for r in runs if r["path"] == name and r["concurrency"] == concurrency]
+            summary.setdefault(str(concurrency), {})[name] = {
+                "throughput": statistics.median(r["throughput"] for r in mine),
+                "p50_ms": statistics.median(r["p50_ms"] for r in mine),
+                "p99_ms": statistics.median(r["p99_ms"] for r in mine),
+                "cpu_us_per_req": statistics.median(r["cpu_us_per_req"] for r in mine),
+                "runs": len(mine),
+                "bad_responses": sum(bad_responses(r) for r in mine),
+            }
+    return summary
+
+
+def ratios(summary: dict) -> dict:
+    out = {}
+    for concurrency, paths in summary.items():
+        kb, mitm, direct = paths["keybrake"], paths["mitmproxy"], paths["direct"]
+        out[concurrency] = {
+            "throughput_ratio": kb["throughput"] / mitm["throughput"],
+            "p50_ratio": kb["p50_ms"] / mitm["p50_ms"],
+            "added_p50_ms_vs_mitmproxy": kb["p50_ms"] - mitm["p50_ms"],
+            "added_p50_ms_vs_direct": kb["p50_ms"] - direct["p50_ms"],
+            "added_cpu_us_per_req_vs_mitmproxy": kb["cpu_us_per_req"] - mitm["cpu_us_per_req"],
+        }
+    return out
+
+
+def judge(summary: dict, ratio: dict, concurrencies: list[int]) -> list[dict]:
+    throughput_at = "16" if 16 in concurrencies else str(max(concurrencies))
+    checks = [{"target": f"throughput keybrake/mitmproxy at c={throughput_at} >= {TARGET_THROUGHPUT_RATIO}",
+               "value": ratio[throughput_at]["throughput_ratio"],
+               "pass": ratio[throughput_at]["throughput_ratio"] >= TARGET_THROUGHPUT_RATIO}]
+    for concurrency in summary:
+        value = ratio[concurrency]["p50_ratio"]
+        checks.append({"target": f"p50 keybrake/mitmproxy at c={concurrency} <= {TARGET_P50_RATIO}",
+                       "value": value, "pass": value <= TARGET_P50_RATIO})
+    return checks
+
+
+def user_figures(summary: dict, ratio: dict, concurrencies: list[int]) -> dict:
+    lowest, highest = str(min(concurrencies)), str(max(concurrencies))
+    added_gate = ratio[lowest]["added_p50_ms_vs_mitmproxy"]
+    added_total = ratio[lowest]["added_p50_ms_vs_direct"]
+    return {
+        "added_p50_ms_gate_only": added_gate,
+        "added_p50_ms_whole_proxy": added_total,
+        "gate_share_of_300ms_call_pct": 100 * added_gate / TYPICAL_STRIPE_CALL_MS,
+        "whole_proxy_share_of_300ms_call_pct": 100 * added_total / TYPICAL_STRIPE_CALL_MS,
+        "keybrake_throughput_at": int(highest),
+        "headroom_over_stripe_100_writes_per_s": summary[highest]["keybrake"]["throughput"] / STRIPE_LIVE_WRITES_PER_S,
+    }
+
+
+# ----- the ledger alone ------------------------------------------------------------------------
+
+def ledger_alone(workdir: Path, iterations: int) -> dict:
+    """SqliteLedger.admit + settle for one PaymentIntent, in a loop on this thread."""
+    from keybrake_addon.home import KeybrakeHome
+    from keybrake_addon.installation import initialise, open_installation
+    from keybrake_addon.ledger.base import AdmitRequest, CallFacts, Resolution, SettleRequest
+    from keybrake_addon.ledger.times import utc_now
+    from keybrake_addon.vault.issuance import KeyRequest, issue_key
+    from keybrake_addon.vault.vault_keys import hash_vault_key
+    from keybrake_addon.vendors.base import CostEstimate
+
+    home = KeybrakeHome.resolve(workdir / "ledger-home")
+    initialise(home)
+    installation = open_installation(home)
+    try:
+        installation.vault.put("stripe", "default", UPSTREAM_SECRET)
+        issued = issue_key(installation.ledger, installation.master_key,
+                           KeyRequest(vendor="stripe", no_cap=True, allow_all=True, label="bench-ledger"))
+        key_hash = hash_vault_key(issued.vault_key)
+        ledger = installation.ledger
+        estimate = CostEstimate(usd_micros=1_000_000, amount_minor=100, currency="usd")
+
+        def one(index: int) -> None:
+            call = CallFacts("stripe", "POST", ENDPOINT, f"ledger-{index}", utc_now())
+            admission = ledger.admit(AdmitRequest(key_hash, call, estimate))
+            assert admission.refusal is None, admission.refusal
+            ledger.settle(SettleRequest(
+                audit_id=admission.audit_id, reservation_id=admission.reservation_id, resolution=Resolution.SETTLE,
+                actual_micros=1_000_000, status=200, object_ids=(f"pi_{index}",), vendor_request_id=f"req_{index}",
+                amount_minor=100, currency="usd", replayed=False, duration_ms=1.0))
+
+        for index in range(min(100, iterations)):  # warm-up
+            one(-index - 1)
+        started = time.perf_counter()
+        for index in range(iterations):
+            one(index)
+        elapsed = time.perf_counter() - started
+    finally:
+        installation.close()
+    return {"iterations": iterations, "seconds": elapsed, "reservations_per_s": iterations / elapsed,
+            "us_per_reservation": elapsed * 1e6 / iterations}
+
+
+# ----- report ----------------------------------------------------------------------------------
+
+def machine_info() -> dict:
+    import httpx
+    from mitmproxy.version import VERSION as mitmproxy_version
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown")
+    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "mitmproxy": mitmproxy_version, "httpx": httpx.__version__, "platform": platform.platform(),
+            "loadavg_at_start": os.getloadavg()}
+
+
+def print_report(result: dict) -> None:
+    summary, ratio = result["summary"], result["ratios"]
+    print("\nMedians over repeats (throughput: req/s; latency: ms; CPU: proxy process, or the fake for direct)")
+    header = f"{'c':>3}  {'path':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>10} {'bad':>4}"
+    print(header)
+    print("-" * len(header))
+    for concurrency, paths in summary.items():
+        for name, figures in paths.items():
+            print(f"{concurrency:>3}  {name:<10} {figures['throughput']:8.1f} {figures['p50_ms']:8.2f} "
+                  f"{figures['p99_ms']:8.2f} {figures['cpu_us_per_req']:10.0f} {figures['bad_responses']:4d}")
+    print("\nKeybrake vs bare mitmproxy")
+    for concurrency, figures in ratio.items():
+        print(f"  c={concurrency:<3} throughput x{figures['throughput_ratio']:.3f}  p50 x{figures['p50_ratio']:.3f}  "
+              f"added p50 {figures['added_p50_ms_vs_mitmproxy']:+.2f} ms  "
+              f"added CPU {figures['added_cpu_us_per_req_vs_mitmproxy']:+.0f} us/req")
+    print("\nTargets")
+    for check in result["targets"]:
+        print(f"  {'PASS' if check['pass'] else 'MISS'}  {check['target']}: {check['value']:.3f}")
+    ledger = result["ledger_alone"]
+    print(f"\nLedger alone (admit + settle, one thread): {ledger['reservations_per_s']:.0f} reservations/s "
+          f"({ledger['us_per_reservation']:.0f} us each)")
+    print("RSS after the run: " + ", ".join(f"{name} {mem['VmRSS']:.0f} MiB (peak {mem['VmHWM']:.0f})"
+                                          for name, mem in result["rss_mib"].items()))
+    users = result["user_figures"]
+    print(f"\nFor users: the gate adds {users['added_p50_ms_gate_only']:.2f} ms p50 over bare mitmproxy "
+          f"({users['gate_share_of_300ms_call_pct']:.2f}% of a {TYPICAL_STRIPE_CALL_MS:.0f} ms Stripe call); "
+          f"the whole proxy adds {users['added_p50_ms_whole_proxy']:.2f} ms over direct "
+          f"({users['whole_proxy_share_of_300ms_call_pct']:.2f}%).")
+    print(f"           Keybrake at c={users['keybrake_throughput_at']} is "
+          f"{users['headroom_over_stripe_100_writes_per_s']:.1f}x Stripe's live limit of "
+          f"{STRIPE_LIVE_WRITES_PER_S:.0f} writes/s.")
+
+
+# ----- main ------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke test: few requests, one repeat (< 40 s)")
+    parser.add_argument("--concurrency", default="1,16", help="comma-separated, e.g. 1,16,64 (default 1,16)")
+    parser.add_argument("--requests", type=int, help="measured requests per run (default 1000; quick 60)")
+    parser.add_argument("--warmup", type=int, help="warm-up requests per run (default 100; quick 20)")
+    parser.add_argument("--repeats", type=int, help="runs per (path, concurrency) (default 3; quick 1)")
+    parser.add_argument("--ledger-iterations", type=int, help="admit+settle pairs (default 3000; quick 300)")
+    parser.add_argument("--json", dest="json_path", help="write every figure as JSON here")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--loadgen", help=argparse.SUPPRESS)  # internal: run as the load generator
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.requests = args.requests or (60 if quick else 1000)
+    args.warmup = args.warmup if args.warmup is not None else (20 if quick else 100)
+    args.repeats = args.repeats or (1 if quick else 3)
+    args.ledger_iterations = args.ledger_iterations or (300 if quick else 3000)
+    args.concurrency_list = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
+    if not args.concurrency_list or min(args.concurrency_list) < 1:
+        parser.error("--concurrency needs positive integers")
+    return args
+
+
+def run_benchmark(args: argparse.Namespace) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix="keybrake-bench-"))
+    procs = Processes(workdir)
+    try:
+        print(f"ledger alone: {args.ledger_iterations} admit+settle pairs ...", flush=True)
+        ledger = ledger_alone(workdir, args.ledger_iterations)
+        fake, fake_port = start_fake_stripe(procs)
+        targets = {
+            "direct": Target("direct", f"http://127.0.0.1:{fake_port}", UPSTREAM_SECRET),
+            "mitmproxy": start_bare_mitmproxy(procs, fake_port),
+            "keybrake": start_keybrake(procs, fake_port),
+        }
+        print(f"fake stripe :{fake_port}, mitmdump {targets['mitmproxy'].proxy}, keybrake {targets['keybrake'].proxy}; "
+              f"{args.repeats} repeats x c={args.concurrency_list} x {args.requests} requests "
+              f"(+{args.warmup} warm-up)", flush=True)
+        runs = measure_all(targets, args.concurrency_list, args.repeats, args.requests, args.warmup, fake.pid)
+        rss = {"mitmdump": rss_mib(targets["mitmproxy"].pid), "keybrake": rss_mib(targets["keybrake"].pid),
+               "fake_stripe": rss_mib(fake.pid)}
+    finally:
+        procs.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    summary = summarise(runs, args.concurrency_list)
+    ratio = ratios(summary)
+    return {
+        "command": " ".join([os.path.basename(PY), "scripts/bench.py", *sys.argv[1:]]),
+        "machine": machine_info(),
+        "config": {"concurrency": args.concurrency_list, "requests": args.requests, "warmup": args.warmup,
+                   "repeats": args.repeats, "workload": f"POST {ENDPOINT} {FORM_BODY} + unique Idempotency-Key"},
+        "summary": summary, "ratios": ratio, "targets": judge(summary, ratio, args.concurrency_list),
+        "user_figures": user_figures(summary, ratio, args.concurrency_list),
+        "ledger_alone": ledger, "rss_mib": rss, "runs": runs,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.loadgen:
+        return loadgen_main(args.loadgen)
+    result = run_benchmark(args)
+    print_report(result)
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nwrote {args.json_path}")
+    bad = sum(figures["bad_responses"] for paths in result["summary"].values() for figures in paths.values())
+    if bad:
+        print(f"\nFAIL: {bad} responses were not 200 (or failed outright); see the runs in the JSON.",
+              file=sys.stderr)
+        return 2
+    if args.strict and not all(check["pass"] for check in result["targets"]):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
