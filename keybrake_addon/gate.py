@@ -122,14 +122,12 @@ class Gate:
         """Settle from the response (None: no response came). Returns headers to add for the client."""
         vendor = ticket.vendor
         outcome = None
-        conflict = False
         if response is not None:
             outcome = vendor.outcome(VendorRequest(ticket.method, ticket.path, "", {}, b""), response,
                                      self._pricing.usd_rates)
-            conflict = vendor.is_idempotency_conflict(response.status, response.body)
         resolution, actual = settlement.resolve(
             created_here=ticket.created_here, basis=ticket.basis, status=response.status if response else None,
-            outcome=outcome, request_sent=request_sent, idempotency_conflict=conflict)
+            outcome=outcome, request_sent=request_sent)
         settle_request = SettleRequest(
             audit_id=ticket.audit_id, reservation_id=ticket.reservation_id, resolution=resolution,
             actual_micros=actual, status=response.status if response else None,

@@ -9,13 +9,10 @@ from .vendors.base import Outcome, PricingBasis
 
 
 def resolve(*, created_here: bool, basis: PricingBasis | None, status: int | None,
-            outcome: Outcome | None, request_sent: bool, idempotency_conflict: bool = False
-            ) -> tuple[Resolution, int | None]:
+            outcome: Outcome | None, request_sent: bool) -> tuple[Resolution, int | None]:
     """Returns the resolution and, for SETTLE, the actual USD micros (None: keep the estimate).
 
     created_here: this request opened the reservation (False for a retry that attached to it).
-    idempotency_conflict: the vendor refused the key as in flight or reused with other parameters,
-        which says nothing about the original attempt.
     """
     if status is None:  # no response at all
         if not request_sent:
@@ -32,6 +29,8 @@ def resolve(*, created_here: bool, basis: PricingBasis | None, status: int | Non
         return Resolution.SETTLE, outcome.usd_micros if outcome is not None else None
     if status < 200 or 300 <= status < 400:
         return Resolution.UNKNOWN, None  # no vendor answers a money call like this; stay safe
-    if idempotency_conflict and not created_here:
+    if not created_here and not (outcome is not None and outcome.replayed):
+        # A retry's own refusal (in flight, rate limited, other parameters) says nothing about
+        # the first attempt, which may have charged: only a replay of that attempt's answer does.
         return Resolution.LEAVE, None
     return Resolution.RELEASE, None

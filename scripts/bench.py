@@ -142,8 +142,12 @@ async def _loadgen(cfg: dict) -> dict:
                                  http1=True, http2=False, trust_env=False, timeout=30.0) as client:
         tag = uuid.uuid4().hex[:12]
         warmup = await _phase(client, cfg, cfg["warmup"], tag + "w")
+        cpu_before = cpu_seconds(cfg["cpu_pid"])
         measured = await _phase(client, cfg, cfg["requests"], tag + "m")
+        cpu_after = cpu_seconds(cfg["cpu_pid"])
     measured["warmup_statuses"], measured["warmup_errors"] = warmup["statuses"], warmup["errors"]
+    # CPU time the proxy (the fake upstream, for "direct") spent per measured request.
+    measured["cpu_us_per_req"] = (cpu_after - cpu_before) * 1e6 / cfg["requests"]
     return measured
 
 
@@ -274,17 +278,13 @@ def start_keybrake(procs: Processes, upstream_port: int) -> Target:
 def run_load(target: Target, concurrency: int, requests: int, warmup: int, fake_pid: int) -> dict:
     """One measured run in a fresh load-generator process."""
     cfg = {"base_url": target.base_url, "proxy": target.proxy, "cafile": target.cafile, "token": target.token,
-           "concurrency": concurrency, "requests": requests, "warmup": max(warmup, 2 * concurrency)}
-    cpu_pid = target.pid or fake_pid
-    cpu_before = cpu_seconds(cpu_pid)
+           "concurrency": concurrency, "requests": requests, "warmup": max(warmup, 2 * concurrency),
+           "cpu_pid": target.pid or fake_pid}
     result = subprocess.run([PY, os.path.abspath(__file__), "--loadgen", json.dumps(cfg)], capture_output=True,
                             text=True, timeout=120 + requests)
-    cpu_after = cpu_seconds(cpu_pid)
     if result.returncode != 0:
         raise RuntimeError(f"load generator failed for {target.name} c={concurrency}:\n{result.stderr}")
     run = json.loads(result.stdout.strip().splitlines()[-1])
-    # CPU over warm-up + measured requests, per request; for "direct" it is the fake upstream's.
-    run["cpu_us_per_req"] = (cpu_after - cpu_before) * 1e6 / (requests + cfg["warmup"])
     run["cpu_process"] = "proxy" if target.pid else "fake upstream"
     run.update(path=target.name, concurrency=concurrency)
     return run

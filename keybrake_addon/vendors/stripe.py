@@ -105,8 +105,9 @@ def _already_counted(form, match, rates) -> CostEstimate:
 
 
 def _payment_intent_update(form, match, rates) -> CostEstimate:
-    if "amount" in form:
-        raise Unpriced("changing a PaymentIntent's amount is not priced by Keybrake yet")
+    # A new currency re-values the same amount (10,000,000 VND is not 10,000,000 USD cents).
+    if "amount" in form or "currency" in form:
+        raise Unpriced("changing a PaymentIntent's amount or currency is not priced by Keybrake yet")
     return CostEstimate()
 
 
@@ -137,6 +138,8 @@ def _checkout_session(form, match, rates) -> CostEstimate:
     for name, value in form.items():
         if found := _LINE_ITEM.match(name):
             items.setdefault(found[1], {})[found[2]] = value
+        elif name.startswith("line_items"):
+            raise Unpriced(f"checkout line items written as {name!r} are not understood")
     if not items:
         return CostEstimate()  # a setup- or subscription-mode session without line items
     total_usd = 0
@@ -294,13 +297,3 @@ def render_refusal(refusal: Refusal) -> RenderedResponse:
     body = {"error": {"type": error_type, "code": kind.code, "message": refusal.message}}
     return RenderedResponse(kind.status, headers, json.dumps(body).encode())
 
-
-def is_idempotency_conflict(status: int, body: bytes) -> bool:
-    """409 (same key in flight) or 400 idempotency_error: says nothing about the first attempt."""
-    if status == 409:
-        return True
-    if status == 400:
-        parsed = parse_json_object(body)
-        error = parsed.get("error") if isinstance(parsed, dict) else None
-        return isinstance(error, dict) and error.get("type") == "idempotency_error"
-    return False

@@ -425,18 +425,9 @@ def test_render_unavailable():
                                               "message": "ledger locked"}}
 
 
-@pytest.mark.parametrize(
-    "status, body, expected",
-    [
-        (409, b"", True),
-        (409, b'{"error": {"type": "invalid_request_error"}}', True),
-        (400, b'{"error": {"type": "idempotency_error", "message": "Keys for idempotent requests..."}}', True),
-        (400, b'{"error": {"type": "invalid_request_error"}}', False),
-        (400, b"not json", False),
-        (400, b"[1, 2]", False),
-        (402, b'{"error": {"type": "idempotency_error"}}', False),
-        (200, b"{}", False),
-    ],
-)
-def test_is_idempotency_conflict(status, body, expected):
-    assert stripe.is_idempotency_conflict(status, body) is expected
+
+
+def test_checkout_line_items_in_an_unknown_form_are_unpriced_not_free():
+    body = b"line_items[][price_data][unit_amount]=1000&line_items[][price_data][currency]=usd"
+    with pytest.raises(Unpriced):
+        stripe.estimate(VendorRequest("POST", "/v1/checkout/sessions", "", {}, body), DEFAULT_USD_RATES)
