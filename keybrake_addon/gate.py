@@ -96,8 +96,8 @@ class Gate:
             return Decision(refusal=vendor.render_refusal(early))
 
         estimate, pricing_refusal = _estimate(vendor, request, self._pricing)
-        admission = await self._in_db_thread(
-            self._ledger.admit, AdmitRequest(hash_vault_key(credential.token), call, estimate, pricing_refusal))
+        admission = await self._in_db_thread(self._ledger.admit, AdmitRequest(
+            hash_vault_key(credential.token), call, estimate, pricing_refusal, vendor.account_ref(request)))
         if admission.refusal is not None:
             return Decision(refusal=vendor.render_refusal(admission.refusal))
 
@@ -106,8 +106,8 @@ class Gate:
         try:
             if admission.secret is None:
                 raise MasterKeyError(f"the {vendor.NAME} secret {admission.key.spec.secret_name!r} is not in the vault")
-            authorization = vendor.authorization_header(self._vault.open(admission.secret),
-                                                        admission.secret.account_sid)
+            authorization = vendor.authorization_header(
+                self._vault.open(admission.secret), admission.secret.auth_user or admission.secret.account_sid)
         except MasterKeyError as error:
             logger.error("keybrake: cannot open the secret for key %s: %s", admission.key.key_id, error)
             await self.settle(ticket, None, request_sent=False, error=str(error))
@@ -124,7 +124,7 @@ class Gate:
         outcome = None
         if response is not None:
             outcome = vendor.outcome(VendorRequest(ticket.method, ticket.path, "", {}, b""), response,
-                                     self._pricing.usd_rates)
+                                     self._pricing.for_vendor(vendor.NAME))
         resolution, actual = settlement.resolve(
             created_here=ticket.created_here, basis=ticket.basis, status=response.status if response else None,
             outcome=outcome, request_sent=request_sent)
@@ -172,7 +172,7 @@ def _credential_refusal(vendor: ModuleType, token: str | None) -> Refusal | None
 
 def _estimate(vendor: ModuleType, request: VendorRequest, pricing: Pricing) -> tuple[CostEstimate | None, Refusal | None]:
     try:
-        return vendor.estimate(request, pricing.usd_rates), None
+        return vendor.estimate(request, pricing.for_vendor(vendor.NAME)), None
     except UnknownCurrency as error:
         return None, Refusal(RefusalKind.UNKNOWN_CURRENCY, f"Keybrake refused {request.method} {request.path}: {error}.")
     except Unpriced as error:

@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from .ledger.base import CallFacts, KeyRecord
+from .ledger.base import CallFacts, KeyRecord, SealedSecret
 from .money import format_usd
 from .vault.allowlist import is_allowed
 from .vendors.base import Refusal, RefusalKind
@@ -26,6 +26,15 @@ def key_refusal(key: KeyRecord, call: CallFacts) -> Refusal | None:
                        f"Keybrake vault key {key.key_id} does not allow {call.method} {call.path}. "
                        f"It allows: {', '.join(key.spec.allowlist) or 'nothing'}.")
     return None
+
+
+def account_refusal(key: KeyRecord, secret: SealedSecret | None, account_ref: str | None) -> Refusal | None:
+    """A request naming a vendor account must name the one the key's secret belongs to."""
+    if account_ref is None or (secret is not None and secret.account_sid == account_ref):
+        return None
+    return Refusal(RefusalKind.ACCOUNT_MISMATCH,
+                   f"Keybrake vault key {key.key_id} is for {key.spec.vendor} account "
+                   f"{secret.account_sid if secret else 'unknown'}, not {account_ref}.")
 
 
 def cap_refusal(key: KeyRecord, cost_micros: int) -> Refusal | None:

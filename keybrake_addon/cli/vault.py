@@ -24,21 +24,29 @@ def secret() -> None:
 @secret.command("set")
 @click.argument("vendor", type=VENDOR_CHOICE)
 @click.option("--name", default="default", show_default=True, help="Name of this secret, for several accounts.")
-@click.option("--account-sid", help="Twilio only: the Account SID the secret belongs to.")
+@click.option("--account-sid", help="Twilio: the Account SID (AC...) the secret belongs to. Required.")
+@click.option("--api-key-sid", help="Twilio: the API key SID (SK...) when the secret is an API key secret "
+                                    "rather than the account's auth token.")
 @click.pass_context
-def secret_set(ctx: click.Context, vendor: str, name: str, account_sid: str | None) -> None:
+def secret_set(ctx: click.Context, vendor: str, name: str, account_sid: str | None, api_key_sid: str | None) -> None:
     """Store (or rotate) VENDOR's real secret, read from stdin.
 
     The secret is never taken from the command line, where shell history and `ps` would
     see it. Rotating keeps every vault key that uses this secret working.
     """
+    if vendor == "twilio" and not (account_sid or "").startswith("AC"):
+        raise click.UsageError("a Twilio secret needs --account-sid AC... (requests must name that account)")
+    if vendor != "twilio" and (account_sid or api_key_sid):
+        raise click.UsageError("--account-sid and --api-key-sid are for Twilio secrets")
+    if api_key_sid is not None and not api_key_sid.startswith("SK"):
+        raise click.UsageError("--api-key-sid takes an API key SID (SK...)")
     if sys.stdin.isatty():
         click.echo(f"Paste the {vendor} secret and press Enter:", err=True)
     value = sys.stdin.readline().strip()
     if not value:
         raise click.ClickException("no secret on stdin")
     with installation(ctx) as kb:
-        info = kb.vault.put(vendor, name, value, account_sid)
+        info = kb.vault.put(vendor, name, value, account_sid, api_key_sid)
     click.echo(f"stored {vendor} secret {name!r} (fingerprint {info.fingerprint})")
 
 
@@ -49,8 +57,9 @@ def secret_list(ctx: click.Context, as_json: bool) -> None:
     """List stored secrets: vendor, name, fingerprint and dates. Never the secret itself."""
     with installation(ctx) as kb:
         rows = [{"vendor": s.vendor, "name": s.name, "fingerprint": s.fingerprint, "account_sid": s.account_sid,
-                 "created_at": iso(s.created_at), "updated_at": iso(s.updated_at)} for s in kb.vault.list()]
-    emit(rows, ["vendor", "name", "fingerprint", "account_sid", "created_at", "updated_at"],
+                 "api_key_sid": s.auth_user, "created_at": iso(s.created_at), "updated_at": iso(s.updated_at)}
+                for s in kb.vault.list()]
+    emit(rows, ["vendor", "name", "fingerprint", "account_sid", "api_key_sid", "created_at", "updated_at"],
          "json" if as_json else "table")
 
 

@@ -74,7 +74,8 @@ class SealedSecret:
     name: str
     nonce: bytes
     ciphertext: bytes
-    account_sid: str | None
+    account_sid: str | None  # the vendor account the secret belongs to (Twilio's AC...)
+    auth_user: str | None  # the user to send with it, when not the account (Twilio's API key SK...)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class SecretInfo:
     name: str
     fingerprint: str
     account_sid: str | None
+    auth_user: str | None
     created_at: datetime
     updated_at: datetime
 
@@ -104,6 +106,7 @@ class AdmitRequest:
     call: CallFacts
     estimate: CostEstimate | None  # None when pricing failed: see pricing_refusal
     pricing_refusal: Refusal | None = None
+    account_ref: str | None = None  # the vendor account the request names; must be the secret's
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,7 @@ class AuditFilter:
 class Ledger(Protocol):
     # secrets
     def put_secret(self, vendor: str, name: str, nonce: bytes, ciphertext: bytes,
-                   fingerprint: str, account_sid: str | None) -> None: ...
+                   fingerprint: str, account_sid: str | None, auth_user: str | None = None) -> None: ...
     def get_secret(self, vendor: str, name: str) -> SealedSecret | None: ...
     def list_secrets(self) -> list[SecretInfo]: ...
     def get_meta(self, name: str) -> str | None: ...

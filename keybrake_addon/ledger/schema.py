@@ -14,6 +14,7 @@ CREATE TABLE IF NOT EXISTS secrets (
     ciphertext BLOB NOT NULL,
     fingerprint TEXT NOT NULL,
     account_sid TEXT,
+    auth_user TEXT,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     PRIMARY KEY (vendor, name)

@@ -102,15 +102,15 @@ class SqliteLedger:
                        "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, value))
 
     def put_secret(self, vendor: str, name: str, nonce: bytes, ciphertext: bytes,
-                   fingerprint: str, account_sid: str | None) -> None:
+                   fingerprint: str, account_sid: str | None, auth_user: str | None = None) -> None:
         now = to_text(utc_now())
         with self._write() as db:
             db.execute(
-                "INSERT INTO secrets (vendor, name, nonce, ciphertext, fingerprint, account_sid, created_at, "
-                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (vendor, name) DO UPDATE SET "
-                "nonce = excluded.nonce, ciphertext = excluded.ciphertext, fingerprint = excluded.fingerprint, "
-                "account_sid = excluded.account_sid, updated_at = excluded.updated_at",
-                (vendor, name, nonce, ciphertext, fingerprint, account_sid, now, now),
+                "INSERT INTO secrets (vendor, name, nonce, ciphertext, fingerprint, account_sid, auth_user, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (vendor, name) DO UPDATE "
+                "SET nonce = excluded.nonce, ciphertext = excluded.ciphertext, fingerprint = excluded.fingerprint, "
+                "account_sid = excluded.account_sid, auth_user = excluded.auth_user, updated_at = excluded.updated_at",
+                (vendor, name, nonce, ciphertext, fingerprint, account_sid, auth_user, now, now),
             )
 
     def get_secret(self, vendor: str, name: str) -> SealedSecret | None:
@@ -120,7 +120,7 @@ class SqliteLedger:
     def list_secrets(self) -> list[SecretInfo]:
         rows = self._read("SELECT * FROM secrets ORDER BY vendor, name")
         return [
-            SecretInfo(r["vendor"], r["name"], r["fingerprint"], r["account_sid"],
+            SecretInfo(r["vendor"], r["name"], r["fingerprint"], r["account_sid"], r["auth_user"],
                        from_text(r["created_at"]), from_text(r["updated_at"]))
             for r in rows
         ]
@@ -219,7 +219,8 @@ class SqliteLedger:
                                   "`keybrake issue` or POST /vault/keys.")
                 return Admission(self._insert_refusal(db, call, refusal, None), refusal)
             key = self._key_record(db, row, call.at)
-            refusal = policy.key_refusal(key, call)
+            secret = self._sealed_for(db, key)
+            refusal = policy.key_refusal(key, call) or policy.account_refusal(key, secret, request.account_ref)
             estimate = request.estimate
             if refusal is None and request.pricing_refusal is not None:
                 if request.pricing_refusal.kind is RefusalKind.UNPRICED and key.spec.allow_unpriced:
@@ -237,8 +238,7 @@ class SqliteLedger:
                 if existing is not None:
                     # A retry of a call already reserved: it must not be counted twice.
                     audit_id = self._insert_audit(db, call, key, "allowed", 0, existing["id"], None)
-                    return Admission(audit_id, None, key=key, reservation_id=existing["id"],
-                                     secret=self._sealed_for(db, key))
+                    return Admission(audit_id, None, key=key, reservation_id=existing["id"], secret=secret)
 
             cost, basis, refusal = self._resolve_cost(db, key, estimate)
             if refusal is None:
@@ -261,7 +261,7 @@ class SqliteLedger:
                                           amount_minor=estimate.amount_minor if estimate else None,
                                           currency=estimate.currency if estimate else None)
             return Admission(audit_id, None, key=key, reservation_id=reservation_id, created_reservation=True,
-                             reserved_micros=cost, basis=basis, secret=self._sealed_for(db, key))
+                             reserved_micros=cost, basis=basis, secret=secret)
 
     def _resolve_cost(self, db: sqlite3.Connection, key: KeyRecord,
                       estimate: CostEstimate | None) -> tuple[int, PricingBasis, Refusal | None]:
@@ -420,4 +420,5 @@ def _where(clauses: list[str]) -> str:
 
 
 def _sealed(row: sqlite3.Row) -> SealedSecret:
-    return SealedSecret(row["vendor"], row["name"], row["nonce"], row["ciphertext"], row["account_sid"])
+    return SealedSecret(row["vendor"], row["name"], row["nonce"], row["ciphertext"], row["account_sid"],
+                        row["auth_user"])

@@ -9,10 +9,12 @@ class SecretVault:
         self._ledger = ledger
         self._master_key = master_key
 
-    def put(self, vendor: str, name: str, plaintext: str, account_sid: str | None = None) -> SecretInfo:
+    def put(self, vendor: str, name: str, plaintext: str, account_sid: str | None = None,
+            auth_user: str | None = None) -> SecretInfo:
         """Store or rotate a secret. Vault keys refer to (vendor, name), so they keep working."""
         sealed = seal(self._master_key, vendor, name, plaintext)
-        self._ledger.put_secret(vendor, name, sealed.nonce, sealed.ciphertext, fingerprint(plaintext), account_sid)
+        self._ledger.put_secret(vendor, name, sealed.nonce, sealed.ciphertext, fingerprint(plaintext), account_sid,
+                                auth_user)
         return next(info for info in self._ledger.list_secrets() if (info.vendor, info.name) == (vendor, name))
 
     def exists(self, vendor: str, name: str) -> bool:

@@ -54,8 +54,13 @@ def looks_like_real_secret(token: str) -> bool:
     return token.startswith(_REAL_SECRET_PREFIXES)
 
 
-def authorization_header(secret: str, account_sid: str | None = None) -> str:
+def authorization_header(secret: str, auth_user: str | None = None) -> str:
     return f"Bearer {secret}"
+
+
+def account_ref(request: VendorRequest) -> str | None:
+    """Stripe keys are per account and the path names none (Connect's Stripe-Account is the key's own)."""
+    return None
 
 
 def idempotency_key(headers: Mapping[str, str]) -> str | None:
