@@ -11,28 +11,26 @@ happened. Faults come from a seeded RNG so runs repeat.
 All state sits behind one lock, and each request's whole effect (auth, idempotency lookup,
 mutation, saving the replay, fault roll) happens in one short critical section, so concurrent
 duplicates of one Idempotency-Key cannot both move money. Latency and socket I/O stay outside.
+
+The HTTP server, lifecycle and request recording live in `_http.FakeServer`, shared with the
+other fakes; this module holds only Stripe's auth, idempotency, faults, routes and money state.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
-import contextlib
 import hmac
 import json
 import random
-import re
-import signal
-import socket
 import string
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+
+from ._http import FakeServer, Headers, ReceivedRequest, Reply, VendorError, json_reply, run_main
+
+__all__ = ["DEFAULT_SECRET", "DECLINING_PAYMENT_METHODS", "FakeStripe", "ReceivedRequest", "StripeError", "main"]
 
 DEFAULT_SECRET = "sk_test_fake_upstream_secret"
 DECLINING_PAYMENT_METHODS = frozenset({"pm_card_chargeDeclined", "tok_chargeDeclined"})
@@ -49,103 +47,16 @@ def _new_id(prefix: str, n: int = 24) -> str:
     return prefix + "".join(_ID_RNG.choices(_ALNUM, k=n))
 
 
-@dataclass(frozen=True)
-class ReceivedRequest:
-    """One request as the fake saw it (recorded before auth), so tests can see what was forwarded."""
-
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]  # lower-case names; the last duplicate wins
-    form: dict[str, str]  # flat bracketed keys such as "metadata[order]"; the query string for GET
-    authorization: str
-
-
-class StripeError(Exception):
+class StripeError(VendorError):
     """A Stripe-shaped error reply, raised by endpoint code and rendered by the dispatcher."""
 
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error", **fields: Any):
-        super().__init__(message)
-        self.status = status
-        self.body: Obj = {"error": {"type": type_, "message": message,
-                                    **{k: v for k, v in fields.items() if v is not None}}}
+        super().__init__(status, {"error": {"type": type_, "message": message,
+                                            **{k: v for k, v in fields.items() if v is not None}}},
+                         message=message)
 
 
-@dataclass(frozen=True)
-class _Reply:
-    status: int
-    body: bytes
-    headers: tuple[tuple[str, str], ...] = ()
-    drop: bool = False
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    request_queue_size = 256  # the default backlog of 5 refuses connections under benchmark load
-
-    def __init__(self, addr: tuple[str, int], fake: FakeStripe) -> None:
-        self.fake = fake
-        super().__init__(addr, _Handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Thin HTTP layer: parse, hand to FakeStripe._dispatch, then write (or drop) the reply."""
-
-    protocol_version = "HTTP/1.1"  # keep-alive; every reply carries Content-Length
-    disable_nagle_algorithm = True  # headers and body are separate writes: avoid 40 ms ACK stalls
-    timeout = 120  # idle keep-alive connections eventually give their thread back
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.fake._track(self.connection, add=True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.fake._track(self.connection, add=False)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        """Silenced: a stderr line per request would dominate benchmark time."""
-
-    def _handle(self) -> None:
-        fake, method = self.server.fake, self.command
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.send_error(411, "chunked bodies are not supported; send Content-Length")
-            return
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            self.send_error(400, "bad Content-Length")
-            return
-        body = self.rfile.read(length) if length > 0 else b""
-        split = urlsplit(self.path)
-        raw_form = split.query if method == "GET" else body.decode("utf-8", "replace")
-        form = dict(parse_qsl(raw_form, keep_blank_values=True))  # unescapes a%5Bb%5D too
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        reply = fake._dispatch(method, split.path, split.query, headers, form)
-        if fake.latency_s > 0:
-            time.sleep(fake.latency_s)
-        if reply.drop:  # injected fault: vanish without a response byte, after the money moved
-            self.close_connection = True
-            with contextlib.suppress(OSError):
-                self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        self.send_response(reply.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(reply.body)))
-        for name, value in reply.headers:
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(reply.body)
-
-    do_GET = do_POST = do_DELETE = _handle
-
-
-class FakeStripe:
+class FakeStripe(FakeServer):
     """An in-process fake Stripe server (see the module docstring for why).
 
     Typical use::
@@ -156,18 +67,17 @@ class FakeStripe:
             assert fake.money_moved_minor == 2000
     """
 
+    vendor = "Stripe"
+    request_id_header = "Request-Id"
+
     def __init__(self, secret: str = DEFAULT_SECRET, host: str = "127.0.0.1", port: int = 0, *,
                  fail_after_charge_rate: float = 0.0, drop_after_charge_rate: float = 0.0,
                  seed: int = 0, latency_s: float = 0.0) -> None:
-        self.secret, self.host, self.port = secret, host, port
+        super().__init__(host, port, latency_s)
+        self.secret = secret
         self.fail_after_charge_rate = fail_after_charge_rate
         self.drop_after_charge_rate = drop_after_charge_rate
-        self.latency_s = latency_s  # applies to every reply, replays included: it models the network
         self._rng = random.Random(seed)  # fault rolls only, always under the lock
-        self._lock = threading.Lock()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._conns: set[socket.socket] = set()
         self._objects: dict[str, Obj] = {}
         self._created: list[str] = []
         self._pi_refunded: dict[str, int] = {}
@@ -176,8 +86,6 @@ class FakeStripe:
         self._moved_total = 0
         self._moved_by_currency: dict[str, int] = {}
         self._net_by_currency: dict[str, int] = {}
-        self._received: list[ReceivedRequest] = []
-        self._hits = 0
         get = self._get
         table: list[tuple[str, str, Callable[..., Obj]]] = [
             ("POST", r"/v1/payment_intents", self._pi_create),
@@ -195,51 +103,7 @@ class FakeStripe:
             ("GET", r"/v1/customers/([^/]+)", lambda f, i: get("customer", i)),
             ("GET", r"/v1/balance", self._balance),
         ]
-        self._routes = [(m, re.compile(p), fn) for m, p, fn in table]
-
-    # ----- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> str:
-        """Bind (port 0 picks a free port), serve on a daemon thread, return the base URL."""
-        if self._server is None:
-            self._server = _Server((self.host, self.port), self)
-            self.port = self._server.server_address[1]
-            self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
-                                            kwargs={"poll_interval": 0.05}, name="fake-stripe")
-            self._thread.start()
-        return self.url
-
-    def stop(self) -> None:
-        """Stop serving and cut idle keep-alive connections so clients cannot keep using them."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        with self._lock:
-            conns = list(self._conns)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> FakeStripe:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("FakeStripe is not started")
-        return f"http://{self.host}:{self.port}"
-
-    def _track(self, conn: socket.socket, *, add: bool) -> None:
-        with self._lock:
-            (self._conns.add if add else self._conns.discard)(conn)
+        self._set_routes(table)
 
     # ----- observations for tests (copies, taken under the lock) -----------------------------
 
@@ -260,21 +124,14 @@ class FakeStripe:
         with self._lock:
             return list(self._created)
 
-    @property
-    def received(self) -> list[ReceivedRequest]:
-        with self._lock:
-            return list(self._received)
-
-    @property
-    def hits(self) -> int:
-        with self._lock:
-            return self._hits
-
-    def clear_received(self) -> None:
-        with self._lock:
-            self._received.clear()
-
     # ----- request pipeline ------------------------------------------------------------------
+
+    def _new_request_id(self) -> str:
+        return _new_id("req_", 14)
+
+    def _unknown_route(self, method: str, path: str) -> StripeError:
+        return StripeError(404, f"Unrecognized request URL ({method}: {path}). Please see "
+                           "https://stripe.com/docs or we can help at https://support.stripe.com/.")
 
     def _authorized(self, auth: str) -> bool:
         """Bearer <secret>, or Basic with the secret as user and an empty password (as Stripe)."""
@@ -290,63 +147,45 @@ class FakeStripe:
             return False
         return not password and hmac.compare_digest(presented.encode(), self.secret.encode())
 
-    def _dispatch(self, method: str, path: str, query: str, headers: dict[str, str],
-                  form: Form) -> _Reply:
-        """Run one request's whole effect atomically and decide which reply (or fault) to send."""
-        rid = _new_id("req_", 14)
-        auth = headers.get("authorization", "")
-        hdrs: tuple[tuple[str, str], ...] = (("Request-Id", rid),)
-        fault = ""
-        with self._lock:
-            self._hits += 1
-            self._received.append(ReceivedRequest(method, path, query, headers, form, auth))
-            if not self._authorized(auth):  # never echo the presented key back
-                msg = "Invalid API Key provided" if auth else (
-                    "You did not provide an API key. Provide it in the Authorization header, "
-                    "using Bearer auth.")
-                err = StripeError(401, msg, code="api_key_invalid")
-                return _Reply(401, json.dumps(err.body).encode(),
-                              (*hdrs, ("WWW-Authenticate", 'Basic realm="Stripe"')))
-            key = headers.get("idempotency-key") if method == "POST" else None
-            fingerprint = (method, path, tuple(sorted(form.items())))
-            if key is not None and (saved := self._idempotency.get((self.secret, key))):
-                if saved[0] != fingerprint:
-                    err = StripeError(400, (
-                        "Keys for idempotent requests can only be used with the same parameters "
-                        f"they were first used with. Try using a key other than '{key}' if you "
-                        "meant to execute a different request."), "idempotency_error")
-                    return _Reply(400, json.dumps(err.body).encode(), hdrs)
-                return _Reply(saved[1], saved[2], (*hdrs, ("Idempotency-Key", key),
-                              ("Idempotent-Replayed", "true"), ("Original-Request", saved[3])))
-            moved_before = self._moved_total
-            try:
-                status, payload = 200, self._route(method, path, form)
-            except StripeError as exc:
-                status, payload = exc.status, exc.body
-            body = json.dumps(payload).encode()
-            # Like Stripe, save what executed (successes, declines) but not validation errors.
-            if key is not None and (status < 300 or status == 402):
-                self._idempotency[(self.secret, key)] = (fingerprint, status, body, rid)
-                hdrs = (*hdrs, ("Idempotency-Key", key))
-            if status < 300 and self._moved_total > moved_before:
-                if self.fail_after_charge_rate > 0 and self._rng.random() < self.fail_after_charge_rate:
-                    fault = "fail"
-                elif self.drop_after_charge_rate > 0 and self._rng.random() < self.drop_after_charge_rate:
-                    fault = "drop"
-        if fault == "drop":
-            return _Reply(0, b"", drop=True)
-        if fault == "fail":  # no Stripe-Should-Retry header: the SDK retries 5xx by default
-            err = StripeError(500, "An unknown error occurred (FakeStripe injected this 500 after "
-                              "the money moved; retry with the same Idempotency-Key).", "api_error")
-            return _Reply(500, json.dumps(err.body).encode(), hdrs)
-        return _Reply(status, body, hdrs)
-
-    def _route(self, method: str, path: str, form: Form) -> Obj:
-        for route_method, pattern, fn in self._routes:
-            if route_method == method and (m := pattern.fullmatch(path)):
-                return fn(form, *m.groups())
-        raise StripeError(404, f"Unrecognized request URL ({method}: {path}). Please see "
-                          "https://stripe.com/docs or we can help at https://support.stripe.com/.")
+    def _dispatch(self, req: ReceivedRequest, request_id: str) -> Reply:
+        """Auth, idempotency lookup, mutation, saving the replay and the fault roll, atomically."""
+        if not self._authorized(req.authorization):  # never echo the presented key back
+            msg = "Invalid API Key provided" if req.authorization else (
+                "You did not provide an API key. Provide it in the Authorization header, "
+                "using Bearer auth.")
+            err = StripeError(401, msg, code="api_key_invalid")
+            return json_reply(401, err.body, (("WWW-Authenticate", 'Basic realm="Stripe"'),))
+        method, path, form = req.method, req.path, req.form
+        key = req.headers.get("idempotency-key") if method == "POST" else None
+        fingerprint = (method, path, tuple(sorted(form.items())))
+        hdrs: Headers = ()
+        if key is not None and (saved := self._idempotency.get((self.secret, key))):
+            if saved[0] != fingerprint:
+                raise StripeError(400, (
+                    "Keys for idempotent requests can only be used with the same parameters "
+                    f"they were first used with. Try using a key other than '{key}' if you "
+                    "meant to execute a different request."), "idempotency_error")
+            return Reply(saved[1], saved[2], (("Idempotency-Key", key), ("Idempotent-Replayed", "true"),
+                                              ("Original-Request", saved[3])))
+        moved_before = self._moved_total
+        try:
+            status, payload = 200, self._route(method, path, form)
+        except StripeError as exc:
+            status, payload = exc.status, exc.body
+        body = json.dumps(payload).encode()
+        # Like Stripe, save what executed (successes, declines) but not validation errors.
+        if key is not None and (status < 300 or status == 402):
+            self._idempotency[(self.secret, key)] = (fingerprint, status, body, request_id)
+            hdrs = (("Idempotency-Key", key),)
+        if status < 300 and self._moved_total > moved_before:
+            if self.fail_after_charge_rate > 0 and self._rng.random() < self.fail_after_charge_rate:
+                # no Stripe-Should-Retry header: the SDK retries 5xx by default
+                err = StripeError(500, "An unknown error occurred (FakeStripe injected this 500 after "
+                                  "the money moved; retry with the same Idempotency-Key).", "api_error")
+                return json_reply(500, err.body, hdrs)
+            if self.drop_after_charge_rate > 0 and self._rng.random() < self.drop_after_charge_rate:
+                return Reply(0, b"", drop=True)  # vanish without a response byte, after the money moved
+        return Reply(status, body, hdrs)
 
     # ----- helpers (called with the lock held) -----------------------------------------------
 
@@ -567,28 +406,10 @@ def _unexpected_state(action: str, pi: Obj) -> StripeError:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve in the foreground (for `keybrake demo`, benchmarks, poking) until SIGINT/SIGTERM."""
-    ap = argparse.ArgumentParser(description="Local fake Stripe API server.")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=12111)
-    ap.add_argument("--secret", default=DEFAULT_SECRET)
-    ap.add_argument("--fail-after-charge-rate", type=float, default=0.0)
-    ap.add_argument("--drop-after-charge-rate", type=float, default=0.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--latency", type=float, default=0.0, help="seconds to sleep before each reply")
-    args = ap.parse_args(argv)
-    fake = FakeStripe(args.secret, args.host, args.port, seed=args.seed, latency_s=args.latency,
-                      fail_after_charge_rate=args.fail_after_charge_rate,
-                      drop_after_charge_rate=args.drop_after_charge_rate)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    print(f"fake stripe listening on {fake.start()}", flush=True)
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        fake.stop()
-    return 0
+    return run_main(FakeStripe, 12111, argv, ("--secret", {"default": DEFAULT_SECRET}),
+                    ("--fail-after-charge-rate", {"type": float, "default": 0.0}),
+                    ("--drop-after-charge-rate", {"type": float, "default": 0.0}),
+                    ("--seed", {"type": int, "default": 0}))
 
 
 if __name__ == "__main__":

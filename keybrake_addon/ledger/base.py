@@ -17,6 +17,16 @@ class LedgerUnavailable(Exception):
     """The store cannot answer (locked, full, read-only, corrupt). Nothing may be forwarded."""
 
 
+class IdempotencyMismatch(Exception):
+    """An Idempotency-Key was reused with a different request."""
+
+
+@dataclass(frozen=True)
+class IssuanceIdempotency:
+    key: str
+    request_fingerprint: str  # a hash of the request body: the same key must mean the same request
+
+
 class Resolution(Enum):
     SETTLE = "settled"  # the outcome is known: count the actual amount
     RELEASE = "released"  # no money moved: give the hold back
@@ -159,7 +169,8 @@ class Ledger(Protocol):
     def set_meta(self, name: str, value: str) -> None: ...
 
     # vault keys
-    def create_key(self, key_id: str, key_hash: str, spec: KeySpec) -> KeyRecord: ...
+    def create_key(self, key_id: str, key_hash: str, spec: KeySpec,
+                   idempotency: IssuanceIdempotency | None = None) -> tuple[KeyRecord, bool]: ...
     def get_key(self, key_id: str) -> KeyRecord | None: ...
     def list_keys(self, label: str | None = None, active_at: datetime | None = None) -> list[KeyRecord]: ...
     def revoke_key(self, key_id: str) -> bool: ...

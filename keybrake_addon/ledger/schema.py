@@ -84,6 +84,19 @@ CREATE TABLE IF NOT EXISTS audit (
     reservation_id INTEGER,
     message TEXT
 );
+CREATE TABLE IF NOT EXISTS issuances (
+    idempotency_key TEXT PRIMARY KEY,
+    request_fingerprint TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS admin_tokens (
+    token_id TEXT PRIMARY KEY,
+    name TEXT,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+);
 CREATE INDEX IF NOT EXISTS audit_label_ts ON audit (label, ts);
 CREATE INDEX IF NOT EXISTS audit_key_ts ON audit (key_id, ts);
 CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);

@@ -10,7 +10,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from .. import policy
@@ -20,6 +20,8 @@ from .base import (
     Admission,
     AuditFilter,
     CallFacts,
+    IdempotencyMismatch,
+    IssuanceIdempotency,
     KeyRecord,
     KeySpec,
     LedgerUnavailable,
@@ -32,11 +34,14 @@ from .schema import SCHEMA, SCHEMA_VERSION
 from .times import from_text, to_text, utc_day, utc_now
 
 BUSY_TIMEOUT_S = 5.0
+ISSUANCE_MEMORY = timedelta(hours=24)  # how long an Idempotency-Key returns the same vault key
 OPEN_STATES = ("pending", "unknown")
 CAP_HIT_DECISIONS = (RefusalKind.CAP_EXCEEDED.code, RefusalKind.MAX_CALLS_EXCEEDED.code)
 
 
-class SqliteLedger:
+class SqliteStore:
+    """One SQLite connection in WAL mode, used one transaction at a time."""
+
     def __init__(self, path: str | Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
@@ -60,7 +65,7 @@ class SqliteLedger:
             self._db.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, holding SQLite's write lock from its first statement."""
         with self._lock:
             try:
@@ -83,28 +88,36 @@ class SqliteLedger:
         except sqlite3.Error:
             pass  # the transaction is already gone (SQLite rolls back on some errors by itself)
 
-    def _read(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for a few reads in a row, translating errors like writes do."""
         with self._lock:
             try:
-                return self._db.execute(sql, params).fetchall()
+                yield self._db
             except sqlite3.Error as error:
                 raise LedgerUnavailable(f"the ledger is unavailable: {error}") from error
 
+    def query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        with self.reading() as db:
+            return db.execute(sql, params).fetchall()
+
+
+class SqliteLedger(SqliteStore):
     # --- meta and secrets ---------------------------------------------------------------------
 
     def get_meta(self, name: str) -> str | None:
-        rows = self._read("SELECT value FROM meta WHERE name = ?", (name,))
+        rows = self.query("SELECT value FROM meta WHERE name = ?", (name,))
         return rows[0]["value"] if rows else None
 
     def set_meta(self, name: str, value: str) -> None:
-        with self._write() as db:
+        with self.transaction() as db:
             db.execute("INSERT INTO meta (name, value) VALUES (?, ?) "
                        "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, value))
 
     def put_secret(self, vendor: str, name: str, nonce: bytes, ciphertext: bytes,
                    fingerprint: str, account_sid: str | None, auth_user: str | None = None) -> None:
         now = to_text(utc_now())
-        with self._write() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO secrets (vendor, name, nonce, ciphertext, fingerprint, account_sid, auth_user, "
                 "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (vendor, name) DO UPDATE "
@@ -114,11 +127,11 @@ class SqliteLedger:
             )
 
     def get_secret(self, vendor: str, name: str) -> SealedSecret | None:
-        rows = self._read("SELECT * FROM secrets WHERE vendor = ? AND name = ?", (vendor, name))
+        rows = self.query("SELECT * FROM secrets WHERE vendor = ? AND name = ?", (vendor, name))
         return _sealed(rows[0]) if rows else None
 
     def list_secrets(self) -> list[SecretInfo]:
-        rows = self._read("SELECT * FROM secrets ORDER BY vendor, name")
+        rows = self.query("SELECT * FROM secrets ORDER BY vendor, name")
         return [
             SecretInfo(r["vendor"], r["name"], r["fingerprint"], r["account_sid"], r["auth_user"],
                        from_text(r["created_at"]), from_text(r["updated_at"]))
@@ -127,8 +140,27 @@ class SqliteLedger:
 
     # --- vault keys ---------------------------------------------------------------------------
 
-    def create_key(self, key_id: str, key_hash: str, spec: KeySpec) -> KeyRecord:
-        with self._write() as db:
+    def create_key(self, key_id: str, key_hash: str, spec: KeySpec,
+                   idempotency: IssuanceIdempotency | None = None) -> tuple[KeyRecord, bool]:
+        """Create a key, or with `idempotency` return the key an earlier identical request created.
+
+        Returns the key and whether it was created now. The check and the insert share one
+        transaction, so two retries racing each other still get one key.
+        """
+        with self.transaction() as db:
+            if idempotency is not None:
+                earlier = db.execute(
+                    "SELECT key_id, request_fingerprint FROM issuances WHERE idempotency_key = ? AND created_at > ?",
+                    (idempotency.key, to_text(utc_now() - ISSUANCE_MEMORY))).fetchone()
+                if earlier is not None:
+                    if earlier["request_fingerprint"] != idempotency.request_fingerprint:
+                        raise IdempotencyMismatch(idempotency.key)
+                    key_id = earlier["key_id"]
+                    row = db.execute("SELECT * FROM vault_keys WHERE key_id = ?", (key_id,)).fetchone()
+                    return self._key_record(db, row, utc_now(), with_unknown=True), False
+                db.execute("INSERT OR REPLACE INTO issuances (idempotency_key, request_fingerprint, key_id, created_at) "
+                           "VALUES (?, ?, ?, ?)",
+                           (idempotency.key, idempotency.request_fingerprint, key_id, to_text(utc_now())))
             db.execute(
                 "INSERT INTO vault_keys (key_id, key_hash, vendor, secret_name, label, daily_cap_micros, "
                 "total_cap_micros, max_calls, allowlist, allow_all, allow_unpriced, created_at, expires_at) "
@@ -139,15 +171,12 @@ class SqliteLedger:
             )
         record = self.get_key(key_id)
         assert record is not None
-        return record
+        return record, True
 
     def get_key(self, key_id: str) -> KeyRecord | None:
-        with self._lock:
-            try:
-                row = self._db.execute("SELECT * FROM vault_keys WHERE key_id = ?", (key_id,)).fetchone()
-                return self._key_record(self._db, row, utc_now(), with_unknown=True) if row else None
-            except sqlite3.Error as error:
-                raise LedgerUnavailable(f"the ledger is unavailable: {error}") from error
+        with self.reading() as db:
+            row = db.execute("SELECT * FROM vault_keys WHERE key_id = ?", (key_id,)).fetchone()
+            return self._key_record(db, row, utc_now(), with_unknown=True) if row else None
 
     def list_keys(self, label: str | None = None, active_at: datetime | None = None) -> list[KeyRecord]:
         clauses, params = [], []
@@ -158,23 +187,20 @@ class SqliteLedger:
             clauses.append("revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)")
             params.append(to_text(active_at))
         now = utc_now()
-        with self._lock:
-            try:
-                rows = self._db.execute("SELECT * FROM vault_keys" + _where(clauses) + " ORDER BY created_at, key_id",
-                                        tuple(params)).fetchall()
-                return [self._key_record(self._db, row, now, with_unknown=True) for row in rows]
-            except sqlite3.Error as error:
-                raise LedgerUnavailable(f"the ledger is unavailable: {error}") from error
+        with self.reading() as db:
+            rows = db.execute("SELECT * FROM vault_keys" + _where(clauses) + " ORDER BY created_at, key_id",
+                              tuple(params)).fetchall()
+            return [self._key_record(db, row, now, with_unknown=True) for row in rows]
 
     def revoke_key(self, key_id: str) -> bool:
         """Revoke one key. Returns False when no such key exists; revoking twice is fine."""
-        with self._write() as db:
+        with self.transaction() as db:
             cursor = db.execute("UPDATE vault_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?",
                                 (to_text(utc_now()), key_id))
             return cursor.rowcount > 0
 
     def revoke_label(self, label: str) -> list[str]:
-        with self._write() as db:
+        with self.transaction() as db:
             ids = [r["key_id"] for r in db.execute("SELECT key_id FROM vault_keys WHERE label = ?", (label,))]
             db.execute("UPDATE vault_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE label = ?",
                        (to_text(utc_now()), label))
@@ -211,7 +237,7 @@ class SqliteLedger:
     def admit(self, request: AdmitRequest) -> Admission:
         """Check the key and reserve the call's cost against every cap, in one transaction."""
         call = request.call
-        with self._write() as db:
+        with self.transaction() as db:
             row = db.execute("SELECT * FROM vault_keys WHERE key_hash = ?", (request.key_hash,)).fetchone()
             if row is None:
                 refusal = Refusal(RefusalKind.UNKNOWN_KEY,
@@ -289,7 +315,7 @@ class SqliteLedger:
         return _sealed(row) if row else None
 
     def record_refusal(self, call: CallFacts, refusal: Refusal) -> int:
-        with self._write() as db:
+        with self.transaction() as db:
             return self._insert_refusal(db, call, refusal, None)
 
     def _insert_refusal(self, db: sqlite3.Connection, call: CallFacts, refusal: Refusal,
@@ -313,7 +339,7 @@ class SqliteLedger:
     def settle(self, request: SettleRequest) -> KeyRecord | None:
         """Apply a response to its reservation and complete the audit row. Idempotent per reservation."""
         now = utc_now()
-        with self._write() as db:
+        with self.transaction() as db:
             reservation = db.execute("SELECT * FROM reservations WHERE id = ?", (request.reservation_id,)).fetchone()
             if reservation is None:
                 return None
@@ -362,13 +388,13 @@ class SqliteLedger:
         sql = "SELECT * FROM audit" + _where(clauses) + " ORDER BY id"
         if where.limit:
             sql += f" LIMIT {int(where.limit)}"
-        return [dict(row) for row in self._read(sql, tuple(params))]
+        return [dict(row) for row in self.query(sql, tuple(params))]
 
     def spend(self, by: str, where: AuditFilter) -> list[dict]:
         """Totals per group: calls and refusals from the audit, money from the reservations."""
         audit_group = {"key": "key_id", "label": "label", "vendor": "vendor", "day": "substr(ts, 1, 10)"}[by]
         clauses, params = _audit_clauses(where)
-        calls = self._read(
+        calls = self.query(
             f"SELECT {audit_group} AS grp, COUNT(*) AS calls, SUM(decision = 'allowed') AS allowed, "
             "SUM(decision != 'allowed') AS refused, "
             f"SUM(decision IN {CAP_HIT_DECISIONS!r}) AS cap_hits "
@@ -376,7 +402,7 @@ class SqliteLedger:
         money_group = {"key": "r.key_id", "label": "k.label", "vendor": "k.vendor", "day": "r.day"}[by]
         clauses, params = _audit_clauses(where, key_column="r.key_id", label_column="k.label",
                                          time_column="r.created_at")
-        money = self._read(
+        money = self.query(
             f"SELECT {money_group} AS grp, "
             "COALESCE(SUM(CASE WHEN r.state = 'settled' THEN r.actual_micros END), 0) AS spent_micros, "
             "COALESCE(SUM(CASE WHEN r.state IN ('pending', 'unknown') THEN r.reserved_micros END), 0) "
@@ -395,7 +421,7 @@ class SqliteLedger:
         return [totals[group] for group in sorted(totals, key=lambda g: (g is None, g or ""))]
 
     def open_reservations(self, key_id: str) -> list[dict]:
-        rows = self._read("SELECT * FROM reservations WHERE key_id = ? AND state IN ('pending', 'unknown') "
+        rows = self.query("SELECT * FROM reservations WHERE key_id = ? AND state IN ('pending', 'unknown') "
                           "ORDER BY id", (key_id,))
         return [dict(row) for row in rows]
 

@@ -4,7 +4,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ..ledger.base import KeyRecord, KeySpec, Ledger
+from ..ledger.base import IssuanceIdempotency, KeyRecord, KeySpec, Ledger
 from ..ledger.times import utc_now
 from ..vendors import VENDORS
 from .allowlist import validate_patterns
@@ -52,14 +52,20 @@ class IssuedKey:
     key_id: str
     vault_key: str
     record: KeyRecord
+    created: bool = True  # False when an Idempotency-Key returned an earlier key
 
 
-def issue_key(ledger: Ledger, master_key: bytes, request: KeyRequest, *, now: datetime | None = None) -> IssuedKey:
+def issue_key(ledger: Ledger, master_key: bytes, request: KeyRequest, *, now: datetime | None = None,
+              idempotency: IssuanceIdempotency | None = None) -> IssuedKey:
+    """Issue a key. With `idempotency`, a repeat of the same request gets the same key back."""
     spec = validate(ledger, request, now or utc_now())
+    derivation_key = derive_subkey(master_key, DERIVATION_PURPOSE)
     key_id = new_key_id()
-    vault_key = derive_vault_key(derive_subkey(master_key, DERIVATION_PURPOSE), spec.vendor, key_id)
-    record = ledger.create_key(key_id, hash_vault_key(vault_key), spec)
-    return IssuedKey(key_id, vault_key, record)
+    record, created = ledger.create_key(key_id, hash_vault_key(derive_vault_key(derivation_key, spec.vendor, key_id)),
+                                        spec, idempotency)
+    # The vault key is never stored: an earlier key is derived again from its id.
+    vault_key = derive_vault_key(derivation_key, record.spec.vendor, record.key_id)
+    return IssuedKey(record.key_id, vault_key, record, created)
 
 
 def validate(ledger: Ledger, request: KeyRequest, now: datetime) -> KeySpec:
