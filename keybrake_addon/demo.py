@@ -22,6 +22,7 @@ from .ledger.base import AuditFilter
 from .money import format_usd, usd_to_micros
 from .proxy_process import ProxyProcess
 from .vault.issuance import KeyRequest, issue_key
+from .views import spend_document
 from .worker_env import ca_bundle
 
 DEMO_SECRET = "sk_test_" + "keybrake0demo0upstream"
@@ -82,10 +83,7 @@ def _run_batch(client: stripe.StripeClient, charges: int) -> tuple[list[str], li
 
 
 def _print_report(installation, key_id: str) -> None:
-    spend = installation.ledger.spend("label", AuditFilter(label=LABEL))
-    for row in spend:
-        row["spent_usd"] = format_usd(row.pop("spent_micros"))
-        row["reserved_usd"] = format_usd(row.pop("reserved_micros"))
+    spend = [spend_document(row) for row in installation.ledger.spend("label", AuditFilter(label=LABEL))]
     click.echo("spend (keybrake spend --label demo/runaway-batch):")
     click.echo(table(spend, ["label", "spent_usd", "reserved_usd", "calls", "allowed", "refused", "cap_hits"]))
     rows = [r for r in installation.ledger.audit_rows(AuditFilter(key_id=key_id)) if r["object_id"]]

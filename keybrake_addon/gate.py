@@ -14,7 +14,7 @@ from types import ModuleType
 
 from . import settlement
 from .installation import Installation
-from .ledger.base import AdmitRequest, CallFacts, KeyRecord, LedgerUnavailable, Resolution, SettleRequest
+from .ledger.base import AdmitRequest, CallFacts, KeyRecord, LedgerUnavailable, SettleRequest
 from .ledger.times import utc_now
 from .money import format_usd
 from .pricing import Pricing

@@ -1,12 +1,12 @@
 """Commands that read the audit trail: audit, spend."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import click
 
 from ..ledger.base import AuditFilter
-from ..money import format_usd
-from ..vault.issuance import IssueError, parse_duration
+from ..views import audit_document, spend_document
+from ..durations import parse_since
 from .context import installation
 from .output import FORMATS, emit
 
@@ -18,18 +18,12 @@ AUDIT_TABLE_COLUMNS = ["ts", "key_id", "label", "method", "path", "status", "dec
 
 
 def _since(_ctx, param, value: str | None) -> datetime | None:
-    """An ISO time (2026-11-28T10:00:00Z) or a duration back from now (2h, 1d)."""
     if value is None:
         return None
     try:
-        return datetime.now(UTC) - parse_duration(value)
-    except IssueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter("expected an ISO time or a duration like 2h", param=param) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return parse_since(value)
+    except ValueError as failure:
+        raise click.BadParameter(str(failure), param=param) from None
 
 
 @click.command()
@@ -43,11 +37,7 @@ def audit(ctx: click.Context, label, key_id, since, limit, fmt) -> None:
     """Print the audit trail: one row per call, refused ones included."""
     with installation(ctx) as kb:
         rows = kb.ledger.audit_rows(AuditFilter(label=label, key_id=key_id, since=since, limit=limit))
-    for row in rows:
-        row["reserved_usd"] = format_usd(row.pop("reserved_micros"))
-        actual = row.pop("actual_micros")
-        row["actual_usd"] = None if actual is None else format_usd(actual)
-    emit(rows, AUDIT_TABLE_COLUMNS if fmt == "table" else AUDIT_COLUMNS, fmt)
+    emit([audit_document(row) for row in rows], AUDIT_TABLE_COLUMNS if fmt == "table" else AUDIT_COLUMNS, fmt)
 
 
 @click.command()
@@ -61,10 +51,7 @@ def spend(ctx: click.Context, label, by, since, fmt) -> None:
     """Print spend totals: settled spend, open reservations, calls, refusals and cap hits."""
     with installation(ctx) as kb:
         rows = kb.ledger.spend(by, AuditFilter(label=label, since=since))
-    for row in rows:
-        row["spent_usd"] = format_usd(row.pop("spent_micros"))
-        row["reserved_usd"] = format_usd(row.pop("reserved_micros"))
-    emit(rows, [by, "spent_usd", "reserved_usd", "calls", "allowed", "refused", "cap_hits"], fmt)
+    emit([spend_document(row) for row in rows], [by, "spent_usd", "reserved_usd", "calls", "allowed", "refused", "cap_hits"], fmt)
 
 
 COMMANDS = (audit, spend)

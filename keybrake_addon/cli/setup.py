@@ -22,7 +22,7 @@ def init(ctx: click.Context) -> None:
                           (report.created_master_key, f"master key {home.master_key_file} (mode 0600)"),
                           (report.created_ca, f"CA certificate {home.ca_cert}")):
         click.echo(("created " if created else "exists  ") + what)
-    click.echo(f"""
+    click.echo("""
 Next:
   1. Store a real secret (read from stdin, never from the command line):
        keybrake secret set stripe < stripe-secret.txt

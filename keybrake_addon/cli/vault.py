@@ -11,6 +11,7 @@ from ..policy import iso
 from ..vault.issuance import IssueError, KeyRequest, issue_key
 from ..vendors import VENDORS
 from .context import installation
+from ..views import key_document
 from .output import emit, print_json, table
 
 VENDOR_CHOICE = click.Choice(sorted(VENDORS))
@@ -176,24 +177,6 @@ def revoke(ctx: click.Context, key_id: str | None, label: str | None, as_json: b
         click.echo(f"revoked {len(revoked)} key(s): {', '.join(revoked)}")
 
 
-def key_document(record: KeyRecord) -> dict:
-    spec = record.spec
-    remaining = record.remaining_micros()
-    return {
-        "key_id": record.key_id, "vendor": spec.vendor, "secret": spec.secret_name, "label": spec.label,
-        "status": record.status(utc_now()),
-        "daily_usd_cap": _usd_or_none(spec.daily_cap_micros), "total_usd_cap": _usd_or_none(spec.total_cap_micros),
-        "max_calls": spec.max_calls, "allowed_endpoints": list(spec.allowlist), "allow_all": spec.allow_all,
-        "allow_unpriced": spec.allow_unpriced,
-        "spent_usd": format_usd(record.spent_micros), "reserved_usd": format_usd(record.reserved_micros),
-        "unknown_usd": format_usd(record.unknown_micros),
-        "remaining_usd": "unlimited" if remaining is None else format_usd(remaining),
-        "calls": record.calls, "created_at": iso(record.created_at),
-        "expires_at": iso(spec.expires_at) if spec.expires_at else None,
-        "revoked_at": iso(record.revoked_at) if record.revoked_at else None,
-    }
-
-
 def describe_limits(record: KeyRecord) -> str:
     spec = record.spec
     parts = []
@@ -207,10 +190,6 @@ def describe_limits(record: KeyRecord) -> str:
     if spec.expires_at:
         parts.append(f"expires {iso(spec.expires_at)}")
     return ", ".join(parts)
-
-
-def _usd_or_none(micros: int | None) -> str | None:
-    return None if micros is None else format_usd(micros)
 
 
 COMMANDS = (secret, issue, keys, revoke)

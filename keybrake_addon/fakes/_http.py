@@ -214,15 +214,18 @@ class FakeServer:
 
     # ----- observations for tests (copies, taken under the lock) -----------------------------
 
+    def _locked[T](self, read: Callable[[], T]) -> T:
+        """Run `read` under the lock, so an observation is one consistent copy."""
+        with self._lock:
+            return read()
+
     @property
     def received(self) -> list[ReceivedRequest]:
-        with self._lock:
-            return list(self._received)
+        return self._locked(lambda: list(self._received))
 
     @property
     def hits(self) -> int:
-        with self._lock:
-            return self._hits
+        return self._locked(lambda: self._hits)
 
     def clear_received(self) -> None:
         with self._lock:

@@ -110,19 +110,16 @@ class FakeStripe(FakeServer):
     @property
     def money_moved_minor(self) -> int:
         """Minor units really moved (captures, charges, refunds, transfers, payouts); replays add 0."""
-        with self._lock:
-            return self._moved_total
+        return self._locked(lambda: self._moved_total)
 
     @property
     def money_moved_by_currency(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._moved_by_currency)
+        return self._locked(lambda: dict(self._moved_by_currency))
 
     @property
     def objects_created(self) -> list[str]:
         """Ids of every object created, in order (replays create nothing)."""
-        with self._lock:
-            return list(self._created)
+        return self._locked(lambda: list(self._created))
 
     # ----- request pipeline ------------------------------------------------------------------
 

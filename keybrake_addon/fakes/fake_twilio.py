@@ -95,18 +95,15 @@ class FakeTwilio(FakeServer):
     @property
     def sent(self) -> list[Obj]:
         """Every message created, in order, as returned to the client."""
-        with self._lock:
-            return [dict(m) for m in self._sent]
+        return self._locked(lambda: [dict(m) for m in self._sent])
 
     @property
     def messages_sent(self) -> int:
-        with self._lock:
-            return len(self._sent)
+        return self._locked(lambda: len(self._sent))
 
     @property
     def calls(self) -> list[Obj]:
-        with self._lock:
-            return [dict(c) for c in self._calls]
+        return self._locked(lambda: [dict(c) for c in self._calls])
 
     def set_price(self, price: Price) -> None:
         """The per-segment price to report on messages created from now on (None: null)."""

@@ -1,9 +1,9 @@
 """Issuing vault keys: validate the request, derive the key, store only its hash."""
 
-import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
+from ..durations import InvalidDuration, parse_duration
 from ..ledger.base import IssuanceIdempotency, KeyRecord, KeySpec, Ledger
 from ..ledger.times import utc_now
 from ..vendors import VENDORS
@@ -11,8 +11,6 @@ from .allowlist import validate_patterns
 from .crypto import derive_subkey
 from .vault_keys import derive_vault_key, hash_vault_key, new_key_id
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 DERIVATION_PURPOSE = "vault-key-derivation"
 
 
@@ -22,14 +20,6 @@ class IssueError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
-
-
-def parse_duration(text: str) -> timedelta:
-    """'90s', '90m', '2h', '1d'."""
-    match = _DURATION.match(text or "")
-    if not match or int(match[1]) == 0:
-        raise IssueError("expires_in", f"expected a positive duration like 90s, 90m, 2h or 1d, got {text!r}")
-    return timedelta(**{_UNITS[match[2]]: int(match[1])})
 
 
 @dataclass(frozen=True)
@@ -90,7 +80,10 @@ def validate(ledger: Ledger, request: KeyRequest, now: datetime) -> KeySpec:
         allowlist = tuple(validate_patterns(list(request.allowlist)))
     except ValueError as error:
         raise IssueError("allowed_endpoints", str(error)) from None
-    expires_at = now + parse_duration(request.expires_in) if request.expires_in else None
+    try:
+        expires_at = now + parse_duration(request.expires_in) if request.expires_in else None
+    except InvalidDuration as failure:
+        raise IssueError("expires_in", str(failure)) from None
     return KeySpec(
         vendor=request.vendor, secret_name=request.secret_name, label=request.label,
         daily_cap_micros=request.daily_cap_micros, total_cap_micros=request.total_cap_micros,

@@ -1,0 +1,1 @@
+"""The vault HTTP API (`/vault/*`) and the base-URL vendor routes (`/stripe/*`, ...)."""

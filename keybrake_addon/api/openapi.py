@@ -1,0 +1,138 @@
+"""The OpenAPI 3.1 description of the vault API, served at GET /vault/openapi.json.
+
+The tests validate the running API's answers against these schemas.
+"""
+
+_USD = {"type": ["string", "null"], "pattern": r"^\d+(\.\d+)?$", "description": "US dollars, as a decimal string"}
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {
+    "400": _json(_ERROR, "Invalid request; `error.field` names the field"),
+    "401": _json(_ERROR, "Missing or wrong admin token"),
+    "503": _json(_ERROR, "The vault database is unavailable; retry after Retry-After"),
+}
+
+_KEY = {
+    "type": "object",
+    "required": ["key_id", "vendor", "label", "status", "spent_usd", "reserved_usd", "remaining_usd", "expires_at"],
+    "properties": {
+        "key_id": {"type": "string", "pattern": "^kbk_"},
+        "vendor": {"enum": ["stripe", "twilio", "resend"]},
+        "secret": {"type": "string"},
+        "label": {"type": ["string", "null"]},
+        "status": {"enum": ["active", "expired", "revoked"]},
+        "daily_usd_cap": _USD, "total_usd_cap": _USD,
+        "max_calls": {"type": ["integer", "null"]},
+        "allowed_endpoints": {"type": "array", "items": {"type": "string"}},
+        "allow_all": {"type": "boolean"}, "allow_unpriced": {"type": "boolean"},
+        "spent_usd": _USD, "reserved_usd": _USD, "unknown_usd": _USD,
+        "remaining_usd": {"type": "string", "description": "headroom under the tightest cap, or 'unlimited'"},
+        "calls": {"type": "integer"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "expires_at": {"type": ["string", "null"], "format": "date-time"},
+        "revoked_at": {"type": ["string", "null"], "format": "date-time"},
+    },
+}
+
+OPENAPI: dict = {
+    "openapi": "3.1.0",
+    "info": {"title": "Keybrake vault API", "version": "1",
+             "description": "Issue, find and revoke capped vault keys; read the audit trail and spend. "
+                            "Every endpoint but this description needs `Authorization: Bearer <admin token>`."},
+    "components": {
+        "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                "type": "object", "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}}}}},
+            "Key": _KEY,
+            "IssuedKey": {"allOf": [{"$ref": "#/components/schemas/Key"}, {
+                "type": "object", "required": ["vault_key"],
+                "properties": {"vault_key": {"type": "string", "description": "shown once; send it as the vendor secret"}}}]},
+            "KeyList": {"type": "object", "required": ["data"],
+                        "properties": {"data": {"type": "array", "items": {"$ref": "#/components/schemas/Key"}}}},
+            "Revoked": {"type": "object", "required": ["revoked"],
+                        "properties": {"revoked": {"type": "array", "items": {"type": "string"}}}},
+            "KeyRequest": {
+                "type": "object", "additionalProperties": False, "required": ["vendor"],
+                "properties": {
+                    "vendor": {"enum": ["stripe", "twilio", "resend"]},
+                    "secret": {"type": "string", "default": "default"},
+                    "daily_usd_cap": {"type": ["number", "string"], "minimum": 0},
+                    "total_usd_cap": {"type": ["number", "string"], "minimum": 0},
+                    "max_calls": {"type": "integer", "minimum": 0},
+                    "allowed_endpoints": {"type": "array", "items": {"type": "string"},
+                                          "examples": [["POST /v1/payment_intents"]]},
+                    "allow_all": {"type": "boolean"}, "no_cap": {"type": "boolean"},
+                    "allow_unpriced": {"type": "boolean"},
+                    "expires_in": {"type": "string", "pattern": r"^\d+[smhd]$"},
+                    "agent_run_label": {"type": "string"},
+                },
+            },
+            "AuditRow": {"type": "object", "required": ["ts", "vendor", "method", "path", "decision"], "properties": {
+                "ts": {"type": "string"}, "key_id": {"type": ["string", "null"]}, "label": {"type": ["string", "null"]},
+                "vendor": {"type": "string"}, "method": {"type": "string"}, "path": {"type": "string"},
+                "status": {"type": ["integer", "null"]}, "decision": {"type": "string"},
+                "outcome": {"type": ["string", "null"]}, "reserved_usd": _USD, "actual_usd": _USD,
+                "amount_minor": {"type": ["integer", "null"]}, "currency": {"type": ["string", "null"]},
+                "object_id": {"type": ["string", "null"]}, "idempotency_key": {"type": ["string", "null"]},
+                "vendor_request_id": {"type": ["string", "null"]}, "duration_ms": {"type": ["number", "null"]},
+                "replayed": {"type": "boolean"}}},
+            "SpendRow": {"type": "object", "required": ["spent_usd", "reserved_usd", "calls"], "properties": {
+                "spent_usd": _USD, "reserved_usd": _USD, "calls": {"type": "integer"},
+                "allowed": {"type": "integer"}, "refused": {"type": "integer"}, "cap_hits": {"type": "integer"}}},
+        },
+    },
+    "security": [{"adminToken": []}],
+    "paths": {
+        "/vault/keys": {
+            "post": {
+                "summary": "Issue a vault key",
+                "parameters": [{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"},
+                                "description": "the same key and body within 24 h return the same vault key"}],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/KeyRequest"}}}},
+                "responses": {"201": _json({"$ref": "#/components/schemas/IssuedKey"}, "Issued"),
+                              "200": _json({"$ref": "#/components/schemas/IssuedKey"}, "Replayed issuance"),
+                              "409": _json(_ERROR, "Idempotency-Key reused with another body"),
+                              "413": _json(_ERROR, "Body too large"), **_ERRORS},
+            },
+            "get": {
+                "summary": "List vault keys",
+                "parameters": [{"name": "label", "in": "query", "schema": {"type": "string"}},
+                               {"name": "active", "in": "query", "schema": {"type": "boolean"}}],
+                "responses": {"200": _json({"$ref": "#/components/schemas/KeyList"}, "Keys"), **_ERRORS},
+            },
+            "delete": {
+                "summary": "Revoke every key of one run label",
+                "parameters": [{"name": "label", "in": "query", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _json({"$ref": "#/components/schemas/Revoked"}, "Revoked"), **_ERRORS},
+            },
+        },
+        "/vault/keys/{key_id}": {
+            "parameters": [{"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "get": {"summary": "One key with spent, reserved and remaining",
+                    "responses": {"200": _json({"$ref": "#/components/schemas/Key"}, "The key"),
+                                  "404": _json(_ERROR, "No such key"), **_ERRORS}},
+            "delete": {"summary": "Revoke a key (idempotent); the next request with it is refused",
+                       "responses": {"200": _json({"$ref": "#/components/schemas/Revoked"}, "Revoked"),
+                                     "404": _json(_ERROR, "No such key"), **_ERRORS}},
+        },
+        "/vault/audit": {"get": {
+            "summary": "Audit rows, one per call, refused ones included",
+            "parameters": [{"name": n, "in": "query", "schema": {"type": "string"}} for n in ("label", "key", "since", "limit")],
+            "responses": {"200": _json({"type": "object", "required": ["data"], "properties": {
+                "data": {"type": "array", "items": {"$ref": "#/components/schemas/AuditRow"}}}}, "Rows"), **_ERRORS}}},
+        "/vault/spend": {"get": {
+            "summary": "Spend totals",
+            "parameters": [{"name": "label", "in": "query", "schema": {"type": "string"}},
+                           {"name": "by", "in": "query", "schema": {"enum": ["key", "label", "vendor", "day"]}}],
+            "responses": {"200": _json({"type": "object", "required": ["data"], "properties": {
+                "data": {"type": "array", "items": {"$ref": "#/components/schemas/SpendRow"}}}}, "Totals"), **_ERRORS}}},
+    },
+}
