@@ -5,18 +5,21 @@ CONNECT is tunnelled untouched. A vendor request is checked before any upstream 
 exists (lazy connection strategy), so a refused call never reaches the vendor.
 """
 
+import json
 import logging
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy import mode_specs
 
+from .api.vault_api import ApiRequest, VaultApi
 from .gate import Decision, Gate, Ticket
 from .home import KeybrakeHome
 from .installation import open_installation
 from .pricing import PricingError, load_pricing
 from .vendors import VENDORS, vendor_for_host
-from .vendors.base import Refusal, RefusalKind, VendorRequest, VendorResponse
+from .vendors.base import Refusal, RefusalKind, RenderedResponse, VendorRequest, VendorResponse
 
 logger = logging.getLogger("keybrake")
 
@@ -43,6 +46,7 @@ def parse_upstreams(entries: Sequence[str]) -> dict[str, tuple[str, str, int, st
 class Keybrake:
     def __init__(self) -> None:
         self.gate: Gate | None = None
+        self.api: VaultApi | None = None
         self.upstreams: dict[str, tuple[str, str, int, str]] = {}
 
     def load(self, loader) -> None:
@@ -67,6 +71,7 @@ class Keybrake:
             if self.gate is not None:
                 self.gate.close()
             self.gate = Gate(installation, pricing)
+            self.api = VaultApi(installation, self.gate.run_in_db)
 
     def done(self) -> None:
         if self.gate is not None:
@@ -80,9 +85,49 @@ class Keybrake:
                 {"content-type": "text/plain"})
 
     async def request(self, flow: http.HTTPFlow) -> None:
+        if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
+            await self._api_listener_request(flow)
+            return
         vendor = _vendor_of(flow)
         if vendor is None:
             return  # not ours: pass through untouched
+        await self._gate(flow, vendor)
+
+    async def _api_listener_request(self, flow: http.HTTPFlow) -> None:
+        """The API listener serves /vault/* itself and routes /stripe/*, /twilio/*, /resend/*.
+
+        The vendor comes from the path prefix, never from the Host header. Nothing else is
+        forwarded: the listener's reverse target is a placeholder that is never connected to.
+        """
+        path = flow.request.path
+        if path == "/vault" or path.startswith("/vault/"):
+            await self._serve_vault_api(flow)
+            return
+        prefix, _, rest = path[1:].partition("/")
+        vendor = VENDORS.get(prefix)
+        if vendor is None:
+            self._refuse(flow, RenderedResponse(404, {"content-type": "application/json"}, json.dumps(
+                {"error": {"code": "not_found", "message": f"no route for {flow.request.path.split('?')[0]}: "
+                           f"use /vault/..., {', '.join('/' + name + '/...' for name in VENDORS)}"}}).encode()))
+            return
+        flow.request.path = "/" + rest
+        await self._gate(flow, vendor)
+
+    async def _serve_vault_api(self, flow: http.HTTPFlow) -> None:
+        if self.api is None:
+            self._refuse(flow, RenderedResponse(503, {"content-type": "application/json", "retry-after": "5"},
+                                                b'{"error": {"code": "unavailable", "message": "not configured"}}'))
+            return
+        request = flow.request
+        path, _, _ = request.path.partition("?")
+        answer = await self.api.handle(ApiRequest(
+            method=request.method.upper(), path=path, query=dict(request.query.items()),
+            headers={name.lower(): value for name, value in request.headers.items()},
+            body=request.get_content(strict=False) or b"", client_ip=flow.client_conn.peername[0]))
+        self._refuse(flow, RenderedResponse(answer.status, {"content-type": "application/json", **answer.headers},
+                                            answer.body()))
+
+    async def _gate(self, flow: http.HTTPFlow, vendor) -> None:
         for name in [n for n in flow.request.headers if n.lower().startswith(KEYBRAKE_HEADER_PREFIX)]:
             del flow.request.headers[name]
         if self.gate is None:
@@ -104,10 +149,10 @@ class Keybrake:
             flow.request.path = prefix + flow.request.path
         else:
             # The real secret only ever travels over TLS, even if the client spoke plain HTTP to us.
-            flow.request.scheme, flow.request.port = "https", 443
+            flow.request.scheme, flow.request.host, flow.request.port = "https", vendor.HOSTS[0], 443
 
     @staticmethod
-    def _refuse(flow: http.HTTPFlow, rendered) -> None:
+    def _refuse(flow: http.HTTPFlow, rendered: RenderedResponse) -> None:
         flow.response = http.Response.make(rendered.status, rendered.body, rendered.headers)
 
     async def response(self, flow: http.HTTPFlow) -> None:

@@ -72,7 +72,8 @@ class Gate:
         self._db_thread.shutdown(wait=True)
         self._installation.close()
 
-    async def _in_db_thread(self, function, *args):
+    async def run_in_db(self, function, *args):
+        """Run blocking ledger work on the gate's database thread, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, function, *args)
 
     async def check(self, vendor: ModuleType, request: VendorRequest) -> Decision:
@@ -92,11 +93,11 @@ class Gate:
         credential = vendor.presented_credential(request.headers)
         early = _credential_refusal(vendor, credential.token if credential else None)
         if early is not None:
-            await self._in_db_thread(self._ledger.record_refusal, call, early)
+            await self.run_in_db(self._ledger.record_refusal, call, early)
             return Decision(refusal=vendor.render_refusal(early))
 
         estimate, pricing_refusal = _estimate(vendor, request, self._pricing)
-        admission = await self._in_db_thread(self._ledger.admit, AdmitRequest(
+        admission = await self.run_in_db(self._ledger.admit, AdmitRequest(
             hash_vault_key(credential.token), call, estimate, pricing_refusal, vendor.account_ref(request)))
         if admission.refusal is not None:
             return Decision(refusal=vendor.render_refusal(admission.refusal))
@@ -136,7 +137,7 @@ class Gate:
             replayed=outcome.replayed if outcome else False, duration_ms=(time.monotonic() - ticket.started) * 1000,
             error=error)
         try:
-            key = await self._in_db_thread(self._ledger.settle, settle_request)
+            key = await self.run_in_db(self._ledger.settle, settle_request)
         except LedgerUnavailable as failure:
             # The hold stays counted (never under-count); `keybrake keys show` lists it as open.
             logger.error("keybrake: could not settle reservation %s of key %s: %s",

@@ -1,18 +1,30 @@
-"""Run mitmproxy in forward mode with the Keybrake addon and the home's CA."""
+"""Run mitmproxy with the Keybrake addon and the home's CA.
+
+The forward listener (regular mode) is what HTTPS_PROXY points at. The optional API listener
+(reverse mode, `--api-port`) serves the vault API and the base-URL vendor routes.
+"""
 
 import asyncio
 import re
 import signal
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from mitmproxy import ctx, options
+from mitmproxy.proxy import mode_specs
 from mitmproxy.tools.dump import DumpMaster
 
 from .addon import Keybrake
 from .home import KeybrakeHome
 from .vendors import VENDOR_HOSTS
+
+# The API listener's reverse target. Never connected to: every request on that listener is
+# answered by the addon or re-targeted at a vendor before mitmproxy opens a connection (lazy).
+UNUSED_REVERSE_TARGET = "http://127.0.0.1:9"
+
+Address = tuple[str, int]
 
 
 @dataclass(frozen=True)
@@ -20,29 +32,56 @@ class ProxySettings:
     home: KeybrakeHome
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
+    api_port: int | None = None
     upstreams: Sequence[str] = ()
     strict_egress: bool = False
     db_busy_timeout_s: float = 5.0
     quiet: bool = False
-    on_listening: list = field(default_factory=list)
+    api_tls_certs: Sequence[str] = ()  # mitmproxy `certs` entries for the API listener's own certificate
+    on_listening: list[Callable[[Address, Address | None], None]] = field(default_factory=list)
 
 
 def intercept_patterns() -> list[str]:
-    """mitmproxy intercepts only hosts matching these; every other CONNECT is a blind tunnel."""
-    return [rf"^{re.escape(host)}(:\d+)?$" for host in VENDOR_HOSTS]
+    """mitmproxy intercepts only hosts matching these; every other CONNECT is a blind tunnel.
+
+    The API listener's placeholder target is listed too: mitmproxy applies this list to every
+    listener, and an unlisted target would make the API listener a raw TCP tunnel.
+    """
+    placeholder = UNUSED_REVERSE_TARGET.removeprefix("http://")
+    return [rf"^{re.escape(host)}(:\d+)?$" for host in VENDOR_HOSTS] + [rf"^{re.escape(placeholder)}$"]
+
+
+def modes(settings: ProxySettings) -> list[str]:
+    listen = [f"regular@{settings.listen_host}:{settings.listen_port}"]
+    if settings.api_port is not None:
+        # mitmproxy refuses two listeners with the same spec, so "both on port 0" needs a real port.
+        api_port = settings.api_port or free_port(settings.listen_host)
+        listen.append(f"reverse:{UNUSED_REVERSE_TARGET}@{settings.listen_host}:{api_port}")
+    return listen
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
 
 class _ReadyLine:
-    """Prints where the proxy listens once its sockets are bound (the port may have been 0)."""
+    """Reports where each listener is once its sockets are bound (a port may have been 0)."""
 
     def __init__(self, settings: ProxySettings) -> None:
         self.settings = settings
 
     def running(self) -> None:
-        addresses = ctx.master.addons.get("proxyserver").listen_addrs()
-        host, port = addresses[0][0], addresses[0][1]
+        forward = api = None
+        for server in ctx.master.addons.get("proxyserver").servers:
+            host, port = server.listen_addrs[0][:2]
+            if isinstance(server.mode, mode_specs.ReverseMode):
+                api = (host, port)
+            else:
+                forward = (host, port)
         for callback in self.settings.on_listening:
-            callback(host, port)
+            callback(forward, api)
 
 
 async def run_proxy(settings: ProxySettings) -> None:
@@ -50,12 +89,11 @@ async def run_proxy(settings: ProxySettings) -> None:
     master.addons.add(Keybrake(), _ReadyLine(settings))
     # Options of mitmproxy's own addons exist only once the master has loaded them.
     master.options.update(
-        listen_host=settings.listen_host,
-        listen_port=settings.listen_port,
         confdir=str(settings.home.mitmproxy_confdir),
-        mode=["regular"],
+        mode=modes(settings),
         connection_strategy="lazy",
         allow_hosts=intercept_patterns(),
+        certs=list(settings.api_tls_certs),
         termlog_verbosity="warn",
         keybrake_home=str(settings.home.root),
         keybrake_upstreams=list(settings.upstreams),

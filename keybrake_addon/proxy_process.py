@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 READY = re.compile(r"Keybrake proxy listening on (http://[\d.]+:(\d+))")
+API_READY = re.compile(r"Keybrake vault API and base-URL routes on (https?://[\d.]+:(\d+))")
 
 
 def keybrake(home: Path, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -35,6 +36,7 @@ class ProxyProcess:
     process: subprocess.Popen | None = None
     url: str = ""
     port: int = 0
+    api_url: str = ""  # set when extra_args ask for --api-port
     _log: object = field(default=None, repr=False)
 
     def start(self, timeout_s: float = 30.0) -> "ProxyProcess":
@@ -47,8 +49,11 @@ class ProxyProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"keybrake proxy exited early:\n{self.log_text()}")
-            if match := READY.search(self.log_text()):
+            log = self.log_text()
+            if match := READY.search(log):
                 self.url, self.port = match[1], int(match[2])
+                if api := API_READY.search(log):
+                    self.api_url = api[1]
                 return self
             time.sleep(0.05)
         self.stop()

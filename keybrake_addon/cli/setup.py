@@ -5,6 +5,7 @@ from mitmproxy.exceptions import OptionsError
 
 from ..home import KeybrakeHome
 from ..installation import initialise
+from ..api.listener_tls import api_listener_certs
 from ..worker_env import env_lines
 from .context import home_of
 
@@ -55,9 +56,16 @@ def env(ctx: click.Context, proxy_url: str) -> None:
               help="Refuse connections to hosts Keybrake does not front, instead of tunnelling them.")
 @click.option("--db-busy-timeout", default=5.0, show_default=True, type=click.FloatRange(0.01),
               help="Seconds to wait for another process's database lock before refusing with 503.")
+@click.option("--api-port", type=click.IntRange(0, 65535),
+              help="Also serve the vault API (/vault/*) and base-URL vendor routes (/stripe/*, /twilio/*, "
+                   "/resend/*) on this port (0 picks a free one).")
+@click.option("--api-tls-cert", type=click.Path(exists=True, dir_okay=False),
+              help="PEM certificate for the API listener (with --api-tls-key); without it, plain HTTP.")
+@click.option("--api-tls-key", type=click.Path(exists=True, dir_okay=False), help="PEM private key for --api-tls-cert.")
 @click.pass_context
 def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tuple[str, ...],
-          strict_egress: bool, db_busy_timeout: float) -> None:
+          strict_egress: bool, db_busy_timeout: float, api_port: int | None, api_tls_cert: str | None,
+          api_tls_key: str | None) -> None:
     """Run the forward proxy. Initialises the home first if it is new.
 
     Workers set HTTPS_PROXY to it and trust the Keybrake CA (see `keybrake env`). Only
@@ -71,16 +79,29 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
         initialise(home)
         click.echo(f"initialised a new Keybrake home at {home.root}", err=True)
 
-    def announce(host: str, port: int) -> None:
-        click.echo(f"Keybrake proxy listening on http://{host}:{port} (home {home.root})")
+    if bool(api_tls_cert) != bool(api_tls_key):
+        raise click.UsageError("--api-tls-cert and --api-tls-key go together")
+    if api_tls_cert and api_port is None:
+        raise click.UsageError("--api-tls-cert needs --api-port")
+    scheme = "https" if api_tls_cert else "http"
+    try:
+        tls_certs = api_listener_certs(home, api_tls_cert, api_tls_key) if api_tls_cert else []
+    except ValueError as failure:
+        raise click.ClickException(f"--api-tls-cert: {failure}") from None
+
+    def announce(forward: tuple[str, int], api: tuple[str, int] | None) -> None:
+        click.echo(f"Keybrake proxy listening on http://{forward[0]}:{forward[1]} (home {home.root})")
+        if api is not None:
+            click.echo(f"Keybrake vault API and base-URL routes on {scheme}://{api[0]}:{api[1]} "
+                       "(/vault/..., /stripe/..., /twilio/..., /resend/...)")
         click.echo("Worker environment:")
-        for line in env_lines(home, f"http://{host}:{port}"):
+        for line in env_lines(home, f"http://{forward[0]}:{forward[1]}"):
             click.echo("  " + line)
         click.echo("", nl=True)
 
-    settings = ProxySettings(home=home, listen_host=listen_host, listen_port=listen_port,
+    settings = ProxySettings(home=home, listen_host=listen_host, listen_port=listen_port, api_port=api_port,
                              upstreams=upstreams, strict_egress=strict_egress, db_busy_timeout_s=db_busy_timeout,
-                             on_listening=[announce])
+                             api_tls_certs=tls_certs, on_listening=[announce])
     try:
         serve(settings)
     except OptionsError as error:

@@ -1,0 +1,284 @@
+"""Twilio (api.twilio.com): credential, cost estimate, outcome and refusal shape.
+
+Pure functions only. Twilio's REST API takes HTTP Basic auth (Account SID or API key SID as
+the user, auth token or key secret as the password) and names the account in every path, so
+the vault key travels as the password and the path's account must be the stored secret's.
+Messages and calls are priced from the request with the configured per-country rates
+(`pricing.TwilioRates`); Twilio fills `price` in only later, so the estimate usually stands.
+See shared VENDORS.md for the facts this relies on.
+"""
+
+import base64
+import json
+import re
+from collections.abc import Mapping
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from typing import TYPE_CHECKING
+
+from ..money import MICROS_PER_USD
+from .base import (
+    CostEstimate,
+    MalformedRequest,
+    Outcome,
+    PresentedCredential,
+    Refusal,
+    RenderedResponse,
+    Unpriced,
+    VendorRequest,
+    VendorResponse,
+)
+from .forms import parse_form, parse_json_object
+from .sms_segments import count_segments
+
+if TYPE_CHECKING:  # pricing imports the vendors package: a runtime import here would be circular
+    from ..pricing import TwilioRates
+
+NAME = "twilio"
+HOSTS = ("api.twilio.com",)
+
+_ACCOUNT_PATH = re.compile(r"^/2010-04-01/Accounts/([^/]+?)(?:\.(?:json|xml|csv))?(?:/|$)", re.IGNORECASE)
+
+
+def _resource(tail: str) -> re.Pattern[str]:
+    # Twilio answers in JSON with `.json`, in XML without a suffix or with `.xml`: all create alike.
+    return re.compile(rf"^/2010-04-01/Accounts/[^/]+/{tail}(?:\.json|\.xml)?$", re.IGNORECASE)
+
+
+_MESSAGES = _resource("Messages")
+_MESSAGE = _resource("Messages/[A-Za-z0-9]+")  # update, redact or cancel a message: no charge
+_CALLS = _resource("Calls")
+
+# Dot segments, empty segments and escaped separators could make the vendor route a request
+# elsewhere than the path we priced or checked; no SDK sends them.
+_UNSAFE_PATH = re.compile(r"//|/\.\.?(?:/|$)|%2e|%2f|%5c|\\", re.IGNORECASE)
+
+_READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+_PHONE_SCHEMES = frozenset({"whatsapp", "sms", "tel"})
+_REAL_SECRET = re.compile(r"^[A-Za-z0-9]{32}$")
+
+
+# --- credentials -----------------------------------------------------------------------------
+
+def presented_credential(headers: Mapping[str, str]) -> PresentedCredential | None:
+    """The Basic-auth password is where the SDKs put the auth token, so the vault key goes there."""
+    scheme, _, value = headers.get("authorization", "").strip().partition(" ")
+    if scheme.lower() != "basic" or not value.strip():
+        return None
+    try:
+        user, sep, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not sep or not password:
+        return None
+    return PresentedCredential(token=password, username=user or None)
+
+
+def looks_like_real_secret(token: str) -> bool:
+    """Auth tokens are 32 lowercase hex characters, API key secrets 32 alphanumerics."""
+    return bool(_REAL_SECRET.match(token))
+
+
+def authorization_header(secret: str, auth_user: str | None) -> str:
+    """Basic auth with the stored secret's own user: its Account SID, or its API key SID."""
+    if not auth_user:
+        raise ValueError("a Twilio secret needs the Account SID or API key SID it authenticates as")
+    return "Basic " + base64.b64encode(f"{auth_user}:{secret}".encode()).decode("ascii")
+
+
+def account_ref(request: VendorRequest) -> str | None:
+    """The account the path names. A path that could be resolved to another one names itself,
+    which never equals a SID, so the ledger refuses it as a mismatch."""
+    if _UNSAFE_PATH.search(request.path):
+        return request.path
+    match = _ACCOUNT_PATH.match(request.path)
+    return match[1] if match else None
+
+
+def idempotency_key(headers: Mapping[str, str]) -> str | None:
+    """Twilio's REST API has no request idempotency header: every call is its own reservation."""
+    return None
+
+
+# --- estimates -------------------------------------------------------------------------------
+
+def estimate(request: VendorRequest, rates: "TwilioRates") -> CostEstimate:
+    """The most this call can cost in USD micros, or why it cannot be told."""
+    if request.method in _READ_ONLY_METHODS:
+        return CostEstimate()
+    if _UNSAFE_PATH.search(request.path):
+        raise MalformedRequest("the path has dot segments or escaped separators")
+    if request.method != "POST":
+        raise Unpriced(f"{request.method} is not a method Twilio's API uses")
+    if _MESSAGE.match(request.path):
+        return CostEstimate()
+    if _MESSAGES.match(request.path):
+        return _message(parse_form(request.body), rates)
+    if _CALLS.match(request.path):
+        return _call(parse_form(request.body), rates)
+    raise Unpriced("Keybrake prices only sending messages and placing calls on Twilio")
+
+
+def _message(form: Mapping[str, str], rates: "TwilioRates") -> CostEstimate:
+    number = _destination(form)
+    if form.get("ContentSid"):
+        raise Unpriced("messages from a content template (ContentSid) are not priced by Keybrake yet")
+    body = form.get("Body", "")
+    # parse_form keeps the last of repeated MediaUrl values, possibly an empty one: presence decides.
+    if "MediaUrl" in form or form.get("SendAsMms", "").lower() == "true":
+        usd = _country_rate(number, rates.mms_usd_per_message, rates.default_mms_usd_per_message,
+                            "MMS", "mms_usd_per_message")
+        return _usd(usd)
+    if not body:
+        raise MalformedRequest("a message needs a 'Body' or a 'MediaUrl'")
+    per_segment = _country_rate(number, rates.sms_usd_per_segment, rates.default_sms_usd_per_segment,
+                                "SMS", "sms_usd_per_segment")
+    fee_code = _longest_prefix(number, rates.carrier_fee_usd_per_segment)
+    fee = rates.carrier_fee_usd_per_segment[fee_code] if fee_code else Decimal(0)
+    return _usd(count_segments(body) * (per_segment + fee))
+
+
+def _call(form: Mapping[str, str], rates: "TwilioRates") -> CostEstimate:
+    number = _destination(form)
+    raw = form.get("TimeLimit", "").strip()
+    if raw:
+        try:
+            seconds = int(raw)
+        except ValueError:
+            raise MalformedRequest(f"'TimeLimit' must be a whole number of seconds, got {raw!r}") from None
+        if seconds < 1:
+            raise MalformedRequest("'TimeLimit' must be at least 1 second")
+        minutes = -(-seconds // 60)  # Twilio bills started minutes
+    elif rates.max_call_minutes is not None:
+        minutes = rates.max_call_minutes
+    else:
+        raise Unpriced("a call without 'TimeLimit' has no bound on its length: send TimeLimit (seconds) "
+                       "or set twilio.max_call_minutes with `keybrake pricing set`")
+    per_minute = _country_rate(number, rates.voice_usd_per_minute, rates.default_voice_usd_per_minute,
+                               "voice", "voice_usd_per_minute")
+    return _usd(minutes * per_minute)
+
+
+def _destination(form: Mapping[str, str]) -> str:
+    """The E.164 digits of `To`, without the `whatsapp:`-style scheme and the `+`."""
+    to = form.get("To", "").strip()
+    if not to:
+        raise MalformedRequest("the parameter 'To' is required")
+    scheme, sep, rest = to.partition(":")
+    if sep:
+        if scheme.strip().lower() not in _PHONE_SCHEMES:
+            raise Unpriced(f"destinations written {scheme.strip()}:... are not priced by Keybrake")
+        to = rest
+    # A form's unescaped '+' decodes to a space: strip it along with usual separators.
+    digits = re.sub(r"[\s().-]", "", to).removeprefix("+")
+    if not re.fullmatch(r"[0-9]{1,15}", digits):
+        raise MalformedRequest("'To' is not a phone number in E.164 form (+ country code and number)")
+    return digits
+
+
+def _longest_prefix(number: str, table: Mapping[str, Decimal]) -> str | None:
+    for length in range(min(4, len(number)), 0, -1):
+        if number[:length] in table:
+            return number[:length]
+    return None
+
+
+def _country_rate(number: str, table: Mapping[str, Decimal], default: Decimal | None,
+                  what: str, field: str) -> Decimal:
+    code = _longest_prefix(number, table)
+    if code is not None:
+        return table[code]
+    if default is not None:
+        return default
+    calling_code = _calling_code(number)
+    raise Unpriced(f"no {what} rate for +{calling_code} numbers: set twilio.{field}.{calling_code} "
+                   f"(or twilio.default_{field}) with `keybrake pricing set`")
+
+
+# ITU-T E.164 country codes of two digits; "1" and "7" are one digit, all others three.
+# Only used to name the field to set in an Unpriced message.
+_TWO_DIGIT_CODES = frozenset(
+    "20 27 30 31 32 33 34 36 39 40 41 43 44 45 46 47 48 49 51 52 53 54 55 56 57 58 "
+    "60 61 62 63 64 65 66 81 82 84 86 90 91 92 93 94 95 98".split()
+)
+
+
+def _calling_code(number: str) -> str:
+    if number[:1] in ("1", "7"):
+        return number[:1]
+    return number[:2] if number[:2] in _TWO_DIGIT_CODES else number[:3]
+
+
+def _micros(usd: Decimal) -> int:
+    return int((usd * MICROS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
+
+
+def _usd(usd: Decimal) -> CostEstimate:
+    return CostEstimate(usd_micros=_micros(usd), currency="usd")
+
+
+# --- outcomes --------------------------------------------------------------------------------
+
+def outcome(request: VendorRequest, response: VendorResponse, rates: "TwilioRates") -> Outcome:
+    """The created object's SID and, when Twilio already knows it, its price."""
+    request_id = response.headers.get("twilio-request-id")
+    body = parse_json_object(response.body)
+    body = body if isinstance(body, dict) else {}
+    sid = body.get("sid")
+    ids = (sid,) if isinstance(sid, str) and sid else ()
+    if not 200 <= response.status < 300:
+        return Outcome(usd_micros=None, object_ids=ids, vendor_request_id=request_id)
+    if request.method in _READ_ONLY_METHODS or _MESSAGE.match(request.path):
+        # A fetched or updated message still shows its price: that was counted when it was sent.
+        return Outcome(usd_micros=0, object_ids=ids, vendor_request_id=request_id)
+    return Outcome(usd_micros=_price_micros(body), object_ids=ids, vendor_request_id=request_id)
+
+
+def _price_micros(body: dict) -> int | None:
+    """`price` is a negative decimal string, null until Twilio has rated the message or call."""
+    price, unit = body.get("price"), body.get("price_unit")
+    if price is None or not isinstance(unit, str) or unit.upper() != "USD":
+        return None
+    try:
+        amount = Decimal(str(price))
+    except InvalidOperation:
+        return None
+    return _micros(abs(amount)) if amount.is_finite() else None
+
+
+def money_may_have_moved(status: int, body: bytes) -> bool:
+    """Twilio's 4xx are final and create nothing; a 5xx may hide a sent message (its error 20500)."""
+    return status >= 500
+
+
+# --- refusals --------------------------------------------------------------------------------
+
+# Twilio error codes by HTTP status, so code that branches on `TwilioRestException.code`
+# sees the nearest Twilio meaning: 20003 authentication failed (wrong credentials for the
+# account), 20006 access denied (insufficient privileges for the resource), 20429 too many
+# requests, 20503 service unavailable. Twilio has no generic 400 code; its error dictionary
+# lists the bare HTTP code (400 Bad Request), which is also what twilio-python falls back to
+# when a body has no code. Our own code is in `keybrake_code` and `details`.
+_TWILIO_CODES = {401: 20003, 403: 20006, 429: 20429, 503: 20503}
+MORE_INFO = "https://github.com/keybrake/keybrake#refusals"
+
+
+def render_refusal(refusal: Refusal) -> RenderedResponse:
+    """A Twilio-shaped error. twilio-python raises TwilioRestException with `.status` the HTTP
+    status, `.code` our code, `.msg` "Unable to create record: <message>" (the prefix is the
+    SDK's) and `.details` our details. The body must not carry both `type` and `title`: the SDK
+    would then read it as an RFC 9457 problem and raise TwilioServiceException instead."""
+    kind = refusal.kind
+    headers = {"content-type": "application/json", "x-keybrake-refusal": kind.code}
+    if kind.is_cap_hit:
+        headers["x-keybrake-cap-hit"] = "true"
+    if refusal.retry_after_s is not None:
+        headers["retry-after"] = str(refusal.retry_after_s)
+    body = {
+        "code": _TWILIO_CODES.get(kind.status, kind.status),
+        "message": refusal.message,
+        "more_info": MORE_INFO,
+        "status": kind.status,
+        "keybrake_code": kind.code,
+        "details": {"keybrake_code": kind.code},
+    }
+    return RenderedResponse(kind.status, headers, json.dumps(body).encode())
