@@ -263,7 +263,7 @@ def run_main(fake_cls: type[FakeServer], default_port: int, argv: list[str] | No
     ap = argparse.ArgumentParser(description=f"Local fake {vendor} API server.")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=default_port)
-    ap.add_argument("--latency", dest="latency_s", type=float, default=0.0,
+    ap.add_argument("--latency", dest="latency_s", metavar="SECONDS", type=float, default=0.0,
                     help="seconds to sleep before each reply")
     for flag, kwargs in options:
         ap.add_argument(flag, **kwargs)

@@ -103,3 +103,17 @@ def tls_echo_server(tmp_path):
     yield f"https://127.0.0.1:{server.server_address[1]}", cert_path
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def stripe_client_for_proxy(home, monkeypatch):
+    """Like stripe_client_for, for a proxy the test started itself."""
+
+    def for_proxy(proxy):
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        keybrake(home, "env")
+        monkeypatch.setattr(stripe, "ca_bundle_path", str(home / "certs" / "keybrake-ca-bundle.pem"))
+        return lambda vault_key: stripe.StripeClient(vault_key, max_network_retries=0)
+
+    return for_proxy
