@@ -17,6 +17,7 @@ from .installation import Installation
 from .ledger.base import AdmitRequest, CallFacts, KeyRecord, LedgerUnavailable, SettleRequest
 from .ledger.times import utc_now
 from .money import format_usd
+from .paths import is_ambiguous
 from .pricing import Pricing
 from .vault.crypto import MasterKeyError
 from .vault.vault_keys import hash_vault_key, is_vault_key_shaped
@@ -92,6 +93,10 @@ class Gate:
     async def _check(self, vendor: ModuleType, request: VendorRequest, call: CallFacts, started: float) -> Decision:
         credential = vendor.presented_credential(request.headers)
         early = _credential_refusal(vendor, credential.token if credential else None)
+        if early is None and is_ambiguous(request.path):
+            early = Refusal(RefusalKind.INVALID_REQUEST,
+                            f"Keybrake refuses {request.path!r}: dot segments, empty segments or escaped "
+                            "separators could reach another endpoint than the one checked.")
         if early is not None:
             await self.run_in_db(self._ledger.record_refusal, call, early)
             return Decision(refusal=vendor.render_refusal(early))
@@ -109,7 +114,7 @@ class Gate:
                 raise MasterKeyError(f"the {vendor.NAME} secret {admission.key.spec.secret_name!r} is not in the vault")
             authorization = vendor.authorization_header(
                 self._vault.open(admission.secret), admission.secret.auth_user or admission.secret.account_sid)
-        except MasterKeyError as error:
+        except (MasterKeyError, ValueError) as error:  # ValueError: the secret lacks what the vendor needs
             logger.error("keybrake: cannot open the secret for key %s: %s", admission.key.key_id, error)
             await self.settle(ticket, None, request_sent=False, error=str(error))
             return Decision(refusal=vendor.render_refusal(Refusal(

@@ -151,3 +151,15 @@ def test_locked_database_is_unavailable_not_a_guess(tmp_path):
     finally:
         blocker.execute("ROLLBACK")
     assert admit(ledger, 10).allowed  # recovers by itself once the lock is gone
+
+
+def test_same_idempotency_key_on_another_endpoint_or_a_day_later_is_a_new_call(tmp_path):
+    ledger = make_ledger(tmp_path / "l.db", total=200 * USD)
+    now = datetime.now(UTC)
+    first = admit(ledger, 50, idem="k", at=now)
+    settle(ledger, first, Resolution.SETTLE, 50, "pi_1")
+    other_endpoint = admit(ledger, 50, idem="k", at=now, path="/v1/payment_intents/pi_1/capture")
+    assert other_endpoint.created_reservation and other_endpoint.reserved_micros == 50 * USD
+    next_day = admit(ledger, 50, idem="k", at=now + timedelta(hours=25))
+    assert next_day.created_reservation and next_day.reserved_micros == 50 * USD
+    assert admit(ledger, 50, idem="k", at=now + timedelta(hours=1)).reservation_id == first.reservation_id

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS reservations (
     id INTEGER PRIMARY KEY,
     key_id TEXT NOT NULL,
     idempotency_key TEXT,
+    endpoint TEXT NOT NULL,
     day TEXT NOT NULL,
     reserved_micros INTEGER NOT NULL,
     actual_micros INTEGER,

@@ -35,6 +35,7 @@ from .times import from_text, to_text, utc_day, utc_now
 
 BUSY_TIMEOUT_S = 5.0
 ISSUANCE_MEMORY = timedelta(hours=24)  # how long an Idempotency-Key returns the same vault key
+IDEMPOTENCY_MEMORY = timedelta(hours=24)  # how long Stripe and Resend remember a request's key
 OPEN_STATES = ("pending", "unknown")
 CAP_HIT_DECISIONS = (RefusalKind.CAP_EXCEEDED.code, RefusalKind.MAX_CALLS_EXCEEDED.code)
 
@@ -256,11 +257,17 @@ class SqliteLedger(SqliteStore):
             if refusal is not None:
                 return Admission(self._insert_refusal(db, call, refusal, key), refusal, key=key)
 
-            if call.idempotency_key is not None:
+            endpoint = f"{call.method} {call.path}"
+            idempotency_key = call.idempotency_key
+            if idempotency_key is not None:
                 existing = db.execute(
-                    "SELECT id FROM reservations WHERE key_id = ? AND idempotency_key = ?",
-                    (key.key_id, call.idempotency_key),
+                    "SELECT id, endpoint, created_at FROM reservations WHERE key_id = ? AND idempotency_key = ?",
+                    (key.key_id, idempotency_key),
                 ).fetchone()
+                if existing is not None and not _same_attempt(existing, endpoint, call.at):
+                    # The vendor has forgotten that key, or it names another call: this one may
+                    # move money of its own, so it gets a reservation of its own (never attachable).
+                    existing, idempotency_key = None, None
                 if existing is not None:
                     # A retry of a call already reserved: it must not be counted twice.
                     audit_id = self._insert_audit(db, call, key, "allowed", 0, existing["id"], None)
@@ -274,9 +281,9 @@ class SqliteLedger(SqliteStore):
 
             day = utc_day(call.at)
             reservation_id = db.execute(
-                "INSERT INTO reservations (key_id, idempotency_key, day, reserved_micros, state, created_at) "
-                "VALUES (?, ?, ?, ?, 'pending', ?)",
-                (key.key_id, call.idempotency_key, day, cost, to_text(call.at)),
+                "INSERT INTO reservations (key_id, idempotency_key, endpoint, day, reserved_micros, state, created_at) "
+                "VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+                (key.key_id, idempotency_key, endpoint, day, cost, to_text(call.at)),
             ).lastrowid
             db.execute("UPDATE vault_keys SET reserved_micros = reserved_micros + ?, calls = calls + 1 "
                        "WHERE key_id = ?", (cost, key.key_id))
@@ -439,6 +446,15 @@ def _audit_clauses(where: AuditFilter, *, key_column: str = "key_id", label_colu
         clauses.append(f"{time_column} >= ?")
         params.append(to_text(where.since))
     return clauses, params
+
+
+def _same_attempt(reservation: sqlite3.Row, endpoint: str, at: datetime) -> bool:
+    """Whether a request with the same Idempotency-Key retries this reservation's call.
+
+    Vendors keep idempotency keys for 24 hours and scope them to one request; past that, or on
+    another endpoint, the same key is a new call.
+    """
+    return reservation["endpoint"] == endpoint and from_text(reservation["created_at"]) > at - IDEMPOTENCY_MEMORY
 
 
 def _where(clauses: list[str]) -> str:

