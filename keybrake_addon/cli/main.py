@@ -4,7 +4,7 @@ import click
 
 from .. import __version__
 from ..home import KeybrakeHome
-from . import admin, pricing, reports, setup, vault
+from . import admin, pricing, reconcile, reports, setup, vault
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,5 +22,5 @@ def cli(ctx: click.Context, home: str | None) -> None:
     ctx.obj = KeybrakeHome.resolve(home)
 
 
-for command in (*setup.COMMANDS, *vault.COMMANDS, *reports.COMMANDS, *pricing.COMMANDS, *admin.COMMANDS):
+for command in (*setup.COMMANDS, *vault.COMMANDS, *reports.COMMANDS, *pricing.COMMANDS, *admin.COMMANDS, *reconcile.COMMANDS):
     cli.add_command(command)

@@ -110,6 +110,12 @@ class FakeTwilio(FakeServer):
         with self._lock:
             self._price = price
 
+    def rate_messages(self, price: Price) -> None:
+        """Fill in the price of every message sent so far, as Twilio does some time after sending."""
+        with self._lock:
+            for msg in self._sent:
+                msg["price"] = _message_price(price, int(msg["num_segments"]))
+
     # ----- request pipeline (called with the lock held) --------------------------------------
 
     def _new_request_id(self) -> str:
@@ -164,7 +170,7 @@ class FakeTwilio(FakeServer):
         msg = self._common("MM" if media else "SM", "Messages", form)
         service = form.get("MessagingServiceSid")
         msg.update(body=body, num_segments=str(segments), num_media="1" if media else "0",
-                   price=None if self._price is None else f"-{abs(Decimal(str(self._price))) * segments:.5f}",
+                   price=_message_price(self._price, segments),
                    error_code=None, error_message=None, date_sent=None, messaging_service_sid=service,
                    status="accepted" if service and not form.get("From") else "queued",
                    subresource_uris={"media": msg["uri"].removesuffix(".json") + "/Media.json"})
@@ -197,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(FakeTwilio, 12112, argv, ("--account-sid", {"default": DEFAULT_ACCOUNT_SID}),
                     ("--auth-token", {"default": DEFAULT_AUTH_TOKEN}), ("--api-key-sid", {}),
                     ("--api-key-secret", {}), ("--price", {"help": "per-segment price, e.g. 0.0079"}))
+
+
+def _message_price(per_segment: Price, segments: int) -> str | None:
+    """Twilio's form: a negative decimal string for the whole message, or null while unrated."""
+    return None if per_segment is None else f"-{abs(Decimal(str(per_segment))) * segments:.5f}"
 
 
 if __name__ == "__main__":

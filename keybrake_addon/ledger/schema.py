@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS reservations (
     day TEXT NOT NULL,
     reserved_micros INTEGER NOT NULL,
     actual_micros INTEGER,
+    estimated INTEGER NOT NULL DEFAULT 0,  -- settled at the estimate: the vendor had no price yet
     state TEXT NOT NULL CHECK (state IN ('pending', 'unknown', 'settled', 'released')),
     object_id TEXT,
     created_at TEXT NOT NULL,

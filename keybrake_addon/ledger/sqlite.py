@@ -357,16 +357,18 @@ class SqliteLedger(SqliteStore):
                 held = reservation["reserved_micros"]
                 if request.resolution is Resolution.SETTLE:
                     call_actual = held if request.actual_micros is None else request.actual_micros
-                    self._move(db, reservation, spent=call_actual, reserved=-held)
+                    move_money(db, reservation, spent=call_actual, reserved=-held)
                 elif request.resolution is Resolution.RELEASE:
-                    self._move(db, reservation, spent=0, reserved=-held)
+                    move_money(db, reservation, spent=0, reserved=-held)
                 closed = request.resolution is not Resolution.UNKNOWN
                 db.execute(
                     "UPDATE reservations SET state = ?, actual_micros = ?, object_id = COALESCE(?, object_id), "
-                    "settled_at = ? WHERE id = ?",
+                    "settled_at = ?, estimated = ? WHERE id = ?",
                     (request.resolution.value,
                      call_actual if request.resolution is Resolution.SETTLE else None,
-                     first_object, to_text(now) if closed else None, request.reservation_id),
+                     first_object, to_text(now) if closed else None,
+                     int(request.resolution is Resolution.SETTLE and request.actual_micros is None),
+                     request.reservation_id),
                 )
             elif reservation["state"] not in OPEN_STATES:
                 outcome = "already_" + reservation["state"]
@@ -380,13 +382,6 @@ class SqliteLedger(SqliteStore):
             )
             row = db.execute("SELECT * FROM vault_keys WHERE key_id = ?", (reservation["key_id"],)).fetchone()
             return self._key_record(db, row, now)
-
-    @staticmethod
-    def _move(db: sqlite3.Connection, reservation: sqlite3.Row, *, spent: int, reserved: int) -> None:
-        db.execute("UPDATE vault_keys SET spent_micros = spent_micros + ?, reserved_micros = reserved_micros + ? "
-                   "WHERE key_id = ?", (spent, reserved, reservation["key_id"]))
-        db.execute("UPDATE key_days SET spent_micros = spent_micros + ?, reserved_micros = reserved_micros + ? "
-                   "WHERE key_id = ? AND day = ?", (spent, reserved, reservation["key_id"], reservation["day"]))
 
     # --- reports ------------------------------------------------------------------------------
 
@@ -455,6 +450,14 @@ def _same_attempt(reservation: sqlite3.Row, endpoint: str, at: datetime) -> bool
     another endpoint, the same key is a new call.
     """
     return reservation["endpoint"] == endpoint and from_text(reservation["created_at"]) > at - IDEMPOTENCY_MEMORY
+
+
+def move_money(db: sqlite3.Connection, reservation: sqlite3.Row, *, spent: int, reserved: int) -> None:
+    """Shift a reservation's amounts between reserved and spent, on the key and on its day."""
+    db.execute("UPDATE vault_keys SET spent_micros = spent_micros + ?, reserved_micros = reserved_micros + ? "
+               "WHERE key_id = ?", (spent, reserved, reservation["key_id"]))
+    db.execute("UPDATE key_days SET spent_micros = spent_micros + ?, reserved_micros = reserved_micros + ? "
+               "WHERE key_id = ? AND day = ?", (spent, reserved, reservation["key_id"], reservation["day"]))
 
 
 def _where(clauses: list[str]) -> str:

@@ -252,6 +252,20 @@ def _price_micros(body: dict) -> int | None:
     return _micros(abs(amount)) if amount.is_finite() else None
 
 
+def price_lookup_path(object_id: str, account_sid: str) -> str:
+    """Where Twilio shows a message's or call's final price (null at creation, filled in later)."""
+    kind = "Calls" if object_id.startswith("CA") else "Messages"
+    return f"/2010-04-01/Accounts/{account_sid}/{kind}/{object_id}.json"
+
+
+def final_price(response: VendorResponse) -> int | None:
+    """The USD micros a fetched message or call finally cost, or None while Twilio has no price."""
+    body = parse_json_object(response.body)
+    if not 200 <= response.status < 300 or not isinstance(body, dict):
+        return None
+    return _price_micros(body)
+
+
 def money_may_have_moved(status: int, body: bytes) -> bool:
     """Twilio's 4xx are final and create nothing; a 5xx may hide a sent message (its error 20500)."""
     return status >= 500

@@ -52,3 +52,17 @@ def test_sdk_retries_count_each_charge_once(faulty_proxy, issue, home):
     shown = keybrake_json(home, "keys", "show", key["key_id"])
     assert fake.money_moved_minor == 3 * 5000
     assert (shown["spent_usd"], shown["reserved_usd"], shown["calls"]) == ("150.00", "0.00", 3)
+
+
+def test_an_unknown_outcome_can_be_settled_by_hand(faulty_proxy, issue, home):
+    key = issue("--total-usd-cap", "120", "--allow", "POST /v1/payment_intents")
+    with pytest.raises((stripe.APIError, stripe.APIConnectionError)):
+        stripe.StripeClient(key["vault_key"], max_network_retries=0).v1.payment_intents.create(params=PI)
+    (hold,) = keybrake_json(home, "keys", "show", key["key_id"])["open_reservations"]
+    assert hold["state"] == "unknown"
+
+    keybrake(home, "reconcile", "--reservation", str(hold["id"]), "--actual-usd", "50")
+    shown = keybrake_json(home, "keys", "show", key["key_id"])
+    assert (shown["spent_usd"], shown["reserved_usd"], shown["open_reservations"]) == ("50.00", "0.00", [])
+    again = keybrake(home, "reconcile", "--reservation", str(hold["id"]), "--release", check=False)
+    assert again.returncode == 1 and "already settled" in again.stderr

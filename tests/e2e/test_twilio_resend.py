@@ -148,3 +148,28 @@ def test_resend_revoke_and_idempotent_retry(vendors, home):
     with pytest.raises(resend.exceptions.ResendError) as refused:
         resend.Emails.send(email)
     assert "revoked" in str(refused.value)
+
+
+def test_reconcile_replaces_estimates_with_twilio_final_prices(vendors, home):
+    twilio_fake, _, _ = vendors
+    key = issue(home, "twilio", "--daily-usd-cap", "1", "--allow-all", "--label", "run-rec")
+    client = twilio_client(key["vault_key"])
+    sids = [client.messages.create(to=US, from_="+14155550199", body=f"m{i}").sid for i in range(2)]
+    assert keybrake_json(home, "keys", "show", key["key_id"])["spent_usd"] == "0.029"  # 2 x the estimate
+
+    pending = json.loads(keybrake(home, "reconcile", "--upstream", f"twilio={twilio_fake.url}", "--json").stdout)
+    assert [(r["object_id"], r["note"]) for r in pending] == [(sid, "no final price yet") for sid in sids]
+
+    twilio_fake.rate_messages("0.00790")  # Twilio has rated the messages
+    preview = json.loads(keybrake(home, "reconcile", "--upstream", f"twilio={twilio_fake.url}", "--dry-run",
+                                  "--json").stdout)
+    assert [r["change_usd"] for r in preview] == ["-0.0066", "-0.0066"]
+    assert keybrake_json(home, "keys", "show", key["key_id"])["spent_usd"] == "0.029"  # a dry run changes nothing
+
+    done = json.loads(keybrake(home, "reconcile", "--upstream", f"twilio={twilio_fake.url}", "--json").stdout)
+    assert [(r["final_usd"], r["note"]) for r in done] == [("0.0079", "corrected")] * 2
+    assert keybrake_json(home, "keys", "show", key["key_id"])["spent_usd"] == "0.0158"
+    rows = json.loads(keybrake(home, "audit", "--label", "run-rec", "--format", "json").stdout)
+    assert sum(float(r["actual_usd"]) for r in rows) == pytest.approx(0.0158)
+    again = json.loads(keybrake(home, "reconcile", "--upstream", f"twilio={twilio_fake.url}", "--json").stdout)
+    assert again == []  # nothing left at an estimate
