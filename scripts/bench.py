@@ -89,6 +89,12 @@ addons = [Redirect()]
 
 # ----- load generator (runs in its own process: `bench.py --loadgen CONFIG_JSON`) -------------
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a whole process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 def percentile(sorted_values: list[float], fraction: float) -> float:
     """Nearest-rank percentile of an already sorted list."""
     if not sorted_values:
@@ -102,16 +108,19 @@ async def _phase(client, cfg: dict, count: int, tag: str) -> dict:
     latencies: list[float] = []
     statuses: Counter = Counter()
     errors: Counter = Counter()
+    gated = 0  # responses that carry Keybrake's balance headers: proof the gate really ran
     next_index = iter(range(count))
     headers = {"authorization": f"Bearer {cfg['token']}", "content-type": "application/x-www-form-urlencoded"}
 
     async def worker() -> None:
+        nonlocal gated
         for index in next_index:  # shared iterator: bounded, each index taken once
             started = time.perf_counter()
             try:
                 response = await client.post(ENDPOINT, content=FORM_BODY,
                                              headers={**headers, "idempotency-key": f"{tag}-{index}"})
                 statuses[response.status_code] += 1
+                gated += "x-keybrake-key-id" in response.headers
             except Exception as error:  # noqa: BLE001 - counted and reported, never hidden
                 errors[type(error).__name__] += 1
                 continue
@@ -126,7 +135,7 @@ async def _phase(client, cfg: dict, count: int, tag: str) -> dict:
         "requests": count, "ok": ok, "wall_s": wall, "throughput": ok / wall if wall > 0 else 0.0,
         "p50_ms": percentile(latencies, 0.50) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000,
         "mean_ms": statistics.fmean(latencies) * 1000 if latencies else float("nan"),
-        "statuses": {str(k): v for k, v in statuses.items()}, "errors": dict(errors),
+        "statuses": {str(k): v for k, v in statuses.items()}, "errors": dict(errors), "gated": gated,
     }
 
 
@@ -142,12 +151,13 @@ async def _loadgen(cfg: dict) -> dict:
                                  http1=True, http2=False, trust_env=False, timeout=30.0) as client:
         tag = uuid.uuid4().hex[:12]
         warmup = await _phase(client, cfg, cfg["warmup"], tag + "w")
-        cpu_before = cpu_seconds(cfg["cpu_pid"])
+        cpu_before, client_before = cpu_seconds(cfg["cpu_pid"]), time.process_time()
         measured = await _phase(client, cfg, cfg["requests"], tag + "m")
-        cpu_after = cpu_seconds(cfg["cpu_pid"])
+        cpu_after, client_after = cpu_seconds(cfg["cpu_pid"]), time.process_time()
     measured["warmup_statuses"], measured["warmup_errors"] = warmup["statuses"], warmup["errors"]
     # CPU time the proxy (the fake upstream, for "direct") spent per measured request.
     measured["cpu_us_per_req"] = (cpu_after - cpu_before) * 1e6 / cfg["requests"]
+    measured["client_cpu_us_per_req"] = (client_after - client_before) * 1e6 / cfg["requests"]
     return measured
 
 
@@ -201,12 +211,6 @@ def keybrake_cli(home: Path, *args: str, stdin: str | None = None) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"keybrake {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
     return result.stdout
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a whole process (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def rss_mib(pid: int) -> dict[str, float]:
@@ -295,7 +299,8 @@ def bad_responses(run: dict) -> int:
     for status, count in run["warmup_statuses"].items():
         statuses[status] = statuses.get(status, 0) + count
     non_ok = sum(count for status, count in statuses.items() if status != "200")
-    return non_ok + sum(run["errors"].values()) + sum(run["warmup_errors"].values())
+    ungated = run["ok"] - run["gated"] if run["path"] == "keybrake" else 0  # a 200 that skipped the gate
+    return non_ok + ungated + sum(run["errors"].values()) + sum(run["warmup_errors"].values())
 
 
 def measure_all(targets: dict[str, Target], concurrencies: list[int], repeats: int, requests: int, warmup: int,
@@ -324,6 +329,7 @@ def summarise(runs: list[dict], concurrencies: list[int]) -> dict:
                 "p50_ms": statistics.median(r["p50_ms"] for r in mine),
                 "p99_ms": statistics.median(r["p99_ms"] for r in mine),
                 "cpu_us_per_req": statistics.median(r["cpu_us_per_req"] for r in mine),
+                "client_cpu_us_per_req": statistics.median(r["client_cpu_us_per_req"] for r in mine),
                 "runs": len(mine),
                 "bad_responses": sum(bad_responses(r) for r in mine),
             }
@@ -340,6 +346,7 @@ def ratios(summary: dict) -> dict:
             "added_p50_ms_vs_mitmproxy": kb["p50_ms"] - mitm["p50_ms"],
             "added_p50_ms_vs_direct": kb["p50_ms"] - direct["p50_ms"],
             "added_cpu_us_per_req_vs_mitmproxy": kb["cpu_us_per_req"] - mitm["cpu_us_per_req"],
+            "proxy_cpu_ratio": kb["cpu_us_per_req"] / mitm["cpu_us_per_req"],
         }
     return out
 
@@ -416,6 +423,19 @@ def ledger_alone(workdir: Path, iterations: int) -> dict:
 
 # ----- report ----------------------------------------------------------------------------------
 
+def package_fingerprint() -> str:
+    """sha256 over the package's Python sources, to tell which code a result belongs to."""
+    import hashlib
+
+    import keybrake_addon
+
+    root = Path(keybrake_addon.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def machine_info() -> dict:
     import httpx
     from mitmproxy.version import VERSION as mitmproxy_version
@@ -441,7 +461,8 @@ def print_report(result: dict) -> None:
     for concurrency, figures in ratio.items():
         print(f"  c={concurrency:<3} throughput x{figures['throughput_ratio']:.3f}  p50 x{figures['p50_ratio']:.3f}  "
               f"added p50 {figures['added_p50_ms_vs_mitmproxy']:+.2f} ms  "
-              f"added CPU {figures['added_cpu_us_per_req_vs_mitmproxy']:+.0f} us/req")
+              f"added CPU {figures['added_cpu_us_per_req_vs_mitmproxy']:+.0f} us/req "
+              f"(proxy CPU x{figures['proxy_cpu_ratio']:.2f})")
     print("\nTargets")
     for check in result["targets"]:
         print(f"  {'PASS' if check['pass'] else 'MISS'}  {check['target']}: {check['value']:.3f}")
@@ -468,7 +489,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", default="1,16", help="comma-separated, e.g. 1,16,64 (default 1,16)")
     parser.add_argument("--requests", type=int, help="measured requests per run (default 1000; quick 60)")
     parser.add_argument("--warmup", type=int, help="warm-up requests per run (default 100; quick 20)")
-    parser.add_argument("--repeats", type=int, help="runs per (path, concurrency) (default 3; quick 1)")
+    parser.add_argument("--repeats", type=int, help="runs per (path, concurrency) (default 5; quick 1)")
     parser.add_argument("--ledger-iterations", type=int, help="admit+settle pairs (default 3000; quick 300)")
     parser.add_argument("--json", dest="json_path", help="write every figure as JSON here")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
@@ -477,7 +498,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     quick = args.quick
     args.requests = args.requests or (60 if quick else 1000)
     args.warmup = args.warmup if args.warmup is not None else (20 if quick else 100)
-    args.repeats = args.repeats or (1 if quick else 3)
+    args.repeats = args.repeats or (1 if quick else 5)
     args.ledger_iterations = args.ledger_iterations or (300 if quick else 3000)
     args.concurrency_list = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
     if not args.concurrency_list or min(args.concurrency_list) < 1:
@@ -511,6 +532,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     return {
         "command": " ".join([os.path.basename(PY), "scripts/bench.py", *sys.argv[1:]]),
         "machine": machine_info(),
+        "package_sha256_16": package_fingerprint(),
         "config": {"concurrency": args.concurrency_list, "requests": args.requests, "warmup": args.warmup,
                    "repeats": args.repeats, "workload": f"POST {ENDPOINT} {FORM_BODY} + unique Idempotency-Key"},
         "summary": summary, "ratios": ratio, "targets": judge(summary, ratio, args.concurrency_list),
