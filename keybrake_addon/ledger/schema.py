@@ -36,16 +36,14 @@ CREATE TABLE IF NOT EXISTS vault_keys (
     revoked_at TEXT,
     spent_micros INTEGER NOT NULL DEFAULT 0,
     reserved_micros INTEGER NOT NULL DEFAULT 0,
-    calls INTEGER NOT NULL DEFAULT 0
+    calls INTEGER NOT NULL DEFAULT 0,
+    -- The daily cap's counters, for the UTC day `day` only: a new day starts them at 0. Keeping
+    -- them on the key's row means a reservation writes one row fewer (speed: see BENCHMARKS.md).
+    day TEXT,
+    day_spent_micros INTEGER NOT NULL DEFAULT 0,
+    day_reserved_micros INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS vault_keys_label ON vault_keys (label);
-CREATE TABLE IF NOT EXISTS key_days (
-    key_id TEXT NOT NULL,
-    day TEXT NOT NULL,
-    spent_micros INTEGER NOT NULL DEFAULT 0,
-    reserved_micros INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (key_id, day)
-);
 CREATE TABLE IF NOT EXISTS reservations (
     id INTEGER PRIMARY KEY,
     key_id TEXT NOT NULL,
@@ -62,7 +60,6 @@ CREATE TABLE IF NOT EXISTS reservations (
     UNIQUE (key_id, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS reservations_object ON reservations (object_id) WHERE object_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS reservations_open ON reservations (key_id) WHERE state IN ('pending', 'unknown');
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY,
     ts TEXT NOT NULL,
@@ -101,5 +98,4 @@ CREATE TABLE IF NOT EXISTS admin_tokens (
 );
 CREATE INDEX IF NOT EXISTS audit_label_ts ON audit (label, ts);
 CREATE INDEX IF NOT EXISTS audit_key_ts ON audit (key_id, ts);
-CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
 """

@@ -10,6 +10,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -34,6 +35,10 @@ from .schema import SCHEMA, SCHEMA_VERSION
 from .times import from_text, to_text, utc_day, utc_now
 
 BUSY_TIMEOUT_S = 5.0
+_ADMIT_LOOKUP = (
+    "SELECT k.*, s.nonce, s.ciphertext, s.account_sid, s.auth_user FROM vault_keys k "
+    "LEFT JOIN secrets s ON s.vendor = k.vendor AND s.name = k.secret_name WHERE k.key_hash = ?"
+)
 ISSUANCE_MEMORY = timedelta(hours=24)  # how long an Idempotency-Key returns the same vault key
 IDEMPOTENCY_MEMORY = timedelta(hours=24)  # how long Stripe and Resend remember a request's key
 OPEN_STATES = ("pending", "unknown")
@@ -209,29 +214,13 @@ class SqliteLedger(SqliteStore):
 
     def _key_record(self, db: sqlite3.Connection, row: sqlite3.Row, now: datetime,
                     *, with_unknown: bool = False) -> KeyRecord:
-        today = db.execute("SELECT spent_micros, reserved_micros FROM key_days WHERE key_id = ? AND day = ?",
-                           (row["key_id"], utc_day(now))).fetchone()
         unknown = 0
         if with_unknown:
             unknown = db.execute(
                 "SELECT COALESCE(SUM(reserved_micros), 0) FROM reservations "
                 "WHERE key_id = ? AND state = 'unknown'", (row["key_id"],),
             ).fetchone()[0]
-        spec = KeySpec(
-            vendor=row["vendor"], secret_name=row["secret_name"], label=row["label"],
-            daily_cap_micros=row["daily_cap_micros"], total_cap_micros=row["total_cap_micros"],
-            max_calls=row["max_calls"], allowlist=tuple(json.loads(row["allowlist"])),
-            allow_all=bool(row["allow_all"]), allow_unpriced=bool(row["allow_unpriced"]),
-            expires_at=from_text(row["expires_at"]),
-        )
-        return KeyRecord(
-            key_id=row["key_id"], spec=spec, created_at=from_text(row["created_at"]),
-            revoked_at=from_text(row["revoked_at"]), spent_micros=row["spent_micros"],
-            reserved_micros=row["reserved_micros"], calls=row["calls"],
-            today_spent_micros=today["spent_micros"] if today else 0,
-            today_reserved_micros=today["reserved_micros"] if today else 0,
-            unknown_micros=unknown,
-        )
+        return _key_from_row(row, utc_day(now), unknown)
 
     # --- the gate -----------------------------------------------------------------------------
 
@@ -239,14 +228,17 @@ class SqliteLedger(SqliteStore):
         """Check the key and reserve the call's cost against every cap, in one transaction."""
         call = request.call
         with self.transaction() as db:
-            row = db.execute("SELECT * FROM vault_keys WHERE key_hash = ?", (request.key_hash,)).fetchone()
+            row = db.execute(_ADMIT_LOOKUP, (request.key_hash,)).fetchone()
             if row is None:
                 refusal = Refusal(RefusalKind.UNKNOWN_KEY,
                                   "This is not a vault key Keybrake knows. Ask the parent job for a key issued by "
                                   "`keybrake issue` or POST /vault/keys.")
                 return Admission(self._insert_refusal(db, call, refusal, None), refusal)
-            key = self._key_record(db, row, call.at)
-            secret = self._sealed_for(db, key)
+            day = utc_day(call.at)
+            key = _key_from_row(row, day)
+            secret = None if row["nonce"] is None else SealedSecret(
+                key.spec.vendor, key.spec.secret_name, row["nonce"], row["ciphertext"], row["account_sid"],
+                row["auth_user"])
             refusal = policy.key_refusal(key, call) or policy.account_refusal(key, secret, request.account_ref)
             estimate = request.estimate
             if refusal is None and request.pricing_refusal is not None:
@@ -279,17 +271,16 @@ class SqliteLedger(SqliteStore):
             if refusal is not None:
                 return Admission(self._insert_refusal(db, call, refusal, key), refusal, key=key)
 
-            day = utc_day(call.at)
             reservation_id = db.execute(
                 "INSERT INTO reservations (key_id, idempotency_key, endpoint, day, reserved_micros, state, created_at) "
                 "VALUES (?, ?, ?, ?, ?, 'pending', ?)",
                 (key.key_id, idempotency_key, endpoint, day, cost, to_text(call.at)),
             ).lastrowid
-            db.execute("UPDATE vault_keys SET reserved_micros = reserved_micros + ?, calls = calls + 1 "
-                       "WHERE key_id = ?", (cost, key.key_id))
-            db.execute("INSERT INTO key_days (key_id, day, reserved_micros) VALUES (?, ?, ?) ON CONFLICT "
-                       "(key_id, day) DO UPDATE SET reserved_micros = reserved_micros + excluded.reserved_micros",
-                       (key.key_id, day, cost))
+            db.execute(
+                "UPDATE vault_keys SET reserved_micros = reserved_micros + ?, calls = calls + 1, "
+                "day_spent_micros = CASE WHEN day = ? THEN day_spent_micros ELSE 0 END, "
+                "day_reserved_micros = CASE WHEN day = ? THEN day_reserved_micros ELSE 0 END + ?, day = ? "
+                "WHERE key_id = ?", (cost, day, day, cost, day, key.key_id))
             audit_id = self._insert_audit(db, call, key, "allowed", cost, reservation_id, None,
                                           amount_minor=estimate.amount_minor if estimate else None,
                                           currency=estimate.currency if estimate else None)
@@ -315,11 +306,6 @@ class SqliteLedger(SqliteStore):
                           f"Keybrake cannot price this call: {estimate.object_ref} was not created through "
                           "Keybrake, so its amount is unknown. A key issued with allow_unpriced forwards it "
                           "anyway and counts it from the response.")
-
-    def _sealed_for(self, db: sqlite3.Connection, key: KeyRecord) -> SealedSecret | None:
-        row = db.execute("SELECT * FROM secrets WHERE vendor = ? AND name = ?",
-                         (key.spec.vendor, key.spec.secret_name)).fetchone()
-        return _sealed(row) if row else None
 
     def record_refusal(self, call: CallFacts, refusal: Refusal) -> int:
         with self.transaction() as db:
@@ -351,15 +337,16 @@ class SqliteLedger(SqliteStore):
             if reservation is None:
                 return None
             call_actual = 0
+            key_row = None
             outcome = request.resolution.value
             first_object = request.object_ids[0] if request.object_ids else None
             if reservation["state"] in OPEN_STATES and request.resolution is not Resolution.LEAVE:
                 held = reservation["reserved_micros"]
                 if request.resolution is Resolution.SETTLE:
                     call_actual = held if request.actual_micros is None else request.actual_micros
-                    move_money(db, reservation, spent=call_actual, reserved=-held)
+                    key_row = move_money(db, reservation, spent=call_actual, reserved=-held)
                 elif request.resolution is Resolution.RELEASE:
-                    move_money(db, reservation, spent=0, reserved=-held)
+                    key_row = move_money(db, reservation, spent=0, reserved=-held)
                 closed = request.resolution is not Resolution.UNKNOWN
                 db.execute(
                     "UPDATE reservations SET state = ?, actual_micros = ?, object_id = COALESCE(?, object_id), "
@@ -380,8 +367,9 @@ class SqliteLedger(SqliteStore):
                  request.vendor_request_id, request.amount_minor, request.currency, int(request.replayed),
                  round(request.duration_ms, 3), request.error, request.audit_id),
             )
-            row = db.execute("SELECT * FROM vault_keys WHERE key_id = ?", (reservation["key_id"],)).fetchone()
-            return self._key_record(db, row, now)
+            if key_row is None:
+                key_row = db.execute("SELECT * FROM vault_keys WHERE key_id = ?", (reservation["key_id"],)).fetchone()
+            return _key_from_row(key_row, utc_day(now))
 
     # --- reports ------------------------------------------------------------------------------
 
@@ -452,12 +440,41 @@ def _same_attempt(reservation: sqlite3.Row, endpoint: str, at: datetime) -> bool
     return reservation["endpoint"] == endpoint and from_text(reservation["created_at"]) > at - IDEMPOTENCY_MEMORY
 
 
-def move_money(db: sqlite3.Connection, reservation: sqlite3.Row, *, spent: int, reserved: int) -> None:
-    """Shift a reservation's amounts between reserved and spent, on the key and on its day."""
-    db.execute("UPDATE vault_keys SET spent_micros = spent_micros + ?, reserved_micros = reserved_micros + ? "
-               "WHERE key_id = ?", (spent, reserved, reservation["key_id"]))
-    db.execute("UPDATE key_days SET spent_micros = spent_micros + ?, reserved_micros = reserved_micros + ? "
-               "WHERE key_id = ? AND day = ?", (spent, reserved, reservation["key_id"], reservation["day"]))
+def move_money(db: sqlite3.Connection, reservation: sqlite3.Row, *, spent: int, reserved: int) -> sqlite3.Row:
+    """Shift a reservation's amounts between reserved and spent, and return the key's row.
+
+    The daily counters move only while the key's current day is the reservation's day: a hold
+    from an earlier day no longer counts against today's cap.
+    """
+    db.execute(
+        "UPDATE vault_keys SET spent_micros = spent_micros + ?, reserved_micros = reserved_micros + ?, "
+        "day_spent_micros = day_spent_micros + CASE WHEN day = ? THEN ? ELSE 0 END, "
+        "day_reserved_micros = day_reserved_micros + CASE WHEN day = ? THEN ? ELSE 0 END WHERE key_id = ?",
+        (spent, reserved, reservation["day"], spent, reservation["day"], reserved, reservation["key_id"]))
+    return db.execute("SELECT * FROM vault_keys WHERE key_id = ?", (reservation["key_id"],)).fetchone()
+
+
+@lru_cache(maxsize=1024)
+def _allowlist(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
+
+
+def _key_from_row(row: sqlite3.Row, today: str, unknown: int = 0) -> KeyRecord:
+    spec = KeySpec(
+        vendor=row["vendor"], secret_name=row["secret_name"], label=row["label"],
+        daily_cap_micros=row["daily_cap_micros"], total_cap_micros=row["total_cap_micros"],
+        max_calls=row["max_calls"], allowlist=_allowlist(row["allowlist"]),
+        allow_all=bool(row["allow_all"]), allow_unpriced=bool(row["allow_unpriced"]),
+        expires_at=from_text(row["expires_at"]),
+    )
+    current = row["day"] == today
+    return KeyRecord(
+        key_id=row["key_id"], spec=spec, created_at=from_text(row["created_at"]),
+        revoked_at=from_text(row["revoked_at"]), spent_micros=row["spent_micros"],
+        reserved_micros=row["reserved_micros"], calls=row["calls"],
+        today_spent_micros=row["day_spent_micros"] if current else 0,
+        today_reserved_micros=row["day_reserved_micros"] if current else 0, unknown_micros=unknown,
+    )
 
 
 def _where(clauses: list[str]) -> str:

@@ -10,15 +10,14 @@ def utc_now() -> datetime:
 def to_text(moment: datetime | None) -> str | None:
     if moment is None:
         return None
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat and fromisoformat are C fast paths; strftime/strptime cost ~50x more per call.
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def from_text(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return None if text is None else datetime.fromisoformat(text)
 
 
 def utc_day(moment: datetime) -> str:
     """The daily cap's bucket: caps reset at 00:00 UTC."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%d")
+    return moment.astimezone(UTC).date().isoformat()
