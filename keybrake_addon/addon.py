@@ -7,6 +7,7 @@ exists (lazy connection strategy), so a refused call never reaches the vendor.
 
 import json
 import logging
+import traceback
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -65,7 +66,8 @@ class Keybrake:
             home = KeybrakeHome.resolve(ctx.options.keybrake_home)
             try:
                 pricing = load_pricing(home.pricing_file)
-                installation = open_installation(home, busy_timeout_s=ctx.options.keybrake_db_busy_timeout)
+                installation = open_installation(home, busy_timeout_s=ctx.options.keybrake_db_busy_timeout,
+                                                 background_checkpoints=True)
             except (PricingError, OSError, ValueError) as error:
                 raise exceptions.OptionsError(str(error)) from None
             if self.gate is not None:
@@ -85,13 +87,21 @@ class Keybrake:
                 {"content-type": "text/plain"})
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
-            await self._api_listener_request(flow)
-            return
-        vendor = _vendor_of(flow)
-        if vendor is None:
-            return  # not ours: pass through untouched
-        await self._gate(flow, vendor)
+        try:
+            if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
+                await self._api_listener_request(flow)
+                return
+            vendor = _vendor_of(flow)
+            if vendor is None:
+                return  # not ours: pass through untouched
+            await self._gate(flow, vendor)
+        except Exception as failure:
+            # mitmproxy would log the error and forward the request anyway: never let it.
+            _log_unexpected("request", failure)
+            flow.metadata.pop(TICKET, None)  # a hold it made stays counted: never under-count
+            self._refuse(flow, RenderedResponse(503, {"content-type": "application/json", "retry-after": "2",
+                                                      "x-keybrake-refusal": RefusalKind.UNAVAILABLE.code},
+                                                _UNEXPECTED_BODY))
 
     async def _api_listener_request(self, flow: http.HTTPFlow) -> None:
         """The API listener serves /vault/* itself and routes /stripe/*, /twilio/*, /resend/*.
@@ -122,7 +132,7 @@ class Keybrake:
         path, _, _ = request.path.partition("?")
         answer = await self.api.handle(ApiRequest(
             method=request.method.upper(), path=path, query=dict(request.query.items()),
-            headers={name.lower(): value for name, value in request.headers.items()},
+            headers=_lowered(request.headers),
             body=request.get_content(strict=False) or b"", client_ip=flow.client_conn.peername[0]))
         self._refuse(flow, RenderedResponse(answer.status, {"content-type": "application/json", **answer.headers},
                                             answer.body()))
@@ -160,9 +170,12 @@ class Keybrake:
         if ticket is None or self.gate is None:
             return
         response = flow.response
-        headers = await self.gate.settle(ticket, VendorResponse(
-            response.status_code, {k.lower(): v for k, v in response.headers.items()}, response.content or b""),
-            request_sent=True)
+        try:
+            headers = await self.gate.settle(ticket, VendorResponse(
+                response.status_code, _lowered(response.headers), response.content or b""), request_sent=True)
+        except Exception as failure:
+            _log_unexpected("response", failure)  # the hold stays counted until reconciled
+            headers = {"x-keybrake-key-id": ticket.key_id, "x-keybrake-settled": "false"}
         response.headers.update(headers)
 
     async def error(self, flow: http.HTTPFlow) -> None:
@@ -172,6 +185,24 @@ class Keybrake:
         # If a connection to the vendor was made, the request may have reached it: keep the hold.
         request_sent = flow.server_conn is not None and flow.server_conn.timestamp_tcp_setup is not None
         await self.gate.settle(ticket, None, request_sent=request_sent, error=str(flow.error)[:200])
+
+
+_UNEXPECTED_BODY = json.dumps({"error": {
+    "type": "api_error", "code": RefusalKind.UNAVAILABLE.code,
+    "message": "Keybrake hit an unexpected error and forwarded nothing. Retrying is safe; the proxy log says more."}
+}).encode()
+
+
+def _log_unexpected(hook: str, failure: Exception) -> None:
+    """Where it failed, never the exception's text: that could quote a header or a secret."""
+    frame = traceback.extract_tb(failure.__traceback__)[-1] if failure.__traceback__ else None
+    where = f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else "?"
+    logger.error("keybrake: unexpected %s in the %s hook at %s", type(failure).__name__, hook, where)
+
+
+def _lowered(headers) -> dict[str, str]:
+    """A plain dict of a mitmproxy Headers, in one pass over its raw fields."""
+    return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in headers.fields}
 
 
 def _vendor_of(flow: http.HTTPFlow):
@@ -188,6 +219,6 @@ def _vendor_request(flow: http.HTTPFlow) -> VendorRequest:
     path, _, query = request.path.partition("?")
     return VendorRequest(
         method=request.method.upper(), path=path, query=query,
-        headers={name.lower(): value for name, value in request.headers.items()},
+        headers=_lowered(request.headers),
         body=request.get_content(strict=False) or b"",
     )

@@ -1,6 +1,6 @@
 """SQLite schema. Amounts are integer USD micros; times are ISO 8601 UTC text."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (

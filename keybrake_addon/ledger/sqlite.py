@@ -35,6 +35,8 @@ from .schema import SCHEMA, SCHEMA_VERSION
 from .times import from_text, to_text, utc_day, utc_now
 
 BUSY_TIMEOUT_S = 5.0
+CHECKPOINT_INTERVAL_S = 0.25
+BACKSTOP_CHECKPOINT_PAGES = 20_000  # ~80 MB of WAL, reached only if the checkpoint thread stalls
 _ADMIT_LOOKUP = (
     "SELECT k.*, s.nonce, s.ciphertext, s.account_sid, s.auth_user FROM vault_keys k "
     "LEFT JOIN secrets s ON s.vendor = k.vendor AND s.name = k.secret_name WHERE k.key_hash = ?"
@@ -48,9 +50,11 @@ CAP_HIT_DECISIONS = (RefusalKind.CAP_EXCEEDED.code, RefusalKind.MAX_CALLS_EXCEED
 class SqliteStore:
     """One SQLite connection in WAL mode, used one transaction at a time."""
 
-    def __init__(self, path: str | Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S,
+                 background_checkpoints: bool = False) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._checkpointer: Checkpointer | None = None
         try:
             self._db = sqlite3.connect(
                 self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
@@ -63,10 +67,24 @@ class SqliteStore:
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
+            found = self._db.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()[0]
+            if found != str(SCHEMA_VERSION):
+                self._db.close()
+                raise LedgerUnavailable(
+                    f"{self.path} has schema version {found}; this Keybrake reads version {SCHEMA_VERSION}. "
+                    "Use the Keybrake release that created it, or start a new home.")
+            if background_checkpoints:
+                # A commit that crosses the auto-checkpoint threshold copies the WAL into the database
+                # and fsyncs, inside the request that happened to commit. Checkpointing on a thread
+                # of its own keeps that off the request path; the high threshold is only a backstop.
+                self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
+                self._checkpointer = Checkpointer(self.path)
         except sqlite3.Error as error:
             raise LedgerUnavailable(f"cannot open the ledger at {self.path}: {error}") from error
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         with self._lock:
             self._db.close()
 
@@ -106,6 +124,34 @@ class SqliteStore:
     def query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         with self.reading() as db:
             return db.execute(sql, params).fetchall()
+
+
+class Checkpointer:
+    """Copies the WAL into the database every CHECKPOINT_INTERVAL_S, on its own connection.
+
+    PASSIVE checkpoints never wait for or block writers, so requests keep committing meanwhile.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="keybrake-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        db = sqlite3.connect(self._path, timeout=1.0, isolation_level=None, check_same_thread=False)
+        try:
+            while not self._stopping.wait(CHECKPOINT_INTERVAL_S):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:
+                    pass  # busy or failing: the next round (or the backstop) tries again
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
 
 
 class SqliteLedger(SqliteStore):

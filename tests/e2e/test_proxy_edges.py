@@ -68,3 +68,21 @@ def test_unpriced_endpoint_is_refused_unless_allowed(proxy, fake_stripe, stripe_
         stripe_client_for(strict["vault_key"]).v1.subscriptions.create(params={"customer": "cus_1"})
     assert refused.value.json_body["error"]["code"] == "keybrake_unpriced_endpoint"
     assert fake_stripe.hits == 0
+
+
+def test_an_unexpected_error_in_the_gate_refuses_instead_of_forwarding(home, fake_stripe, tmp_path, issue):
+    key = issue("--total-usd-cap", "500", "--allow", "POST /v1/payment_intents")
+    with sqlite3.connect(home / "keybrake.db") as db:  # a damaged database the gate cannot read
+        db.execute("ALTER TABLE vault_keys RENAME COLUMN day TO day_renamed")
+    proxy = ProxyProcess(home=home, upstreams=(f"stripe={fake_stripe.url}",), log_path=tmp_path / "p.log").start()
+    try:
+        with vendor_client(proxy, home) as client:
+            refused = client.post("/v1/payment_intents", data=PI, headers={"authorization": f"Bearer {key['vault_key']}"})
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "keybrake_unavailable"
+        assert fake_stripe.hits == 0
+    finally:
+        proxy.stop()
+    log = proxy.log_text()
+    assert "unexpected IndexError in the request hook" in log
+    assert key["vault_key"] not in log
