@@ -48,7 +48,8 @@ def open_installation(home: KeybrakeHome, *, busy_timeout_s: float = BUSY_TIMEOU
     if not home.root.exists():
         raise FileNotFoundError(f"no Keybrake home at {home.root}; run `keybrake init` first")
     master_key = home.load_master_key()
-    ledger = SqliteLedger(home.database, busy_timeout_s=busy_timeout_s, background_checkpoints=background_checkpoints)
+    ledger = SqliteLedger(home.database, busy_timeout_s=busy_timeout_s,
+                          background_checkpoints=background_checkpoints)
     expected = ledger.get_meta(MASTER_KEY_CHECK)
     check = master_key_check(master_key)
     if expected is None:

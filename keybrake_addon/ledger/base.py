@@ -17,6 +17,10 @@ class LedgerUnavailable(Exception):
     """The store cannot answer (locked, full, read-only, corrupt). Nothing may be forwarded."""
 
 
+class LedgerBusy(LedgerUnavailable):
+    """Another writer holds the database lock (for longer than this connection waits)."""
+
+
 class IdempotencyMismatch(Exception):
     """An Idempotency-Key was reused with a different request."""
 

@@ -25,6 +25,7 @@ from .base import (
     IssuanceIdempotency,
     KeyRecord,
     KeySpec,
+    LedgerBusy,
     LedgerUnavailable,
     Resolution,
     SealedSecret,
@@ -52,9 +53,9 @@ class SqliteStore:
 
     def __init__(self, path: str | Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S,
                  background_checkpoints: bool = False) -> None:
+        """background_checkpoints: a Checkpointer runs elsewhere, so commits leave the WAL to it."""
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._checkpointer: Checkpointer | None = None
         try:
             self._db = sqlite3.connect(
                 self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
@@ -78,13 +79,10 @@ class SqliteStore:
                 # and fsyncs, inside the request that happened to commit. Checkpointing on a thread
                 # of its own keeps that off the request path; the high threshold is only a backstop.
                 self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
-                self._checkpointer = Checkpointer(self.path)
         except sqlite3.Error as error:
             raise LedgerUnavailable(f"cannot open the ledger at {self.path}: {error}") from error
 
     def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.stop()
         with self._lock:
             self._db.close()
 
@@ -95,6 +93,8 @@ class SqliteStore:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as error:
+                if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+                    raise LedgerBusy(f"the ledger is busy: {error}") from error
                 raise LedgerUnavailable(f"the ledger is unavailable: {error}") from error
             try:
                 yield self._db
