@@ -75,8 +75,9 @@ class Keybrake:
             self.gate = Gate(installation, pricing)
             self.api = VaultApi(installation, self.gate.run_in_db)
 
-    def done(self) -> None:
+    async def done(self) -> None:
         if self.gate is not None:
+            await self.gate.drain()
             self.gate.close()
             self.gate = None
 
@@ -171,8 +172,8 @@ class Keybrake:
             return
         response = flow.response
         try:
-            headers = await self.gate.settle(ticket, VendorResponse(
-                response.status_code, _lowered(response.headers), response.content or b""), request_sent=True)
+            headers = self.gate.settle_after_reply(ticket, VendorResponse(
+                response.status_code, _lowered(response.headers), response.content or b""))
         except Exception as failure:
             _log_unexpected("response", failure)  # the hold stays counted until reconciled
             headers = {"x-keybrake-key-id": ticket.key_id, "x-keybrake-settled": "false"}

@@ -14,12 +14,20 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import ModuleType
 
 from . import settlement
 from .installation import Installation
-from .ledger.base import AdmitRequest, CallFacts, KeyRecord, LedgerBusy, LedgerUnavailable, SettleRequest
+from .ledger.base import (
+    AdmitRequest,
+    CallFacts,
+    KeyRecord,
+    LedgerBusy,
+    LedgerUnavailable,
+    Resolution,
+    SettleRequest,
+)
 from .ledger.sqlite import Checkpointer, SqliteLedger
 from .ledger.times import utc_now
 from .money import format_usd
@@ -56,8 +64,13 @@ class Ticket:
     reservation_id: int
     created_here: bool
     basis: PricingBasis | None
-    key_id: str
+    key: KeyRecord  # the key's balance when the call was admitted, before its own hold
+    reserved_micros: int  # this call's own hold (0 for a retry that attached to an earlier one)
     started: float
+
+    @property
+    def key_id(self) -> str:
+        return self.key.key_id
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,7 @@ class Gate:
         self._no_wait_ledger = SqliteLedger(installation.home.database, busy_timeout_s=0,
                                             background_checkpoints=True)
         self._checkpointer = Checkpointer(installation.home.database)
+        self._unsettled: set[asyncio.Future] = set()
 
     def close(self) -> None:
         self._db_thread.shutdown(wait=True)
@@ -126,7 +140,8 @@ class Gate:
             return Decision(refusal=vendor.render_refusal(admission.refusal))
 
         ticket = Ticket(vendor, request.method, request.path, admission.audit_id, admission.reservation_id,
-                        admission.created_reservation, admission.basis, admission.key.key_id, started)
+                        admission.created_reservation, admission.basis, admission.key, admission.reserved_micros,
+                        started)
         try:
             if admission.secret is None:
                 raise MasterKeyError(f"the {vendor.NAME} secret {admission.key.spec.secret_name!r} is not in the vault")
@@ -142,8 +157,36 @@ class Gate:
         return Decision(authorization=authorization, ticket=ticket)
 
     async def settle(self, ticket: Ticket, response: VendorResponse | None, *, request_sent: bool,
-                     error: str | None = None) -> dict[str, str]:
-        """Settle from the response (None: no response came). Returns headers to add for the client."""
+                     error: str | None = None) -> None:
+        """Settle now, from the response (None: no response came)."""
+        await self._settle(ticket, self._settle_request(ticket, response, request_sent, error))
+
+    def settle_after_reply(self, ticket: Ticket, response: VendorResponse) -> dict[str, str]:
+        """Settle once the reply is on its way; returns the balance headers for that reply.
+
+        The client need not wait for the ledger: until the settlement commits, the call's hold
+        still counts against the caps, so nothing can overspend meanwhile. The headers show the
+        balance the settlement will leave, as of this call (concurrent calls may move it on).
+        """
+        request = self._settle_request(ticket, response, True, None)
+        # call_soon: after this hook returns and mitmproxy has written the reply. (Not the database
+        # thread: measured, its GIL contention with the loop costs more than it saves.)
+        asyncio.get_running_loop().call_soon(self._settle_in_background, ticket, request)
+        return balance_headers(_balance_after(ticket, request))
+
+    def _settle_in_background(self, ticket: Ticket, request: SettleRequest) -> None:
+        task = asyncio.ensure_future(self._settle(ticket, request))
+        if not task.done():
+            self._unsettled.add(task)
+            task.add_done_callback(self._unsettled.discard)
+
+    async def drain(self) -> None:
+        """Wait for settlements still under way (at shutdown)."""
+        if self._unsettled:
+            await asyncio.gather(*self._unsettled, return_exceptions=True)
+
+    def _settle_request(self, ticket: Ticket, response: VendorResponse | None, request_sent: bool,
+                        error: str | None) -> SettleRequest:
         vendor = ticket.vendor
         outcome = None
         if response is not None:
@@ -152,21 +195,41 @@ class Gate:
         resolution, actual = settlement.resolve(
             created_here=ticket.created_here, basis=ticket.basis, status=response.status if response else None,
             outcome=outcome, request_sent=request_sent)
-        settle_request = SettleRequest(
+        return SettleRequest(
             audit_id=ticket.audit_id, reservation_id=ticket.reservation_id, resolution=resolution,
             actual_micros=actual, status=response.status if response else None,
-            object_ids=outcome.object_ids if outcome else (), vendor_request_id=outcome.vendor_request_id if outcome else None,
+            object_ids=outcome.object_ids if outcome else (),
+            vendor_request_id=outcome.vendor_request_id if outcome else None,
             amount_minor=outcome.amount_minor if outcome else None, currency=outcome.currency if outcome else None,
             replayed=outcome.replayed if outcome else False, duration_ms=(time.monotonic() - ticket.started) * 1000,
             error=error)
+
+    async def _settle(self, ticket: Ticket, request: SettleRequest) -> None:
         try:
-            key = await self._transact("settle", settle_request)
-        except LedgerUnavailable as failure:
-            # The hold stays counted (never under-count); `keybrake keys show` lists it as open.
-            logger.error("keybrake: could not settle reservation %s of key %s: %s",
-                         ticket.reservation_id, ticket.key_id, failure)
-            return {"x-keybrake-key-id": ticket.key_id, "x-keybrake-settled": "false"}
-        return balance_headers(key) if key else {"x-keybrake-key-id": ticket.key_id}
+            await self._transact("settle", request)
+        except Exception as failure:  # noqa: BLE001 - whatever it is, the hold must stay counted
+            _log_unsettled(ticket, failure)
+
+
+def _log_unsettled(ticket: Ticket, failure: Exception) -> None:
+    # The hold stays counted (never under-count); `keybrake keys show` lists it as open.
+    logger.error("keybrake: could not settle reservation %s of key %s: %s", ticket.reservation_id,
+                 ticket.key_id, type(failure).__name__)
+
+
+def _balance_after(ticket: Ticket, request: SettleRequest) -> KeyRecord:
+    """The key's balance once this call settles, from the snapshot taken when it was admitted."""
+    key = ticket.key
+    if not ticket.created_here:
+        return key  # a retry: its hold was already in the snapshot
+    if request.resolution is Resolution.SETTLE:
+        spent = ticket.reserved_micros if request.actual_micros is None else request.actual_micros
+        return replace(key, spent_micros=key.spent_micros + spent, today_spent_micros=key.today_spent_micros + spent)
+    if request.resolution is Resolution.UNKNOWN:
+        held = ticket.reserved_micros
+        return replace(key, reserved_micros=key.reserved_micros + held,
+                       today_reserved_micros=key.today_reserved_micros + held)
+    return key
 
 
 def balance_headers(key: KeyRecord) -> dict[str, str]:
