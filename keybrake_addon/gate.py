@@ -28,7 +28,8 @@ from .ledger.base import (
     Resolution,
     SettleRequest,
 )
-from .ledger.sqlite import Checkpointer, SqliteLedger
+from .ledger.housekeeping import Housekeeper
+from .ledger.sqlite import SqliteLedger
 from .ledger.times import utc_now
 from .money import format_usd
 from .paths import is_ambiguous
@@ -89,12 +90,12 @@ class Gate:
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keybrake-ledger")
         self._no_wait_ledger = SqliteLedger(installation.home.database, busy_timeout_s=0,
                                             background_checkpoints=True)
-        self._checkpointer = Checkpointer(installation.home.database)
+        self._housekeeper = Housekeeper(installation.home.database)
         self._unsettled: set[asyncio.Future] = set()
 
     def close(self) -> None:
         self._db_thread.shutdown(wait=True)
-        self._checkpointer.stop()
+        self._housekeeper.stop()
         self._no_wait_ledger.close()
         self._installation.close()
 
@@ -135,7 +136,8 @@ class Gate:
 
         estimate, pricing_refusal = _estimate(vendor, request, self._pricing)
         admission = await self._transact("admit", AdmitRequest(
-            hash_vault_key(credential.token), call, estimate, pricing_refusal, vendor.account_ref(request)))
+            hash_vault_key(credential.token), call, estimate, pricing_refusal, vendor.account_ref(request),
+            self._housekeeper.run_id))
         if admission.refusal is not None:
             return Decision(refusal=vendor.render_refusal(admission.refusal))
 

@@ -163,3 +163,20 @@ def test_same_idempotency_key_on_another_endpoint_or_a_day_later_is_a_new_call(t
     next_day = admit(ledger, 50, idem="k", at=now + timedelta(hours=25))
     assert next_day.created_reservation and next_day.reserved_micros == 50 * USD
     assert admit(ledger, 50, idem="k", at=now + timedelta(hours=1)).reservation_id == first.reservation_id
+
+
+def test_a_pending_hold_of_a_dead_proxy_run_is_reported_unknown(tmp_path):
+    from keybrake_addon.ledger.times import to_text
+
+    ledger = make_ledger(tmp_path / "l.db", total=100 * USD)
+    now = datetime.now(UTC)
+    with ledger.transaction() as db:
+        db.execute("INSERT INTO proxy_runs (run_id, pid, host, started_at, heartbeat_at) VALUES "
+                   "('alive', 1, 'h', ?, ?), ('dead', 2, 'h', ?, ?)",
+                   (to_text(now), to_text(now), to_text(now), to_text(now - timedelta(minutes=1))))
+    for run_id in ("alive", "dead"):
+        ledger.admit(AdmitRequest(KEY_HASH, CallFacts("stripe", "POST", "/v1/payment_intents", None, now),
+                                  CostEstimate(usd_micros=10 * USD), run_id=run_id))
+    key = ledger.get_key("kbk_test")
+    assert (key.reserved_micros, key.unknown_micros) == (20 * USD, 10 * USD)  # both counted, one unknown
+    assert [r["state"] for r in ledger.open_reservations("kbk_test")] == ["pending", "unknown"]

@@ -121,6 +121,7 @@ class AdmitRequest:
     estimate: CostEstimate | None  # None when pricing failed: see pricing_refusal
     pricing_refusal: Refusal | None = None
     account_ref: str | None = None  # the vendor account the request names; must be the secret's
+    run_id: str | None = None  # the proxy run reserving, whose heartbeat says it may still settle
 
 
 @dataclass(frozen=True)

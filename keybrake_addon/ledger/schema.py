@@ -1,6 +1,6 @@
 """SQLite schema. Amounts are integer USD micros; times are ISO 8601 UTC text."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS reservations (
     key_id TEXT NOT NULL,
     idempotency_key TEXT,
     endpoint TEXT NOT NULL,
+    run_id TEXT,  -- the proxy run that made it (proxy_runs): a pending hold of a dead run is unknown
     day TEXT NOT NULL,
     reserved_micros INTEGER NOT NULL,
     actual_micros INTEGER,
@@ -82,6 +83,14 @@ CREATE TABLE IF NOT EXISTS audit (
     duration_ms REAL,
     reservation_id INTEGER,
     message TEXT
+);
+CREATE TABLE IF NOT EXISTS proxy_runs (
+    run_id TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    heartbeat_at TEXT NOT NULL,
+    stopped_at TEXT
 );
 CREATE TABLE IF NOT EXISTS issuances (
     idempotency_key TEXT PRIMARY KEY,

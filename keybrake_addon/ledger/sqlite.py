@@ -36,7 +36,11 @@ from .schema import SCHEMA, SCHEMA_VERSION
 from .times import from_text, to_text, utc_day, utc_now
 
 BUSY_TIMEOUT_S = 5.0
-CHECKPOINT_INTERVAL_S = 0.25
+RUN_GONE_AFTER = timedelta(seconds=10)  # a proxy run silent this long is dead (it beats every 2 s)
+# A hold whose outcome nobody will report: the vendor answered 5xx or the connection died
+# ('unknown'), or the proxy run that made it stopped beating with it still pending.
+_UNKNOWN = ("(r.state = 'unknown' OR (r.state = 'pending' AND (r.run_id IS NULL OR r.run_id IN "
+            "(SELECT run_id FROM proxy_runs WHERE stopped_at IS NOT NULL OR heartbeat_at < ?))))")
 BACKSTOP_CHECKPOINT_PAGES = 20_000  # ~80 MB of WAL, reached only if the checkpoint thread stalls
 _ADMIT_LOOKUP = (
     "SELECT k.*, s.nonce, s.ciphertext, s.account_sid, s.auth_user FROM vault_keys k "
@@ -124,34 +128,6 @@ class SqliteStore:
     def query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         with self.reading() as db:
             return db.execute(sql, params).fetchall()
-
-
-class Checkpointer:
-    """Copies the WAL into the database every CHECKPOINT_INTERVAL_S, on its own connection.
-
-    PASSIVE checkpoints never wait for or block writers, so requests keep committing meanwhile.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="keybrake-checkpoint", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        db = sqlite3.connect(self._path, timeout=1.0, isolation_level=None, check_same_thread=False)
-        try:
-            while not self._stopping.wait(CHECKPOINT_INTERVAL_S):
-                try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                except sqlite3.Error:
-                    pass  # busy or failing: the next round (or the backstop) tries again
-        finally:
-            db.close()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._thread.join(timeout=5)
 
 
 class SqliteLedger(SqliteStore):
@@ -263,8 +239,8 @@ class SqliteLedger(SqliteStore):
         unknown = 0
         if with_unknown:
             unknown = db.execute(
-                "SELECT COALESCE(SUM(reserved_micros), 0) FROM reservations "
-                "WHERE key_id = ? AND state = 'unknown'", (row["key_id"],),
+                f"SELECT COALESCE(SUM(reserved_micros), 0) FROM reservations r WHERE key_id = ? AND {_UNKNOWN}",
+                (row["key_id"], _gone_before(now)),
             ).fetchone()[0]
         return _key_from_row(row, utc_day(now), unknown)
 
@@ -318,9 +294,9 @@ class SqliteLedger(SqliteStore):
                 return Admission(self._insert_refusal(db, call, refusal, key), refusal, key=key)
 
             reservation_id = db.execute(
-                "INSERT INTO reservations (key_id, idempotency_key, endpoint, day, reserved_micros, state, created_at) "
-                "VALUES (?, ?, ?, ?, ?, 'pending', ?)",
-                (key.key_id, idempotency_key, endpoint, day, cost, to_text(call.at)),
+                "INSERT INTO reservations (key_id, idempotency_key, endpoint, run_id, day, reserved_micros, state, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
+                (key.key_id, idempotency_key, endpoint, request.run_id, day, cost, to_text(call.at)),
             ).lastrowid
             db.execute(
                 "UPDATE vault_keys SET reserved_micros = reserved_micros + ?, calls = calls + 1, "
@@ -457,9 +433,11 @@ class SqliteLedger(SqliteStore):
         return [totals[group] for group in sorted(totals, key=lambda g: (g is None, g or ""))]
 
     def open_reservations(self, key_id: str) -> list[dict]:
-        rows = self.query("SELECT * FROM reservations WHERE key_id = ? AND state IN ('pending', 'unknown') "
-                          "ORDER BY id", (key_id,))
-        return [dict(row) for row in rows]
+        """Holds not yet settled; `state` is `unknown` too for a pending hold whose proxy run is gone."""
+        rows = self.query(
+            f"SELECT r.*, CASE WHEN {_UNKNOWN} THEN 'unknown' ELSE r.state END AS shown_state FROM reservations r "
+            "WHERE key_id = ? AND r.state IN ('pending', 'unknown') ORDER BY id", (_gone_before(utc_now()), key_id))
+        return [{**dict(row), "state": row["shown_state"]} for row in rows]
 
 
 def _audit_clauses(where: AuditFilter, *, key_column: str = "key_id", label_column: str = "label",
@@ -521,6 +499,10 @@ def _key_from_row(row: sqlite3.Row, today: str, unknown: int = 0) -> KeyRecord:
         today_spent_micros=row["day_spent_micros"] if current else 0,
         today_reserved_micros=row["day_reserved_micros"] if current else 0, unknown_micros=unknown,
     )
+
+
+def _gone_before(now: datetime) -> str:
+    return to_text(now - RUN_GONE_AFTER)
 
 
 def _where(clauses: list[str]) -> str:
