@@ -34,7 +34,11 @@ ensure_venv() {  # $1: the pip extra spec, e.g. "." or ".[test]"
     "$python" -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --upgrade pip
   fi
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$repo_root$spec" 2>&1 \
-    | grep -v -e '^WARNING: Location' -e 'is ignored: it is neither' >&2 || true
-  "$venv/bin/python" -c 'import keybrake_addon' || { echo "keybrake: install into $venv failed" >&2; exit 1; }
+  local log="$venv/pip-install.log"
+  # Quiet on success (setuptools' build warnings are noise here); the whole log on failure.
+  if ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$repo_root$spec" >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "keybrake: installing into $venv failed (log above, also in $log)" >&2
+    exit 1
+  fi
 }
