@@ -26,6 +26,7 @@ from .base import (
     VendorRequest,
     VendorResponse,
 )
+from .auth_headers import bearer, bearer_token
 from .forms import parse_json_object
 
 if TYPE_CHECKING:  # pricing imports the vendors package: a runtime import here would be circular
@@ -55,11 +56,8 @@ _FREE = re.compile(
 # --- credentials -----------------------------------------------------------------------------
 
 def presented_credential(headers: Mapping[str, str]) -> PresentedCredential | None:
-    scheme, _, value = headers.get("authorization", "").strip().partition(" ")
-    value = value.strip()
-    if scheme.lower() == "bearer" and value:
-        return PresentedCredential(token=value)
-    return None
+    token = bearer_token(headers)
+    return PresentedCredential(token=token) if token else None
 
 
 def looks_like_real_secret(token: str) -> bool:
@@ -67,7 +65,7 @@ def looks_like_real_secret(token: str) -> bool:
 
 
 def authorization_header(secret: str, auth_user: str | None = None) -> str:
-    return f"Bearer {secret}"
+    return bearer(secret)
 
 
 def account_ref(request: VendorRequest) -> str | None:

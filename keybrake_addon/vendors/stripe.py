@@ -4,7 +4,6 @@ Pure functions only. Amounts come from the request where Stripe takes them, and 
 response for settlement. See shared VENDORS.md for the facts this relies on.
 """
 
-import base64
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -24,6 +23,7 @@ from .base import (
     VendorResponse,
 )
 from .currency import minor_to_usd_micros
+from .auth_headers import basic_credentials, bearer, bearer_token
 from .forms import parse_form, parse_json_object
 
 NAME = "stripe"
@@ -36,18 +36,10 @@ UsdRates = Mapping[str, Decimal]
 
 def presented_credential(headers: Mapping[str, str]) -> PresentedCredential | None:
     """Stripe takes the key as a Bearer token, or as the Basic-auth user with no password."""
-    authorization = headers.get("authorization", "").strip()
-    scheme, _, value = authorization.partition(" ")
-    value = value.strip()
-    if scheme.lower() == "bearer" and value:
-        return PresentedCredential(token=value)
-    if scheme.lower() == "basic" and value:
-        try:
-            user, _, _ = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return None
-        return PresentedCredential(token=user) if user else None
-    return None
+    if token := bearer_token(headers):
+        return PresentedCredential(token=token)
+    basic_auth = basic_credentials(headers)
+    return PresentedCredential(token=basic_auth[0]) if basic_auth and basic_auth[0] else None
 
 
 def looks_like_real_secret(token: str) -> bool:
@@ -55,7 +47,7 @@ def looks_like_real_secret(token: str) -> bool:
 
 
 def authorization_header(secret: str, auth_user: str | None = None) -> str:
-    return f"Bearer {secret}"
+    return bearer(secret)
 
 
 def account_ref(request: VendorRequest) -> str | None:

@@ -8,7 +8,6 @@ Messages and calls are priced from the request with the configured per-country r
 See shared VENDORS.md for the facts this relies on.
 """
 
-import base64
 import json
 import re
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ from .base import (
     VendorRequest,
     VendorResponse,
 )
+from .auth_headers import basic, basic_credentials
 from .forms import parse_form, parse_json_object
 from .sms_segments import count_segments
 
@@ -60,15 +60,10 @@ _REAL_SECRET = re.compile(r"^[A-Za-z0-9]{32}$")
 
 def presented_credential(headers: Mapping[str, str]) -> PresentedCredential | None:
     """The Basic-auth password is where the SDKs put the auth token, so the vault key goes there."""
-    scheme, _, value = headers.get("authorization", "").strip().partition(" ")
-    if scheme.lower() != "basic" or not value.strip():
+    basic_auth = basic_credentials(headers)
+    if basic_auth is None or not basic_auth[1]:
         return None
-    try:
-        user, sep, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not sep or not password:
-        return None
+    user, password = basic_auth
     return PresentedCredential(token=password, username=user or None)
 
 
@@ -81,7 +76,7 @@ def authorization_header(secret: str, auth_user: str | None) -> str:
     """Basic auth with the stored secret's own user: its Account SID, or its API key SID."""
     if not auth_user:
         raise ValueError("a Twilio secret needs the Account SID or API key SID it authenticates as")
-    return "Basic " + base64.b64encode(f"{auth_user}:{secret}".encode()).decode("ascii")
+    return basic(auth_user, secret)
 
 
 def account_ref(request: VendorRequest) -> str | None:
