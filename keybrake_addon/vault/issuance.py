@@ -81,7 +81,8 @@ def validate(ledger: Ledger, request: KeyRequest, now: datetime) -> KeySpec:
     except ValueError as error:
         raise IssueError("allowed_endpoints", str(error)) from None
     try:
-        expires_at = now + parse_duration(request.expires_in) if request.expires_in else None
+        # Whole seconds, rounded down: the expiry shown (ISO to the second) is the one enforced.
+        expires_at = (now + parse_duration(request.expires_in)).replace(microsecond=0) if request.expires_in else None
     except InvalidDuration as failure:
         raise IssueError("expires_in", str(failure)) from None
     return KeySpec(

@@ -1,0 +1,160 @@
+"""Retry storm: the vendor charges, then the answer is lost; the SDK retries; each charge counts once.
+
+FakeStripe moves the money, saves the success under the call's Idempotency-Key, and then (at the
+seeded rate) answers 500 or drops the connection. stripe-python retries with the same
+Idempotency-Key (max_network_retries=2), so the retry gets the saved answer as a replay
+(`Idempotent-Replayed: true`) and Keybrake settles the first attempt's hold from it.
+
+What must hold, exactly: every call succeeds in the end; the ledger's spent equals the money the
+fake really moved (once per call, never per attempt); nothing stays reserved or open; the
+reservations number the calls while the audit rows number the attempts the vendor saw.
+"""
+
+import random
+import sqlite3
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import stripe
+
+from e2e.helpers import REAL_SECRET, keybrake, keybrake_json
+from keybrake_addon.fakes.fake_stripe import FakeStripe
+from keybrake_addon.proxy_process import ProxyProcess
+
+CALLS = 500
+WORKERS = 50
+AMOUNT_CENTS = 5000  # $50
+FAULT_RATE = 0.10
+SEED = 20240611
+MICROS_PER_CENT = 10_000  # 1 USD = 1_000_000 micros = 100 cents
+PI = {"amount": AMOUNT_CENTS, "currency": "usd", "confirm": True, "payment_method": "pm_card_visa"}
+
+
+def run_parallel(n: int, call, workers: int) -> list:
+    """call(0..n-1) over a thread pool; each result is the return value or the exception raised."""
+
+    def one(i: int):
+        try:
+            return call(i)
+        except Exception as error:  # noqa: BLE001 - the test inspects every outcome
+            return error
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="storm") as pool:
+        futures = [pool.submit(one, i) for i in range(n)]
+        return [f.result(timeout=300) for f in futures]  # bounded: a hang fails the test
+
+
+@contextmanager
+def ledger(home: Path) -> Iterator[sqlite3.Connection]:
+    """A connection of our own to the ledger (WAL: a reader never blocks the proxy), closed after use."""
+    db = sqlite3.connect(home / "keybrake.db", timeout=30, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def wait_until_settled(home: Path, key_id: str, timeout_s: float = 30.0) -> int:
+    """The proxy settles a call just after writing its reply: wait (bounded) for the last ones.
+
+    Returns how many reservations are still open when it gives up (0 when all settled).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with ledger(home) as db:
+            still_open = db.execute("SELECT COUNT(*) FROM reservations WHERE key_id = ? AND state IN "
+                                    "('pending', 'unknown')", (key_id,)).fetchone()[0]
+        if still_open == 0 or time.monotonic() > deadline:
+            return still_open
+        time.sleep(0.1)
+
+
+def seeded_faults(seed: int, rolls: int, rate: float) -> int:
+    """How many of FakeStripe's fault rolls come up for this seed.
+
+    The fake rolls its seeded RNG once per request that moves money (a replay returns before the
+    roll and moves nothing), and only for the fault kind whose rate is > 0. With 500 charges and
+    no other failure, that is exactly the number of injected faults, whatever the thread order.
+    """
+    rng = random.Random(seed)
+    return sum(rng.random() < rate for _ in range(rolls))
+
+
+@pytest.mark.parametrize("fault", ["fail_after_charge_rate", "drop_after_charge_rate"])
+def test_retry_storm_counts_each_charge_once(fault, home, tmp_path, monkeypatch, figures):
+    started = time.monotonic()
+    key = keybrake_json(home, "issue", "--vendor", "stripe", "--total-usd-cap", "100000",
+                        "--allow", "POST /v1/payment_intents")
+    with FakeStripe(secret=REAL_SECRET, seed=SEED, **{fault: FAULT_RATE}) as fake:
+        proxy = ProxyProcess(home=home, upstreams=(f"stripe={fake.url}",), log_path=tmp_path / "proxy.log").start()
+        try:
+            monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+            monkeypatch.delenv("NO_PROXY", raising=False)
+            monkeypatch.delenv("no_proxy", raising=False)
+            keybrake(home, "env")
+            monkeypatch.setattr(stripe, "ca_bundle_path", str(home / "certs" / "keybrake-ca-bundle.pem"))
+            # One client shared by all workers; the SDK reuses a call's Idempotency-Key on its retries.
+            client = stripe.StripeClient(key["vault_key"], max_network_retries=2)
+            results = run_parallel(CALLS, lambda i: client.v1.payment_intents.create(params=PI), WORKERS)
+            batch_s = time.monotonic() - started
+            still_open = wait_until_settled(home, key["key_id"])
+            attempts, moved_cents, objects = fake.hits, fake.money_moved_minor, fake.objects_created
+        finally:
+            proxy.stop()
+
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert not failures, f"{len(failures)} calls failed, e.g. {failures[0]!r}"
+    assert len({r.id for r in results}) == CALLS  # 500 distinct PaymentIntents reached the workers
+    assert still_open == 0, f"{still_open} reservations still open 30 s after the batch"
+    assert len(objects) == CALLS and moved_cents == CALLS * AMOUNT_CENTS  # the fake charged each call once
+
+    with ledger(home) as db:
+        row = db.execute("SELECT spent_micros, reserved_micros, calls FROM vault_keys WHERE key_id = ?",
+                         (key["key_id"],)).fetchone()
+        reservations = db.execute("SELECT COUNT(*) FROM reservations WHERE key_id = ?", (key["key_id"],)).fetchone()[0]
+        settled_sum = db.execute("SELECT COALESCE(SUM(actual_micros), 0) FROM reservations WHERE key_id = ? "
+                                 "AND state = 'settled'", (key["key_id"],)).fetchone()[0]
+        audit = db.execute(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(replayed), 0) AS replays, "
+            "SUM(status >= 500 OR status IS NULL) AS faulted, SUM(decision != 'allowed') AS refused "
+            "FROM audit WHERE key_id = ?", (key["key_id"],)).fetchone()
+        integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
+
+    spent = row["spent_micros"]
+    assert spent == moved_cents * MICROS_PER_CENT == CALLS * 50 * 1_000_000  # counted once, to the micro
+    assert settled_sum == spent
+    assert row["reserved_micros"] == 0
+    assert row["calls"] == CALLS  # `calls` counts reservations, not attempts
+    assert reservations == CALLS  # one reservation per call...
+    assert audit["n"] == attempts  # ...and one audit row per attempt the vendor saw
+    assert audit["refused"] == 0
+    shown = keybrake_json(home, "keys", "show", key["key_id"])
+    assert (shown["spent_usd"], shown["reserved_usd"], shown["unknown_usd"]) == ("25000.00", "0.00", "0.00")
+    assert shown["open_reservations"] == []
+    assert integrity == "ok"
+
+    # Every injected fault cost exactly one retry, and every retry was answered by a replay.
+    injected = seeded_faults(SEED, CALLS, FAULT_RATE)
+    assert audit["faulted"] == injected
+    assert audit["replays"] == injected
+    assert attempts == CALLS + injected
+    # The naive arithmetic, if every attempt (retries included) failed independently at 10% and
+    # the SDK retried up to twice: 500 x (1 + 0.1 + 0.01) = 555 attempts expected. The fake never
+    # fails a replay (it answers from its saved result before rolling for a fault), so a failed
+    # call needs exactly one retry: the expectation is 500 x (1 + 0.1) = 550, and with this seed
+    # exactly 500 + (rolls < 0.1 among the fake's 500 seeded rolls).
+    naive = CALLS * (1 + FAULT_RATE + FAULT_RATE ** 2)
+    figures.record(
+        f"retry_storm[{fault.removesuffix('_after_charge_rate')}]",
+        calls=CALLS, workers=WORKERS, attempts_seen_upstream=attempts,
+        faults_injected=injected, replays=audit["replays"], reservations=reservations, audit_rows=audit["n"],
+        spent_usd=f"{spent / 1_000_000:.2f}", charged_usd=f"{moved_cents / 100:.2f}",
+        naive_expected_attempts=f"{naive:.0f} (500 x 1.11, independent faults on every attempt)",
+        expected_attempts=f"{CALLS * (1 + FAULT_RATE):.0f} (replays never fail), seed {SEED}: {CALLS + injected}",
+        batch_s=round(batch_s, 1),
+    )
