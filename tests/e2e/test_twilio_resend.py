@@ -173,3 +173,26 @@ def test_reconcile_replaces_estimates_with_twilio_final_prices(vendors, home):
     assert sum(float(r["actual_usd"]) for r in rows) == pytest.approx(0.0158)
     again = json.loads(keybrake(home, "reconcile", "--upstream", f"twilio={twilio_fake.url}", "--json").stdout)
     assert again == []  # nothing left at an estimate
+
+
+def test_resend_python_through_the_base_url_route(home, tmp_path, monkeypatch):
+    """resend-python's `api_url` pointed at the API listener: no proxy, no CA."""
+    keybrake(home, "secret", "set", "resend", stdin=RESEND_SECRET + "\n")
+    with FakeResend(api_key=RESEND_SECRET) as resend_fake:
+        proxy = ProxyProcess(home=home, log_path=tmp_path / "p.log", upstreams=(f"resend={resend_fake.url}",),
+                             extra_args=("--api-port", "0")).start()
+        try:
+            for name in ("HTTPS_PROXY", "HTTP_PROXY", "REQUESTS_CA_BUNDLE"):
+                monkeypatch.delenv(name, raising=False)
+            monkeypatch.setattr(resend, "api_url", proxy.api_url + "/resend")
+            key = issue(home, "resend", "--daily-usd-cap", "0.0018", "--allow", "POST /emails")
+            resend.api_key = key["vault_key"]
+            email = {"from": "a@example.com", "to": "b@example.com", "subject": "s", "text": "x"}
+            sent = [resend.Emails.send(email)["id"] for _ in range(2)]
+            with pytest.raises(resend.exceptions.RateLimitError):
+                resend.Emails.send(email)
+        finally:
+            proxy.stop()
+    assert [r.authorization for r in resend_fake.received] == [f"Bearer {RESEND_SECRET}"] * 2
+    assert [r.path for r in resend_fake.received] == ["/emails"] * 2
+    assert len(set(sent)) == 2 and resend_fake.emails_sent == 2
