@@ -185,7 +185,7 @@ class Keybrake:
             return
         # If a connection to the vendor was made, the request may have reached it: keep the hold.
         request_sent = flow.server_conn is not None and flow.server_conn.timestamp_tcp_setup is not None
-        await self.gate.settle(ticket, None, request_sent=request_sent, error=str(flow.error)[:200])
+        self.gate.settle_without_reply(ticket, request_sent=request_sent, error=str(flow.error)[:200])
 
 
 _UNEXPECTED_BODY = json.dumps({"error": {

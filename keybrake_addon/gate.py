@@ -52,6 +52,9 @@ from .vendors.base import (
 logger = logging.getLogger("keybrake")
 
 UNAVAILABLE_RETRY_AFTER_S = 2
+KNOWN_BUSY_S = 1.0
+DRAIN_TIMEOUT_S = 5.0
+SETTLE_RETRY_DELAYS_S = (0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)  # about 9 minutes in all
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class Gate:
                                             background_checkpoints=True)
         self._housekeeper = Housekeeper(installation.home.database)
         self._unsettled: set[asyncio.Future] = set()
+        self._busy_until = 0.0  # monotonic time until which a busy ledger fails fast
 
     def close(self) -> None:
         self._db_thread.shutdown(wait=True)
@@ -104,11 +108,27 @@ class Gate:
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, function, *args)
 
     async def _transact(self, operation: str, *args):
-        """A ledger transaction, on the loop if the write lock is free, else on the database thread."""
+        """A ledger transaction, on the loop if the write lock is free, else on the database thread.
+
+        After a wait on the database thread has timed out, calls fail at once for a moment
+        instead of queueing behind each other for a busy timeout apiece: a refusal must come
+        back before the client's own timeout.
+        """
         try:
             return getattr(self._no_wait_ledger, operation)(*args)
         except LedgerBusy:
-            return await self.run_in_db(getattr(self._ledger, operation), *args)
+            if time.monotonic() < self._busy_until:
+                raise
+        try:
+            return await self.run_in_db(self._unless_known_busy, getattr(self._ledger, operation), *args)
+        except LedgerBusy:
+            self._busy_until = time.monotonic() + KNOWN_BUSY_S
+            raise
+
+    def _unless_known_busy(self, function, *args):
+        if time.monotonic() < self._busy_until:  # queued behind a wait that already timed out
+            raise LedgerBusy("the ledger was busy a moment ago")
+        return function(*args)
 
     async def check(self, vendor: ModuleType, request: VendorRequest) -> Decision:
         started = time.monotonic()
@@ -151,17 +171,16 @@ class Gate:
                 self._vault.open(admission.secret), admission.secret.auth_user or admission.secret.account_sid)
         except (MasterKeyError, ValueError) as error:  # ValueError: the secret lacks what the vendor needs
             logger.error("keybrake: cannot open the secret for key %s: %s", admission.key.key_id, error)
-            await self.settle(ticket, None, request_sent=False, error=str(error))
+            self.settle_without_reply(ticket, request_sent=False, error=str(error))
             return Decision(refusal=vendor.render_refusal(Refusal(
                 RefusalKind.UNAVAILABLE, f"Keybrake cannot open the vendor secret for vault key "
                 f"{admission.key.key_id}; nothing was forwarded. Check `keybrake secret list`.",
                 retry_after_s=UNAVAILABLE_RETRY_AFTER_S)))
         return Decision(authorization=authorization, ticket=ticket)
 
-    async def settle(self, ticket: Ticket, response: VendorResponse | None, *, request_sent: bool,
-                     error: str | None = None) -> None:
-        """Settle now, from the response (None: no response came)."""
-        await self._settle(ticket, self._settle_request(ticket, response, request_sent, error))
+    def settle_without_reply(self, ticket: Ticket, *, request_sent: bool, error: str) -> None:
+        """Settle a call that got no vendor response (in the background, retried while needed)."""
+        self._settle_in_background(ticket, self._settle_request(ticket, None, request_sent, error))
 
     def settle_after_reply(self, ticket: Ticket, response: VendorResponse) -> dict[str, str]:
         """Settle once the reply is on its way; returns the balance headers for that reply.
@@ -183,9 +202,11 @@ class Gate:
             task.add_done_callback(self._unsettled.discard)
 
     async def drain(self) -> None:
-        """Wait for settlements still under way (at shutdown)."""
+        """Give settlements still under way a few seconds at shutdown; the rest stay counted."""
         if self._unsettled:
-            await asyncio.gather(*self._unsettled, return_exceptions=True)
+            await asyncio.wait(self._unsettled, timeout=DRAIN_TIMEOUT_S)
+        for task in list(self._unsettled):
+            task.cancel()  # its hold stays pending, counted, and shows as unknown once this run stops
 
     def _settle_request(self, ticket: Ticket, response: VendorResponse | None, request_sent: bool,
                         error: str | None) -> SettleRequest:
@@ -207,10 +228,23 @@ class Gate:
             error=error)
 
     async def _settle(self, ticket: Ticket, request: SettleRequest) -> None:
-        try:
-            await self._transact("settle", request)
-        except Exception as failure:  # noqa: BLE001 - whatever it is, the hold must stay counted
-            _log_unsettled(ticket, failure)
+        """Settle, retrying while the ledger is unavailable: the vendor's answer is the truth.
+
+        Until it lands the hold stays counted; if this process dies first, the hold shows as
+        unknown (see ledger/housekeeping.py) and `keybrake reconcile` settles it.
+        """
+        for delay in (*SETTLE_RETRY_DELAYS_S, None):
+            try:
+                await self._transact("settle", request)
+                return
+            except LedgerUnavailable as failure:
+                if delay is None:
+                    _log_unsettled(ticket, failure)
+                    return
+                await asyncio.sleep(delay)
+            except Exception as failure:  # noqa: BLE001 - whatever it is, the hold must stay counted
+                _log_unsettled(ticket, failure)
+                return
 
 
 def _log_unsettled(ticket: Ticket, failure: Exception) -> None:

@@ -11,6 +11,7 @@ from ..policy import iso
 from ..vault.issuance import IssueError, KeyRequest, issue_key
 from ..vendors import VENDORS
 from .context import installation
+from ..ledger.housekeeping import reap_dead_local_runs
 from ..views import key_document
 from .output import emit, print_json, table
 
@@ -123,6 +124,7 @@ KEY_COLUMNS = ["key_id", "vendor", "label", "status", "spent_usd", "reserved_usd
 def keys_list(ctx: click.Context, label: str | None, active: bool, as_json: bool) -> None:
     """List vault keys with their spend."""
     with installation(ctx) as kb:
+        reap_dead_local_runs(kb.ledger)
         records = kb.ledger.list_keys(label=label, active_at=utc_now() if active else None)
     emit([key_document(r) for r in records], KEY_COLUMNS, "json" if as_json else "table")
 
@@ -134,6 +136,7 @@ def keys_list(ctx: click.Context, label: str | None, active: bool, as_json: bool
 def keys_show(ctx: click.Context, key_id: str, as_json: bool) -> None:
     """Show one key: settings, spent, reserved (and of that, unknown) and remaining."""
     with installation(ctx) as kb:
+        reap_dead_local_runs(kb.ledger)  # holds of a proxy killed on this host show as unknown at once
         record = kb.ledger.get_key(key_id)
         if record is None:
             raise click.ClickException(f"no vault key {key_id}")

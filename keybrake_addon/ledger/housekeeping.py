@@ -32,6 +32,7 @@ class Housekeeper:
             now = to_text(utc_now())
             db.execute("INSERT INTO proxy_runs (run_id, pid, host, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?)",
                        (self.run_id, os.getpid(), socket.gethostname(), now, now))
+            _reap_dead_local_runs(db)
         finally:
             db.close()
         self._thread = threading.Thread(target=self._run, name="keybrake-housekeeping", daemon=True)
@@ -52,6 +53,7 @@ class Housekeeper:
                     if tick % beats_every == 0:
                         db.execute("UPDATE proxy_runs SET heartbeat_at = ? WHERE run_id = ?",
                                    (to_text(utc_now()), self.run_id))
+                        _reap_dead_local_runs(db)
                 except sqlite3.Error:
                     pass  # busy or failing: the next round tries again (the auto-checkpoint is a backstop)
         finally:
@@ -67,3 +69,38 @@ class Housekeeper:
             pass  # its holds are settled or counted either way; only the unknown listing is later
         finally:
             db.close()
+
+
+def reap_dead_local_runs(store) -> None:
+    """For readers (`keybrake keys show`): the same check, best effort, in one short transaction."""
+    try:
+        with store.transaction() as db:
+            _reap_dead_local_runs(db)
+    except Exception:  # noqa: BLE001 - a read-only or busy database must not stop a report
+        pass
+
+
+def _reap_dead_local_runs(db: sqlite3.Connection) -> None:
+    """Mark runs of this host whose process is gone as stopped, without waiting for the heartbeat
+    to go stale: a proxy restarted after kill -9 shows its predecessor's holds as unknown at once."""
+    host = socket.gethostname()
+    for run_id, pid in db.execute("SELECT run_id, pid FROM proxy_runs WHERE stopped_at IS NULL AND host = ?",
+                                  (host,)).fetchall():
+        if not _alive(pid):
+            db.execute("UPDATE proxy_runs SET stopped_at = ? WHERE run_id = ? AND stopped_at IS NULL",
+                       (to_text(utc_now()), run_id))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    try:  # a killed child its parent has not reaped yet is a zombie: gone for our purposes
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
