@@ -9,23 +9,32 @@ its own process) with one load generator (its own process, httpx.AsyncClient, HT
              --upstream does. The client sends https://api.stripe.com through it (CONNECT + TLS).
   keybrake   `keybrake proxy --upstream stripe=...`, the same CONNECT + TLS, with a vault key:
              key check, reservation in SQLite, secret swap, settlement from the response.
+  keybrake-baseurl
+             the same `keybrake proxy` process (started with --api-port 0), reached through its API
+             listener's base-URL route {api_url}/stripe/v1/payment_intents: plain HTTP keep-alive,
+             no CONNECT, no TLS, the same gate. (Cheaper for the client than the forward path, so its
+             ratio to bare mitmproxy is not like for like: it shows what skipping TLS buys.)
 
 The workload is POST /v1/payment_intents with amount=100&currency=usd and a unique
 Idempotency-Key per request, so Keybrake does its full reserve + settle path. Every response must be
 a 200; any other status or transport error is counted and makes the run fail (exit code 2).
 
-For each concurrency (default 1 and 16) and path: warm-up requests, then a fixed number of measured
+For each concurrency (default 1, 16 and 64) and path: warm-up requests, then a fixed number of measured
 requests, repeated R times with the path order rotated each repeat. Reported: median throughput
 (req/s), median of per-run p50 and p99 latency (ms), and the proxy's CPU time per request. Also:
-`SqliteLedger.admit` + `settle` called directly in a loop on one thread (reservations/s), the proxies'
-resident memory after the run, and the figures users care about (added latency as a share of a
-typical 300 ms Stripe call, headroom over Stripe's live limit of 100 writes/s).
+`SqliteLedger.admit` + `settle` called directly in a loop on one thread (reservations/s; measured as
+the proxy runs it, with background checkpoints and a running Housekeeper thread, and the old way
+without them), the proxies' resident memory after the run, and the figures users care about (added
+latency as a share of a typical 300 ms Stripe call, headroom over Stripe's live limit of 100 writes/s).
 
 Targets (PASS/MISS is printed; the exit code ignores them unless --strict, as machines are noisy):
-Keybrake throughput >= 0.85 x bare mitmproxy at concurrency 16; Keybrake p50 <= 1.15 x bare mitmproxy.
+Keybrake forward throughput >= 0.85 x bare mitmproxy at concurrency 16 (first target) and >= 0.90 x
+(issue target); Keybrake forward p50 <= 1.15 x bare mitmproxy at every concurrency; Keybrake forward p50
+at concurrency 1 at most 0.3 ms above bare mitmproxy; the ledger alone (as the proxy runs it) >= 5000
+reservations/s on one thread.
 
 Run:
-    python scripts/bench.py [--quick] [--concurrency 1,16,64] [--requests N] [--repeats R] [--json out.json]
+    python scripts/bench.py [--quick] [--concurrency 1,16] [--requests N] [--repeats R] [--json out.json]
 
 Everything listens on 127.0.0.1; every subprocess is stopped on exit.
 """
@@ -54,16 +63,21 @@ UPSTREAM_SECRET = "sk_test_" + "bench0upstream0secret0only"  # what the fake Str
 STRIPE_BASE = "https://api.stripe.com"
 ENDPOINT = "/v1/payment_intents"
 FORM_BODY = "amount=100&currency=usd"
-PATHS = ("direct", "mitmproxy", "keybrake")
+PATHS = ("direct", "mitmproxy", "keybrake", "keybrake-baseurl")
+GATED_PATHS = ("keybrake", "keybrake-baseurl")  # every 200 must carry the gate's balance headers
 TYPICAL_STRIPE_CALL_MS = 300.0
 STRIPE_LIVE_WRITES_PER_S = 100.0
 TARGET_THROUGHPUT_RATIO = 0.85  # keybrake / bare mitmproxy, at concurrency 16
 TARGET_P50_RATIO = 1.15  # keybrake / bare mitmproxy
+TARGET_THROUGHPUT_RATIO_ISSUE = 0.90  # keybrake / bare mitmproxy, at concurrency 16 (the issue's target)
+TARGET_ADDED_P50_MS = 0.3  # keybrake p50 - bare mitmproxy p50, at concurrency 1
+TARGET_LEDGER_PER_S = 5000.0  # admit+settle pairs per second on one thread, as the proxy runs the ledger
 READY_TIMEOUT_S = 60.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 FAKE_READY = re.compile(r"fake stripe listening on http://127\.0\.0\.1:(\d+)")
 KEYBRAKE_READY = re.compile(r"Keybrake proxy listening on http://127\.0\.0\.1:(\d+)")
+KEYBRAKE_API_READY = re.compile(r"Keybrake vault API and base-URL routes on http://127\.0\.0\.1:(\d+)")
 MITM_READY = re.compile(r"bench mitmdump listening on 127\.0\.0\.1:(\d+)")
 
 REDIRECT_ADDON = '''
@@ -222,7 +236,7 @@ def rss_mib(pid: int) -> dict[str, float]:
     return values
 
 
-# ----- the three paths -------------------------------------------------------------------------
+# ----- the four paths --------------------------------------------------------------------------
 
 @dataclass
 class Target:
@@ -264,17 +278,24 @@ def start_bare_mitmproxy(procs: Processes, upstream_port: int) -> Target:
     return Target("mitmproxy", STRIPE_BASE, UPSTREAM_SECRET, f"http://127.0.0.1:{port}", str(cafile), process.pid)
 
 
-def start_keybrake(procs: Processes, upstream_port: int) -> Target:
+def start_keybrake(procs: Processes, upstream_port: int) -> tuple[Target, Target]:
+    """One `keybrake proxy` process serving both the forward path and the base-URL path."""
     home = procs.workdir / "keybrake-home"
     keybrake_cli(home, "init")
     keybrake_cli(home, "secret", "set", "stripe", stdin=UPSTREAM_SECRET + "\n")
     issued = json.loads(keybrake_cli(home, "issue", "--vendor", "stripe", "--no-cap", "--allow-all",
                                      "--label", "bench", "--json"))
-    cmd = [PY, "-m", "keybrake_addon", "--home", str(home), "proxy", "--listen-port", "0",
+    cmd = [PY, "-m", "keybrake_addon", "--home", str(home), "proxy", "--listen-port", "0", "--api-port", "0",
            "--upstream", f"stripe=http://127.0.0.1:{upstream_port}"]
-    process, port = procs.start("keybrake", cmd, KEYBRAKE_READY)
-    return Target("keybrake", STRIPE_BASE, issued["vault_key"], f"http://127.0.0.1:{port}",
-                  str(home / "certs" / "keybrake-ca.pem"), process.pid)
+    # The API listener's line comes right after the forward listener's, from the same callback.
+    process, api_port = procs.start("keybrake", cmd, KEYBRAKE_API_READY)
+    forward_port = int(KEYBRAKE_READY.search((procs.workdir / "keybrake.log").read_text())[1])
+    forward = Target("keybrake", STRIPE_BASE, issued["vault_key"], f"http://127.0.0.1:{forward_port}",
+                     str(home / "certs" / "keybrake-ca.pem"), process.pid)
+    # httpx joins base_url ".../stripe" and "/v1/payment_intents" into ".../stripe/v1/payment_intents".
+    baseurl = Target("keybrake-baseurl", f"http://127.0.0.1:{api_port}/stripe", issued["vault_key"],
+                     pid=process.pid)
+    return forward, baseurl
 
 
 # ----- measuring -------------------------------------------------------------------------------
@@ -299,7 +320,7 @@ def bad_responses(run: dict) -> int:
     for status, count in run["warmup_statuses"].items():
         statuses[status] = statuses.get(status, 0) + count
     non_ok = sum(count for status, count in statuses.items() if status != "200")
-    ungated = run["ok"] - run["gated"] if run["path"] == "keybrake" else 0  # a 200 that skipped the gate
+    ungated = run["ok"] - run["gated"] if run["path"] in GATED_PATHS else 0  # a 200 that skipped the gate
     return non_ok + ungated + sum(run["errors"].values()) + sum(run["warmup_errors"].values())
 
 
@@ -313,7 +334,7 @@ def measure_all(targets: dict[str, Target], concurrencies: list[int], repeats: i
                 run = run_load(targets[name], concurrency, requests, warmup, fake_pid)
                 run["repeat"] = repeat
                 runs.append(run)
-                print(f"  repeat {repeat + 1}/{repeats}  c={concurrency:<3} {name:<10} "
+                print(f"  repeat {repeat + 1}/{repeats}  c={concurrency:<3} {name:<16} "
                       f"{run['throughput']:8.1f} req/s  p50 {run['p50_ms']:7.2f} ms  p99 {run['p99_ms']:7.2f} ms  "
                       f"cpu {run['cpu_us_per_req']:6.0f} us/req  bad {bad_responses(run)}", flush=True)
     return runs
@@ -336,35 +357,78 @@ def summarise(runs: list[dict], concurrencies: list[int]) -> dict:
     return summary
 
 
+def _versus(path: dict, mitm: dict, direct: dict) -> dict:
+    return {
+        "throughput_ratio": path["throughput"] / mitm["throughput"],
+        "p50_ratio": path["p50_ms"] / mitm["p50_ms"],
+        "p99_ratio": path["p99_ms"] / mitm["p99_ms"],
+        "added_p50_ms_vs_mitmproxy": path["p50_ms"] - mitm["p50_ms"],
+        "added_p50_ms_vs_direct": path["p50_ms"] - direct["p50_ms"],
+        "added_cpu_us_per_req_vs_mitmproxy": path["cpu_us_per_req"] - mitm["cpu_us_per_req"],
+        "proxy_cpu_ratio": path["cpu_us_per_req"] / mitm["cpu_us_per_req"],
+    }
+
+
 def ratios(summary: dict) -> dict:
+    """Per concurrency: the forward keybrake path vs bare mitmproxy (flat, as before), and the
+    base-URL path vs bare mitmproxy under "keybrake-baseurl"."""
     out = {}
     for concurrency, paths in summary.items():
-        kb, mitm, direct = paths["keybrake"], paths["mitmproxy"], paths["direct"]
-        out[concurrency] = {
-            "throughput_ratio": kb["throughput"] / mitm["throughput"],
-            "p50_ratio": kb["p50_ms"] / mitm["p50_ms"],
-            "added_p50_ms_vs_mitmproxy": kb["p50_ms"] - mitm["p50_ms"],
-            "added_p50_ms_vs_direct": kb["p50_ms"] - direct["p50_ms"],
-            "added_cpu_us_per_req_vs_mitmproxy": kb["cpu_us_per_req"] - mitm["cpu_us_per_req"],
-            "proxy_cpu_ratio": kb["cpu_us_per_req"] / mitm["cpu_us_per_req"],
-        }
+        mitm, direct = paths["mitmproxy"], paths["direct"]
+        out[concurrency] = {**_versus(paths["keybrake"], mitm, direct),
+                            "keybrake-baseurl": _versus(paths["keybrake-baseurl"], mitm, direct)}
     return out
 
 
-def judge(summary: dict, ratio: dict, concurrencies: list[int]) -> list[dict]:
+def paired_added_p50(runs: list[dict], concurrencies: list[int]) -> dict:
+    """Per concurrency and gated path: the median over repeats of (its p50 - bare mitmproxy's p50) in
+    the same repeat. Runs of one repeat are seconds apart, so this cancels slow drifts in machine load
+    that the median of per-path medians does not. Reported next to the targets, not judged."""
+    out: dict = {}
+    for concurrency in concurrencies:
+        for name in GATED_PATHS:
+            diffs = []
+            for run in runs:
+                if run["path"] == name and run["concurrency"] == concurrency:
+                    mitm = next(r for r in runs if r["path"] == "mitmproxy" and r["concurrency"] == concurrency
+                                and r["repeat"] == run["repeat"])
+                    diffs.append(run["p50_ms"] - mitm["p50_ms"])
+            out.setdefault(str(concurrency), {})[name] = {"median_ms": statistics.median(diffs),
+                                                          "each_ms": [round(d, 2) for d in diffs]}
+    return out
+
+
+def judge(summary: dict, ratio: dict, concurrencies: list[int], ledger: dict) -> list[dict]:
+    """PASS/MISS per target. `source`: "earlier" for the first targets, "issue" for the issue's."""
     throughput_at = "16" if 16 in concurrencies else str(max(concurrencies))
-    checks = [{"target": f"throughput keybrake/mitmproxy at c={throughput_at} >= {TARGET_THROUGHPUT_RATIO}",
-               "value": ratio[throughput_at]["throughput_ratio"],
-               "pass": ratio[throughput_at]["throughput_ratio"] >= TARGET_THROUGHPUT_RATIO}]
+    throughput = ratio[throughput_at]["throughput_ratio"]
+    checks = [
+        {"source": "earlier", "target": f"throughput keybrake/mitmproxy at c={throughput_at} >= "
+                                        f"{TARGET_THROUGHPUT_RATIO}",
+         "value": throughput, "pass": throughput >= TARGET_THROUGHPUT_RATIO},
+    ]
     for concurrency in summary:
         value = ratio[concurrency]["p50_ratio"]
-        checks.append({"target": f"p50 keybrake/mitmproxy at c={concurrency} <= {TARGET_P50_RATIO}",
+        checks.append({"source": "earlier", "target": f"p50 keybrake/mitmproxy at c={concurrency} <= {TARGET_P50_RATIO}",
                        "value": value, "pass": value <= TARGET_P50_RATIO})
+    checks.append({"source": "issue", "target": f"throughput keybrake/mitmproxy at c={throughput_at} >= "
+                                                f"{TARGET_THROUGHPUT_RATIO_ISSUE}",
+                   "value": throughput, "pass": throughput >= TARGET_THROUGHPUT_RATIO_ISSUE})
+    lowest = "1" if 1 in concurrencies else str(min(concurrencies))
+    added = ratio[lowest]["added_p50_ms_vs_mitmproxy"]
+    checks.append({"source": "issue", "target": f"added p50 keybrake - mitmproxy at c={lowest} <= "
+                                                f"{TARGET_ADDED_P50_MS} ms",
+                   "value": added, "pass": added <= TARGET_ADDED_P50_MS})
+    per_s = ledger["with_housekeeper"]["reservations_per_s"]
+    checks.append({"source": "issue", "target": f"ledger alone (as the proxy runs it) >= {TARGET_LEDGER_PER_S:.0f} "
+                                                "reservations/s on one thread",
+                   "value": per_s, "pass": per_s >= TARGET_LEDGER_PER_S})
     return checks
 
 
 def user_figures(summary: dict, ratio: dict, concurrencies: list[int]) -> dict:
-    lowest, highest = str(min(concurrencies)), str(max(concurrencies))
+    lowest = str(min(concurrencies))
+    highest = "16" if 16 in concurrencies else str(max(concurrencies))  # the concurrency the targets use
     added_gate = ratio[lowest]["added_p50_ms_vs_mitmproxy"]
     added_total = ratio[lowest]["added_p50_ms_vs_direct"]
     return {
@@ -372,26 +436,40 @@ def user_figures(summary: dict, ratio: dict, concurrencies: list[int]) -> dict:
         "added_p50_ms_whole_proxy": added_total,
         "gate_share_of_300ms_call_pct": 100 * added_gate / TYPICAL_STRIPE_CALL_MS,
         "whole_proxy_share_of_300ms_call_pct": 100 * added_total / TYPICAL_STRIPE_CALL_MS,
+        "baseurl_added_p50_ms_vs_direct": ratio[lowest]["keybrake-baseurl"]["added_p50_ms_vs_direct"],
         "keybrake_throughput_at": int(highest),
         "headroom_over_stripe_100_writes_per_s": summary[highest]["keybrake"]["throughput"] / STRIPE_LIVE_WRITES_PER_S,
+        "baseurl_headroom_over_stripe_100_writes_per_s":
+            summary[highest]["keybrake-baseurl"]["throughput"] / STRIPE_LIVE_WRITES_PER_S,
     }
 
 
 # ----- the ledger alone ------------------------------------------------------------------------
 
-def ledger_alone(workdir: Path, iterations: int) -> dict:
-    """SqliteLedger.admit + settle for one PaymentIntent, in a loop on this thread."""
+LEDGER_REPEATS = 3
+
+
+def _ledger_run(workdir: Path, iterations: int, tag: str, *, as_proxy: bool) -> dict:
+    """One timed loop of SqliteLedger.admit + settle for one PaymentIntent, on this thread, fresh home.
+
+    as_proxy: open the ledger the way `keybrake proxy` does (background_checkpoints=True, so commits
+    leave the WAL alone) with a running Housekeeper doing the PASSIVE checkpoints and heartbeats on
+    its own thread, and pass its run_id like the gate does. Otherwise: the plain CLI-style ledger,
+    whose commits run SQLite's auto-checkpoint inline (the original measurement).
+    """
     from keybrake_addon.home import KeybrakeHome
     from keybrake_addon.installation import initialise, open_installation
     from keybrake_addon.ledger.base import AdmitRequest, CallFacts, Resolution, SettleRequest
+    from keybrake_addon.ledger.housekeeping import Housekeeper
     from keybrake_addon.ledger.times import utc_now
     from keybrake_addon.vault.issuance import KeyRequest, issue_key
     from keybrake_addon.vault.vault_keys import hash_vault_key
     from keybrake_addon.vendors.base import CostEstimate
 
-    home = KeybrakeHome.resolve(workdir / "ledger-home")
+    home = KeybrakeHome.resolve(workdir / f"ledger-home-{tag}")
     initialise(home)
-    installation = open_installation(home)
+    installation = open_installation(home, background_checkpoints=as_proxy)
+    keeper = Housekeeper(home.database) if as_proxy else None
     try:
         installation.vault.put("stripe", "default", UPSTREAM_SECRET)
         issued = issue_key(installation.ledger, installation.master_key,
@@ -399,10 +477,11 @@ def ledger_alone(workdir: Path, iterations: int) -> dict:
         key_hash = hash_vault_key(issued.vault_key)
         ledger = installation.ledger
         estimate = CostEstimate(usd_micros=1_000_000, amount_minor=100, currency="usd")
+        run_id = keeper.run_id if keeper else None
 
         def one(index: int) -> None:
             call = CallFacts("stripe", "POST", ENDPOINT, f"ledger-{index}", utc_now())
-            admission = ledger.admit(AdmitRequest(key_hash, call, estimate))
+            admission = ledger.admit(AdmitRequest(key_hash, call, estimate, run_id=run_id))
             assert admission.refusal is None, admission.refusal
             ledger.settle(SettleRequest(
                 audit_id=admission.audit_id, reservation_id=admission.reservation_id, resolution=Resolution.SETTLE,
@@ -411,14 +490,38 @@ def ledger_alone(workdir: Path, iterations: int) -> dict:
 
         for index in range(min(100, iterations)):  # warm-up
             one(-index - 1)
-        started = time.perf_counter()
+        wall0, thread0, process0 = time.perf_counter(), time.thread_time(), time.process_time()
         for index in range(iterations):
             one(index)
-        elapsed = time.perf_counter() - started
+        wall = time.perf_counter() - wall0
+        thread_cpu, process_cpu = time.thread_time() - thread0, time.process_time() - process0
+        wal = home.database.with_name(home.database.name + "-wal")  # before close, which removes it
+        wal_mib = wal.stat().st_size / 2**20 if wal.exists() else 0.0
     finally:
+        if keeper is not None:
+            keeper.stop()
         installation.close()
-    return {"iterations": iterations, "seconds": elapsed, "reservations_per_s": iterations / elapsed,
-            "us_per_reservation": elapsed * 1e6 / iterations}
+    return {"seconds": wall, "reservations_per_s": iterations / wall, "us_per_reservation": wall * 1e6 / iterations,
+            "thread_cpu_us_per_pair": thread_cpu * 1e6 / iterations,
+            # CPU of the process's other threads while the loop ran: the Housekeeper's checkpoints.
+            "other_threads_cpu_us_per_pair": max(0.0, process_cpu - thread_cpu) * 1e6 / iterations,
+            "wal_mib_after": wal_mib}
+
+
+def ledger_alone(workdir: Path, iterations: int, repeats: int = LEDGER_REPEATS) -> dict:
+    """Both ledger measurements, interleaved (so machine noise hits both alike), medians over repeats."""
+    runs: dict[str, list[dict]] = {"with_housekeeper": [], "without_housekeeper": []}
+    for repeat in range(repeats):
+        order = ("with_housekeeper", "without_housekeeper")
+        for variant in (order if repeat % 2 == 0 else order[::-1]):
+            runs[variant].append(_ledger_run(workdir, iterations, f"{variant}-{repeat}",
+                                             as_proxy=variant == "with_housekeeper"))
+    out = {}
+    for variant, mine in runs.items():
+        out[variant] = {"iterations": iterations, "repeats": repeats,
+                        **{name: statistics.median(run[name] for run in mine) for name in mine[0]},
+                        "reservations_per_s_each": [round(run["reservations_per_s"], 1) for run in mine]}
+    return out
 
 
 # ----- report ----------------------------------------------------------------------------------
@@ -450,47 +553,64 @@ def machine_info() -> dict:
 def print_report(result: dict) -> None:
     summary, ratio = result["summary"], result["ratios"]
     print("\nMedians over repeats (throughput: req/s; latency: ms; CPU: proxy process, or the fake for direct)")
-    header = f"{'c':>3}  {'path':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>10} {'bad':>4}"
+    header = f"{'c':>3}  {'path':<16} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>10} {'bad':>4}"
     print(header)
     print("-" * len(header))
     for concurrency, paths in summary.items():
         for name, figures in paths.items():
-            print(f"{concurrency:>3}  {name:<10} {figures['throughput']:8.1f} {figures['p50_ms']:8.2f} "
+            print(f"{concurrency:>3}  {name:<16} {figures['throughput']:8.1f} {figures['p50_ms']:8.2f} "
                   f"{figures['p99_ms']:8.2f} {figures['cpu_us_per_req']:10.0f} {figures['bad_responses']:4d}")
-    print("\nKeybrake vs bare mitmproxy")
-    for concurrency, figures in ratio.items():
-        print(f"  c={concurrency:<3} throughput x{figures['throughput_ratio']:.3f}  p50 x{figures['p50_ratio']:.3f}  "
-              f"added p50 {figures['added_p50_ms_vs_mitmproxy']:+.2f} ms  "
-              f"added CPU {figures['added_cpu_us_per_req_vs_mitmproxy']:+.0f} us/req "
-              f"(proxy CPU x{figures['proxy_cpu_ratio']:.2f})")
+    print("\nVs bare mitmproxy (keybrake: the same CONNECT + TLS; keybrake-baseurl: plain http, no CONNECT/TLS)")
+    for concurrency, forward in ratio.items():
+        for name, figures in (("keybrake", forward), ("keybrake-baseurl", forward["keybrake-baseurl"])):
+            paired = result["paired_added_p50_ms"][concurrency][name]
+            print(f"  c={concurrency:<3} {name:<16} throughput x{figures['throughput_ratio']:.3f}  "
+                  f"p50 x{figures['p50_ratio']:.3f}  p99 x{figures['p99_ratio']:.3f}  "
+                  f"added p50 {figures['added_p50_ms_vs_mitmproxy']:+.2f} ms (paired {paired['median_ms']:+.2f})  "
+                  f"added CPU {figures['added_cpu_us_per_req_vs_mitmproxy']:+.0f} us/req "
+                  f"(proxy CPU x{figures['proxy_cpu_ratio']:.2f})")
     print("\nTargets")
     for check in result["targets"]:
-        print(f"  {'PASS' if check['pass'] else 'MISS'}  {check['target']}: {check['value']:.3f}")
-    ledger = result["ledger_alone"]
-    print(f"\nLedger alone (admit + settle, one thread): {ledger['reservations_per_s']:.0f} reservations/s "
-          f"({ledger['us_per_reservation']:.0f} us each)")
+        print(f"  {'PASS' if check['pass'] else 'MISS'}  [{check['source']}] {check['target']}: {check['value']:.3f}")
+    print("\nLedger alone (admit + settle for one PaymentIntent, one thread; medians of "
+          f"{result['ledger_alone']['with_housekeeper']['repeats']} runs of "
+          f"{result['ledger_alone']['with_housekeeper']['iterations']} pairs):")
+    for variant, title in (("with_housekeeper", "as the proxy runs it (background checkpoints + Housekeeper)"),
+                           ("without_housekeeper", "old measurement (inline auto-checkpoints, no Housekeeper)")):
+        ledger = result["ledger_alone"][variant]
+        print(f"  {title}: {ledger['reservations_per_s']:.0f} reservations/s ({ledger['us_per_reservation']:.0f} us "
+              f"wall per pair; loop thread CPU {ledger['thread_cpu_us_per_pair']:.0f} us/pair, other threads "
+              f"{ledger['other_threads_cpu_us_per_pair']:.0f} us/pair; runs {ledger['reservations_per_s_each']}; "
+              f"WAL after {ledger['wal_mib_after']:.1f} MiB)")
     print("RSS after the run: " + ", ".join(f"{name} {mem['VmRSS']:.0f} MiB (peak {mem['VmHWM']:.0f})"
                                           for name, mem in result["rss_mib"].items()))
+    print(f"Keybrake's WAL file after the run: {result['keybrake_wal_mib']:.1f} MiB")
     users = result["user_figures"]
     print(f"\nFor users: the gate adds {users['added_p50_ms_gate_only']:.2f} ms p50 over bare mitmproxy "
           f"({users['gate_share_of_300ms_call_pct']:.2f}% of a {TYPICAL_STRIPE_CALL_MS:.0f} ms Stripe call); "
           f"the whole proxy adds {users['added_p50_ms_whole_proxy']:.2f} ms over direct "
-          f"({users['whole_proxy_share_of_300ms_call_pct']:.2f}%).")
+          f"({users['whole_proxy_share_of_300ms_call_pct']:.2f}%); the base-URL route adds "
+          f"{users['baseurl_added_p50_ms_vs_direct']:.2f} ms over direct.")
     print(f"           Keybrake at c={users['keybrake_throughput_at']} is "
-          f"{users['headroom_over_stripe_100_writes_per_s']:.1f}x Stripe's live limit of "
+          f"{users['headroom_over_stripe_100_writes_per_s']:.1f}x (forward) and "
+          f"{users['baseurl_headroom_over_stripe_100_writes_per_s']:.1f}x (base URL) Stripe's live limit of "
           f"{STRIPE_LIVE_WRITES_PER_S:.0f} writes/s.")
+    print(f"\nWall time {result['wall_s']:.0f} s; load average at start "
+          f"{' '.join(f'{x:.2f}' for x in result['machine']['loadavg_at_start'])}, "
+          f"at end {' '.join(f'{x:.2f}' for x in result['loadavg_at_end'])}")
 
 
 # ----- main ------------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke test: few requests, one repeat (< 40 s)")
-    parser.add_argument("--concurrency", default="1,16", help="comma-separated, e.g. 1,16,64 (default 1,16)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: few requests, one repeat (< 60 s)")
+    parser.add_argument("--concurrency", default="1,16,64", help="comma-separated, e.g. 1,16 (default 1,16,64)")
     parser.add_argument("--requests", type=int, help="measured requests per run (default 1000; quick 60)")
     parser.add_argument("--warmup", type=int, help="warm-up requests per run (default 100; quick 20)")
     parser.add_argument("--repeats", type=int, help="runs per (path, concurrency) (default 5; quick 1)")
-    parser.add_argument("--ledger-iterations", type=int, help="admit+settle pairs (default 3000; quick 300)")
+    parser.add_argument("--ledger-iterations", type=int,
+                        help="admit+settle pairs per ledger run, 3 runs per variant (default 5000; quick 300)")
     parser.add_argument("--json", dest="json_path", help="write every figure as JSON here")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--loadgen", help=argparse.SUPPRESS)  # internal: run as the load generator
@@ -499,7 +619,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.requests = args.requests or (60 if quick else 1000)
     args.warmup = args.warmup if args.warmup is not None else (20 if quick else 100)
     args.repeats = args.repeats or (1 if quick else 5)
-    args.ledger_iterations = args.ledger_iterations or (300 if quick else 3000)
+    args.ledger_iterations = args.ledger_iterations or (300 if quick else 5000)
     args.concurrency_list = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
     if not args.concurrency_list or min(args.concurrency_list) < 1:
         parser.error("--concurrency needs positive integers")
@@ -507,23 +627,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_benchmark(args: argparse.Namespace) -> dict:
+    started = time.perf_counter()
+    machine = machine_info()
     workdir = Path(tempfile.mkdtemp(prefix="keybrake-bench-"))
     procs = Processes(workdir)
     try:
-        print(f"ledger alone: {args.ledger_iterations} admit+settle pairs ...", flush=True)
+        print(f"ledger alone: {LEDGER_REPEATS} x 2 x {args.ledger_iterations} admit+settle pairs ...", flush=True)
         ledger = ledger_alone(workdir, args.ledger_iterations)
         fake, fake_port = start_fake_stripe(procs)
+        keybrake_forward, keybrake_baseurl = start_keybrake(procs, fake_port)
         targets = {
             "direct": Target("direct", f"http://127.0.0.1:{fake_port}", UPSTREAM_SECRET),
             "mitmproxy": start_bare_mitmproxy(procs, fake_port),
-            "keybrake": start_keybrake(procs, fake_port),
+            "keybrake": keybrake_forward,
+            "keybrake-baseurl": keybrake_baseurl,
         }
-        print(f"fake stripe :{fake_port}, mitmdump {targets['mitmproxy'].proxy}, keybrake {targets['keybrake'].proxy}; "
-              f"{args.repeats} repeats x c={args.concurrency_list} x {args.requests} requests "
-              f"(+{args.warmup} warm-up)", flush=True)
+        print(f"fake stripe :{fake_port}, mitmdump {targets['mitmproxy'].proxy}, keybrake {keybrake_forward.proxy} "
+              f"(base URL {keybrake_baseurl.base_url}); {args.repeats} repeats x c={args.concurrency_list} x "
+              f"{args.requests} requests (+{args.warmup} warm-up)", flush=True)
         runs = measure_all(targets, args.concurrency_list, args.repeats, args.requests, args.warmup, fake.pid)
         rss = {"mitmdump": rss_mib(targets["mitmproxy"].pid), "keybrake": rss_mib(targets["keybrake"].pid),
                "fake_stripe": rss_mib(fake.pid)}
+        wal = workdir / "keybrake-home" / "keybrake.db-wal"
+        keybrake_wal_mib = wal.stat().st_size / 2**20 if wal.exists() else 0.0
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -531,13 +657,14 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     ratio = ratios(summary)
     return {
         "command": " ".join([os.path.basename(PY), "scripts/bench.py", *sys.argv[1:]]),
-        "machine": machine_info(),
+        "machine": machine, "loadavg_at_end": os.getloadavg(), "wall_s": time.perf_counter() - started,
         "package_sha256_16": package_fingerprint(),
         "config": {"concurrency": args.concurrency_list, "requests": args.requests, "warmup": args.warmup,
                    "repeats": args.repeats, "workload": f"POST {ENDPOINT} {FORM_BODY} + unique Idempotency-Key"},
-        "summary": summary, "ratios": ratio, "targets": judge(summary, ratio, args.concurrency_list),
+        "summary": summary, "ratios": ratio, "targets": judge(summary, ratio, args.concurrency_list, ledger),
         "user_figures": user_figures(summary, ratio, args.concurrency_list),
-        "ledger_alone": ledger, "rss_mib": rss, "runs": runs,
+        "paired_added_p50_ms": paired_added_p50(runs, args.concurrency_list),
+        "ledger_alone": ledger, "rss_mib": rss, "keybrake_wal_mib": keybrake_wal_mib, "runs": runs,
     }
 
 
