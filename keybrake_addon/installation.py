@@ -2,7 +2,6 @@
 
 from dataclasses import dataclass
 
-from .ca import ensure_ca
 from .home import KeybrakeHome
 from .ledger.sqlite import BUSY_TIMEOUT_S, SqliteLedger
 from .vault.crypto import MasterKeyError, master_key_check
@@ -37,6 +36,8 @@ def initialise(home: KeybrakeHome) -> InitReport:
     created_home = not home.root.exists()
     home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     created_key = home.ensure_master_key()
+    from .ca import ensure_ca  # mitmproxy's certificate code: only init pays for importing it
+
     created_ca = ensure_ca(home)
     installation = open_installation(home)
     installation.close()
