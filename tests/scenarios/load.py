@@ -18,8 +18,9 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,3 +242,28 @@ def client_via_env(proxy_url: str, vault_key: str, monkeypatch) -> stripe.Stripe
 def client_via_param(proxy_url: str, vault_key: str) -> stripe.StripeClient:
     """A StripeClient bound to one proxy (HTTPS_PROXY is process-global; `proxy=` is per client)."""
     return stripe.StripeClient(vault_key, max_network_retries=0, proxy=proxy_url)
+
+
+def run_parallel(n: int, call, workers: int) -> list:
+    """call(0..n-1) over a thread pool; each result is the return value or the exception raised."""
+
+    def one(i: int):
+        try:
+            return call(i)
+        except Exception as error:  # noqa: BLE001 - the test inspects every outcome
+            return error
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scenario") as pool:
+        futures = [pool.submit(one, i) for i in range(n)]
+        return [f.result(timeout=300) for f in futures]  # bounded: a hang fails the test
+
+
+@contextmanager
+def ledger(home: Path) -> Iterator[sqlite3.Connection]:
+    """A connection of our own to the ledger (WAL: a reader never blocks the proxy), closed after use."""
+    db = sqlite3.connect(home / "keybrake.db", timeout=30, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    try:
+        yield db
+    finally:
+        db.close()

@@ -11,11 +11,7 @@ reservations number the calls while the audit rows number the attempts the vendo
 """
 
 import random
-import sqlite3
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,6 +20,8 @@ import stripe
 from e2e.helpers import REAL_SECRET, keybrake, keybrake_json
 from keybrake_addon.fakes.fake_stripe import FakeStripe
 from keybrake_addon.proxy_process import ProxyProcess
+
+from .load import ledger, run_parallel
 
 CALLS = 500
 WORKERS = 50
@@ -34,29 +32,6 @@ MICROS_PER_CENT = 10_000  # 1 USD = 1_000_000 micros = 100 cents
 PI = {"amount": AMOUNT_CENTS, "currency": "usd", "confirm": True, "payment_method": "pm_card_visa"}
 
 
-def run_parallel(n: int, call, workers: int) -> list:
-    """call(0..n-1) over a thread pool; each result is the return value or the exception raised."""
-
-    def one(i: int):
-        try:
-            return call(i)
-        except Exception as error:  # noqa: BLE001 - the test inspects every outcome
-            return error
-
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="storm") as pool:
-        futures = [pool.submit(one, i) for i in range(n)]
-        return [f.result(timeout=300) for f in futures]  # bounded: a hang fails the test
-
-
-@contextmanager
-def ledger(home: Path) -> Iterator[sqlite3.Connection]:
-    """A connection of our own to the ledger (WAL: a reader never blocks the proxy), closed after use."""
-    db = sqlite3.connect(home / "keybrake.db", timeout=30, isolation_level=None)
-    db.row_factory = sqlite3.Row
-    try:
-        yield db
-    finally:
-        db.close()
 
 
 def wait_until_settled(home: Path, key_id: str, timeout_s: float = 30.0) -> int:
