@@ -389,9 +389,15 @@ def test_lock_held_across_a_settlement_keeps_the_hold_counted(home, tmp_path, mo
             caller.join(timeout=60)
             time.sleep(1.0)  # well past the busy timeout the settlement waits for
             blocker.execute("ROLLBACK")
-            time.sleep(1.0)  # would a settlement be retried once the lock is free?
-            with ledger(home) as db:
-                hold = db.execute("SELECT * FROM reservations WHERE key_id = ?", (key_id,)).fetchone()
+            # The gate retries a settlement while the ledger is unavailable (0.2, 0.5, 1, 2 s, ...):
+            # give those retries time to land now that the lock is free.
+            deadline = time.monotonic() + 10
+            while True:
+                with ledger(home) as db:
+                    hold = db.execute("SELECT * FROM reservations WHERE key_id = ?", (key_id,)).fetchone()
+                if hold["state"] == "settled" or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             counters = key_counters(home, key_id)
             log = proxy.log_text()
             assert outcome(result[0]) == OK  # the worker got its PaymentIntent
