@@ -180,3 +180,25 @@ def test_a_pending_hold_of_a_dead_proxy_run_is_reported_unknown(tmp_path):
     key = ledger.get_key("kbk_test")
     assert (key.reserved_micros, key.unknown_micros) == (20 * USD, 10 * USD)  # both counted, one unknown
     assert [r["state"] for r in ledger.open_reservations("kbk_test")] == ["pending", "unknown"]
+
+
+def test_a_never_waiting_connection_still_opens_while_another_process_briefly_writes(tmp_path):
+    # Several proxies starting on one home at once: opening checks the schema, which needs the
+    # write lock for a moment, even for the gate's connection that must never wait afterwards.
+    from keybrake_addon.ledger.base import LedgerBusy
+
+    path = tmp_path / "l.db"
+    make_ledger(path, total=100 * USD).close()
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, lambda: blocker.execute("ROLLBACK"))
+    release.start()
+    ledger = SqliteLedger(path, busy_timeout_s=0)
+    release.join()
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(LedgerBusy):  # once open, it does not wait for the lock
+            admit(ledger, 10)
+    finally:
+        blocker.execute("ROLLBACK")
+    assert admit(ledger, 10).allowed

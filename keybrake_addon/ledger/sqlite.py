@@ -61,8 +61,12 @@ class SqliteStore:
         self.path = Path(path)
         self._lock = threading.Lock()
         try:
+            # Opening may create or check the schema, which needs the write lock for a moment; a
+            # connection meant never to wait (busy_timeout_s=0) must still wait for that, or starting
+            # several proxies on one home at once fails at random.
             self._db = sqlite3.connect(
-                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+                self.path, timeout=max(busy_timeout_s, BUSY_TIMEOUT_S), isolation_level=None,
+                check_same_thread=False,
             )
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -83,6 +87,7 @@ class SqliteStore:
                 # and fsyncs, inside the request that happened to commit. Checkpointing on a thread
                 # of its own keeps that off the request path; the high threshold is only a backstop.
                 self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
+            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         except sqlite3.Error as error:
             raise LedgerUnavailable(f"cannot open the ledger at {self.path}: {error}") from error
 
