@@ -15,9 +15,9 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 
 from .api.vault_api import ApiRequest, VaultApi
-from .gate import Decision, Gate, Ticket
+from .gate import UNAVAILABLE_RETRY_AFTER_S, Decision, Gate, Ticket
+from .gate_opener import GateOpener
 from .home import KeybrakeHome
-from .installation import open_installation
 from .pricing import PricingError, load_pricing
 from .vendors import VENDORS, vendor_for_host
 from .vendors.base import Refusal, RefusalKind, RenderedResponse, VendorRequest, VendorResponse
@@ -48,6 +48,7 @@ class Keybrake:
     def __init__(self) -> None:
         self.gate: Gate | None = None
         self.api: VaultApi | None = None
+        self._opener: GateOpener | None = None
         self.upstreams: dict[str, tuple[str, str, int, str]] = {}
 
     def load(self, loader) -> None:
@@ -66,14 +67,26 @@ class Keybrake:
             home = KeybrakeHome.resolve(ctx.options.keybrake_home)
             try:
                 pricing = load_pricing(home.pricing_file)
-                installation = open_installation(home, busy_timeout_s=ctx.options.keybrake_db_busy_timeout,
-                                                 background_checkpoints=True)
+                opener = GateOpener(home, pricing, ctx.options.keybrake_db_busy_timeout)
+                gate = opener.open_or_wait()
             except (PricingError, OSError, ValueError) as error:
                 raise exceptions.OptionsError(str(error)) from None
             if self.gate is not None:
                 self.gate.close()
-            self.gate = Gate(installation, pricing)
-            self.api = VaultApi(installation, self.gate.run_in_db)
+            self._opener = opener
+            self._use(gate)
+
+    def _use(self, gate: Gate | None) -> None:
+        self.gate = gate
+        self.api = VaultApi(gate.installation, gate.run_in_db) if gate is not None else None
+
+    async def _ready_gate(self) -> Gate | None:
+        """The gate, opening it first if the ledger could not be opened so far."""
+        if self.gate is None and self._opener is not None:
+            gate = await self._opener.open_when_due()
+            if gate is not None and self.gate is None:
+                self._use(gate)
+        return self.gate
 
     async def done(self) -> None:
         if self.gate is not None:
@@ -125,9 +138,10 @@ class Keybrake:
         await self._gate(flow, vendor)
 
     async def _serve_vault_api(self, flow: http.HTTPFlow) -> None:
-        if self.api is None:
-            self._refuse(flow, RenderedResponse(503, {"content-type": "application/json", "retry-after": "5"},
-                                                b'{"error": {"code": "unavailable", "message": "not configured"}}'))
+        if await self._ready_gate() is None:
+            self._refuse(flow, RenderedResponse(503, {"content-type": "application/json", "retry-after": "2"},
+                                                json.dumps({"error": {"code": "unavailable",
+                                                                      "message": self._not_ready_reason()}}).encode()))
             return
         request = flow.request
         path, _, _ = request.path.partition("?")
@@ -141,15 +155,22 @@ class Keybrake:
     async def _gate(self, flow: http.HTTPFlow, vendor) -> None:
         for name in [n for n in flow.request.headers if n.lower().startswith(KEYBRAKE_HEADER_PREFIX)]:
             del flow.request.headers[name]
-        if self.gate is None:
-            self._refuse(flow, vendor.render_refusal(Refusal(RefusalKind.UNAVAILABLE, "Keybrake is not configured.",
-                                                             retry_after_s=5)))
+        gate = await self._ready_gate()
+        if gate is None:
+            self._refuse(flow, vendor.render_refusal(Refusal(RefusalKind.UNAVAILABLE, self._not_ready_reason(),
+                                                             retry_after_s=UNAVAILABLE_RETRY_AFTER_S)))
             return
-        decision = await self.gate.check(vendor, _vendor_request(flow))
+        decision = await gate.check(vendor, _vendor_request(flow))
         if decision.refusal is not None:
             self._refuse(flow, decision.refusal)
             return
         self._forward(flow, vendor, decision)
+
+    def _not_ready_reason(self) -> str:
+        if self._opener is None:
+            return "Keybrake is not configured (no home)."
+        return ("Keybrake cannot open its ledger, so it forwarded nothing. Retrying is safe. "
+                "The proxy log says why.")
 
     def _forward(self, flow: http.HTTPFlow, vendor, decision: Decision) -> None:
         flow.metadata[TICKET] = decision.ticket

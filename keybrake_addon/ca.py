@@ -36,3 +36,6 @@ def _link_for_mitmproxy(home: KeybrakeHome) -> None:
     if not link.is_symlink():
         link.unlink(missing_ok=True)
         link.symlink_to(home.ca_key)
+    # mitmproxy writes its DH parameters here on first start unless they exist: writing them now
+    # lets a proxy start on a home whose volume is (for now) read-only.
+    mitm_certs.CertStore.load_dhparam(home.mitmproxy_confdir / "mitmproxy-dhparam.pem")

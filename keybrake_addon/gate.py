@@ -90,12 +90,20 @@ class Gate:
         self._ledger = installation.ledger
         self._vault = installation.vault
         self._pricing = pricing
-        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keybrake-ledger")
         self._no_wait_ledger = SqliteLedger(installation.home.database, busy_timeout_s=0,
                                             background_checkpoints=True)
-        self._housekeeper = Housekeeper(installation.home.database)
+        try:
+            self._housekeeper = Housekeeper(installation.home.database)
+        except LedgerUnavailable:
+            self._no_wait_ledger.close()
+            raise
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keybrake-ledger")
         self._unsettled: set[asyncio.Future] = set()
         self._busy_until = 0.0  # monotonic time until which a busy ledger fails fast
+
+    @property
+    def installation(self) -> Installation:
+        return self._installation
 
     def close(self) -> None:
         self._db_thread.shutdown(wait=True)

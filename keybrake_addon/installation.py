@@ -39,6 +39,9 @@ def initialise(home: KeybrakeHome) -> InitReport:
     from .ca import ensure_ca  # mitmproxy's certificate code: only init pays for importing it
 
     created_ca = ensure_ca(home)
+    from .worker_env import ca_bundle
+
+    ca_bundle(home)  # written now, so a proxy can later start on a read-only home
     installation = open_installation(home)
     installation.close()
     return InitReport(created_home, created_key, created_ca)

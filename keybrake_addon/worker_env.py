@@ -14,12 +14,20 @@ def ca_bundle(home: KeybrakeHome) -> str:
     bundle = home.certs / "keybrake-ca-bundle.pem"
     wanted = open(certifi.where(), "rb").read() + b"\n" + home.ca_cert.read_bytes()
     if not bundle.exists() or bundle.read_bytes() != wanted:
-        bundle.write_bytes(wanted)
+        try:
+            bundle.write_bytes(wanted)
+        except OSError:
+            if not bundle.exists():
+                raise
+            # A read-only home keeps the bundle it has: older public roots, the same Keybrake CA.
     return str(bundle)
 
 
 def env_lines(home: KeybrakeHome, proxy_url: str) -> list[str]:
-    bundle = ca_bundle(home)
+    try:
+        bundle = ca_bundle(home)
+    except OSError as error:
+        bundle = f"<not written: {error.strerror}; run `keybrake env` once {home.certs} is writable>"
     return [
         f"export HTTPS_PROXY={proxy_url}",
         f"export HTTP_PROXY={proxy_url}  # twilio-node reads only this one",

@@ -1,13 +1,37 @@
 """`keybrake`: dollar caps, endpoint allowlists and an audit trail for vendor API keys."""
 
+from importlib import import_module
+
 import click
 
 from .. import __version__
 from ..home import KeybrakeHome
-from . import admin, pricing, reconcile, reports, setup, vault
+
+# Each command's module is imported only when that command runs (or --help lists them all):
+# `keybrake audit` in a script must not pay for mitmproxy, cryptography and the HTTP client.
+COMMAND_MODULES = {
+    "init": "setup", "env": "setup", "proxy": "setup", "demo": "setup",
+    "secret": "vault", "issue": "vault", "keys": "vault", "revoke": "vault",
+    "audit": "reports", "spend": "reports",
+    "pricing": "pricing",
+    "admin-token": "admin",
+    "reconcile": "reconcile",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyCommands(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        module_name = COMMAND_MODULES.get(name)
+        if module_name is None:
+            return None
+        module = import_module(f"{__package__}.{module_name}")
+        return next(command for command in module.COMMANDS if command.name == name)
+
+
+@click.group(cls=LazyCommands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--home", "home", envvar="KEYBRAKE_HOME", type=click.Path(file_okay=False),
               help="The Keybrake home (database, master key, CA). Default: $KEYBRAKE_HOME or ~/.keybrake.")
 @click.version_option(__version__, prog_name="keybrake")
@@ -20,7 +44,3 @@ def cli(ctx: click.Context, home: str | None) -> None:
     `keybrake secret set stripe`, then hand workers keys from `keybrake issue`.
     """
     ctx.obj = KeybrakeHome.resolve(home)
-
-
-for command in (*setup.COMMANDS, *vault.COMMANDS, *reports.COMMANDS, *pricing.COMMANDS, *admin.COMMANDS, *reconcile.COMMANDS):
-    cli.add_command(command)

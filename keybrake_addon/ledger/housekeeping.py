@@ -16,10 +16,14 @@ import threading
 import uuid
 from pathlib import Path
 
+from .base import LedgerUnavailable
+from .sqlite import BUSY_TIMEOUT_S
 from .times import to_text, utc_now
 
 CHECKPOINT_INTERVAL_S = 0.25
 HEARTBEAT_INTERVAL_S = 2.0
+RESTART_AFTER_FRAMES = 4_000  # ~16 MB of WAL (4 KiB pages)
+RESTART_WAIT_MS = 50
 
 
 class Housekeeper:
@@ -27,19 +31,22 @@ class Housekeeper:
         self.run_id = uuid.uuid4().hex[:16]
         self._database = database
         self._stopping = threading.Event()
-        db = self._connect()
         try:
-            now = to_text(utc_now())
-            db.execute("INSERT INTO proxy_runs (run_id, pid, host, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?)",
-                       (self.run_id, os.getpid(), socket.gethostname(), now, now))
-            _reap_dead_local_runs(db)
-        finally:
-            db.close()
+            db = self._connect(timeout_s=BUSY_TIMEOUT_S)  # several proxies may be starting at once
+            try:
+                now = to_text(utc_now())
+                db.execute("INSERT INTO proxy_runs (run_id, pid, host, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?)",
+                           (self.run_id, os.getpid(), socket.gethostname(), now, now))
+                _reap_dead_local_runs(db)
+            finally:
+                db.close()
+        except sqlite3.Error as error:
+            raise LedgerUnavailable(f"cannot register this proxy run in {database}: {error}") from error
         self._thread = threading.Thread(target=self._run, name="keybrake-housekeeping", daemon=True)
         self._thread.start()
 
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self._database, timeout=1.0, isolation_level=None, check_same_thread=False)
+    def _connect(self, timeout_s: float = 1.0) -> sqlite3.Connection:
+        return sqlite3.connect(self._database, timeout=timeout_s, isolation_level=None, check_same_thread=False)
 
     def _run(self) -> None:
         db = self._connect()
@@ -49,7 +56,9 @@ class Housekeeper:
             while not self._stopping.wait(CHECKPOINT_INTERVAL_S):
                 tick += 1
                 try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    _, wal_frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if wal_frames >= RESTART_AFTER_FRAMES:
+                        self._restart_wal(db)
                     if tick % beats_every == 0:
                         db.execute("UPDATE proxy_runs SET heartbeat_at = ? WHERE run_id = ?",
                                    (to_text(utc_now()), self.run_id))
@@ -58,6 +67,19 @@ class Housekeeper:
                     pass  # busy or failing: the next round tries again (the auto-checkpoint is a backstop)
         finally:
             db.close()
+
+    @staticmethod
+    def _restart_wal(db: sqlite3.Connection) -> None:
+        # Under steady load every PASSIVE checkpoint ends with newer frames still unbackfilled, so
+        # SQLite never rewinds the WAL: it would grow to the auto-checkpoint backstop and one
+        # unlucky request would pay a large inline checkpoint. RESTART (nearly all frames are
+        # backfilled already, so it is short) makes the next writer start the WAL from its head.
+        # It holds writers for its duration; their transactions move to the gate's DB thread.
+        db.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
+        try:
+            db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        finally:
+            db.execute("PRAGMA busy_timeout=1000")
 
     def stop(self) -> None:
         self._stopping.set()

@@ -356,24 +356,23 @@ class SqliteLedger(SqliteStore):
              amount_minor, currency, call.idempotency_key, reservation_id, message),
         ).lastrowid
 
-    def settle(self, request: SettleRequest) -> KeyRecord | None:
+    def settle(self, request: SettleRequest) -> None:
         """Apply a response to its reservation and complete the audit row. Idempotent per reservation."""
         now = utc_now()
         with self.transaction() as db:
             reservation = db.execute("SELECT * FROM reservations WHERE id = ?", (request.reservation_id,)).fetchone()
             if reservation is None:
-                return None
+                return
             call_actual = 0
-            key_row = None
             outcome = request.resolution.value
             first_object = request.object_ids[0] if request.object_ids else None
             if reservation["state"] in OPEN_STATES and request.resolution is not Resolution.LEAVE:
                 held = reservation["reserved_micros"]
                 if request.resolution is Resolution.SETTLE:
                     call_actual = held if request.actual_micros is None else request.actual_micros
-                    key_row = move_money(db, reservation, spent=call_actual, reserved=-held)
+                    move_money(db, reservation, spent=call_actual, reserved=-held)
                 elif request.resolution is Resolution.RELEASE:
-                    key_row = move_money(db, reservation, spent=0, reserved=-held)
+                    move_money(db, reservation, spent=0, reserved=-held)
                 closed = request.resolution is not Resolution.UNKNOWN
                 db.execute(
                     "UPDATE reservations SET state = ?, actual_micros = ?, object_id = COALESCE(?, object_id), "
@@ -394,9 +393,6 @@ class SqliteLedger(SqliteStore):
                  request.vendor_request_id, request.amount_minor, request.currency, int(request.replayed),
                  round(request.duration_ms, 3), request.error, request.audit_id),
             )
-            if key_row is None:
-                key_row = db.execute("SELECT * FROM vault_keys WHERE key_id = ?", (reservation["key_id"],)).fetchone()
-            return _key_from_row(key_row, utc_day(now))
 
     # --- reports ------------------------------------------------------------------------------
 
@@ -469,8 +465,8 @@ def _same_attempt(reservation: sqlite3.Row, endpoint: str, at: datetime) -> bool
     return reservation["endpoint"] == endpoint and from_text(reservation["created_at"]) > at - IDEMPOTENCY_MEMORY
 
 
-def move_money(db: sqlite3.Connection, reservation: sqlite3.Row, *, spent: int, reserved: int) -> sqlite3.Row:
-    """Shift a reservation's amounts between reserved and spent, and return the key's row.
+def move_money(db: sqlite3.Connection, reservation: sqlite3.Row, *, spent: int, reserved: int) -> None:
+    """Shift a reservation's amounts between reserved and spent on the key's counters.
 
     The daily counters move only while the key's current day is the reservation's day: a hold
     from an earlier day no longer counts against today's cap.
@@ -480,7 +476,6 @@ def move_money(db: sqlite3.Connection, reservation: sqlite3.Row, *, spent: int, 
         "day_spent_micros = day_spent_micros + CASE WHEN day = ? THEN ? ELSE 0 END, "
         "day_reserved_micros = day_reserved_micros + CASE WHEN day = ? THEN ? ELSE 0 END WHERE key_id = ?",
         (spent, reserved, reservation["day"], spent, reservation["day"], reserved, reservation["key_id"]))
-    return db.execute("SELECT * FROM vault_keys WHERE key_id = ?", (reservation["key_id"],)).fetchone()
 
 
 @lru_cache(maxsize=1024)

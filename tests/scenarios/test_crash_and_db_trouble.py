@@ -505,63 +505,56 @@ def test_disk_full_refuses_then_recovers_when_space_returns(tiny_fs, tmp_path, m
                    refusals_while_recovering=refusals_while_recovering)
 
 
-def test_read_only_filesystem_refuses_then_recovers(tiny_fs, tmp_path, monkeypatch, figures):
-    home = home_on(tiny_fs)
-    key = issue_key(home)
+@pytest.fixture
+def read_only_view(tmp_path):
+    """(writable dir, a read-only bind mount of it), always unmounted afterwards."""
+    writable, view = tmp_path / "rw", tmp_path / "ro-view"
+    writable.mkdir()
+    view.mkdir()
+    if _run("mount", "--bind", str(writable), str(view)).returncode != 0:
+        pytest.skip("cannot bind-mount here (needs root and mount rights)")
+    try:
+        remounted = _run("mount", "-o", "remount,bind,ro", str(view))
+        assert remounted.returncode == 0, remounted.stderr
+        yield writable, view
+    finally:
+        if _run("umount", str(view)).returncode != 0:
+            _run("umount", "-l", str(view))
+
+
+def test_read_only_volume_refuses_then_recovers_when_writable(read_only_view, tmp_path, monkeypatch, figures):
+    """The proxy starts on a home whose volume is mounted read-only, then the volume turns writable.
+
+    Why at start: Linux refuses to remount a filesystem read-only while a process holds a file
+    on it open for writing (EBUSY), and SQLite holds the database open read-write for the
+    proxy's lifetime, so "read-only under a running proxy" cannot be produced honestly here.
+    A read-only volume at start is the case operators meet (a mis-mounted volume), and the
+    kernel's EROFS reaches SQLite for real.
+    """
+    writable, view = read_only_view
+    key = issue_key(home_on(writable))
+    home = view / "home"  # the same home, seen through the read-only mount
     with FakeStripe(secret=REAL_SECRET) as fake:
         proxy = ProxyProcess(home=home, upstreams=(f"stripe={fake.url}",), log_path=tmp_path / "proxy.log").start()
-        read_only = False
         try:
-            use_proxy(monkeypatch, home, proxy)
+            use_proxy(monkeypatch, writable / "home", proxy)  # `keybrake env` writes the CA bundle
             client = stripe.StripeClient(key["vault_key"], max_network_retries=0)
-            assert outcome(_try(lambda: client.v1.payment_intents.create(params=PI))) == OK
-            assert wait_until_settled(home, key["key_id"]) == 0
-            # The honest injections, tried in turn. Linux refuses to remount a filesystem read-only
-            # while a process holds a file open for writing (EBUSY), and SQLite holds the database,
-            # WAL and shm open read-write for the proxy's lifetime; `chattr +i` (tmpfs has it since
-            # Linux 6.0) blocks new opens for writing but not writes through descriptors already open.
-            remount = _run("mount", "-o", "remount,ro", str(tiny_fs))
-            if remount.returncode != 0:
-                probe = _immutable_still_writable(tiny_fs)
-                pytest.skip(
-                    "no honest read-only injection under a running proxy here: `mount -o remount,ro` "
-                    f"refused ({remount.stderr.strip().splitlines()[0]}) because the proxy holds the "
-                    f"database open for writing; chattr +i: {probe}. Needs a package hook (see the report).")
-            read_only = True
-            hits = fake.hits
             during, _ = timed_batch(client, TROUBLE_CALLS, TROUBLE_WORKERS)
-            hits_during = fake.hits - hits
-            assert _run("mount", "-o", "remount,rw", str(tiny_fs)).returncode == 0
-            read_only = False
-            recovery_s, refusals_while_recovering = wait_for_recovery(client)
+            hits_during = fake.hits
             assert proxy.process.poll() is None
+            assert _run("mount", "-o", "remount,bind,rw", str(view)).returncode == 0  # the trouble ends
+            recovery_s, refusals_while_recovering = wait_for_recovery(client)
+            after, _ = timed_batch(client, TROUBLE_CALLS, TROUBLE_WORKERS)
             assert_books_exact(home, key["key_id"], fake)
+            moved = fake.money_moved_minor
         finally:
-            if read_only:
-                _run("mount", "-o", "remount,rw", str(tiny_fs))
             proxy.stop()
+    log = proxy.log_text()
     assert during == [REFUSED] * TROUBLE_CALLS, during
     assert hits_during == 0
-    figures.record("db_read_only", refusals_during_trouble=during.count(REFUSED), fake_hits_during_trouble=hits_during,
-                   seconds_to_recover=round(recovery_s, 2), refusals_while_recovering=refusals_while_recovering)
-
-
-def _immutable_still_writable(fs: Path) -> str:
-    """Whether `chattr +i` stops writes through an already-open descriptor (as SQLite's are)."""
-    probe = fs / "immutable-probe"
-    fd = os.open(probe, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, b"x")
-        flagged = _run("chattr", "+i", str(probe))
-        if flagged.returncode != 0:
-            return f"unsupported ({flagged.stderr.strip()})"
-        try:
-            os.write(fd, b"y")
-            return "set, yet a write through an already-open descriptor still succeeded"
-        except OSError as error:
-            return f"set, and a write through an open descriptor failed ({error}): usable, but not wired in"
-        finally:
-            _run("chattr", "-i", str(probe))
-    finally:
-        os.close(fd)
-        probe.unlink(missing_ok=True)
+    assert after == [OK] * TROUBLE_CALLS
+    assert moved == (TROUBLE_CALLS + 1) * AMOUNT_CENTS
+    assert "cannot open the ledger yet" in log and "the ledger is open now" in log
+    figures.record("db_read_only", calls_during_trouble=TROUBLE_CALLS, refusals_during_trouble=during.count(REFUSED),
+                   fake_hits_during_trouble=hits_during, seconds_to_recover=round(recovery_s, 2),
+                   refusals_while_recovering=refusals_while_recovering)
