@@ -22,7 +22,10 @@ from .times import to_text, utc_now
 
 CHECKPOINT_INTERVAL_S = 0.25
 HEARTBEAT_INTERVAL_S = 2.0
-RESTART_AFTER_FRAMES = 4_000  # ~16 MB of WAL (4 KiB pages)
+# ~50 MB of WAL (2 KiB pages), under the 80 MB backstop. A RESTART stalls writers for its fsync
+# (5-25 ms here), so it should be rare; but it stalls only writers, off the event loop, where the
+# backstop's inline checkpoint stalls the whole loop.
+RESTART_AFTER_FRAMES = 25_000
 RESTART_WAIT_MS = 50
 
 

@@ -36,12 +36,13 @@ from .schema import SCHEMA, SCHEMA_VERSION
 from .times import from_text, to_text, utc_day, utc_now
 
 BUSY_TIMEOUT_S = 5.0
+PAGE_SIZE = 2048
 RUN_GONE_AFTER = timedelta(seconds=10)  # a proxy run silent this long is dead (it beats every 2 s)
 # A hold whose outcome nobody will report: the vendor answered 5xx or the connection died
 # ('unknown'), or the proxy run that made it stopped beating with it still pending.
 _UNKNOWN = ("(r.state = 'unknown' OR (r.state = 'pending' AND (r.run_id IS NULL OR r.run_id IN "
             "(SELECT run_id FROM proxy_runs WHERE stopped_at IS NOT NULL OR heartbeat_at < ?))))")
-BACKSTOP_CHECKPOINT_PAGES = 20_000  # ~80 MB of WAL, reached only if the checkpoint thread stalls
+BACKSTOP_CHECKPOINT_PAGES = 40_000  # ~80 MB of WAL, reached only if the checkpoint thread stalls
 _ADMIT_LOOKUP = (
     "SELECT k.*, s.nonce, s.ciphertext, s.account_sid, s.auth_user FROM vault_keys k "
     "LEFT JOIN secrets s ON s.vendor = k.vendor AND s.name = k.secret_name WHERE k.key_hash = ?"
@@ -69,6 +70,10 @@ class SqliteStore:
                 check_same_thread=False,
             )
             self._db.row_factory = sqlite3.Row
+            # Only a new database takes it. Every commit writes each page it touched into the WAL in
+            # full; a call touches ~6 small rows and index entries, so 2 KiB pages halve the bytes
+            # written per call (+7% reservations/s measured; see BENCHMARKS.md).
+            self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode survives a process crash; only an OS crash may lose the last commits.
             self._db.execute("PRAGMA synchronous=NORMAL")
