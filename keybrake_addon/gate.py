@@ -38,6 +38,7 @@ from .vault.crypto import MasterKeyError
 from .vault.vault_keys import hash_vault_key, is_vault_key_shaped
 from .vendors.base import (
     CostEstimate,
+    CredentialEndpoint,
     MalformedRequest,
     PricingBasis,
     Refusal,
@@ -310,3 +311,6 @@ def _estimate(vendor: ModuleType, request: VendorRequest, pricing: Pricing) -> t
         return None, Refusal(RefusalKind.UNPRICED, f"Keybrake cannot price {request.method} {request.path}: {error}.")
     except MalformedRequest as error:
         return None, Refusal(RefusalKind.INVALID_REQUEST, f"Keybrake could not price this call: {error}.")
+    except CredentialEndpoint as error:
+        return None, Refusal(RefusalKind.CREDENTIAL_ENDPOINT,
+                             f"Keybrake never forwards {request.method} {request.path}: {error}.")

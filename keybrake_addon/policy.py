@@ -37,10 +37,13 @@ def account_refusal(key: KeyRecord, secret: SealedSecret | None, account_ref: st
                    f"{secret.account_sid if secret else 'unknown'}, not {account_ref}.")
 
 
-def cap_refusal(key: KeyRecord, cost_micros: int) -> Refusal | None:
-    """Whether reserving `cost_micros` more would break a cap. `key` holds the current totals."""
+def cap_refusal(key: KeyRecord, cost_micros: int, *, new_call: bool = True) -> Refusal | None:
+    """Whether reserving `cost_micros` more would break a cap. `key` holds the current totals.
+
+    new_call=False: more money for a call already counted (a retry), so max_calls does not apply.
+    """
     spec = key.spec
-    if spec.max_calls is not None and key.calls + 1 > spec.max_calls:
+    if new_call and spec.max_calls is not None and key.calls + 1 > spec.max_calls:
         return Refusal(RefusalKind.MAX_CALLS_EXCEEDED,
                        f"Keybrake cap reached for vault key {key.key_id}{_label(key)}: "
                        f"it allows {spec.max_calls} calls and has made {key.calls}.")

@@ -202,3 +202,56 @@ def test_a_never_waiting_connection_still_opens_while_another_process_briefly_wr
     finally:
         blocker.execute("ROLLBACK")
     assert admit(ledger, 10).allowed
+
+
+def money(ledger) -> tuple[int, int]:
+    key = ledger.get_key("kbk_test")
+    return key.spent_micros // USD, key.reserved_micros // USD
+
+
+def test_a_retry_after_a_released_first_attempt_is_reserved_and_capped_again(tmp_path):
+    # The vendor saved no result for a refused first attempt, so the retry runs for real.
+    ledger = make_ledger(tmp_path / "l.db", total=60 * USD)
+    first = admit(ledger, 50, idem="order-1")
+    settle(ledger, first, Resolution.RELEASE)  # e.g. a 400 before the vendor ran it
+    assert money(ledger) == (0, 0)
+    too_big = admit(ledger, 10_000, idem="order-1")
+    assert too_big.refusal is not None and too_big.refusal.kind is RefusalKind.CAP_EXCEEDED
+    retry = admit(ledger, 50, idem="order-1")
+    assert retry.allowed and retry.reservation_id == first.reservation_id and retry.created_reservation
+    assert money(ledger) == (0, 50)
+    settle(ledger, retry, Resolution.SETTLE, 50, "pi_1")
+    assert money(ledger) == (50, 0)
+    assert ledger.get_key("kbk_test").calls == 1  # still one call
+
+
+def test_a_retry_that_costs_more_than_its_hold_tops_it_up_under_the_cap(tmp_path):
+    ledger = make_ledger(tmp_path / "l.db", total=100 * USD)
+    first = admit(ledger, 50, idem="order-1")
+    settle(ledger, first, Resolution.UNKNOWN)  # a 5xx: the vendor may or may not have run it
+    refused = admit(ledger, 200, idem="order-1")
+    assert refused.refusal is not None and refused.refusal.kind is RefusalKind.CAP_EXCEEDED
+    bigger = admit(ledger, 80, idem="order-1")
+    assert bigger.allowed and bigger.reservation_id == first.reservation_id and bigger.reserved_micros == 30 * USD
+    assert money(ledger) == (0, 80)
+    smaller = admit(ledger, 20, idem="order-1")
+    assert smaller.allowed and smaller.reserved_micros == 0  # the hold already covers it
+    settle(ledger, bigger, Resolution.SETTLE, 80, "pi_1")
+    assert money(ledger) == (80, 0)
+
+
+def test_a_retry_answered_after_the_first_attempt_was_released_is_still_counted(tmp_path):
+    # The retry attached while the first attempt's hold was open; the first attempt's release
+    # landed before the retry's answer. The retry's charge must still count.
+    ledger = make_ledger(tmp_path / "l.db", total=100 * USD)
+    first = admit(ledger, 50, idem="order-1")
+    retry = admit(ledger, 50, idem="order-1")
+    assert retry.allowed and not retry.created_reservation
+    settle(ledger, first, Resolution.RELEASE)
+    settle(ledger, retry, Resolution.SETTLE, 50, "pi_1")
+    assert money(ledger) == (50, 0)
+    other = admit(ledger, 50, idem="order-2")
+    third = admit(ledger, 50, idem="order-2")
+    settle(ledger, other, Resolution.RELEASE)
+    settle(ledger, third, Resolution.UNKNOWN)  # its connection died: the hold counts again
+    assert money(ledger) == (50, 50)

@@ -285,7 +285,8 @@ class SqliteLedger(SqliteStore):
             idempotency_key = call.idempotency_key
             if idempotency_key is not None:
                 existing = db.execute(
-                    "SELECT id, endpoint, created_at FROM reservations WHERE key_id = ? AND idempotency_key = ?",
+                    "SELECT id, endpoint, created_at, state, day, reserved_micros, key_id FROM reservations "
+                    "WHERE key_id = ? AND idempotency_key = ?",
                     (key.key_id, idempotency_key),
                 ).fetchone()
                 if existing is not None and not _same_attempt(existing, endpoint, call.at):
@@ -293,9 +294,7 @@ class SqliteLedger(SqliteStore):
                     # move money of its own, so it gets a reservation of its own (never attachable).
                     existing, idempotency_key = None, None
                 if existing is not None:
-                    # A retry of a call already reserved: it must not be counted twice.
-                    audit_id = self._insert_audit(db, call, key, "allowed", 0, existing["id"], None)
-                    return Admission(audit_id, None, key=key, reservation_id=existing["id"], secret=secret)
+                    return self._admit_retry(db, request, key, secret, estimate, existing)
 
             cost, basis, refusal = self._resolve_cost(db, key, estimate)
             if refusal is None:
@@ -318,6 +317,49 @@ class SqliteLedger(SqliteStore):
                                           currency=estimate.currency if estimate else None)
             return Admission(audit_id, None, key=key, reservation_id=reservation_id, created_reservation=True,
                              reserved_micros=cost, basis=basis, secret=secret)
+
+    def _admit_retry(self, db: sqlite3.Connection, request: AdmitRequest, key: KeyRecord,
+                     secret: SealedSecret | None, estimate: CostEstimate | None,
+                     existing: sqlite3.Row) -> Admission:
+        """A retry of a call already reserved (same key, endpoint and Idempotency-Key).
+
+        It must not be counted twice, nor slip past the cap: a vendor that saved no result for
+        the first attempt (refused before it ran, or never reached) runs the retry for real.
+        - released (the first attempt moved no money): the hold opens again, checked like a new call;
+        - pending or unknown: attached, topped up under the caps if the retry costs more;
+        - settled: attached (the vendor replays the saved result, or refuses other parameters).
+        """
+        call = request.call
+        state = existing["state"]
+        if state == "settled":
+            audit_id = self._insert_audit(db, call, key, "allowed", 0, existing["id"], None)
+            return Admission(audit_id, None, key=key, reservation_id=existing["id"], secret=secret)
+        cost, basis, refusal = self._resolve_cost(db, key, estimate)
+        reopen = state == "released"
+        extra = cost if reopen else max(0, cost - existing["reserved_micros"])
+        if refusal is None and extra:
+            refusal = policy.cap_refusal(key, extra, new_call=False)
+        if refusal is not None:
+            return Admission(self._insert_refusal(db, call, refusal, key), refusal, key=key)
+        if reopen:
+            day = utc_day(call.at)
+            db.execute("UPDATE reservations SET state = 'pending', reserved_micros = ?, day = ?, run_id = ?, "
+                       "actual_micros = NULL, settled_at = NULL, estimated = 0 WHERE id = ?",
+                       (cost, day, request.run_id, existing["id"]))
+            db.execute(
+                "UPDATE vault_keys SET reserved_micros = reserved_micros + ?, "
+                "day_spent_micros = CASE WHEN day = ? THEN day_spent_micros ELSE 0 END, "
+                "day_reserved_micros = CASE WHEN day = ? THEN day_reserved_micros ELSE 0 END + ?, day = ? "
+                "WHERE key_id = ?", (cost, day, day, cost, day, key.key_id))
+        elif extra:
+            db.execute("UPDATE reservations SET reserved_micros = reserved_micros + ? WHERE id = ?",
+                       (extra, existing["id"]))
+            move_money(db, existing, spent=0, reserved=extra)
+        audit_id = self._insert_audit(db, call, key, "allowed", extra, existing["id"], None,
+                                      amount_minor=estimate.amount_minor if estimate else None,
+                                      currency=estimate.currency if estimate else None)
+        return Admission(audit_id, None, key=key, reservation_id=existing["id"], created_reservation=reopen,
+                         reserved_micros=extra, basis=basis if reopen else None, secret=secret)
 
     def _resolve_cost(self, db: sqlite3.Connection, key: KeyRecord,
                       estimate: CostEstimate | None) -> tuple[int, PricingBasis, Refusal | None]:
@@ -371,13 +413,20 @@ class SqliteLedger(SqliteStore):
             call_actual = 0
             outcome = request.resolution.value
             first_object = request.object_ids[0] if request.object_ids else None
-            if reservation["state"] in OPEN_STATES and request.resolution is not Resolution.LEAVE:
-                held = reservation["reserved_micros"]
+            state = reservation["state"]
+            # A retry's answer after the first attempt's release (its settlement landed while the
+            # retry was in flight): money may have moved after all, so it is counted again.
+            revived = state == "released" and request.resolution in (Resolution.SETTLE, Resolution.UNKNOWN)
+            if (state in OPEN_STATES or revived) and request.resolution is not Resolution.LEAVE:
+                estimate = reservation["reserved_micros"]
+                held = 0 if revived else estimate
                 if request.resolution is Resolution.SETTLE:
-                    call_actual = held if request.actual_micros is None else request.actual_micros
+                    call_actual = estimate if request.actual_micros is None else request.actual_micros
                     move_money(db, reservation, spent=call_actual, reserved=-held)
                 elif request.resolution is Resolution.RELEASE:
                     move_money(db, reservation, spent=0, reserved=-held)
+                elif revived:  # UNKNOWN: the hold counts again until the outcome is known
+                    move_money(db, reservation, spent=0, reserved=estimate)
                 closed = request.resolution is not Resolution.UNKNOWN
                 db.execute(
                     "UPDATE reservations SET state = ?, actual_micros = ?, object_id = COALESCE(?, object_id), "

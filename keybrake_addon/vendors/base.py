@@ -72,6 +72,11 @@ class MalformedRequest(Exception):
     """The request cannot be priced because it is not valid (the vendor would refuse it too)."""
 
 
+class CredentialEndpoint(Exception):
+    """The endpoint reveals or mints vendor credentials: no vault key may reach it, whatever its
+    allowlist, or the worker would walk away with a real secret."""
+
+
 class RefusalKind(Enum):
     MISSING_KEY = ("keybrake_missing_key", 401)
     UNKNOWN_KEY = ("keybrake_unknown_key", 401)
@@ -87,6 +92,7 @@ class RefusalKind(Enum):
     CAP_EXCEEDED = ("keybrake_cap_exceeded", 429)
     MAX_CALLS_EXCEEDED = ("keybrake_max_calls_exceeded", 429)
     EGRESS_DENIED = ("keybrake_egress_denied", 403)
+    CREDENTIAL_ENDPOINT = ("keybrake_credential_endpoint", 403)
     UNAVAILABLE = ("keybrake_unavailable", 503)
 
     @property
