@@ -14,17 +14,19 @@ from urllib.parse import urlsplit
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 
-from .api.vault_api import ApiRequest, VaultApi
+from .api.vault_api import MAX_BODY_BYTES, ApiRequest, VaultApi
 from .gate import UNAVAILABLE_RETRY_AFTER_S, Decision, Gate, Ticket
 from .gate_opener import GateOpener
 from .home import KeybrakeHome
 from .pricing import PricingError, load_pricing
+from .vault.crypto import MasterKeyError
 from .vendors import VENDORS, vendor_for_host
 from .vendors.base import Refusal, RefusalKind, RenderedResponse, VendorRequest, VendorResponse
 
 logger = logging.getLogger("keybrake")
 
 TICKET = "keybrake_ticket"
+UNREADABLE_BODY_BYTES = 1024 * 1024  # a vault API body this big is not read, let alone parsed
 KEYBRAKE_HEADER_PREFIX = "x-keybrake-"
 
 
@@ -69,7 +71,7 @@ class Keybrake:
                 pricing = load_pricing(home.pricing_file)
                 opener = GateOpener(home, pricing, ctx.options.keybrake_db_busy_timeout)
                 gate = opener.open_or_wait()
-            except (PricingError, OSError, ValueError) as error:
+            except (PricingError, MasterKeyError, OSError, ValueError) as error:
                 raise exceptions.OptionsError(str(error)) from None
             if self.gate is not None:
                 self.gate.close()
@@ -96,17 +98,35 @@ class Keybrake:
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if ctx.options.keybrake_strict_egress and vendor_for_host(flow.request.host) is None:
-            flow.response = http.Response.make(
-                403, f"Keybrake strict egress: {flow.request.host} is not a vendor host Keybrake fronts.\n",
-                {"content-type": "text/plain"})
+            _deny_egress(flow)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Refuse a vault API body over the limit before mitmproxy reads it, when its size is declared.
+
+        A response set here is sent only once mitmproxy has read the body, so a body far over the
+        limit is not read at all: the connection is closed instead of answered.
+        """
+        if not isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
+            return
+        if not (flow.request.path == "/vault" or flow.request.path.startswith("/vault/")):
+            return
+        length = flow.request.headers.get("content-length", "0")
+        declared = int(length) if length.isdigit() else UNREADABLE_BODY_BYTES + 1
+        if declared > UNREADABLE_BODY_BYTES:
+            flow.kill()
+        elif declared > MAX_BODY_BYTES:
+            self._refuse(flow, _api_error(413, "body_too_large", f"the body is over {MAX_BODY_BYTES} bytes"))
 
     async def request(self, flow: http.HTTPFlow) -> None:
         try:
             if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
-                await self._api_listener_request(flow)
+                if flow.response is None:  # else refused in requestheaders already
+                    await self._api_listener_request(flow)
                 return
             vendor = _vendor_of(flow)
             if vendor is None:
+                if ctx.options.keybrake_strict_egress:  # plain-HTTP proxying, which needs no CONNECT
+                    _deny_egress(flow)
                 return  # not ours: pass through untouched
             await self._gate(flow, vendor)
         except Exception as failure:
@@ -123,6 +143,11 @@ class Keybrake:
         The vendor comes from the path prefix, never from the Host header. Nothing else is
         forwarded: the listener's reverse target is a placeholder that is never connected to.
         """
+        if ctx.options.certs and not flow.client_conn.tls_established:
+            # mitmproxy's reverse mode also accepts plain HTTP on a TLS port: an admin token or a
+            # vault key must not cross it in the clear when the operator asked for TLS.
+            self._refuse(flow, _api_error(403, "tls_required", "this listener takes HTTPS only"))
+            return
         path = flow.request.path
         if path == "/vault" or path.startswith("/vault/"):
             await self._serve_vault_api(flow)
@@ -213,6 +238,17 @@ _UNEXPECTED_BODY = json.dumps({"error": {
     "type": "api_error", "code": RefusalKind.UNAVAILABLE.code,
     "message": "Keybrake hit an unexpected error and forwarded nothing. Retrying is safe; the proxy log says more."}
 }).encode()
+
+
+def _deny_egress(flow: http.HTTPFlow) -> None:
+    flow.response = http.Response.make(
+        403, f"Keybrake strict egress: {flow.request.host} is not a vendor host Keybrake fronts.\n",
+        {"content-type": "text/plain"})
+
+
+def _api_error(status: int, code: str, message: str) -> RenderedResponse:
+    return RenderedResponse(status, {"content-type": "application/json"},
+                            json.dumps({"error": {"code": code, "message": message}}).encode())
 
 
 def _log_unexpected(hook: str, failure: Exception) -> None:

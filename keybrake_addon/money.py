@@ -13,6 +13,9 @@ class InvalidAmount(ValueError):
     pass
 
 
+LARGEST_USD = 1_000_000_000
+
+
 def usd_to_micros(value: str | int | Decimal) -> int:
     """Parse a user-given dollar amount ("500", "12.50") into micros, refusing negatives."""
     try:
@@ -21,6 +24,8 @@ def usd_to_micros(value: str | int | Decimal) -> int:
         raise InvalidAmount(f"not a dollar amount: {value!r}") from None
     if not amount.is_finite() or amount < 0:
         raise InvalidAmount(f"a dollar amount must be zero or positive: {value!r}")
+    if amount > LARGEST_USD:
+        raise InvalidAmount(f"at most ${LARGEST_USD:,} (the ledger's integers must not overflow): {value!r}")
     return int((amount * MICROS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
 
 

@@ -27,15 +27,18 @@ class TwilioRates:
     """Twilio list prices in USD, keyed by the destination's country calling code ("1", "44").
 
     Defaults: Twilio's published US/CA prices (SMS $0.0083 per segment, MMS $0.0220 per
-    message, outbound voice $0.0140 per minute; 2026) and the highest US carrier fee seen
-    ($0.0062 per segment). Other countries have no default, so they are refused until priced:
-    set `default_sms_usd_per_segment` to accept any destination at one rate.
+    message, outbound voice $0.0140 per minute; 2026) and the highest US carrier fees seen
+    ($0.0062 per SMS segment; $0.0100 per MMS, T-Mobile's and US Cellular's). Carriers charge
+    SMS fees per segment and MMS fees per message, and Twilio passes both through. Other
+    countries have no default, so they are refused until priced: set
+    `default_sms_usd_per_segment` to accept any destination at one rate.
     """
 
     sms_usd_per_segment: dict[str, Decimal] = field(default_factory=lambda: _d({"1": "0.0083"}))
     default_sms_usd_per_segment: Decimal | None = None
     carrier_fee_usd_per_segment: dict[str, Decimal] = field(default_factory=lambda: _d({"1": "0.0062"}))
     mms_usd_per_message: dict[str, Decimal] = field(default_factory=lambda: _d({"1": "0.0220"}))
+    mms_carrier_fee_usd_per_message: dict[str, Decimal] = field(default_factory=lambda: _d({"1": "0.0100"}))
     default_mms_usd_per_message: Decimal | None = None
     voice_usd_per_minute: dict[str, Decimal] = field(default_factory=lambda: _d({"1": "0.0140"}))
     default_voice_usd_per_minute: Decimal | None = None
@@ -93,7 +96,8 @@ def _twilio(section: dict) -> TwilioRates:
     defaults = TwilioRates()
     _expect_object(section, "twilio", set(asdict(defaults)))
     values = {}
-    for name in ("sms_usd_per_segment", "carrier_fee_usd_per_segment", "mms_usd_per_message", "voice_usd_per_minute"):
+    for name in ("sms_usd_per_segment", "carrier_fee_usd_per_segment", "mms_usd_per_message",
+                 "mms_carrier_fee_usd_per_message", "voice_usd_per_minute"):
         table = dict(getattr(defaults, name))
         for code, raw in _object(section, name, f"twilio.{name}").items():
             if not (isinstance(code, str) and code.isdigit() and 1 <= len(code) <= 4):

@@ -10,6 +10,9 @@ FIELDS = {
 }
 
 
+LARGEST_COUNT = 10**12  # SQLite stores 64-bit integers; anything near that is a typo
+
+
 class InvalidField(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
@@ -22,7 +25,7 @@ def key_request_from_json(document) -> KeyRequest:
     for name in document:
         if name not in FIELDS:
             raise InvalidField(name, f"unknown field (known: {', '.join(FIELDS)})")
-    if "vendor" not in document:
+    if document.get("vendor") is None:
         raise InvalidField("vendor", "required")
     values = {name: _check(name, value) for name, value in document.items() if value is not None}
     return KeyRequest(
@@ -50,8 +53,8 @@ def _check(name: str, value):
         except InvalidAmount as failure:
             raise InvalidField(name, str(failure)) from None
     if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InvalidField(name, "expected a whole number, zero or more")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= LARGEST_COUNT:
+            raise InvalidField(name, f"expected a whole number from 0 to {LARGEST_COUNT:,}")
         return value
     if kind is list:
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):

@@ -79,7 +79,7 @@ def _usd(_ctx, param, value):
 @click.option("--secret", "secret_name", default="default", show_default=True, help="Which stored secret it stands for.")
 @click.option("--daily-usd-cap", callback=_usd, help="Most it may spend per UTC day, in USD.")
 @click.option("--total-usd-cap", callback=_usd, help="Most it may spend over its life, in USD.")
-@click.option("--max-calls", type=click.IntRange(0), help="Most calls it may make.")
+@click.option("--max-calls", type=click.IntRange(0, 10**12), help="Most calls it may make.")
 @click.option("--allow", "allowlist", multiple=True, metavar='"METHOD /path"',
               help='An endpoint it may call; `*` is one path segment, `**` the rest. Repeatable.')
 @click.option("--allow-all", is_flag=True, help="Allow every endpoint (no allowlist).")

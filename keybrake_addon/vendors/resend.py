@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from ..money import MICROS_PER_USD
 from .base import (
     CostEstimate,
+    CredentialEndpoint,
     MalformedRequest,
     Outcome,
     PresentedCredential,
@@ -45,10 +46,13 @@ _EMAIL = re.compile(r"^/emails/[^/]+$", re.IGNORECASE)  # PATCH: reschedule
 _EMAIL_ACTION = re.compile(r"^/emails/[^/]+/(?:cancel|share)$", re.IGNORECASE)  # cancel a scheduled send, share a link
 # Resources that hold no email of their own: writing them sends nothing.
 _FREE = re.compile(
-    r"^/(?:domains|audiences|api-keys|contacts|segments|topics|contact-properties|templates|webhooks"
+    r"^/(?:domains|audiences|contacts|segments|topics|contact-properties|templates|webhooks"
     r"|suppressions)(?:/[^/]+)*$",
     re.IGNORECASE,
 )
+# Creating an API key returns its token: a real Resend key. Refused whatever the method, since
+# nothing under it is worth the risk of one that does the same.
+_API_KEYS = re.compile(r"^/api-keys(?:/.*)?$", re.IGNORECASE)
 # Dot segments, empty segments and escaped separators could make the vendor route a request
 # elsewhere than the path we priced (`/domains/../emails`); no SDK sends them.
 
@@ -82,6 +86,8 @@ def idempotency_key(headers: Mapping[str, str]) -> str | None:
 
 def estimate(request: VendorRequest, rates: "ResendRates") -> CostEstimate:
     """The most this call can cost in USD micros, or why it cannot be told."""
+    if _API_KEYS.match(request.path):
+        raise CredentialEndpoint("Resend API keys are created and listed there, and a new key's token is real")
     if request.method in _READ_ONLY_METHODS:
         return CostEstimate()
     path = request.path
@@ -164,17 +170,17 @@ def money_may_have_moved(status: int, body: bytes) -> bool:
 #   401 missing_api_key     -> MissingApiKeyError: the SDK replaces our message with its own
 #                              "Missing API key in the authorization header.", which is true only
 #                              when no key was sent, so only MISSING_KEY uses this name.
-#   401 invalid_api_key     -> ResendError (the SDK knows no other 401 name) with our message; a
-#                              name Resend uses for a bad key (at 403), for every other 401 refusal.
-#   403 invalid_api_key     -> InvalidApiKeyError, our message.
+#   403 invalid_api_key     -> InvalidApiKeyError, our message. Resend answers a key it does not
+#                              accept this way, so every other key refusal (401 for Stripe and
+#                              Twilio) is rendered as 403 here, as are the policy refusals.
 #   400 validation_error    -> ValidationError, our message.
 #   429 rate_limit_exceeded -> RateLimitError, our message; `.headers` carries retry-after and
 #                              x-keybrake-cap-hit.
 #   503 application_error   -> ResendError (the SDK maps only 500), our message.
 # resend-node returns `{data: null, error: {statusCode, message, name}}` and throws nothing.
 # Neither SDK retries, so a refusal is never repeated by the client library.
-_RESEND_NAMES = {401: "invalid_api_key", 403: "invalid_api_key", 400: "validation_error",
-                 429: "rate_limit_exceeded", 503: "application_error"}
+_RESEND_NAMES = {403: "invalid_api_key", 400: "validation_error", 429: "rate_limit_exceeded",
+                 503: "application_error"}
 
 
 def render_refusal(refusal: Refusal) -> RenderedResponse:
@@ -185,7 +191,14 @@ def render_refusal(refusal: Refusal) -> RenderedResponse:
         headers["x-keybrake-cap-hit"] = "true"
     if refusal.retry_after_s is not None:
         headers["retry-after"] = str(refusal.retry_after_s)
-    name = "missing_api_key" if kind is RefusalKind.MISSING_KEY else _RESEND_NAMES.get(kind.status,
-                                                                                         "application_error")
-    body = {"statusCode": kind.status, "message": refusal.message, "name": name, "keybrake_code": kind.code}
-    return RenderedResponse(kind.status, headers, json.dumps(body).encode())
+    status = _resend_status(kind)
+    name = "missing_api_key" if kind is RefusalKind.MISSING_KEY else _RESEND_NAMES.get(status, "application_error")
+    body = {"statusCode": status, "message": refusal.message, "name": name, "keybrake_code": kind.code}
+    return RenderedResponse(status, headers, json.dumps(body).encode())
+
+
+def _resend_status(kind: RefusalKind) -> int:
+    """Resend's only 401 is a missing key; a key it does not accept gets 403 invalid_api_key."""
+    if kind.status == 401 and kind is not RefusalKind.MISSING_KEY:
+        return 403
+    return kind.status

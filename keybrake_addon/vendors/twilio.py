@@ -5,11 +5,13 @@ the user, auth token or key secret as the password) and names the account in eve
 the vault key travels as the password and the path's account must be the stored secret's.
 Messages and calls are priced from the request with the configured per-country rates
 (`pricing.TwilioRates`); Twilio fills `price` in only later, so the estimate usually stands.
+Endpoints that reveal or mint credentials (accounts, API keys) are never let through.
 See shared VENDORS.md for the facts this relies on.
 """
 
 import json
 import re
+from collections import Counter
 from collections.abc import Mapping
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import TYPE_CHECKING
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 from ..money import MICROS_PER_USD
 from .base import (
     CostEstimate,
+    CredentialEndpoint,
     MalformedRequest,
     Outcome,
     PresentedCredential,
@@ -27,7 +30,7 @@ from .base import (
     VendorResponse,
 )
 from .auth_headers import basic, basic_credentials
-from .forms import parse_form, parse_json_object
+from .forms import parse_form, parse_form_pairs, parse_json_object
 from .sms_segments import count_segments
 
 if TYPE_CHECKING:  # pricing imports the vendors package: a runtime import here would be circular
@@ -47,6 +50,24 @@ def _resource(tail: str) -> re.Pattern[str]:
 _MESSAGES = _resource("Messages")
 _MESSAGE = _resource("Messages/[A-Za-z0-9]+")  # update, redact or cancel a message: no charge
 _CALLS = _resource("Calls")
+
+# Endpoints whose answer holds a real credential, refused whatever the method: listing or
+# creating accounts shows (sub)account auth tokens, an Account resource carries its
+# `auth_token`, and creating an API key or signing key returns its secret.
+_CREDENTIAL_ENDPOINTS = (
+    re.compile(r"^/2010-04-01/Accounts(?:\.[A-Za-z]+)?/?$", re.IGNORECASE),
+    re.compile(r"^/2010-04-01/Accounts/[^/]+/?$", re.IGNORECASE),
+    re.compile(r"^/2010-04-01/Accounts/[^/]+/(?:Keys|SigningKeys)(?:[./]|$)", re.IGNORECASE),
+)
+
+# Twilio reads one value of each of these and does not say which when one is repeated, so the
+# value we price might not be the one it sends or dials: a repeat is refused. (MediaUrl repeats
+# by design; any MediaUrl makes an MMS, so its values do not matter.) Names are compared
+# without case so that `To` and `to` cannot smuggle a second destination past the check.
+_SINGLE_VALUED_FIELDS = ("To", "From", "Body", "MessagingServiceSid", "TimeLimit", "SendAsMms", "ContentSid")
+# Fields that change the price: Twilio may read them from the query string of a POST too, where
+# the body-only estimate would not see them.
+_PRICED_FIELDS = frozenset(name.casefold() for name in (*_SINGLE_VALUED_FIELDS, "MediaUrl"))
 
 # Dot segments, empty segments and escaped separators could make the vendor route a request
 # elsewhere than the path we priced or checked; no SDK sends them.
@@ -94,6 +115,8 @@ def idempotency_key(headers: Mapping[str, str]) -> str | None:
 
 def estimate(request: VendorRequest, rates: "TwilioRates") -> CostEstimate:
     """The most this call can cost in USD micros, or why it cannot be told."""
+    if _is_credential_endpoint(request.path):  # before the free reads: a GET is enough to leak
+        raise CredentialEndpoint("its answer holds Twilio credentials (auth tokens or API key secrets)")
     if request.method in _READ_ONLY_METHODS:
         return CostEstimate()
     if request.method != "POST":
@@ -101,10 +124,27 @@ def estimate(request: VendorRequest, rates: "TwilioRates") -> CostEstimate:
     if _MESSAGE.match(request.path):
         return CostEstimate()
     if _MESSAGES.match(request.path):
-        return _message(parse_form(request.body), rates)
+        return _message(_priced_form(request), rates)
     if _CALLS.match(request.path):
-        return _call(parse_form(request.body), rates)
+        return _call(_priced_form(request), rates)
     raise Unpriced("Keybrake prices only sending messages and placing calls on Twilio")
+
+
+def _is_credential_endpoint(path: str) -> bool:
+    return any(pattern.match(path) for pattern in _CREDENTIAL_ENDPOINTS)
+
+
+def _priced_form(request: VendorRequest) -> dict[str, str]:
+    """The form of a priced POST, once nothing in it could make Twilio charge for other values."""
+    body_names = Counter(name.casefold() for name, _ in parse_form_pairs(request.body))
+    for name in _SINGLE_VALUED_FIELDS:
+        if body_names[name.casefold()] > 1:
+            raise MalformedRequest(f"'{name}' is given more than once, so Keybrake cannot tell which one "
+                                   "Twilio would use")
+    for name, _ in parse_form_pairs(request.query.encode()):
+        if name.casefold() in _PRICED_FIELDS:
+            raise MalformedRequest(f"'{name}' must be sent in the form body, not in the query string")
+    return parse_form(request.body)
 
 
 def _message(form: Mapping[str, str], rates: "TwilioRates") -> CostEstimate:
@@ -114,16 +154,21 @@ def _message(form: Mapping[str, str], rates: "TwilioRates") -> CostEstimate:
     body = form.get("Body", "")
     # parse_form keeps the last of repeated MediaUrl values, possibly an empty one: presence decides.
     if "MediaUrl" in form or form.get("SendAsMms", "").lower() == "true":
-        usd = _country_rate(number, rates.mms_usd_per_message, rates.default_mms_usd_per_message,
-                            "MMS", "mms_usd_per_message")
-        return _usd(usd)
+        per_message = _country_rate(number, rates.mms_usd_per_message, rates.default_mms_usd_per_message,
+                                    "MMS", "mms_usd_per_message")
+        # Carriers charge MMS fees per message, whatever the length of its text.
+        return _usd(per_message + _carrier_fee(number, rates.mms_carrier_fee_usd_per_message))
     if not body:
         raise MalformedRequest("a message needs a 'Body' or a 'MediaUrl'")
     per_segment = _country_rate(number, rates.sms_usd_per_segment, rates.default_sms_usd_per_segment,
                                 "SMS", "sms_usd_per_segment")
-    fee_code = _longest_prefix(number, rates.carrier_fee_usd_per_segment)
-    fee = rates.carrier_fee_usd_per_segment[fee_code] if fee_code else Decimal(0)
-    return _usd(count_segments(body) * (per_segment + fee))
+    return _usd(count_segments(body) * (per_segment + _carrier_fee(number, rates.carrier_fee_usd_per_segment)))
+
+
+def _carrier_fee(number: str, table: Mapping[str, Decimal]) -> Decimal:
+    """Carrier fees are set per country where they exist; elsewhere the rate is all there is."""
+    code = _longest_prefix(number, table)
+    return table[code] if code is not None else Decimal(0)
 
 
 def _call(form: Mapping[str, str], rates: "TwilioRates") -> CostEstimate:

@@ -40,6 +40,9 @@ def test_api_listener_serves_the_users_certificate(home, fake_stripe, tmp_path, 
         trusting_the_user_cert = ssl.create_default_context(cafile=str(cert_path))
         answer = httpx.get(f"https://localhost:{port}/vault/openapi.json", verify=trusting_the_user_cert)
         assert answer.json()["info"]["title"] == "Keybrake vault API"
+        # The same port also parses plain HTTP (mitmproxy's reverse mode): refused, never served.
+        plain = httpx.get(f"http://localhost:{port}/vault/openapi.json")
+        assert plain.status_code == 403 and plain.json()["error"]["code"] == "tls_required"
         # Forward interception of a vendor host still presents a Keybrake-CA certificate.
         key = issue("--total-usd-cap", "5", "--allow", "GET /v1/balance")
         keybrake_ca = ssl.create_default_context(cafile=str(home / "certs" / "keybrake-ca.pem"))

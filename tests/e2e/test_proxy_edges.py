@@ -58,6 +58,12 @@ def test_strict_egress_refuses_other_hosts(home, fake_stripe, tmp_path, tls_echo
         with httpx.Client(proxy=proxy.url, verify=ssl.create_default_context(cafile=str(cert_path))) as client:
             with pytest.raises(httpx.ProxyError):
                 client.get(url)
+        # Plain-HTTP proxying needs no CONNECT: it is refused too, before anything is sent on.
+        hits = fake_stripe.hits
+        with httpx.Client(proxy=proxy.url) as client:
+            answer = client.get(f"{fake_stripe.url}/v1/balance")
+        assert answer.status_code == 403 and "strict egress" in answer.text
+        assert fake_stripe.hits == hits
     finally:
         proxy.stop()
 

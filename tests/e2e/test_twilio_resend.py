@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import resend
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.rest import Client as TwilioClient
 
 from keybrake_addon.fakes.fake_resend import FakeResend
@@ -88,6 +88,27 @@ def test_twilio_account_mismatch_is_refused(vendors, home):
     assert refused.value.status == 403
     assert other_account in refused.value.msg
     assert twilio_fake.hits == 0
+
+
+def test_credential_endpoints_never_reach_the_vendor_even_for_allow_all_keys(vendors, home):
+    # An Account resource carries its auth_token and a new API key comes back with its secret:
+    # through either a worker would walk away with a real credential.
+    twilio_fake, resend_fake, _ = vendors
+    twilio_key = issue(home, "twilio", "--daily-usd-cap", "1", "--allow-all", "--allow-unpriced")
+    client = twilio_client(twilio_key["vault_key"])
+    for attempt in (lambda: client.api.v2010.accounts(DEFAULT_ACCOUNT_SID).fetch(),
+                    lambda: client.api.v2010.accounts.list(),
+                    lambda: client.api.v2010.accounts(DEFAULT_ACCOUNT_SID).new_keys.create()):
+        with pytest.raises(TwilioException) as refused:  # a list page raises the base class
+            attempt()
+        assert "403" in str(refused.value) and "never forwards" in str(refused.value)
+    resend.api_key = issue(home, "resend", "--daily-usd-cap", "1", "--allow-all", "--allow-unpriced")["vault_key"]
+    with pytest.raises(resend.exceptions.ResendError) as refused_key:
+        resend.ApiKeys.create({"name": "mine now"})
+    assert "never forwards" in str(refused_key.value)
+    assert twilio_fake.hits == 0 and resend_fake.hits == 0
+    audit = json.loads(keybrake(home, "audit", "--format", "json").stdout)
+    assert [row["decision"] for row in audit] == ["keybrake_credential_endpoint"] * 4
 
 
 def test_twilio_revoke_stops_the_next_send(vendors, home):

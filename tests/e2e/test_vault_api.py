@@ -95,6 +95,10 @@ def test_concurrent_retries_of_one_issuance_get_one_key(api):
     ({k: v for k, v in ISSUE.items() if k != "vendor"}, "vendor"),
     ({k: v for k, v in ISSUE.items() if k != "daily_usd_cap"}, "daily_usd_cap"),
     ([ISSUE], "body"),
+    ({**ISSUE, "vendor": None}, "vendor"),
+    ({**ISSUE, "daily_usd_cap": 1e30}, "daily_usd_cap"),
+    ({**ISSUE, "max_calls": 99999999999999999999999}, "max_calls"),
+    ({**ISSUE, "expires_in": "99999999999d"}, "expires_in"),
 ])
 def test_validation_names_the_field(api, body, field):
     response = api.post("/vault/keys", json=body)
@@ -105,6 +109,8 @@ def test_validation_names_the_field(api, body, field):
 def test_bad_json_and_big_bodies(api):
     assert api.post("/vault/keys", content=b"{not json").json()["error"]["code"] == "invalid_json"
     assert api.post("/vault/keys", content=b"x" * (65 * 1024)).status_code == 413
+    with pytest.raises(httpx.TransportError):  # far too big to read: the connection is closed
+        api.post("/vault/keys", content=b"x" * (2 * 1024 * 1024))
 
 
 def test_auth_failures_are_401_and_slowed_down(api):
@@ -164,3 +170,14 @@ def test_base_url_routes_with_stripe_python(api, fake_stripe):
     spoofed = httpx.post(api.proxy.api_url + "/nothing/v1/payment_intents", data=PI,
                          headers={"host": "api.stripe.com", "authorization": f"Bearer {key['vault_key']}"})
     assert spoofed.status_code == 404 and fake_stripe.hits == 2
+
+
+def test_a_revoked_admin_token_is_refused_at_once(api, home):
+    created = json.loads(keybrake(home, "admin-token", "create", "--name", "short-lived", "--json").stdout)
+    listed = json.loads(keybrake(home, "admin-token", "list", "--json").stdout)
+    assert {"tests", "short-lived"} <= {row["name"] for row in listed}
+    assert created["token"] not in json.dumps(listed)  # only its hash is kept
+    with httpx.Client(base_url=api.base_url, headers={"authorization": f"Bearer {created['token']}"}) as client:
+        assert client.get("/vault/keys").status_code == 200
+        keybrake(home, "admin-token", "revoke", created["token_id"])
+        assert client.get("/vault/keys").status_code == 401

@@ -26,6 +26,7 @@ from keybrake_addon.vault.vault_keys import derive_vault_key
 from keybrake_addon.vendors import resend
 from keybrake_addon.vendors.base import (
     CostEstimate,
+    CredentialEndpoint,
     MalformedRequest,
     Outcome,
     PresentedCredential,
@@ -134,7 +135,6 @@ def test_malformed_sends(path, body):
         ("POST", "/domains"),
         ("POST", "/domains/d1/verify"),
         ("PATCH", "/domains/d1"),
-        ("POST", "/api-keys"),
         ("POST", "/audiences"),
         ("POST", "/audiences/aud_1/contacts"),
         ("PATCH", "/audiences/aud_1/contacts/c1"),
@@ -164,6 +164,24 @@ def test_free_calls(method, path):
 def test_other_writes_are_unpriced(method, path):
     with pytest.raises(Unpriced):
         resend.estimate(req(method, path, email()), RATES)
+
+
+# --- credential endpoints -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "DELETE", "PATCH"])
+@pytest.mark.parametrize("path", ["/api-keys", "/api-keys/", "/api-keys/key_123", "/API-Keys", "/api-keys/a/b"])
+def test_api_key_endpoints_are_refused_for_every_method(method, path):
+    # Creating a key returns its token, a real Resend key a vault key must never obtain.
+    with pytest.raises(CredentialEndpoint):
+        resend.estimate(req(method, path, {"name": "worker"}), RATES)
+
+
+def test_neighbours_of_api_keys_are_unaffected():
+    assert resend.estimate(req("GET", "/emails"), RATES) == CostEstimate()
+    assert resend.estimate(req("POST", "/domains"), RATES) == CostEstimate()
+    assert resend.estimate(req("POST", "/emails", email()), RATES).usd_micros == 900
+    with pytest.raises(Unpriced):
+        resend.estimate(req("POST", "/api-keysmith", email()), RATES)  # not the API keys resource
 
 
 # --- credentials -------------------------------------------------------------------------------
@@ -254,23 +272,26 @@ def test_money_may_have_moved(status, moved):
 
 # --- refusals ----------------------------------------------------------------------------------
 
-# (kind, resend name, class resend-python raises, whether the exception keeps our message)
+# (kind, HTTP status, resend name, class resend-python raises, whether the exception keeps our message).
+# Resend answers 401 only for a missing key and 403 invalid_api_key for a key it does not accept,
+# so Keybrake's other 401 key refusals are rendered as that 403.
 REFUSALS = [
-    (RefusalKind.MISSING_KEY, "missing_api_key", MissingApiKeyError, False),  # the SDK's own text
-    (RefusalKind.UNKNOWN_KEY, "invalid_api_key", ResendError, True),
-    (RefusalKind.KEY_EXPIRED, "invalid_api_key", ResendError, True),
-    (RefusalKind.KEY_REVOKED, "invalid_api_key", ResendError, True),
-    (RefusalKind.WRONG_VENDOR, "invalid_api_key", ResendError, True),
-    (RefusalKind.REAL_SECRET, "invalid_api_key", ResendError, True),
-    (RefusalKind.ACCOUNT_MISMATCH, "invalid_api_key", InvalidApiKeyError, True),
-    (RefusalKind.NOT_ALLOWED, "invalid_api_key", InvalidApiKeyError, True),
-    (RefusalKind.UNPRICED, "invalid_api_key", InvalidApiKeyError, True),
-    (RefusalKind.UNKNOWN_CURRENCY, "invalid_api_key", InvalidApiKeyError, True),
-    (RefusalKind.EGRESS_DENIED, "invalid_api_key", InvalidApiKeyError, True),
-    (RefusalKind.INVALID_REQUEST, "validation_error", ValidationError, True),
-    (RefusalKind.CAP_EXCEEDED, "rate_limit_exceeded", RateLimitError, True),
-    (RefusalKind.MAX_CALLS_EXCEEDED, "rate_limit_exceeded", RateLimitError, True),
-    (RefusalKind.UNAVAILABLE, "application_error", ResendError, True),  # the SDK maps only 500
+    (RefusalKind.MISSING_KEY, 401, "missing_api_key", MissingApiKeyError, False),  # the SDK's own text
+    (RefusalKind.UNKNOWN_KEY, 403, "invalid_api_key", InvalidApiKeyError, True),
+    (RefusalKind.KEY_EXPIRED, 403, "invalid_api_key", InvalidApiKeyError, True),
+    (RefusalKind.KEY_REVOKED, 403, "invalid_api_key", InvalidApiKeyError, True),
+    (RefusalKind.WRONG_VENDOR, 403, "invalid_api_key", InvalidApiKeyError, True),
+    (RefusalKind.REAL_SECRET, 403, "invalid_api_key", InvalidApiKeyError, True),
+    (RefusalKind.ACCOUNT_MISMATCH, 403, "invalid_api_key", InvalidApiKeyError, True),
+    (RefusalKind.NOT_ALLOWED, 403, "invalid_api_key", InvalidApiKeyError, True),
+    (RefusalKind.UNPRICED, 403, "invalid_api_key", InvalidApiKeyError, True),
+    (RefusalKind.UNKNOWN_CURRENCY, 403, "invalid_api_key", InvalidApiKeyError, True),
+    (RefusalKind.EGRESS_DENIED, 403, "invalid_api_key", InvalidApiKeyError, True),
+    (RefusalKind.CREDENTIAL_ENDPOINT, 403, "invalid_api_key", InvalidApiKeyError, True),
+    (RefusalKind.INVALID_REQUEST, 400, "validation_error", ValidationError, True),
+    (RefusalKind.CAP_EXCEEDED, 429, "rate_limit_exceeded", RateLimitError, True),
+    (RefusalKind.MAX_CALLS_EXCEEDED, 429, "rate_limit_exceeded", RateLimitError, True),
+    (RefusalKind.UNAVAILABLE, 503, "application_error", ResendError, True),  # the SDK maps only 500
 ]
 
 
@@ -278,11 +299,11 @@ def test_every_refusal_kind_is_covered():
     assert {kind for kind, *_ in REFUSALS} == set(RefusalKind)
 
 
-@pytest.mark.parametrize("kind, name, error_class, keeps_message", REFUSALS)
-def test_render_refusal_shape(kind, name, error_class, keeps_message):
+@pytest.mark.parametrize("kind, status, name, error_class, keeps_message", REFUSALS)
+def test_render_refusal_shape(kind, status, name, error_class, keeps_message):
     rendered = resend.render_refusal(Refusal(kind, "Keybrake says no."))
-    assert rendered.status == kind.status
-    assert json.loads(rendered.body) == {"statusCode": kind.status, "message": "Keybrake says no.", "name": name,
+    assert rendered.status == status
+    assert json.loads(rendered.body) == {"statusCode": status, "message": "Keybrake says no.", "name": name,
                                          "keybrake_code": kind.code}
     assert rendered.headers["content-type"] == "application/json"
     assert rendered.headers["x-keybrake-refusal"] == kind.code
@@ -296,8 +317,8 @@ def test_render_refusal_retry_after():
     assert "retry-after" not in resend.render_refusal(Refusal(RefusalKind.NOT_ALLOWED, "no")).headers
 
 
-@pytest.mark.parametrize("kind, name, error_class, keeps_message", REFUSALS)
-def test_resend_sdk_error_factory_raises_its_usual_class(kind, name, error_class, keeps_message):
+@pytest.mark.parametrize("kind, status, name, error_class, keeps_message", REFUSALS)
+def test_resend_sdk_error_factory_raises_its_usual_class(kind, status, name, error_class, keeps_message):
     """resend-python's request.perform calls raise_for_code_and_type(status, body name, body message)."""
     rendered = resend.render_refusal(Refusal(kind, "Keybrake cap reached for vault key kbk_1."))
     body = json.loads(rendered.body)
@@ -305,7 +326,7 @@ def test_resend_sdk_error_factory_raises_its_usual_class(kind, name, error_class
         raise_for_code_and_type(code=rendered.status, error_type=body["name"], message=body["message"],
                                 headers=rendered.headers)
     assert type(raised.value) is error_class
-    assert raised.value.code == kind.status
+    assert raised.value.code == status
     assert raised.value.error_type == name
     assert (raised.value.message == "Keybrake cap reached for vault key kbk_1.") is keeps_message
     assert raised.value.headers["x-keybrake-refusal"] == kind.code
@@ -367,12 +388,22 @@ def test_resend_sdk_batch_and_its_outcome(sdk):
     assert resend.outcome(request, resp(200, answer), RATES).object_ids == ("e1", "e2")
 
 
-@pytest.mark.parametrize("kind", [RefusalKind.UNKNOWN_KEY, RefusalKind.UNPRICED, RefusalKind.INVALID_REQUEST,
-                                  RefusalKind.UNAVAILABLE])
-def test_resend_sdk_surfaces_our_message(sdk, kind):
+@pytest.mark.parametrize("kind, status", [(RefusalKind.UNKNOWN_KEY, 403), (RefusalKind.KEY_REVOKED, 403),
+                                          (RefusalKind.UNPRICED, 403), (RefusalKind.INVALID_REQUEST, 400),
+                                          (RefusalKind.UNAVAILABLE, 503)])
+def test_resend_sdk_surfaces_our_message(sdk, kind, status):
     rendered = resend.render_refusal(Refusal(kind, f"Keybrake refused: {kind.code}."))
     sdk(rendered.status, rendered.body, rendered.headers)
     with pytest.raises(ResendError) as raised:
         resend_sdk.Emails.send(email())
     assert raised.value.message == f"Keybrake refused: {kind.code}."
-    assert raised.value.code == kind.status
+    assert raised.value.code == status
+
+
+def test_resend_sdk_raises_invalid_api_key_error_for_a_revoked_vault_key(sdk):
+    rendered = resend.render_refusal(Refusal(RefusalKind.KEY_REVOKED, "Keybrake vault key kbk_1 was revoked."))
+    sdk(rendered.status, rendered.body, rendered.headers)
+    with pytest.raises(InvalidApiKeyError) as raised:
+        resend_sdk.Emails.send(email())
+    assert raised.value.message == "Keybrake vault key kbk_1 was revoked."
+    assert raised.value.headers["x-keybrake-refusal"] == "keybrake_key_revoked"

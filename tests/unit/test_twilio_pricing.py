@@ -1,7 +1,8 @@
 """Twilio vendor module: cost estimates, credentials, outcomes and refusal rendering.
 
 Default rates (pricing.TwilioRates): US SMS $0.0083 per segment + $0.0062 carrier fee,
-MMS $0.0220 per message, voice $0.0140 per minute; no other country, no defaults.
+MMS $0.0220 per message + $0.0100 carrier fee, voice $0.0140 per minute; no other country,
+no defaults.
 """
 
 import base64
@@ -23,6 +24,7 @@ from keybrake_addon.vault.vault_keys import derive_vault_key
 from keybrake_addon.vendors import twilio
 from keybrake_addon.vendors.base import (
     CostEstimate,
+    CredentialEndpoint,
     MalformedRequest,
     Outcome,
     PresentedCredential,
@@ -44,9 +46,11 @@ UK = "+447700900123"
 VAULT_KEY = derive_vault_key(b"k" * 32, "twilio", "kbk_test")
 
 
-def req(method: str, path: str, form: dict | list | None = None, headers: dict | None = None) -> VendorRequest:
+def req(method: str, path: str, form: dict | list | None = None, headers: dict | None = None,
+        query: dict | list | None = None) -> VendorRequest:
     body = urlencode(form or {}, doseq=True).encode()
-    return VendorRequest(method=method, path=path, query="", headers=headers or {}, body=body)
+    return VendorRequest(method=method, path=path, query=urlencode(query or {}, doseq=True), headers=headers or {},
+                         body=body)
 
 
 def resp(status: int, body, headers: dict | None = None) -> VendorResponse:
@@ -168,7 +172,23 @@ def test_estimates_round_up_to_the_micro():
     ],
 )
 def test_any_media_makes_one_mms_per_message(form):
-    assert twilio.estimate(req("POST", MESSAGES, form), RATES) == CostEstimate(usd_micros=22_000, currency="usd")
+    # 0.0220 MMS + 0.0100 carrier fee, once per message however long the text
+    assert twilio.estimate(req("POST", MESSAGES, form), RATES) == CostEstimate(usd_micros=32_000, currency="usd")
+
+
+def test_mms_carrier_fee_is_configurable_per_country():
+    mms = {"To": UK, "MediaUrl": "https://example.com/cat.png"}
+    rates = replace(RATES, mms_usd_per_message={**RATES.mms_usd_per_message, "44": Decimal("0.04")},
+                    mms_carrier_fee_usd_per_message={**RATES.mms_carrier_fee_usd_per_message, "44": Decimal("0.002")})
+    assert twilio.estimate(req("POST", MESSAGES, mms), rates).usd_micros == 42_000
+    free_of_fees = replace(RATES, mms_carrier_fee_usd_per_message={})
+    assert twilio.estimate(req("POST", MESSAGES, {**mms, "To": US}), free_of_fees).usd_micros == 22_000
+
+
+def test_us_mms_carrier_fee_does_not_reach_other_nanp_countries():
+    rates = replace(RATES, mms_usd_per_message={"1": Decimal("0.022"), "1876": Decimal("0.05")})
+    jamaica = {"To": "+18765550100", "MediaUrl": "https://example.com/cat.png"}
+    assert twilio.estimate(req("POST", MESSAGES, jamaica), rates).usd_micros == 50_000
 
 
 def test_mms_without_rate_is_unpriced_and_default_mms_rate_applies():
@@ -289,13 +309,119 @@ def test_message_create_variants_are_priced(path):
         ("POST", f"/2010-04-01/Accounts/{ACCOUNT}/IncomingPhoneNumbers.json"),  # buys a number
         ("POST", f"/2010-04-01/Accounts/{ACCOUNT}/Calls/CA{'0' * 32}.json"),  # redirects a live call
         ("POST", f"/2010-04-01/Accounts/{ACCOUNT}/Messages/{MESSAGE_SID}/Feedback.json"),
-        ("POST", "/2010-04-01/Accounts.json"),  # creates a subaccount
         ("PUT", MESSAGES),
     ],
 )
 def test_other_writes_are_unpriced(method, path):
     with pytest.raises(Unpriced):
         twilio.estimate(req(method, path, {"To": US, "Body": "hi"}), RATES)
+
+
+# --- credential endpoints ---------------------------------------------------------------------
+
+KEY_SID = "SK" + "0123456789abcdef" * 2
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "DELETE", "PUT"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/2010-04-01/Accounts",  # list or create (sub)accounts: their auth tokens
+        "/2010-04-01/Accounts.json",
+        "/2010-04-01/Accounts.xml",
+        "/2010-04-01/Accounts/",
+        f"/2010-04-01/Accounts/{ACCOUNT}",  # the Account resource carries its auth_token
+        f"/2010-04-01/Accounts/{ACCOUNT}.json",
+        f"/2010-04-01/Accounts/{ACCOUNT}/",
+        f"/2010-04-01/accounts/{ACCOUNT}.json",
+        f"/2010-04-01/Accounts/{ACCOUNT}/Keys",  # creating an API key returns its secret
+        f"/2010-04-01/Accounts/{ACCOUNT}/Keys.json",
+        f"/2010-04-01/Accounts/{ACCOUNT}/Keys/{KEY_SID}.json",
+        f"/2010-04-01/Accounts/{ACCOUNT}/keys.json",
+        f"/2010-04-01/Accounts/{ACCOUNT}/SigningKeys.json",
+        f"/2010-04-01/Accounts/{ACCOUNT}/SigningKeys/{KEY_SID}",
+    ],
+)
+def test_credential_endpoints_are_refused_for_every_method(method, path):
+    with pytest.raises(CredentialEndpoint):
+        twilio.estimate(req(method, path, {"FriendlyName": "worker"}), RATES)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        MESSAGES,
+        f"/2010-04-01/Accounts/{ACCOUNT}/Messages/{MESSAGE_SID}.json",
+        f"/2010-04-01/Accounts/{ACCOUNT}/Calls.json",
+        f"/2010-04-01/Accounts/{ACCOUNT}/IncomingPhoneNumbers.json",
+        f"/2010-04-01/Accounts/{ACCOUNT}/KeysAndMore.json",  # not the Keys resource
+    ],
+)
+def test_reads_next_to_credential_endpoints_stay_free(path):
+    assert twilio.estimate(req("GET", path), RATES) == CostEstimate()
+
+
+def test_sends_are_still_priced_beside_credential_endpoints():
+    assert twilio.estimate(sms(), RATES).usd_micros == 14_500
+    call = req("POST", CALLS, {"To": US, "From": "+14155550199", "TimeLimit": "60"})
+    assert twilio.estimate(call, RATES).usd_micros == 14_000
+
+
+# --- repeated and misplaced fields ------------------------------------------------------------
+
+SECOND_VALUES = {"To": UK, "From": "+14155550198", "Body": "a" * 500, "MessagingServiceSid": "MG" + "1" * 32,
+                 "SendAsMms": "false", "ContentSid": "HX" + "1" * 32}
+
+
+@pytest.mark.parametrize("field", sorted(SECOND_VALUES))
+def test_a_repeated_single_valued_message_field_is_refused(field):
+    form = [("To", US), ("From", "+14155550199"), ("Body", "hi"), ("MessagingServiceSid", "MG" + "0" * 32),
+            ("SendAsMms", "true"), ("ContentSid", "")]
+    form.append((field, SECOND_VALUES[field]))
+    with pytest.raises(MalformedRequest, match=f"'{field}' is given more than once"):
+        twilio.estimate(req("POST", MESSAGES, form), RATES)
+
+
+def test_a_repeated_field_is_caught_whatever_its_case():
+    with pytest.raises(MalformedRequest, match="more than once"):
+        twilio.estimate(req("POST", MESSAGES, [("To", US), ("to", UK), ("Body", "hi")]), RATES)
+
+
+def test_a_repeated_time_limit_is_refused():
+    form = [("To", US), ("From", "+14155550199"), ("TimeLimit", "60"), ("TimeLimit", "14400")]
+    with pytest.raises(MalformedRequest, match="'TimeLimit' is given more than once"):
+        twilio.estimate(req("POST", CALLS, form), RATES)
+
+
+def test_an_empty_repeat_is_still_a_repeat():
+    with pytest.raises(MalformedRequest):
+        twilio.estimate(req("POST", MESSAGES, [("To", US), ("Body", ""), ("Body", "hi")]), RATES)
+
+
+@pytest.mark.parametrize(
+    "path, query",
+    [
+        (MESSAGES, {"To": UK}),
+        (MESSAGES, {"Body": "a" * 500}),
+        (MESSAGES, {"From": "+14155550198"}),
+        (MESSAGES, {"MessagingServiceSid": "MG" + "1" * 32}),
+        (MESSAGES, {"MediaUrl": "https://example.com/cat.png"}),  # would make it an MMS
+        (MESSAGES, {"sendasmms": "true"}),
+        (CALLS, {"TimeLimit": "14400"}),
+    ],
+)
+def test_priced_fields_in_the_query_string_are_refused(path, query):
+    form = {"To": US, "From": "+14155550199", "Body": "hi", "TimeLimit": "60"}
+    with pytest.raises(MalformedRequest, match="form body, not in the query string"):
+        twilio.estimate(req("POST", path, form, query=query), RATES)
+
+
+def test_other_query_parameters_and_free_updates_are_left_alone():
+    assert twilio.estimate(req("POST", MESSAGES, {"To": US, "Body": "hi"}, query={"Page": "0"}), RATES).usd_micros \
+        == 14_500
+    redaction = req("POST", f"/2010-04-01/Accounts/{ACCOUNT}/Messages/{MESSAGE_SID}.json",
+                    [("Body", ""), ("Body", "")], query={"Body": ""})
+    assert twilio.estimate(redaction, RATES) == CostEstimate()
 
 
 # --- credentials and accounts -------------------------------------------------------------
@@ -514,7 +640,7 @@ def test_twilio_sdk_mms_with_several_media_urls_is_one_mms():
     message = client.messages.create(to=US, from_="+14155550199",
                                      media_url=["https://example.com/1.png", "https://example.com/2.png"])
     assert message.sid == "MM" + "0" * 32
-    assert twilio.estimate(http.sent[0], RATES).usd_micros == 22_000
+    assert twilio.estimate(http.sent[0], RATES).usd_micros == 32_000  # MMS + carrier fee, once
 
 
 @pytest.mark.parametrize("to", ["+18765551234", "+18095551234", "+12425551234"])
