@@ -26,6 +26,7 @@ from .vendors.base import Refusal, RefusalKind, RenderedResponse, VendorRequest,
 logger = logging.getLogger("keybrake")
 
 TICKET = "keybrake_ticket"
+STRIPE_VERSION_PREFIX = "v1"
 UNREADABLE_BODY_BYTES = 1024 * 1024  # a vault API body this big is not read, let alone parsed
 KEYBRAKE_HEADER_PREFIX = "x-keybrake-"
 
@@ -154,10 +155,14 @@ class Keybrake:
             return
         prefix, _, rest = path[1:].partition("/")
         vendor = VENDORS.get(prefix)
+        if vendor is None and prefix == STRIPE_VERSION_PREFIX:
+            # stripe-node takes host/port/protocol but no base path, so it sends /v1/... as is:
+            # Stripe's version prefix names the vendor, still by path and never by Host.
+            vendor, rest = VENDORS["stripe"], path[1:]
         if vendor is None:
             self._refuse(flow, RenderedResponse(404, {"content-type": "application/json"}, json.dumps(
                 {"error": {"code": "not_found", "message": f"no route for {flow.request.path.split('?')[0]}: "
-                           f"use /vault/..., {', '.join('/' + name + '/...' for name in VENDORS)}"}}).encode()))
+                           f"use /vault/..., {', '.join('/' + name + '/...' for name in VENDORS)} or /v1/... (Stripe)"}}).encode()))
             return
         flow.request.path = "/" + rest
         await self._gate(flow, vendor)

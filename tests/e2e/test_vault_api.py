@@ -172,6 +172,18 @@ def test_base_url_routes_with_stripe_python(api, fake_stripe):
     assert spoofed.status_code == 404 and fake_stripe.hits == 2
 
 
+def test_unprefixed_v1_goes_to_stripe_as_stripe_node_sends_it(api, fake_stripe):
+    # stripe-node takes host/port/protocol but no base path: its requests arrive as /v1/...
+    key = api.post("/vault/keys", json={**ISSUE, "daily_usd_cap": 50}).json()
+    client = stripe.StripeClient(key["vault_key"], base_addresses={"api": api.proxy.api_url},
+                                 max_network_retries=0)
+    client.v1.payment_intents.create(params=PI)
+    with pytest.raises(stripe.RateLimitError):
+        client.v1.payment_intents.create(params=PI)
+    assert [(r.path, r.authorization) for r in fake_stripe.received] == [("/v1/payment_intents",
+                                                                          f"Bearer {REAL_SECRET}")]
+
+
 def test_a_revoked_admin_token_is_refused_at_once(api, home):
     created = json.loads(keybrake(home, "admin-token", "create", "--name", "short-lived", "--json").stdout)
     listed = json.loads(keybrake(home, "admin-token", "list", "--json").stdout)
