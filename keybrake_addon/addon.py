@@ -26,6 +26,7 @@ from .vendors.base import Refusal, RefusalKind, RenderedResponse, VendorRequest,
 logger = logging.getLogger("keybrake")
 
 TICKET = "keybrake_ticket"
+VENDOR = "keybrake_vendor"
 STRIPE_VERSION_PREFIX = "v1"
 UNREADABLE_BODY_BYTES = 1024 * 1024  # a vault API body this big is not read, let alone parsed
 KEYBRAKE_HEADER_PREFIX = "x-keybrake-"
@@ -134,9 +135,7 @@ class Keybrake:
             # mitmproxy would log the error and forward the request anyway: never let it.
             _log_unexpected("request", failure)
             flow.metadata.pop(TICKET, None)  # a hold it made stays counted: never under-count
-            self._refuse(flow, RenderedResponse(503, {"content-type": "application/json", "retry-after": "2",
-                                                      "x-keybrake-refusal": RefusalKind.UNAVAILABLE.code},
-                                                _UNEXPECTED_BODY))
+            self._refuse(flow, _unexpected_error_answer(flow.metadata.get(VENDOR)))
 
     async def _api_listener_request(self, flow: http.HTTPFlow) -> None:
         """The API listener serves /vault/* itself and routes /stripe/*, /twilio/*, /resend/*.
@@ -183,6 +182,7 @@ class Keybrake:
                                             answer.body()))
 
     async def _gate(self, flow: http.HTTPFlow, vendor) -> None:
+        flow.metadata[VENDOR] = vendor  # for the shape of an unexpected error's answer
         for name in [n for n in flow.request.headers if n.lower().startswith(KEYBRAKE_HEADER_PREFIX)]:
             del flow.request.headers[name]
         gate = await self._ready_gate()
@@ -239,10 +239,17 @@ class Keybrake:
         self.gate.settle_without_reply(ticket, request_sent=request_sent, error=str(flow.error)[:200])
 
 
-_UNEXPECTED_BODY = json.dumps({"error": {
-    "type": "api_error", "code": RefusalKind.UNAVAILABLE.code,
-    "message": "Keybrake hit an unexpected error and forwarded nothing. Retrying is safe; the proxy log says more."}
-}).encode()
+_UNEXPECTED = "Keybrake hit an unexpected error and forwarded nothing. Retrying is safe; the proxy log says more."
+
+
+def _unexpected_error_answer(vendor) -> RenderedResponse:
+    """The vendor's own error shape when the vendor is known, so its SDK raises its usual error."""
+    if vendor is not None:
+        return vendor.render_refusal(Refusal(RefusalKind.UNAVAILABLE, _UNEXPECTED,
+                                             retry_after_s=UNAVAILABLE_RETRY_AFTER_S))
+    body = {"error": {"type": "api_error", "code": RefusalKind.UNAVAILABLE.code, "message": _UNEXPECTED}}
+    return RenderedResponse(503, {"content-type": "application/json", "retry-after": str(UNAVAILABLE_RETRY_AFTER_S),
+                                  "x-keybrake-refusal": RefusalKind.UNAVAILABLE.code}, json.dumps(body).encode())
 
 
 def _deny_egress(flow: http.HTTPFlow) -> None:

@@ -52,6 +52,9 @@ def run_demo(home: KeybrakeHome | None, *, charges: int, cap_usd: str) -> None:
         stripe.ca_bundle_path = ca_bundle(home)
         client = stripe.StripeClient(issued.vault_key, proxy=proxy.url, max_network_retries=0)
         charged, stopped = _run_batch(client, charges)
+        # Settlements land just after each reply: stopping the proxy waits for the last ones, so
+        # the report shows settled spend, not holds.
+        proxy.stop()
         click.echo(f"{len(charged)} charged, {len(stopped)} stopped at the cap; "
                    f"the fake Stripe moved ${format_usd(fake.money_moved_minor * 10_000)}.\n")
         _print_report(installation, issued.key_id)

@@ -34,6 +34,13 @@ ensure_venv() {  # $1: the pip extra spec, e.g. "." or ".[test]"
     "$python" -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --upgrade pip
   fi
+  # The install is editable, so code changes need no reinstall; only new dependencies or a new
+  # extra do. Skipping pip when pyproject.toml and the extra are unchanged saves seconds per call.
+  local stamp="$venv/.keybrake-installed" wanted
+  wanted="$spec $(cksum < "$repo_root/pyproject.toml")"
+  if [ -f "$stamp" ] && grep -qxF -- "$wanted" "$stamp"; then
+    return 0
+  fi
   local log="$venv/pip-install.log"
   # Quiet on success (setuptools' build warnings are noise here); the whole log on failure.
   if ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$repo_root$spec" >"$log" 2>&1; then
@@ -41,4 +48,6 @@ ensure_venv() {  # $1: the pip extra spec, e.g. "." or ".[test]"
     echo "keybrake: installing into $venv failed (log above, also in $log)" >&2
     exit 1
   fi
+  # One line per extra and pyproject.toml version installed.
+  echo "$wanted" >> "$stamp"
 }

@@ -3,6 +3,8 @@
 import json
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -126,3 +128,14 @@ def test_every_command_has_help(run):
                     ["revoke"], ["proxy"], ["audit"], ["spend"], ["env"], ["demo"]):
         output = run(*command, "--help").output
         assert "Usage:" in output and len(output.splitlines()) > 4, command
+
+
+def test_demo_stops_the_runaway_batch_at_the_cap(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "keybrake_addon", "--home", str(tmp_path / "demo-home"), "demo",
+                             "--charges", "20", "--cap", "475"], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "9 charged, 11 stopped at the cap; the fake Stripe moved $450.00." in out
+    spend_row = next(line for line in out.splitlines() if line.startswith("demo/runaway-batch"))
+    assert spend_row.split()[1:4] == ["450.00", "0.00", "20"]  # spent, reserved, calls
+    assert out.count("pi_") == 9
