@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from .. import policy
+from ..vendors import VENDORS
 from ..vendors.base import CostEstimate, PricingBasis, Refusal, RefusalKind
 from .base import (
     AdmitRequest,
@@ -387,8 +388,9 @@ class SqliteLedger(SqliteStore):
 
     def _insert_refusal(self, db: sqlite3.Connection, call: CallFacts, refusal: Refusal,
                         key: KeyRecord | None) -> int:
-        return self._insert_audit(db, call, key, refusal.kind.code, 0, None, refusal.kind.status,
-                                  message=refusal.message)
+        # The status the vendor-shaped answer carries (Resend answers a refused key with 403).
+        status = VENDORS[call.vendor].refusal_status(refusal.kind)
+        return self._insert_audit(db, call, key, refusal.kind.code, 0, None, status, message=refusal.message)
 
     def _insert_audit(self, db: sqlite3.Connection, call: CallFacts, key: KeyRecord | None, decision: str,
                       reserved: int, reservation_id: int | None, status: int | None, *,

@@ -191,13 +191,13 @@ def render_refusal(refusal: Refusal) -> RenderedResponse:
         headers["x-keybrake-cap-hit"] = "true"
     if refusal.retry_after_s is not None:
         headers["retry-after"] = str(refusal.retry_after_s)
-    status = _resend_status(kind)
+    status = refusal_status(kind)
     name = "missing_api_key" if kind is RefusalKind.MISSING_KEY else _RESEND_NAMES.get(status, "application_error")
     body = {"statusCode": status, "message": refusal.message, "name": name, "keybrake_code": kind.code}
     return RenderedResponse(status, headers, json.dumps(body).encode())
 
 
-def _resend_status(kind: RefusalKind) -> int:
+def refusal_status(kind: RefusalKind) -> int:
     """Resend's only 401 is a missing key; a key it does not accept gets 403 invalid_api_key."""
     if kind.status == 401 and kind is not RefusalKind.MISSING_KEY:
         return 403

@@ -17,6 +17,7 @@ from .base import (
     PresentedCredential,
     PricingBasis,
     Refusal,
+    RefusalKind,
     RenderedResponse,
     Unpriced,
     VendorRequest,
@@ -276,6 +277,11 @@ def money_may_have_moved(status: int, body: bytes) -> bool:
 
 
 # --- refusals --------------------------------------------------------------------------------
+
+def refusal_status(kind: RefusalKind) -> int:
+    """The HTTP status this vendor's refusal answers with (the audit row records the same)."""
+    return kind.status
+
 
 def render_refusal(refusal: Refusal) -> RenderedResponse:
     """A Stripe-shaped error that both SDKs map to their usual exception and do not retry."""

@@ -24,6 +24,7 @@ from .base import (
     Outcome,
     PresentedCredential,
     Refusal,
+    RefusalKind,
     RenderedResponse,
     Unpriced,
     VendorRequest,
@@ -321,6 +322,11 @@ def money_may_have_moved(status: int, body: bytes) -> bool:
 # when a body has no code. Our own code is in `keybrake_code` and `details`.
 _TWILIO_CODES = {401: 20003, 403: 20006, 429: 20429, 503: 20503}
 MORE_INFO = "https://github.com/keybrake/keybrake#refusals"
+
+
+def refusal_status(kind: RefusalKind) -> int:
+    """The HTTP status this vendor's refusal answers with (the audit row records the same)."""
+    return kind.status
 
 
 def render_refusal(refusal: Refusal) -> RenderedResponse:

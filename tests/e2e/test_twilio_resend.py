@@ -166,9 +166,11 @@ def test_resend_revoke_and_idempotent_retry(vendors, home):
     assert first["id"] == again["id"] and resend_fake.emails_sent == 1
     assert keybrake_json(home, "keys", "show", key["key_id"])["spent_usd"] == "0.0009"
     keybrake(home, "revoke", key["key_id"])
-    with pytest.raises(resend.exceptions.ResendError) as refused:
+    with pytest.raises(resend.exceptions.InvalidApiKeyError) as refused:  # Resend's own class for a bad key
         resend.Emails.send(email)
     assert "revoked" in str(refused.value)
+    last = json.loads(keybrake(home, "audit", "--key", key["key_id"], "--format", "json").stdout)[-1]
+    assert (last["decision"], last["status"]) == ("keybrake_key_revoked", 403)  # what the client got
 
 
 def test_reconcile_replaces_estimates_with_twilio_final_prices(vendors, home):
