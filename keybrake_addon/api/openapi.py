@@ -14,6 +14,9 @@ def _json(schema: dict, description: str) -> dict:
 _ERRORS = {
     "400": _json(_ERROR, "Invalid request; `error.field` names the field"),
     "401": _json(_ERROR, "Missing or wrong admin token"),
+    "404": _json(_ERROR, "No such route (or no such key)"),
+    "405": _json(_ERROR, "The route exists, the method does not"),
+    "413": _json(_ERROR, "Body over 64 KiB"),
     "503": _json(_ERROR, "The vault database is unavailable; retry after Retry-After"),
 }
 
@@ -70,7 +73,7 @@ OPENAPI: dict = {
                                           "examples": [["POST /v1/payment_intents"]]},
                     "allow_all": {"type": "boolean"}, "no_cap": {"type": "boolean"},
                     "allow_unpriced": {"type": "boolean"},
-                    "expires_in": {"type": "string", "pattern": r"^\d+[smhd]$"},
+                    "expires_in": {"type": "string", "pattern": r"^0*[1-9]\d*[smhd]$", "description": "at most 3650d"},
                     "agent_run_label": {"type": "string"},
                 },
             },
@@ -84,6 +87,8 @@ OPENAPI: dict = {
                 "vendor_request_id": {"type": ["string", "null"]}, "duration_ms": {"type": ["number", "null"]},
                 "replayed": {"type": "boolean"}}},
             "SpendRow": {"type": "object", "required": ["spent_usd", "reserved_usd", "calls"], "properties": {
+                "key": {"type": ["string", "null"]}, "label": {"type": ["string", "null"]},
+                "vendor": {"type": "string"}, "day": {"type": "string"},
                 "spent_usd": _USD, "reserved_usd": _USD, "calls": {"type": "integer"},
                 "allowed": {"type": "integer"}, "refused": {"type": "integer"}, "cap_hits": {"type": "integer"}}},
         },
@@ -99,8 +104,7 @@ OPENAPI: dict = {
                     "schema": {"$ref": "#/components/schemas/KeyRequest"}}}},
                 "responses": {"201": _json({"$ref": "#/components/schemas/IssuedKey"}, "Issued"),
                               "200": _json({"$ref": "#/components/schemas/IssuedKey"}, "Replayed issuance"),
-                              "409": _json(_ERROR, "Idempotency-Key reused with another body"),
-                              "413": _json(_ERROR, "Body too large"), **_ERRORS},
+                              "409": _json(_ERROR, "Idempotency-Key reused with another body"), **_ERRORS},
             },
             "get": {
                 "summary": "List vault keys",
@@ -130,8 +134,9 @@ OPENAPI: dict = {
                 "data": {"type": "array", "items": {"$ref": "#/components/schemas/AuditRow"}}}}, "Rows"), **_ERRORS}}},
         "/vault/spend": {"get": {
             "summary": "Spend totals",
-            "parameters": [{"name": "label", "in": "query", "schema": {"type": "string"}},
-                           {"name": "by", "in": "query", "schema": {"enum": ["key", "label", "vendor", "day"]}}],
+            "parameters": [*({"name": n, "in": "query", "schema": {"type": "string"}} for n in ("label", "key", "since", "limit")),
+                           {"name": "by", "in": "query", "schema": {"enum": ["key", "label", "vendor", "day"]},
+                            "description": "the grouping column each row carries (default label)"}],
             "responses": {"200": _json({"type": "object", "required": ["data"], "properties": {
                 "data": {"type": "array", "items": {"$ref": "#/components/schemas/SpendRow"}}}}, "Totals"), **_ERRORS}}},
     },
