@@ -142,7 +142,7 @@ class Gate:
     async def check(self, vendor: ModuleType, request: VendorRequest) -> Decision:
         started = time.monotonic()
         call = CallFacts(vendor.NAME, request.method, request.path, vendor.idempotency_key(request.headers),
-                         utc_now())
+                         utc_now(), started)
         try:
             return await self._check(vendor, request, call, started)
         except LedgerUnavailable as error:

@@ -112,6 +112,7 @@ class CallFacts:
     path: str
     idempotency_key: str | None
     at: datetime
+    started: float | None = None  # time.monotonic() when the request arrived: a refusal's duration
 
 
 @dataclass(frozen=True)

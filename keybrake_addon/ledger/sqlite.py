@@ -8,6 +8,7 @@ That is what keeps a cap exact across parallel calls and several proxy processes
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -390,19 +391,20 @@ class SqliteLedger(SqliteStore):
                         key: KeyRecord | None) -> int:
         # The status the vendor-shaped answer carries (Resend answers a refused key with 403).
         status = VENDORS[call.vendor].refusal_status(refusal.kind)
-        return self._insert_audit(db, call, key, refusal.kind.code, 0, None, status, message=refusal.message)
+        return self._insert_audit(db, call, key, refusal.kind.code, 0, None, status, message=refusal.message,
+                                  duration_ms=_elapsed_ms(call))
 
     def _insert_audit(self, db: sqlite3.Connection, call: CallFacts, key: KeyRecord | None, decision: str,
                       reserved: int, reservation_id: int | None, status: int | None, *,
                       message: str | None = None, amount_minor: int | None = None,
-                      currency: str | None = None) -> int:
+                      currency: str | None = None, duration_ms: float | None = None) -> int:
         return db.execute(
             "INSERT INTO audit (ts, key_id, label, vendor, method, path, status, decision, reserved_micros, "
-            "actual_micros, amount_minor, currency, idempotency_key, reservation_id, message) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "actual_micros, amount_minor, currency, idempotency_key, reservation_id, message, duration_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (to_text(call.at), key.key_id if key else None, key.spec.label if key else None, call.vendor,
              call.method, call.path, status, decision, reserved, 0 if status is not None else None,
-             amount_minor, currency, call.idempotency_key, reservation_id, message),
+             amount_minor, currency, call.idempotency_key, reservation_id, message, duration_ms),
         ).lastrowid
 
     def settle(self, request: SettleRequest) -> None:
@@ -510,6 +512,10 @@ def _audit_clauses(where: AuditFilter, *, key_column: str = "key_id", label_colu
         clauses.append(f"{time_column} >= ?")
         params.append(to_text(where.since))
     return clauses, params
+
+
+def _elapsed_ms(call: CallFacts) -> float | None:
+    return None if call.started is None else round((time.monotonic() - call.started) * 1000, 3)
 
 
 def _same_attempt(reservation: sqlite3.Row, endpoint: str, at: datetime) -> bool:

@@ -109,6 +109,7 @@ def test_credential_endpoints_never_reach_the_vendor_even_for_allow_all_keys(ven
     assert twilio_fake.hits == 0 and resend_fake.hits == 0
     audit = json.loads(keybrake(home, "audit", "--format", "json").stdout)
     assert [row["decision"] for row in audit] == ["keybrake_credential_endpoint"] * 4
+    assert all(row["duration_ms"] is not None and row["duration_ms"] >= 0 for row in audit)  # refusals timed too
 
 
 def test_twilio_revoke_stops_the_next_send(vendors, home):
