@@ -59,6 +59,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _fingerprint import package_fingerprint  # scripts/ is sys.path[0] when run as a script
+
 PY = sys.executable
 UPSTREAM_SECRET = "sk_test_" + "bench0upstream0secret0only"  # what the fake Stripe accepts
 STRIPE_BASE = "https://api.stripe.com"
@@ -533,19 +535,6 @@ def ledger_alone(workdir: Path, iterations: int, repeats: int = LEDGER_REPEATS) 
 
 
 # ----- report ----------------------------------------------------------------------------------
-
-def package_fingerprint() -> str:
-    """sha256 over the package's Python sources, to tell which code a result belongs to."""
-    import hashlib
-
-    import keybrake_addon
-
-    root = Path(keybrake_addon.__file__).parent
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
-
 
 def machine_info() -> dict:
     import httpx

@@ -54,6 +54,8 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+from _fingerprint import package_fingerprint  # scripts/ is sys.path[0] when run as a script
+
 PY = sys.executable
 UPSTREAM_SECRET = "sk_test_" + "soak0upstream0secret0only0"  # what the fake Stripe accepts
 STRIPE_BASE = "https://api.stripe.com"
@@ -391,19 +393,6 @@ def print_report(result: dict) -> None:
               f"`python -c pass` {scale['python_startup_ms_median']} ms")
     problems = result["problems"]
     print("\n" + ("PASS" if not problems else "FAIL:\n  " + "\n  ".join(problems)))
-
-
-def package_fingerprint() -> str:
-    """sha256 over the package's Python sources (as in bench.py), to tell which code a result belongs to."""
-    import hashlib
-
-    import keybrake_addon
-
-    root = Path(keybrake_addon.__file__).parent
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
