@@ -110,7 +110,7 @@ class Keybrake:
         """
         if not isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
             return
-        if not (flow.request.path == "/vault" or flow.request.path.startswith("/vault/")):
+        if not _is_vault_api_path(flow.request.path):
             return
         length = flow.request.headers.get("content-length", "0")
         declared = int(length) if length.isdigit() else UNREADABLE_BODY_BYTES + 1
@@ -149,7 +149,7 @@ class Keybrake:
             self._refuse(flow, _api_error(403, "tls_required", "this listener takes HTTPS only"))
             return
         path = flow.request.path
-        if path == "/vault" or path.startswith("/vault/"):
+        if _is_vault_api_path(path):
             await self._serve_vault_api(flow)
             return
         prefix, _, rest = path[1:].partition("/")
@@ -159,18 +159,16 @@ class Keybrake:
             # Stripe's version prefix names the vendor, still by path and never by Host.
             vendor, rest = VENDORS["stripe"], path[1:]
         if vendor is None:
-            self._refuse(flow, RenderedResponse(404, {"content-type": "application/json"}, json.dumps(
-                {"error": {"code": "not_found", "message": f"no route for {flow.request.path.split('?')[0]}: "
-                           f"use /vault/..., {', '.join('/' + name + '/...' for name in VENDORS)} or /v1/... (Stripe)"}}).encode()))
+            self._refuse(flow, _api_error(404, "not_found", f"no route for {path.split('?')[0]}: use /vault/..., "
+                                          f"{', '.join('/' + name + '/...' for name in VENDORS)} or /v1/... (Stripe)"))
             return
         flow.request.path = "/" + rest
         await self._gate(flow, vendor)
 
     async def _serve_vault_api(self, flow: http.HTTPFlow) -> None:
         if await self._ready_gate() is None:
-            self._refuse(flow, RenderedResponse(503, {"content-type": "application/json", "retry-after": "2"},
-                                                json.dumps({"error": {"code": "unavailable",
-                                                                      "message": self._not_ready_reason()}}).encode()))
+            self._refuse(flow, _api_error(503, "unavailable", self._not_ready_reason(),
+                                          {"retry-after": str(UNAVAILABLE_RETRY_AFTER_S)}))
             return
         request = flow.request
         path, _, _ = request.path.partition("?")
@@ -185,7 +183,7 @@ class Keybrake:
         flow.metadata[VENDOR] = vendor  # for the shape of an unexpected error's answer
         for name in [n for n in flow.request.headers if n.lower().startswith(KEYBRAKE_HEADER_PREFIX)]:
             del flow.request.headers[name]
-        gate = await self._ready_gate()
+        gate = self.gate or await self._ready_gate()  # the await only while the ledger is not open yet
         if gate is None:
             self._refuse(flow, vendor.render_refusal(Refusal(RefusalKind.UNAVAILABLE, self._not_ready_reason(),
                                                              retry_after_s=UNAVAILABLE_RETRY_AFTER_S)))
@@ -258,9 +256,14 @@ def _deny_egress(flow: http.HTTPFlow) -> None:
         {"content-type": "text/plain"})
 
 
-def _api_error(status: int, code: str, message: str) -> RenderedResponse:
-    return RenderedResponse(status, {"content-type": "application/json"},
+def _api_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> RenderedResponse:
+    """An answer of the API listener itself, in the vault API's error shape."""
+    return RenderedResponse(status, {"content-type": "application/json", **(headers or {})},
                             json.dumps({"error": {"code": code, "message": message}}).encode())
+
+
+def _is_vault_api_path(path: str) -> bool:
+    return path == "/vault" or path.startswith("/vault/")
 
 
 def _log_unexpected(hook: str, failure: Exception) -> None:

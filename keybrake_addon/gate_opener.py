@@ -51,7 +51,7 @@ class GateOpener:
             self._failed(error)
             # A warning, not an error: mitmproxy exits on any error logged during start-up.
             logger.warning("keybrake: cannot open the ledger yet (%s). Every vendor call gets a 503 until it "
-                         "can; retrying at most every %.0f s.", error, REOPEN_INTERVAL_S)
+                           "can; retrying at most every %.0f s.", error, REOPEN_INTERVAL_S)
             return None
 
     async def open_when_due(self) -> Gate | None:

@@ -27,6 +27,7 @@ HEARTBEAT_INTERVAL_S = 2.0
 # backstop's inline checkpoint stalls the whole loop.
 RESTART_AFTER_FRAMES = 25_000
 RESTART_WAIT_MS = 50
+CONNECT_TIMEOUT_S = 1.0  # the housekeeping connection's usual wait for a lock
 
 
 class Housekeeper:
@@ -48,7 +49,7 @@ class Housekeeper:
         self._thread = threading.Thread(target=self._run, name="keybrake-housekeeping", daemon=True)
         self._thread.start()
 
-    def _connect(self, timeout_s: float = 1.0) -> sqlite3.Connection:
+    def _connect(self, timeout_s: float = CONNECT_TIMEOUT_S) -> sqlite3.Connection:
         return sqlite3.connect(self._database, timeout=timeout_s, isolation_level=None, check_same_thread=False)
 
     def _run(self) -> None:
@@ -82,7 +83,7 @@ class Housekeeper:
         try:
             db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         finally:
-            db.execute("PRAGMA busy_timeout=1000")
+            db.execute(f"PRAGMA busy_timeout={int(CONNECT_TIMEOUT_S * 1000)}")
 
     def stop(self) -> None:
         self._stopping.set()

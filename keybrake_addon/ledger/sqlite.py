@@ -309,11 +309,7 @@ class SqliteLedger(SqliteStore):
                 "created_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
                 (key.key_id, idempotency_key, endpoint, request.run_id, day, cost, to_text(call.at)),
             ).lastrowid
-            db.execute(
-                "UPDATE vault_keys SET reserved_micros = reserved_micros + ?, calls = calls + 1, "
-                "day_spent_micros = CASE WHEN day = ? THEN day_spent_micros ELSE 0 END, "
-                "day_reserved_micros = CASE WHEN day = ? THEN day_reserved_micros ELSE 0 END + ?, day = ? "
-                "WHERE key_id = ?", (cost, day, day, cost, day, key.key_id))
+            _hold_on_key(db, key.key_id, cost, day, new_call=True)
             audit_id = self._insert_audit(db, call, key, "allowed", cost, reservation_id, None,
                                           amount_minor=estimate.amount_minor if estimate else None,
                                           currency=estimate.currency if estimate else None)
@@ -348,11 +344,7 @@ class SqliteLedger(SqliteStore):
             db.execute("UPDATE reservations SET state = 'pending', reserved_micros = ?, day = ?, run_id = ?, "
                        "actual_micros = NULL, settled_at = NULL, estimated = 0 WHERE id = ?",
                        (cost, day, request.run_id, existing["id"]))
-            db.execute(
-                "UPDATE vault_keys SET reserved_micros = reserved_micros + ?, "
-                "day_spent_micros = CASE WHEN day = ? THEN day_spent_micros ELSE 0 END, "
-                "day_reserved_micros = CASE WHEN day = ? THEN day_reserved_micros ELSE 0 END + ?, day = ? "
-                "WHERE key_id = ?", (cost, day, day, cost, day, key.key_id))
+            _hold_on_key(db, key.key_id, cost, day, new_call=False)
         elif extra:
             db.execute("UPDATE reservations SET reserved_micros = reserved_micros + ? WHERE id = ?",
                        (extra, existing["id"]))
@@ -525,6 +517,15 @@ def _same_attempt(reservation: sqlite3.Row, endpoint: str, at: datetime) -> bool
     another endpoint, the same key is a new call.
     """
     return reservation["endpoint"] == endpoint and from_text(reservation["created_at"]) > at - IDEMPOTENCY_MEMORY
+
+
+def _hold_on_key(db: sqlite3.Connection, key_id: str, cost: int, day: str, *, new_call: bool) -> None:
+    """Count a new hold on the key's counters, starting the daily ones afresh on a new UTC day."""
+    db.execute(
+        f"UPDATE vault_keys SET reserved_micros = reserved_micros + ?, {'calls = calls + 1, ' if new_call else ''}"
+        "day_spent_micros = CASE WHEN day = ? THEN day_spent_micros ELSE 0 END, "
+        "day_reserved_micros = CASE WHEN day = ? THEN day_reserved_micros ELSE 0 END + ?, day = ? "
+        "WHERE key_id = ?", (cost, day, day, cost, day, key_id))
 
 
 def move_money(db: sqlite3.Connection, reservation: sqlite3.Row, *, spent: int, reserved: int) -> None:

@@ -31,7 +31,7 @@ from .base import (
     VendorResponse,
 )
 from .auth_headers import basic, basic_credentials
-from .forms import parse_form, parse_form_pairs, parse_json_object
+from .forms import parse_form_pairs, parse_json_object
 from .sms_segments import count_segments
 
 if TYPE_CHECKING:  # pricing imports the vendors package: a runtime import here would be circular
@@ -137,7 +137,8 @@ def _is_credential_endpoint(path: str) -> bool:
 
 def _priced_form(request: VendorRequest) -> dict[str, str]:
     """The form of a priced POST, once nothing in it could make Twilio charge for other values."""
-    body_names = Counter(name.casefold() for name, _ in parse_form_pairs(request.body))
+    pairs = parse_form_pairs(request.body)
+    body_names = Counter(name.casefold() for name, _ in pairs)
     for name in _SINGLE_VALUED_FIELDS:
         if body_names[name.casefold()] > 1:
             raise MalformedRequest(f"'{name}' is given more than once, so Keybrake cannot tell which one "
@@ -145,7 +146,7 @@ def _priced_form(request: VendorRequest) -> dict[str, str]:
     for name, _ in parse_form_pairs(request.query.encode()):
         if name.casefold() in _PRICED_FIELDS:
             raise MalformedRequest(f"'{name}' must be sent in the form body, not in the query string")
-    return parse_form(request.body)
+    return dict(pairs)  # what parse_form gives, without parsing the body twice
 
 
 def _message(form: Mapping[str, str], rates: "TwilioRates") -> CostEstimate:
