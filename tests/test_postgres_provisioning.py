@@ -11,7 +11,8 @@ import pytest
 
 from support.postgres import (
     BINARIES_ENV, FORCE_THROWAWAY_ENV, LOCAL_URL, SERVER_OS_USER, TEST_DATABASE_PREFIX, URL_ENV,
-    PostgresServer, PostgresUnavailable, fresh_database, server_answers, start_throwaway_server,
+    PostgresServer, PostgresUnavailable, fresh_database, provision_server, server_answers,
+    start_throwaway_server,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,3 +118,18 @@ def test_a_session_without_binaries_fails_rather_than_skips():
     assert done.returncode != 0
     assert "apt-get install -y postgresql" in done.stdout
     assert "skipped" not in done.stdout and "1 error" in done.stdout
+
+
+@pytest.mark.parametrize("given, complaint", [
+    ("/var/lib/keybrake/ledger.db", "must be a postgresql:// URL"),
+    ("postgresql://kb:hunter2@127.0.0.1:1/nowhere", r"postgresql://kb:\*\*\*@127.0.0.1:1/nowhere does not answer"),
+])
+def test_a_given_url_must_be_a_postgres_server_that_answers(given, complaint):
+    with pytest.raises(PostgresUnavailable, match=complaint) as refused:
+        provision_server({URL_ENV: given})
+    assert "hunter2" not in str(refused.value)
+
+
+def test_a_given_url_that_answers_is_used_as_it_is(postgres_server):
+    server = provision_server({URL_ENV: postgres_server.url})
+    assert server.url == postgres_server.url and not server.owned

@@ -203,6 +203,8 @@ def provision_server(environ: Mapping[str, str] = os.environ) -> PostgresServer:
     forced_throwaway = environ.get(FORCE_THROWAWAY_ENV, "") not in ("", "0")
     given = environ.get(URL_ENV)
     if given and not forced_throwaway:
+        if parse_database_url(given).backend != "postgresql":
+            raise PostgresUnavailable(f"{URL_ENV} must be a postgresql:// URL, not {parse_database_url(given).redacted()}")
         if not server_answers(given, timeout_seconds=10):
             raise PostgresUnavailable(f"{URL_ENV}={parse_database_url(given).redacted()} does not answer `SELECT 1`")
         return PostgresServer(url=given)
