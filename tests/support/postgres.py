@@ -11,6 +11,7 @@ would pass CI on a machine that never ran it.
 KEYBRAKE_TEST_FORCE_THROWAWAY_PG=1 skips 1 and 2, so the throwaway path can be tested here too.
 """
 
+import atexit
 import glob
 import os
 import pwd
@@ -91,8 +92,9 @@ class ThrowawayCluster:
 
     def create(self) -> "ThrowawayCluster":
         try:
-            self._run("initdb", "-D", self.data_dir, "-U", "postgres", "-A", "trust",
-                      "-E", "UTF8", "--locale=C", "--no-sync")
+            # A copy of a data directory initdb made once per process: ~0.2 s instead of ~2 s.
+            # cp -a as the server user keeps the owner and the 0700 mode postgres insists on.
+            self._run(shutil.which("cp") or "/bin/cp", "-a", _pristine_data_dir(self.bin_dir), self.data_dir)
             self._configure()
             self._start_on_a_free_port()
         except BaseException:
@@ -145,7 +147,12 @@ class ThrowawayCluster:
                 if attempt == START_ATTEMPTS:
                     raise
 
+    def initdb(self) -> None:
+        self._run("initdb", "-D", self.data_dir, "-U", "postgres", "-A", "trust",
+                  "-E", "UTF8", "--locale=C", "--no-sync")
+
     def _command(self, program: str, *args) -> list[str]:
+        # An absolute program (cp) stays as it is: Path / "/bin/cp" is /bin/cp.
         command = [str(self.bin_dir / program), *map(str, args)]
         return ["runuser", "-u", SERVER_OS_USER, "--", *command] if self._as_server_user else command
 
@@ -158,6 +165,22 @@ class ThrowawayCluster:
                 f"throwaway PostgreSQL: `{program} {' '.join(map(str, args))}` failed ({done.returncode}):\n"
                 f"{done.stdout}{done.stderr}{log}"
             )
+
+
+_pristine_data_dirs: dict[Path, Path] = {}  # bin dir -> a data dir fresh from initdb, never started
+
+
+def _pristine_data_dir(bin_dir: Path) -> Path:
+    if bin_dir not in _pristine_data_dirs:
+        holder = ThrowawayCluster(bin_dir)
+        try:
+            holder.initdb()
+        except BaseException:
+            holder.remove()
+            raise
+        atexit.register(holder.remove)
+        _pristine_data_dirs[bin_dir] = holder.data_dir
+    return _pristine_data_dirs[bin_dir]
 
 
 @dataclass
