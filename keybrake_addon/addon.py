@@ -18,6 +18,8 @@ from .api.vault_api import MAX_BODY_BYTES, ApiRequest, VaultApi
 from .gate import UNAVAILABLE_RETRY_AFTER_S, Decision, Gate, Ticket
 from .gate_opener import GateOpener
 from .home import KeybrakeHome
+from .ledger.migrations import SchemaMismatch
+from .ledger.opening import database_of
 from .pricing import PricingError, load_pricing
 from .vault.crypto import MasterKeyError
 from .vendors import VENDORS, vendor_for_host
@@ -59,6 +61,8 @@ class Keybrake:
         loader.add_option("keybrake_home", str, "", "The Keybrake home (database, master key, CA).")
         loader.add_option("keybrake_upstreams", Sequence[str], [],
                           "VENDOR=URL: send that vendor's traffic to another base URL (tests, staging, mocks).")
+        loader.add_option("keybrake_database", str, "",
+                          "The ledger database URL (postgresql://...); empty: the SQLite file in the home.")
         loader.add_option("keybrake_db_busy_timeout", float, 5.0,
                           "Seconds to wait for another writer's database lock before answering 503.")
         loader.add_option("keybrake_strict_egress", bool, False,
@@ -67,13 +71,14 @@ class Keybrake:
     def configure(self, updated) -> None:
         if "keybrake_upstreams" in updated:
             self.upstreams = parse_upstreams(ctx.options.keybrake_upstreams)
-        if updated & {"keybrake_home", "keybrake_db_busy_timeout"} and ctx.options.keybrake_home:
+        if updated & {"keybrake_home", "keybrake_db_busy_timeout", "keybrake_database"} and ctx.options.keybrake_home:
             home = KeybrakeHome.resolve(ctx.options.keybrake_home)
             try:
+                database = database_of(ctx.options.keybrake_database or None, home.database)
                 pricing = load_pricing(home.pricing_file)
-                opener = GateOpener(home, pricing, ctx.options.keybrake_db_busy_timeout)
+                opener = GateOpener(home, pricing, ctx.options.keybrake_db_busy_timeout, database)
                 gate = opener.open_or_wait()
-            except (PricingError, MasterKeyError, OSError, ValueError) as error:
+            except (PricingError, MasterKeyError, SchemaMismatch, OSError, ValueError) as error:
                 raise exceptions.OptionsError(str(error)) from None
             if self.gate is not None:
                 self.gate.close()

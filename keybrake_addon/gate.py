@@ -1,13 +1,8 @@
 """The gate: checks one vendor request against its vault key and settles it from the answer.
 
-Independent of mitmproxy, so the forward proxy and the API listener share it.
-
-Where ledger transactions run: each first tries a connection that never waits for SQLite's
-write lock, right on the event loop (a free lock makes a transaction ~0.2 ms of CPU, no
-fsync: WAL commits do not sync and checkpoints run on their own thread). When another writer
-holds the lock, the transaction moves to the gate's database thread, which waits up to the
-busy timeout there. So the loop never waits on the database, and the common case skips two
-thread hand-offs (about 0.5 ms per request here; see BENCHMARKS.md).
+Independent of mitmproxy, so the forward proxy and the API listener share it. It awaits the
+ledger (ledger/executor.py) for each admit and hands it each settlement without waiting; the
+money rules themselves live in ledger/decisions.py.
 """
 
 import asyncio
@@ -19,17 +14,10 @@ from types import ModuleType
 
 from . import settlement
 from .installation import Installation
-from .ledger.base import (
-    AdmitRequest,
-    CallFacts,
-    KeyRecord,
-    LedgerBusy,
-    LedgerUnavailable,
-    Resolution,
-    SettleRequest,
-)
+from .ledger import decisions
+from .ledger.base import AdmitRequest, CallFacts, KeyRecord, LedgerUnavailable, SettleRequest
+from .ledger.executor import AsyncLedger
 from .ledger.housekeeping import Housekeeper
-from .ledger.sqlite import SqliteLedger
 from .ledger.times import utc_now
 from .money import format_usd
 from .paths import is_ambiguous
@@ -53,9 +41,7 @@ from .vendors.base import (
 logger = logging.getLogger("keybrake")
 
 UNAVAILABLE_RETRY_AFTER_S = 2
-KNOWN_BUSY_S = 1.0
 DRAIN_TIMEOUT_S = 5.0
-SETTLE_RETRY_DELAYS_S = (0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)  # about 9 minutes in all
 
 
 @dataclass(frozen=True)
@@ -67,7 +53,7 @@ class Ticket:
     path: str
     audit_id: int
     reservation_id: int
-    created_here: bool
+    opened: bool  # this call answers for its reservation's hold (False: a retry attached to it)
     basis: PricingBasis | None
     key: KeyRecord  # the key's balance when the call was admitted, before its own hold
     reserved_micros: int  # this call's own hold (0 for a retry that attached to an earlier one)
@@ -88,61 +74,38 @@ class Decision:
 class Gate:
     def __init__(self, installation: Installation, pricing: Pricing) -> None:
         self._installation = installation
-        self._ledger = installation.ledger
         self._vault = installation.vault
         self._pricing = pricing
-        self._no_wait_ledger = SqliteLedger(installation.home.database, busy_timeout_s=0,
-                                            background_checkpoints=True)
+        self._ledger = installation.async_ledger()
         try:
-            self._housekeeper = Housekeeper(installation.home.database)
+            self._housekeeper = Housekeeper(installation)
         except LedgerUnavailable:
-            self._no_wait_ledger.close()
+            self._ledger.close()
             raise
-        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keybrake-ledger")
-        self._unsettled: set[asyncio.Future] = set()
-        self._busy_until = 0.0  # monotonic time until which a busy ledger fails fast
+        self._db_thread = ThreadPoolExecutor(max_workers=2, thread_name_prefix="keybrake-reads")
 
     @property
     def installation(self) -> Installation:
         return self._installation
 
+    @property
+    def ledger(self) -> AsyncLedger:
+        return self._ledger
+
     def close(self) -> None:
         self._db_thread.shutdown(wait=True)
         self._housekeeper.stop()
-        self._no_wait_ledger.close()
+        self._ledger.close()
         self._installation.close()
 
     async def run_in_db(self, function, *args):
-        """Run blocking ledger work on the gate's database thread, off the event loop."""
+        """Run blocking ledger work (the vault API, reports) on a thread, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, function, *args)
-
-    async def _transact(self, operation: str, *args):
-        """A ledger transaction, on the loop if the write lock is free, else on the database thread.
-
-        After a wait on the database thread has timed out, calls fail at once for a moment
-        instead of queueing behind each other for a busy timeout apiece: a refusal must come
-        back before the client's own timeout.
-        """
-        try:
-            return getattr(self._no_wait_ledger, operation)(*args)
-        except LedgerBusy:
-            if time.monotonic() < self._busy_until:
-                raise
-        try:
-            return await self.run_in_db(self._unless_known_busy, getattr(self._ledger, operation), *args)
-        except LedgerBusy:
-            self._busy_until = time.monotonic() + KNOWN_BUSY_S
-            raise
-
-    def _unless_known_busy(self, function, *args):
-        if time.monotonic() < self._busy_until:  # queued behind a wait that already timed out
-            raise LedgerBusy("the ledger was busy a moment ago")
-        return function(*args)
 
     async def check(self, vendor: ModuleType, request: VendorRequest) -> Decision:
         started = time.monotonic()
         call = CallFacts(vendor.NAME, request.method, request.path, vendor.idempotency_key(request.headers),
-                         utc_now(), started)
+                         utc_now(), started, vendor.refusal_status)
         try:
             return await self._check(vendor, request, call, started)
         except LedgerUnavailable as error:
@@ -160,18 +123,18 @@ class Gate:
                             f"Keybrake refuses {request.path!r}: dot segments, empty segments or escaped "
                             "separators could reach another endpoint than the one checked.")
         if early is not None:
-            await self._transact("record_refusal", call, early)
+            self._ledger.record_refusal(call, early)
             return Decision(refusal=vendor.render_refusal(early))
 
         estimate, pricing_refusal = _estimate(vendor, request, self._pricing)
-        admission = await self._transact("admit", AdmitRequest(
+        admission = await self._ledger.admit(AdmitRequest(
             hash_vault_key(credential.token), call, estimate, pricing_refusal, vendor.account_ref(request),
             self._housekeeper.run_id))
         if admission.refusal is not None:
             return Decision(refusal=vendor.render_refusal(admission.refusal))
 
         ticket = Ticket(vendor, request.method, request.path, admission.audit_id, admission.reservation_id,
-                        admission.created_reservation, admission.basis, admission.key, admission.reserved_micros,
+                        admission.opened, admission.basis, admission.key, admission.reserved_micros,
                         started)
         try:
             if admission.secret is None:
@@ -189,7 +152,7 @@ class Gate:
 
     def settle_without_reply(self, ticket: Ticket, *, request_sent: bool, error: str) -> None:
         """Settle a call that got no vendor response (in the background, retried while needed)."""
-        self._settle_in_background(ticket, self._settle_request(ticket, None, request_sent, error))
+        self._ledger.settle(self._settle_request(ticket, None, request_sent, error))
 
     def settle_after_reply(self, ticket: Ticket, response: VendorResponse) -> dict[str, str]:
         """Settle once the reply is on its way; returns the balance headers for that reply.
@@ -199,23 +162,15 @@ class Gate:
         balance the settlement will leave, as of this call (concurrent calls may move it on).
         """
         request = self._settle_request(ticket, response, True, None)
-        # call_soon: after this hook returns and mitmproxy has written the reply. (Not the database
-        # thread: measured, its GIL contention with the loop costs more than it saves.)
-        asyncio.get_running_loop().call_soon(self._settle_in_background, ticket, request)
-        return balance_headers(_balance_after(ticket, request))
+        # call_soon: after this hook returns and mitmproxy has written the reply.
+        asyncio.get_running_loop().call_soon(self._ledger.settle, request)
+        return balance_headers(decisions.balance_after(
+            ticket.key, opened=ticket.opened, reserved_micros=ticket.reserved_micros,
+            resolution=request.resolution, actual_micros=request.actual_micros))
 
-    def _settle_in_background(self, ticket: Ticket, request: SettleRequest) -> None:
-        task = asyncio.ensure_future(self._settle(ticket, request))
-        if not task.done():
-            self._unsettled.add(task)
-            task.add_done_callback(self._unsettled.discard)
-
-    async def drain(self) -> None:
-        """Give settlements still under way a few seconds at shutdown; the rest stay counted."""
-        if self._unsettled:
-            await asyncio.wait(self._unsettled, timeout=DRAIN_TIMEOUT_S)
-        for task in list(self._unsettled):
-            task.cancel()  # its hold stays pending, counted, and shows as unknown once this run stops
+    async def drain(self, timeout_s: float = DRAIN_TIMEOUT_S):
+        """Give settlements still queued up to `timeout_s` at shutdown; the rest stay counted."""
+        return await self._ledger.drain(timeout_s)
 
     def _settle_request(self, ticket: Ticket, response: VendorResponse | None, request_sent: bool,
                         error: str | None) -> SettleRequest:
@@ -225,7 +180,7 @@ class Gate:
             outcome = vendor.outcome(VendorRequest(ticket.method, ticket.path, "", {}, b""), response,
                                      self._pricing.for_vendor(vendor.NAME))
         resolution, actual = settlement.resolve(
-            created_here=ticket.created_here, basis=ticket.basis, status=response.status if response else None,
+            opened=ticket.opened, basis=ticket.basis, status=response.status if response else None,
             outcome=outcome, request_sent=request_sent)
         return SettleRequest(
             audit_id=ticket.audit_id, reservation_id=ticket.reservation_id, resolution=resolution,
@@ -235,46 +190,6 @@ class Gate:
             amount_minor=outcome.amount_minor if outcome else None, currency=outcome.currency if outcome else None,
             replayed=outcome.replayed if outcome else False, duration_ms=(time.monotonic() - ticket.started) * 1000,
             error=error)
-
-    async def _settle(self, ticket: Ticket, request: SettleRequest) -> None:
-        """Settle, retrying while the ledger is unavailable: the vendor's answer is the truth.
-
-        Until it lands the hold stays counted; if this process dies first, the hold shows as
-        unknown (see ledger/housekeeping.py) and `keybrake reconcile` settles it.
-        """
-        for delay in (*SETTLE_RETRY_DELAYS_S, None):
-            try:
-                await self._transact("settle", request)
-                return
-            except LedgerUnavailable as failure:
-                if delay is None:
-                    _log_unsettled(ticket, failure)
-                    return
-                await asyncio.sleep(delay)
-            except Exception as failure:  # noqa: BLE001 - whatever it is, the hold must stay counted
-                _log_unsettled(ticket, failure)
-                return
-
-
-def _log_unsettled(ticket: Ticket, failure: Exception) -> None:
-    # The hold stays counted (never under-count); `keybrake keys show` lists it as open.
-    logger.error("keybrake: could not settle reservation %s of key %s: %s", ticket.reservation_id,
-                 ticket.key_id, type(failure).__name__)
-
-
-def _balance_after(ticket: Ticket, request: SettleRequest) -> KeyRecord:
-    """The key's balance once this call settles, from the snapshot taken when it was admitted."""
-    key = ticket.key
-    if not ticket.created_here:
-        return key  # a retry: its hold was already in the snapshot
-    if request.resolution is Resolution.SETTLE:
-        spent = ticket.reserved_micros if request.actual_micros is None else request.actual_micros
-        return replace(key, spent_micros=key.spent_micros + spent, today_spent_micros=key.today_spent_micros + spent)
-    if request.resolution is Resolution.UNKNOWN:
-        held = ticket.reserved_micros
-        return replace(key, reserved_micros=key.reserved_micros + held,
-                       today_reserved_micros=key.today_reserved_micros + held)
-    return key
 
 
 def balance_headers(key: KeyRecord) -> dict[str, str]:

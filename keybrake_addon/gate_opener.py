@@ -16,6 +16,7 @@ from .gate import Gate
 from .home import KeybrakeHome
 from .installation import open_installation
 from .ledger.base import LedgerUnavailable
+from .ledger.urls import DatabaseUrl
 from .pricing import Pricing
 
 logger = logging.getLogger("keybrake")
@@ -28,6 +29,7 @@ class GateOpener:
     home: KeybrakeHome
     pricing: Pricing
     busy_timeout_s: float
+    database: DatabaseUrl
     gate: Gate | None = None  # once opened, every caller gets this one
     last_error: str = ""
     _next_try: float = 0.0
@@ -35,7 +37,8 @@ class GateOpener:
 
     def open(self) -> Gate:
         """Open the installation and the gate, or raise LedgerUnavailable having opened nothing."""
-        installation = open_installation(self.home, busy_timeout_s=self.busy_timeout_s, background_checkpoints=True)
+        installation = open_installation(self.home, database=self.database, busy_timeout_s=self.busy_timeout_s,
+                                         background_checkpoints=True)
         try:
             return Gate(installation, self.pricing)
         except BaseException:

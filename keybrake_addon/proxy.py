@@ -36,6 +36,7 @@ class ProxySettings:
     upstreams: Sequence[str] = ()
     strict_egress: bool = False
     db_busy_timeout_s: float = 5.0
+    database_url: str = ""  # empty: the SQLite file in the home
     quiet: bool = False
     api_tls_certs: Sequence[str] = ()  # mitmproxy `certs` entries for the API listener's own certificate
     on_listening: list[Callable[[Address, Address | None], None]] = field(default_factory=list)
@@ -99,6 +100,7 @@ async def run_proxy(settings: ProxySettings) -> None:
         keybrake_upstreams=list(settings.upstreams),
         keybrake_strict_egress=settings.strict_egress,
         keybrake_db_busy_timeout=settings.db_busy_timeout_s,
+        keybrake_database=settings.database_url,
     )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -8,28 +8,28 @@ from .ledger.base import Resolution
 from .vendors.base import Outcome, PricingBasis
 
 
-def resolve(*, created_here: bool, basis: PricingBasis | None, status: int | None,
+def resolve(*, opened: bool, basis: PricingBasis | None, status: int | None,
             outcome: Outcome | None, request_sent: bool) -> tuple[Resolution, int | None]:
     """Returns the resolution and, for SETTLE, the actual USD micros (None: keep the estimate).
 
-    created_here: this request opened the reservation (False for a retry that attached to it).
+    opened: this request opened the reservation (False for a retry that attached to it).
     """
     if status is None:  # no response at all
         if not request_sent:
-            return (Resolution.RELEASE if created_here else Resolution.LEAVE), None
+            return (Resolution.RELEASE if opened else Resolution.LEAVE), None
         return Resolution.UNKNOWN, None
     if status >= 500:
         return Resolution.UNKNOWN, None
     if 200 <= status < 300:
         if basis is PricingBasis.ALREADY_COUNTED:
             return Resolution.SETTLE, 0
-        if outcome is not None and outcome.replayed and created_here:
+        if outcome is not None and outcome.replayed and opened:
             # The vendor replayed a result saved before this reservation existed: nothing moved now.
             return Resolution.SETTLE, 0
         return Resolution.SETTLE, outcome.usd_micros if outcome is not None else None
     if status < 200 or 300 <= status < 400:
         return Resolution.UNKNOWN, None  # no vendor answers a money call like this; stay safe
-    if not created_here and not (outcome is not None and outcome.replayed):
+    if not opened and not (outcome is not None and outcome.replayed):
         # A retry's own refusal (in flight, rate limited, other parameters) says nothing about
         # the first attempt, which may have charged: only a replay of that attempt's answer does.
         return Resolution.LEAVE, None

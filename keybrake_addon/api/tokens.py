@@ -6,8 +6,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from ..ledger.sqlite import SqliteStore
-from ..ledger.times import from_text, to_text, utc_now
+from ..ledger.store import SqlLedger
 
 TOKEN_PREFIX = "kba_"
 
@@ -25,27 +24,21 @@ def _hash(token: str) -> str:
 
 
 class AdminTokens:
-    def __init__(self, store: SqliteStore) -> None:
-        self._store = store
+    def __init__(self, ledger: SqlLedger) -> None:
+        self._ledger = ledger
 
     def create(self, name: str | None = None) -> tuple[AdminToken, str]:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token_id = "kbt_" + secrets.token_hex(6)
-        now = utc_now()
-        with self._store.transaction() as db:
-            db.execute("INSERT INTO admin_tokens (token_id, name, token_hash, created_at) VALUES (?, ?, ?, ?)",
-                       (token_id, name, _hash(token), to_text(now)))
-        return AdminToken(token_id, name, now, None), token
+        created_at = self._ledger.create_admin_token(token_id, name, _hash(token))
+        return AdminToken(token_id, name, created_at, None), token
 
     def list(self) -> list[AdminToken]:
-        return [AdminToken(r["token_id"], r["name"], from_text(r["created_at"]), from_text(r["revoked_at"]))
-                for r in self._store.query("SELECT * FROM admin_tokens ORDER BY created_at")]
+        return [AdminToken(r["token_id"], r["name"], r["created_at"], r["revoked_at"])
+                for r in self._ledger.list_admin_tokens()]
 
     def revoke(self, token_id: str) -> bool:
-        with self._store.transaction() as db:
-            cursor = db.execute("UPDATE admin_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE token_id = ?",
-                                (to_text(utc_now()), token_id))
-            return cursor.rowcount > 0
+        return self._ledger.revoke_admin_token(token_id)
 
     def verify(self, presented: str) -> str | None:
         """The token_id of a valid, unrevoked token, or None.
@@ -55,7 +48,7 @@ class AdminTokens:
         """
         wanted = _hash(presented)
         found = None
-        for row in self._store.query("SELECT token_id, token_hash FROM admin_tokens WHERE revoked_at IS NULL"):
-            if hmac.compare_digest(row["token_hash"], wanted):
-                found = row["token_id"]
+        for token_id, token_hash in self._ledger.active_admin_token_hashes():
+            if hmac.compare_digest(token_hash, wanted):
+                found = token_id
         return found

@@ -6,6 +6,7 @@ import click
 
 from .. import __version__
 from ..home import KeybrakeHome
+from .context import Target
 
 # Each command's module is imported only when that command runs (or --help lists them all):
 # `keybrake audit` in a script must not pay for mitmproxy, cryptography and the HTTP client.
@@ -16,6 +17,7 @@ COMMAND_MODULES = {
     "pricing": "pricing",
     "admin-token": "admin",
     "reconcile": "reconcile",
+    "db": "database",
 }
 
 
@@ -34,13 +36,16 @@ class LazyCommands(click.Group):
 @click.group(cls=LazyCommands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--home", "home", envvar="KEYBRAKE_HOME", type=click.Path(file_okay=False),
               help="The Keybrake home (database, master key, CA). Default: $KEYBRAKE_HOME or ~/.keybrake.")
+@click.option("--database", "database", envvar="KEYBRAKE_DATABASE_URL", metavar="URL",
+              help="The ledger database: postgresql://user@host:port/db for replicas sharing one ledger. "
+                   "Default: $KEYBRAKE_DATABASE_URL, else the SQLite file in the home.")
 @click.version_option(__version__, prog_name="keybrake")
 @click.pass_context
-def cli(ctx: click.Context, home: str | None) -> None:
+def cli(ctx: click.Context, home: str | None, database: str | None) -> None:
     """Keybrake puts a dollar cap, an endpoint allowlist and an audit trail on the
     Stripe, Twilio and Resend keys your workers use.
 
     Start with `keybrake proxy` (it initialises the home), store a real secret with
     `keybrake secret set stripe`, then hand workers keys from `keybrake issue`.
     """
-    ctx.obj = KeybrakeHome.resolve(home)
+    ctx.obj = Target(KeybrakeHome.resolve(home), database)

@@ -7,7 +7,7 @@ from ..home import KeybrakeHome
 from ..installation import initialise
 from ..api.listener_tls import api_listener_certs
 from ..worker_env import env_lines
-from .context import home_of
+from .context import database_of_ctx, home_of
 
 
 @click.command()
@@ -15,14 +15,16 @@ from .context import home_of
 def init(ctx: click.Context) -> None:
     """Create the Keybrake home: database, master key (0600) and CA. Safe to run again."""
     home = home_of(ctx)
+    database = database_of_ctx(ctx)
     try:
-        report = initialise(home)
+        report = initialise(home, database)
     except Exception as error:  # a half-made home must say why, not show a traceback
         raise click.ClickException(f"could not initialise {home.root}: {error}") from None
     for created, what in ((report.created_home, f"home {home.root}"),
                           (report.created_master_key, f"master key {home.master_key_file} (mode 0600)"),
                           (report.created_ca, f"CA certificate {home.ca_cert}")):
         click.echo(("created " if created else "exists  ") + what)
+    click.echo(f"ledger  {database.redacted()}")
     click.echo("""
 Next:
   1. Store a real secret (read from stdin, never from the command line):
@@ -75,8 +77,12 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
     from ..proxy import ProxySettings, serve
 
     home = home_of(ctx)
+    database = database_of_ctx(ctx)
     if not home.is_initialised():
-        initialise(home)
+        try:
+            initialise(home, database)
+        except Exception as error:  # noqa: BLE001 - say why, not a traceback
+            raise click.ClickException(f"could not initialise {home.root}: {error}") from None
         click.echo(f"initialised a new Keybrake home at {home.root}", err=True)
 
     if bool(api_tls_cert) != bool(api_tls_key):
@@ -90,7 +96,8 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
         raise click.ClickException(f"--api-tls-cert: {failure}") from None
 
     def announce(forward: tuple[str, int], api: tuple[str, int] | None) -> None:
-        click.echo(f"Keybrake proxy listening on http://{forward[0]}:{forward[1]} (home {home.root})")
+        click.echo(f"Keybrake proxy listening on http://{forward[0]}:{forward[1]} (home {home.root}, "
+                   f"ledger {database.redacted()})")
         if api is not None:
             click.echo(f"Keybrake vault API and base-URL routes on {scheme}://{api[0]}:{api[1]} "
                        "(/vault/..., /stripe/..., /twilio/..., /resend/...)")
@@ -101,6 +108,7 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
 
     settings = ProxySettings(home=home, listen_host=listen_host, listen_port=listen_port, api_port=api_port,
                              upstreams=upstreams, strict_egress=strict_egress, db_busy_timeout_s=db_busy_timeout,
+                             database_url=ctx.find_root().obj.database_url or "",
                              api_tls_certs=tls_certs, on_listening=[announce])
     try:
         serve(settings)

@@ -4,17 +4,22 @@ Every method that decides about money runs as one transaction in the backend, so
 proxy processes sharing a store keep caps exact.
 """
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from typing import Protocol
 
-from ..vendors.base import CostEstimate, PricingBasis, Refusal
+from ..vendors.base import CostEstimate, PricingBasis, Refusal, RefusalKind
 
 
 class LedgerUnavailable(Exception):
     """The store cannot answer (locked, full, read-only, corrupt). Nothing may be forwarded."""
+
+
+class LedgerConflict(LedgerUnavailable):
+    """The database aborted a transaction to break a deadlock or a serialisation conflict:
+    running it again is safe."""
 
 
 class LedgerBusy(LedgerUnavailable):
@@ -113,6 +118,12 @@ class CallFacts:
     idempotency_key: str | None
     at: datetime
     started: float | None = None  # time.monotonic() when the request arrived: a refusal's duration
+    # The vendor's status for a refusal (Resend answers a refused key with 403, not 401), so the
+    # audit row records the status the client got.
+    refusal_status: Callable[[RefusalKind], int] | None = field(default=None, compare=False)
+
+    def status_of(self, kind: RefusalKind) -> int:
+        return self.refusal_status(kind) if self.refusal_status is not None else kind.status
 
 
 @dataclass(frozen=True)
@@ -131,7 +142,7 @@ class Admission:
     refusal: Refusal | None
     key: KeyRecord | None = None
     reservation_id: int | None = None
-    created_reservation: bool = False
+    opened: bool = False
     reserved_micros: int = 0
     basis: PricingBasis | None = None  # how to count the response; None for a retry that attached
     secret: SealedSecret | None = None

@@ -13,7 +13,7 @@ class ScriptedOpener(GateOpener):
     """open() fails `failures` times, then returns a fresh object each call (a stand-in gate)."""
 
     def __init__(self, failures: int) -> None:
-        super().__init__(home=None, pricing=None, busy_timeout_s=0.1)  # type: ignore[arg-type]
+        super().__init__(home=None, pricing=None, busy_timeout_s=0.1, database=None)  # type: ignore[arg-type]
         self.failures = failures
         self.attempts = 0
 

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from keybrake_addon import policy
-from keybrake_addon.ledger.base import CallFacts, KeyRecord, KeySpec, Resolution
+from keybrake_addon.ledger import decisions
+from keybrake_addon.ledger.base import KeyRecord, KeySpec, Resolution
 from keybrake_addon.settlement import resolve
 from keybrake_addon.vendors.base import Outcome, PricingBasis, Refusal, RefusalKind
 
@@ -23,56 +24,56 @@ SILENT = Outcome(usd_micros=None)
     "kwargs, expected",
     [
         # no response, never sent: our own hold goes back; a retry's hold is not ours to touch
-        (dict(created_here=True, basis=FIXED, status=None, outcome=None, request_sent=False),
+        (dict(opened=True, basis=FIXED, status=None, outcome=None, request_sent=False),
          (Resolution.RELEASE, None)),
-        (dict(created_here=False, basis=None, status=None, outcome=None, request_sent=False),
+        (dict(opened=False, basis=None, status=None, outcome=None, request_sent=False),
          (Resolution.LEAVE, None)),
         # no response after sending: money may have moved
-        (dict(created_here=True, basis=FIXED, status=None, outcome=None, request_sent=True),
+        (dict(opened=True, basis=FIXED, status=None, outcome=None, request_sent=True),
          (Resolution.UNKNOWN, None)),
-        (dict(created_here=False, basis=None, status=None, outcome=None, request_sent=True),
+        (dict(opened=False, basis=None, status=None, outcome=None, request_sent=True),
          (Resolution.UNKNOWN, None)),
         # 5xx
-        (dict(created_here=True, basis=FIXED, status=500, outcome=SILENT, request_sent=True),
+        (dict(opened=True, basis=FIXED, status=500, outcome=SILENT, request_sent=True),
          (Resolution.UNKNOWN, None)),
-        (dict(created_here=True, basis=FIXED, status=503, outcome=OK, request_sent=True),
+        (dict(opened=True, basis=FIXED, status=503, outcome=OK, request_sent=True),
          (Resolution.UNKNOWN, None)),
         # 2xx
-        (dict(created_here=True, basis=FIXED, status=200, outcome=OK, request_sent=True),
+        (dict(opened=True, basis=FIXED, status=200, outcome=OK, request_sent=True),
          (Resolution.SETTLE, 42 * USD)),
-        (dict(created_here=True, basis=FIXED, status=200, outcome=REPLAYED, request_sent=True),
+        (dict(opened=True, basis=FIXED, status=200, outcome=REPLAYED, request_sent=True),
          (Resolution.SETTLE, 0)),
-        (dict(created_here=False, basis=None, status=200, outcome=REPLAYED, request_sent=True),
+        (dict(opened=False, basis=None, status=200, outcome=REPLAYED, request_sent=True),
          (Resolution.SETTLE, 42 * USD)),
-        (dict(created_here=True, basis=PricingBasis.ALREADY_COUNTED, status=200, outcome=OK, request_sent=True),
+        (dict(opened=True, basis=PricingBasis.ALREADY_COUNTED, status=200, outcome=OK, request_sent=True),
          (Resolution.SETTLE, 0)),
-        (dict(created_here=True, basis=FIXED, status=201, outcome=SILENT, request_sent=True),
+        (dict(opened=True, basis=FIXED, status=201, outcome=SILENT, request_sent=True),
          (Resolution.SETTLE, None)),
-        (dict(created_here=True, basis=FIXED, status=200, outcome=None, request_sent=True),
+        (dict(opened=True, basis=FIXED, status=200, outcome=None, request_sent=True),
          (Resolution.SETTLE, None)),
-        (dict(created_here=True, basis=PricingBasis.COUNTED_AMOUNT, status=200,
+        (dict(opened=True, basis=PricingBasis.COUNTED_AMOUNT, status=200,
               outcome=Outcome(usd_micros=5 * USD), request_sent=True),
          (Resolution.SETTLE, 5 * USD)),
         # 1xx / 3xx: nobody answers a money call like this
-        (dict(created_here=True, basis=FIXED, status=302, outcome=SILENT, request_sent=True),
+        (dict(opened=True, basis=FIXED, status=302, outcome=SILENT, request_sent=True),
          (Resolution.UNKNOWN, None)),
-        (dict(created_here=True, basis=FIXED, status=101, outcome=SILENT, request_sent=True),
+        (dict(opened=True, basis=FIXED, status=101, outcome=SILENT, request_sent=True),
          (Resolution.UNKNOWN, None)),
         # 4xx: final, nothing moved
-        (dict(created_here=True, basis=FIXED, status=402, outcome=SILENT, request_sent=True),
+        (dict(opened=True, basis=FIXED, status=402, outcome=SILENT, request_sent=True),
          (Resolution.RELEASE, None)),
-        (dict(created_here=True, basis=FIXED, status=400, outcome=SILENT, request_sent=True),
+        (dict(opened=True, basis=FIXED, status=400, outcome=SILENT, request_sent=True),
          (Resolution.RELEASE, None)),
-        (dict(created_here=False, basis=None, status=402, outcome=SILENT, request_sent=True),
+        (dict(opened=False, basis=None, status=402, outcome=SILENT, request_sent=True),
          (Resolution.LEAVE, None)),
         # a retry's own refusal says nothing about the first attempt, unless it is a replay of it
-        (dict(created_here=False, basis=None, status=409, outcome=SILENT, request_sent=True),
+        (dict(opened=False, basis=None, status=409, outcome=SILENT, request_sent=True),
          (Resolution.LEAVE, None)),
-        (dict(created_here=False, basis=None, status=400, outcome=SILENT, request_sent=True),
+        (dict(opened=False, basis=None, status=400, outcome=SILENT, request_sent=True),
          (Resolution.LEAVE, None)),
-        (dict(created_here=True, basis=FIXED, status=409, outcome=SILENT, request_sent=True),
+        (dict(opened=True, basis=FIXED, status=409, outcome=SILENT, request_sent=True),
          (Resolution.RELEASE, None)),
-        (dict(created_here=False, basis=None, status=402, outcome=Outcome(usd_micros=None, replayed=True),
+        (dict(opened=False, basis=None, status=402, outcome=Outcome(usd_micros=None, replayed=True),
               request_sent=True),
          (Resolution.RELEASE, None)),
     ],
@@ -90,7 +91,7 @@ def test_attached_retry_rate_limited_says_nothing_about_the_original():
     # answered 429 by Stripe's rate limiter: Stripe saves no idempotent result for a request it
     # did not start executing, so this answer says nothing about whether the first attempt moved
     # money. Releasing the hold would under-count; the reservation should be left alone.
-    got = resolve(created_here=False, basis=None, status=429, outcome=SILENT, request_sent=True)
+    got = resolve(opened=False, basis=None, status=429, outcome=SILENT, request_sent=True)
     assert got == (Resolution.LEAVE, None)
 
 
@@ -111,18 +112,19 @@ def record(spec: KeySpec = SPEC, *, revoked_at=None, spent=0, reserved=0, calls=
                      today_reserved_micros=today_reserved)
 
 
-def call(method="POST", path="/v1/payment_intents", vendor="stripe", at=T0) -> CallFacts:
-    return CallFacts(vendor=vendor, method=method, path=path, idempotency_key=None, at=at)
+def call(method="POST", path="/v1/payment_intents", vendor="stripe", at=T0) -> dict:
+    """A call's facts as key_refusal takes them; `at` is the ledger's clock at decision time."""
+    return dict(vendor=vendor, method=method, path=path, now=at)
 
 
 def test_key_refusal_none_when_allowed():
-    assert policy.key_refusal(record(), call()) is None
-    assert policy.key_refusal(record(), call("get", "/v1/customers")) is None
+    assert policy.key_refusal(record(), **call()) is None
+    assert policy.key_refusal(record(), **call("get", "/v1/customers")) is None
 
 
 def test_key_refusal_revoked_wins():
     key = record(replace(SPEC, expires_at=T0 - timedelta(hours=1)), revoked_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
-    got = policy.key_refusal(key, call())
+    got = policy.key_refusal(key, **call())
     assert got == Refusal(RefusalKind.KEY_REVOKED, "Keybrake vault key kbk_1 was revoked at 2026-01-02T03:04:05Z. "
                                                    "Ask the parent job for a new key.")
 
@@ -131,7 +133,7 @@ def test_key_refusal_revoked_wins():
                                              (-timedelta(seconds=1), False)])
 def test_key_refusal_expired_at_the_instant(offset, refused):
     key = record(replace(SPEC, expires_at=T0))
-    got = policy.key_refusal(key, call(at=T0 + offset))
+    got = policy.key_refusal(key, **call(at=T0 + offset))
     if refused:
         assert got == Refusal(RefusalKind.KEY_EXPIRED, "Keybrake vault key kbk_1 expired at 2026-03-01T12:00:00Z. "
                                                        "Ask the parent job for a new key.")
@@ -140,25 +142,25 @@ def test_key_refusal_expired_at_the_instant(offset, refused):
 
 
 def test_key_refusal_wrong_vendor():
-    got = policy.key_refusal(record(), call(vendor="resend", path="/emails"))
+    got = policy.key_refusal(record(), **call(vendor="resend", path="/emails"))
     assert got == Refusal(RefusalKind.WRONG_VENDOR, "Keybrake vault key kbk_1 is for stripe, not resend.")
 
 
 def test_key_refusal_allowlist_miss_lists_the_allowlist():
-    got = policy.key_refusal(record(), call("POST", "/v1/refunds"))
+    got = policy.key_refusal(record(), **call("POST", "/v1/refunds"))
     assert got == Refusal(RefusalKind.NOT_ALLOWED,
                           "Keybrake vault key kbk_1 does not allow POST /v1/refunds. "
                           "It allows: GET /v1/customers, POST /v1/payment_intents.")
 
 
 def test_key_refusal_empty_allowlist_allows_nothing():
-    got = policy.key_refusal(record(replace(SPEC, allowlist=())), call())
+    got = policy.key_refusal(record(replace(SPEC, allowlist=())), **call())
     assert got.kind is RefusalKind.NOT_ALLOWED
     assert got.message.endswith("It allows: nothing.")
 
 
 def test_key_refusal_allow_all():
-    assert policy.key_refusal(record(replace(SPEC, allowlist=(), allow_all=True)), call("POST", "/v1/refunds")) is None
+    assert policy.key_refusal(record(replace(SPEC, allowlist=(), allow_all=True)), **call("POST", "/v1/refunds")) is None
 
 
 @pytest.mark.parametrize(
@@ -171,11 +173,11 @@ def test_key_refusal_allow_all():
     ],
 )
 def test_cap_refusal_exactly_at_the_cap_is_allowed(spent, reserved, cost):
-    assert policy.cap_refusal(record(spent=spent, reserved=reserved), cost) is None
+    assert cap_refusal(record(spent=spent, reserved=reserved), cost) is None
 
 
 def test_cap_refusal_one_micro_over_the_total_cap():
-    got = policy.cap_refusal(record(spent=400 * USD, reserved=50 * USD), 50 * USD + 1)
+    got = cap_refusal(record(spent=400 * USD, reserved=50 * USD), 50 * USD + 1)
     assert got == Refusal(RefusalKind.CAP_EXCEEDED,
                           "Keybrake cap reached for vault key kbk_1 (label job-7): total cap $500.00, "
                           "spent $400.00, reserved $50.00, this call $50.000001.")
@@ -184,9 +186,9 @@ def test_cap_refusal_one_micro_over_the_total_cap():
 def test_cap_refusal_daily_uses_today_totals():
     spec = replace(SPEC, daily_cap_micros=100 * USD, total_cap_micros=None, label=None)
     # Lifetime spend is irrelevant to a daily-only key.
-    assert policy.cap_refusal(record(spec, spent=10_000 * USD, today_spent=80 * USD, today_reserved=10 * USD),
+    assert cap_refusal(record(spec, spent=10_000 * USD, today_spent=80 * USD, today_reserved=10 * USD),
                               10 * USD) is None
-    got = policy.cap_refusal(record(spec, spent=10_000 * USD, today_spent=80 * USD, today_reserved=10 * USD),
+    got = cap_refusal(record(spec, spent=10_000 * USD, today_spent=80 * USD, today_reserved=10 * USD),
                              10 * USD + 10_000)
     assert got == Refusal(RefusalKind.CAP_EXCEEDED,
                           "Keybrake cap reached for vault key kbk_1: daily cap $100.00, spent $80.00, "
@@ -195,21 +197,21 @@ def test_cap_refusal_daily_uses_today_totals():
 
 def test_cap_refusal_daily_hit_while_total_has_room():
     spec = replace(SPEC, daily_cap_micros=100 * USD, total_cap_micros=1_000 * USD)
-    got = policy.cap_refusal(record(spec, spent=100 * USD, today_spent=95 * USD), 6 * USD)
+    got = cap_refusal(record(spec, spent=100 * USD, today_spent=95 * USD), 6 * USD)
     assert got.kind is RefusalKind.CAP_EXCEEDED
     assert "daily cap $100.00, spent $95.00, reserved $0.00, this call $6.00." in got.message
 
 
 def test_cap_refusal_total_checked_before_daily():
     spec = replace(SPEC, daily_cap_micros=100 * USD, total_cap_micros=200 * USD)
-    got = policy.cap_refusal(record(spec, spent=190 * USD, today_spent=95 * USD), 20 * USD)
+    got = cap_refusal(record(spec, spent=190 * USD, today_spent=95 * USD), 20 * USD)
     assert "total cap $200.00, spent $190.00, reserved $0.00, this call $20.00." in got.message
 
 
 @pytest.mark.parametrize("max_calls, calls, refused", [(3, 2, False), (3, 3, True), (3, 7, True), (0, 0, True)])
 def test_cap_refusal_max_calls(max_calls, calls, refused):
     spec = replace(SPEC, max_calls=max_calls, total_cap_micros=None)
-    got = policy.cap_refusal(record(spec, calls=calls), 0)
+    got = cap_refusal(record(spec, calls=calls), 0)
     if refused:
         assert got == Refusal(RefusalKind.MAX_CALLS_EXCEEDED,
                               f"Keybrake cap reached for vault key kbk_1 (label job-7): "
@@ -220,7 +222,7 @@ def test_cap_refusal_max_calls(max_calls, calls, refused):
 
 def test_cap_refusal_without_caps():
     spec = replace(SPEC, total_cap_micros=None)
-    assert policy.cap_refusal(record(spec, spent=10**12), 10**12) is None
+    assert cap_refusal(record(spec, spent=10**12), 10**12) is None
 
 
 # --- KeyRecord -----------------------------------------------------------------------------------
@@ -255,3 +257,8 @@ def test_remaining_micros(daily, total, spent, reserved, today_spent, today_rese
 )
 def test_status(revoked_at, expires_at, now, status):
     assert record(replace(SPEC, expires_at=expires_at), revoked_at=revoked_at).status(now) == status
+
+
+def cap_refusal(key: KeyRecord, cost_micros: int):
+    """A new call of `cost_micros`, checked against both caps and max_calls."""
+    return decisions.cap_refusal(key, total_extra=cost_micros, daily_extra=cost_micros, new_call=True)

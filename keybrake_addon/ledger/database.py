@@ -1,0 +1,43 @@
+"""What a ledger backend's connection offers the store: transactions, rows, ids, its clock.
+
+SQLite and PostgreSQL differ in placeholders, locking, id allocation and errors; the store's
+SQL and its decisions are the same for both. A backend translates `?` placeholders itself.
+"""
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any, Protocol
+
+Row = Any  # a mapping-like row: row["column"]; dict(row) gives a plain dict
+
+
+class Tx(Protocol):
+    """One open transaction."""
+
+    def rows(self, sql: str, params: Sequence = ()) -> list[Row]: ...
+    def row(self, sql: str, params: Sequence = ()) -> Row | None: ...
+    def run(self, sql: str, params: Sequence = ()) -> int: ...  # the number of rows changed
+    def run_many(self, sql: str, params: Iterable[Sequence]) -> None: ...
+    def new_ids(self, table: str, count: int) -> list[int]: ...  # ids no other transaction will use
+    def now(self) -> datetime: ...  # the database's clock, read now
+
+
+class Database(Protocol):
+    backend: str  # "sqlite" | "postgresql"
+    where: str  # where the data lives, for messages (never with a password)
+    lock_rows: str  # appended to a SELECT that must lock the rows it reads until commit
+
+    def transaction(self) -> AbstractContextManager[Tx]: ...
+    def reading(self) -> AbstractContextManager[Tx]: ...
+    def close(self) -> None: ...
+
+
+def placeholders(values: Sequence) -> str:
+    """`(?, ?, ?)` for an IN list; an empty list matches nothing."""
+    return "(" + ", ".join("?" for _ in values) + ")" if values else "(NULL)"
+
+
+def chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

@@ -1,0 +1,394 @@
+"""Every money rule of the ledger, as pure functions from the state read to a plan to write.
+
+A store reads the state under the lock its transaction holds (SQLite's write lock, or the key
+row's `FOR UPDATE` in PostgreSQL), passes it here with the database's clock, and writes back
+what the plan says in the same transaction. Nothing here does I/O or reads a clock, so each
+rule is tested on its own and both backends decide alike.
+
+The rules in one place:
+- The daily window is the UTC day of the database's clock at decision time. A key's window
+  never moves back, so a decision that reads an earlier clock (a replica, a stale request)
+  cannot wipe today's counters.
+- A reservation's hold counts against the window it was decided in. A retry that attaches
+  to a hold from an earlier window moves the whole hold into the current one (cap-checked):
+  a top-up after midnight is never booked on a day that is already over.
+- A hold stays counted until every attempt on it has answered. A retry in flight keeps it
+  counted even when the first attempt says "nothing moved", so its own answer cannot land
+  on a released hold past the cap.
+- "Already counted" belongs to a key: only a positive amount this key counted on a POST
+  makes an object counted, and a refund without an amount costs what this key counted.
+"""
+
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+from .. import policy
+from ..money import format_usd
+from ..vendors.base import CostEstimate, PricingBasis, Refusal, RefusalKind
+from .base import AdmitRequest, KeyRecord, KeySpec, Resolution, SealedSecret, SettleRequest
+
+IDEMPOTENCY_MEMORY = timedelta(hours=24)  # how long Stripe and Resend remember a request's key
+OPEN_STATES = ("pending", "unknown")
+
+
+def window_of(now: datetime) -> str:
+    """The daily cap's window: the UTC day. Caps reset at 00:00 UTC."""
+    return now.astimezone(UTC).date().isoformat()
+
+
+@dataclass(frozen=True)
+class KeyCounters:
+    """The money columns of a key's row. A plan carries them whole, as they must be written."""
+
+    spent: int = 0
+    reserved: int = 0
+    calls: int = 0
+    day: str | None = None  # the window the day_* counters belong to
+    day_spent: int = 0
+    day_reserved: int = 0
+
+    def in_window(self, window: str) -> "KeyCounters":
+        """The counters seen from `window`: a later window starts its daily counters at 0; an
+        earlier one (a clock behind the key's) sees the key's own, later window."""
+        if self.day is not None and self.day >= window:
+            return self
+        return replace(self, day=window, day_spent=0, day_reserved=0)
+
+    def hold(self, total: int, daily: int, *, new_call: bool) -> "KeyCounters":
+        return replace(self, reserved=self.reserved + total, day_reserved=self.day_reserved + daily,
+                       calls=self.calls + int(new_call))
+
+    def move(self, reservation_day: str, *, spent: int, reserved: int) -> "KeyCounters":
+        """Shift money between reserved and spent. The daily counters move only while the key is
+        still in the reservation's window: a hold from a window that is over counts there no more."""
+        same_window = self.day == reservation_day
+        return replace(self, spent=self.spent + spent, reserved=self.reserved + reserved,
+                       day_spent=self.day_spent + (spent if same_window else 0),
+                       day_reserved=self.day_reserved + (reserved if same_window else 0))
+
+
+@dataclass(frozen=True)
+class KeyState:
+    key_id: str
+    spec: KeySpec
+    created_at: datetime
+    revoked_at: datetime | None
+    counters: KeyCounters
+
+    def record(self, window: str, unknown_micros: int = 0) -> KeyRecord:
+        """The key as callers see it from `window` (today's counters are 0 on a new day)."""
+        counters = self.counters.in_window(window)
+        return KeyRecord(
+            key_id=self.key_id, spec=self.spec, created_at=self.created_at, revoked_at=self.revoked_at,
+            spent_micros=counters.spent, reserved_micros=counters.reserved, calls=counters.calls,
+            today_spent_micros=counters.day_spent if counters.day == window else 0,
+            today_reserved_micros=counters.day_reserved if counters.day == window else 0,
+            unknown_micros=unknown_micros)
+
+
+@dataclass(frozen=True)
+class ReservationState:
+    id: int
+    key_id: str
+    endpoint: str
+    created_at: datetime
+    state: str  # pending | unknown | settled | released
+    day: str
+    reserved: int
+    attempts_open: int  # attempts admitted on it whose answer has not been settled yet
+    released_attempts: int  # attempts that answered "no money moved" while others were open
+    actual: int | None = None
+
+
+@dataclass(frozen=True)
+class AdmitView:
+    """What a store read for one admit, under the key's lock."""
+
+    key: KeyState | None
+    secret: SealedSecret | None
+    existing: ReservationState | None  # this key's reservation with the same Idempotency-Key
+    counted_micros: int | None  # the largest positive amount this key counted for estimate.object_ref
+
+
+@dataclass(frozen=True)
+class NewReservation:
+    idempotency_key: str | None
+    endpoint: str
+    day: str
+    reserved: int
+
+
+@dataclass(frozen=True)
+class ReservationChange:
+    """A reservation's new values (retry attached, hold topped up or opened again)."""
+
+    id: int
+    state: str
+    day: str
+    reserved: int
+    attempts_open: int
+    released_attempts: int
+    reopened: bool  # actual/settled_at/estimated are cleared
+
+
+@dataclass(frozen=True)
+class AdmitPlan:
+    refusal: Refusal | None
+    key: KeyRecord | None  # the key's balance before this call, for the gate's answer headers
+    counters: KeyCounters | None = None  # write these to the key row (None: unchanged)
+    new_reservation: NewReservation | None = None
+    change: ReservationChange | None = None
+    reservation_id: int | None = None  # the reservation attached to (None when new_reservation)
+    opened: bool = False  # this call answers for the hold: its 4xx releases it
+    reserved_micros: int = 0  # what this call added to holds
+    basis: PricingBasis | None = None
+    secret: SealedSecret | None = None
+
+
+UNKNOWN_KEY = Refusal(RefusalKind.UNKNOWN_KEY,
+                      "This is not a vault key Keybrake knows. Ask the parent job for a key issued by "
+                      "`keybrake issue` or POST /vault/keys.")
+
+
+def admit(view: AdmitView, request: AdmitRequest, now: datetime) -> AdmitPlan:
+    """Whether to let one call through, and what to reserve for it."""
+    state = view.key
+    if state is None:
+        return AdmitPlan(UNKNOWN_KEY, None)
+    # A clock reading behind the key's window (another replica decided later) decides in the
+    # key's window: the window never moves back.
+    window = max(window_of(now), state.counters.day or "")
+    counters = state.counters.in_window(window)
+    key = state.record(window)
+    call = request.call
+    refusal = (policy.key_refusal(key, call.vendor, call.method, call.path, now)
+               or policy.account_refusal(key, view.secret, request.account_ref))
+    estimate = request.estimate
+    if refusal is None and request.pricing_refusal is not None:
+        if request.pricing_refusal.kind is RefusalKind.UNPRICED and key.spec.allow_unpriced:
+            estimate = None  # forwarded with nothing reserved; counted from the response
+        else:
+            refusal = request.pricing_refusal
+    if refusal is not None:
+        return AdmitPlan(refusal, key)
+
+    existing = view.existing
+    if existing is not None and not same_attempt(existing, f"{call.method} {call.path}", now):
+        existing = None
+    if existing is not None:
+        return _admit_retry(view, existing, key, counters, estimate, window)
+
+    cost, basis, refusal = resolve_cost(key, estimate, view.counted_micros)
+    refusal = refusal or cap_refusal(key, total_extra=cost, daily_extra=cost, new_call=True)
+    if refusal is not None:
+        return AdmitPlan(refusal, key)
+    return AdmitPlan(
+        None, key, counters=counters.hold(cost, cost, new_call=True),
+        new_reservation=NewReservation(_idempotency_key(request, view), f"{call.method} {call.path}", window, cost),
+        opened=True, reserved_micros=cost, basis=basis, secret=view.secret)
+
+
+def _idempotency_key(request: AdmitRequest, view: AdmitView) -> str | None:
+    # A key the vendor has forgotten (or used for another call) is not attachable: the new
+    # reservation goes without it, as a call of its own.
+    if view.existing is not None:
+        return None
+    return request.call.idempotency_key
+
+
+def same_attempt(reservation: ReservationState, endpoint: str, now: datetime) -> bool:
+    """Whether a request with the same Idempotency-Key retries this reservation's call.
+
+    Vendors keep idempotency keys for 24 hours and scope them to one request; past that, or on
+    another endpoint, the same key is a new call.
+    """
+    return reservation.endpoint == endpoint and reservation.created_at > now - IDEMPOTENCY_MEMORY
+
+
+def _admit_retry(view: AdmitView, existing: ReservationState, key: KeyRecord, counters: KeyCounters,
+                 estimate: CostEstimate | None, window: str) -> AdmitPlan:
+    """A retry of a call already reserved (same key, endpoint and Idempotency-Key).
+
+    - settled: attached for nothing (the vendor replays the saved result, or refuses other
+      parameters);
+    - released (every attempt said no money moved): the hold opens again, checked like a new call;
+    - pending or unknown: attached and counted as one more attempt in flight; the hold grows to
+      this call's cost if that is more, and moves into the current window, under the caps.
+    """
+    if existing.state == "settled":
+        return AdmitPlan(None, key, reservation_id=existing.id, secret=view.secret)
+    cost, basis, refusal = resolve_cost(key, estimate, view.counted_micros)
+    if existing.state == "released":
+        refusal = refusal or cap_refusal(key, total_extra=cost, daily_extra=cost, new_call=False)
+        if refusal is not None:
+            return AdmitPlan(refusal, key)
+        change = ReservationChange(existing.id, "pending", window, cost, attempts_open=1, released_attempts=0,
+                                   reopened=True)
+        return AdmitPlan(None, key, counters=counters.hold(cost, cost, new_call=False), change=change,
+                         reservation_id=existing.id, opened=True, reserved_micros=cost, basis=basis,
+                         secret=view.secret)
+    extra = max(0, cost - existing.reserved)
+    held = existing.reserved + extra
+    moves_window = existing.day != window
+    daily_extra = held if moves_window else extra
+    if refusal is None and (extra or daily_extra):
+        refusal = cap_refusal(key, total_extra=extra, daily_extra=daily_extra, new_call=False)
+    if refusal is not None:
+        return AdmitPlan(refusal, key)
+    if moves_window:  # the old window no longer counts it; the current one counts all of it
+        counters = counters.move(existing.day, spent=0, reserved=-existing.reserved)
+        counters = counters.hold(held, held, new_call=False)
+    else:
+        counters = counters.hold(extra, extra, new_call=False)
+    change = ReservationChange(existing.id, existing.state, window, held, existing.attempts_open + 1,
+                               existing.released_attempts, reopened=False)
+    return AdmitPlan(None, key, counters=counters, change=change, reservation_id=existing.id,
+                     reserved_micros=extra, secret=view.secret)
+
+
+def resolve_cost(key: KeyRecord, estimate: CostEstimate | None,
+                 counted_micros: int | None) -> tuple[int, PricingBasis, Refusal | None]:
+    """The amount to reserve, and how the response should be counted against it.
+
+    counted_micros: the largest positive amount this key counted on a POST for the estimate's
+    object. A GET or any other $0 call never makes an object counted, and another key's count
+    is not this key's: without one, the call is unpriced.
+    """
+    if estimate is None or estimate.basis is PricingBasis.FIXED:
+        return (estimate.usd_micros if estimate else 0), PricingBasis.FIXED, None
+    if counted_micros:
+        if estimate.basis is PricingBasis.ALREADY_COUNTED:
+            return 0, PricingBasis.ALREADY_COUNTED, None
+        return counted_micros, PricingBasis.FIXED, None
+    if key.spec.allow_unpriced:
+        return 0, PricingBasis.FIXED, None
+    return 0, PricingBasis.FIXED, Refusal(
+        RefusalKind.UNPRICED,
+        f"Keybrake cannot price this call: vault key {key.key_id} did not create {estimate.object_ref} "
+        "through Keybrake, so its amount is unknown. A key issued with allow_unpriced forwards it "
+        "anyway and counts it from the response.")
+
+
+def cap_refusal(key: KeyRecord, *, total_extra: int, daily_extra: int, new_call: bool) -> Refusal | None:
+    """Whether adding these holds would break a cap. `key` holds the current totals.
+
+    new_call=False: more money for a call already counted (a retry), so max_calls does not apply.
+    """
+    spec = key.spec
+    if new_call and spec.max_calls is not None and key.calls + 1 > spec.max_calls:
+        return Refusal(RefusalKind.MAX_CALLS_EXCEEDED,
+                       f"Keybrake cap reached for vault key {key.key_id}{_label(key)}: "
+                       f"it allows {spec.max_calls} calls and has made {key.calls}.")
+    checks = (
+        ("total", spec.total_cap_micros, key.spent_micros, key.reserved_micros, total_extra),
+        ("daily", spec.daily_cap_micros, key.today_spent_micros, key.today_reserved_micros, daily_extra),
+    )
+    for which, cap, spent, reserved, extra in checks:
+        if cap is not None and spent + reserved + extra > cap:
+            return Refusal(RefusalKind.CAP_EXCEEDED,
+                           f"Keybrake cap reached for vault key {key.key_id}{_label(key)}: "
+                           f"{which} cap ${format_usd(cap)}, spent ${format_usd(spent)}, "
+                           f"reserved ${format_usd(reserved)}, this call ${format_usd(extra)}.")
+    return None
+
+
+def _label(key: KeyRecord) -> str:
+    return f" (label {key.spec.label})" if key.spec.label else ""
+
+
+# --- settling -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SettlePlan:
+    counters: KeyCounters | None  # write these to the key row (None: unchanged)
+    state: str  # the reservation's new state
+    actual: int | None  # its actual amount, for a settled one
+    attempts_open: int
+    released_attempts: int
+    closed: bool  # settled or released now: stamp settled_at
+    estimated: bool  # settled at the estimate: the vendor had no price yet
+    outcome: str  # for the audit row
+    counted: int  # what this answer added to spent, for the audit row
+
+
+def settle(reservation: ReservationState, counters: KeyCounters, request: SettleRequest) -> SettlePlan:
+    """Apply one attempt's answer to its reservation.
+
+    The caller settles each audit row once: a settlement retried after a commit whose answer
+    was lost must not come here again.
+    """
+    resolution = request.resolution
+    attempts = max(0, reservation.attempts_open - 1)
+    released_attempts = reservation.released_attempts
+    state, hold = reservation.state, reservation.reserved
+    unchanged = SettlePlan(None, state, reservation.actual, attempts, released_attempts, False, False,
+                           "already_" + state if state not in OPEN_STATES else resolution.value, 0)
+
+    if state == "released":
+        if resolution in (Resolution.SETTLE, Resolution.UNKNOWN):
+            # Money moved after all (an attempt nobody was waiting for): never under-count.
+            return _count_late_answer(reservation, counters, request, attempts)
+        return unchanged
+    if state == "settled":
+        return unchanged
+
+    if resolution is Resolution.SETTLE:
+        actual = hold if request.actual_micros is None else request.actual_micros
+        return SettlePlan(counters.move(reservation.day, spent=actual, reserved=-hold), "settled", actual, attempts,
+                          released_attempts, True, request.actual_micros is None, "settled", actual)
+    if resolution is Resolution.UNKNOWN:
+        return SettlePlan(None, "unknown", None, attempts, released_attempts, False, False, "unknown", 0)
+    if resolution is Resolution.RELEASE:
+        released_attempts += 1
+        if request.replayed:  # the vendor's saved answer to the first attempt speaks for all of them
+            return _released(reservation, counters, released_attempts)
+    elif attempts > 0 or not released_attempts:  # LEAVE, and the hold is not ours to release yet
+        return replace(unchanged, outcome=Resolution.LEAVE.value)
+    if attempts > 0 or state == "unknown":
+        # Another attempt may still move money, or one already may have: the hold stays counted.
+        return SettlePlan(None, state, None, attempts, released_attempts, False, False, "released_attempt", 0)
+    return _released(reservation, counters, released_attempts)
+
+
+def _released(reservation: ReservationState, counters: KeyCounters, released_attempts: int) -> SettlePlan:
+    return SettlePlan(counters.move(reservation.day, spent=0, reserved=-reservation.reserved), "released", None, 0,
+                      released_attempts, True, False, "released", 0)
+
+
+def _count_late_answer(reservation: ReservationState, counters: KeyCounters, request: SettleRequest,
+                       attempts: int) -> SettlePlan:
+    if request.resolution is Resolution.SETTLE:
+        actual = reservation.reserved if request.actual_micros is None else request.actual_micros
+        return SettlePlan(counters.move(reservation.day, spent=actual, reserved=0), "settled", actual, attempts, 0,
+                          True, request.actual_micros is None, "settled", actual)
+    return SettlePlan(counters.move(reservation.day, spent=0, reserved=reservation.reserved), "unknown", None,
+                      attempts, 0, False, False, "unknown", 0)
+
+
+def balance_after(key: KeyRecord, *, opened: bool, reserved_micros: int, resolution: Resolution,
+                  actual_micros: int | None) -> KeyRecord:
+    """The key's balance once this call settles, from the snapshot taken when it was admitted.
+
+    For the answer's headers only: the gate does not wait for the settlement to commit.
+    """
+    if not opened:
+        return key  # a retry: its hold was already in the snapshot
+    if resolution is Resolution.SETTLE:
+        spent = reserved_micros if actual_micros is None else actual_micros
+        return replace(key, spent_micros=key.spent_micros + spent, today_spent_micros=key.today_spent_micros + spent)
+    if resolution is Resolution.UNKNOWN:
+        return replace(key, reserved_micros=key.reserved_micros + reserved_micros,
+                       today_reserved_micros=key.today_reserved_micros + reserved_micros)
+    return key
+
+
+# --- corrections ----------------------------------------------------------------------------------
+
+def correct_price(reservation: ReservationState, counters: KeyCounters, final_micros: int) -> KeyCounters:
+    """Replace a settled estimate with the vendor's final price."""
+    return counters.move(reservation.day, spent=final_micros - (reservation.actual or 0), reserved=0)
+
+
+def resolve_by_hand(reservation: ReservationState, counters: KeyCounters, actual_micros: int | None) -> KeyCounters:
+    """Settle an open hold at the operator's word: at `actual_micros`, or released when None."""
+    return counters.move(reservation.day, spent=actual_micros or 0, reserved=-reservation.reserved)

@@ -1,0 +1,175 @@
+"""The ledger's schema, as numbered migrations for both backends.
+
+A new database gets every migration; an older one gets those it lacks, by `keybrake db
+upgrade`. Version 3 is the schema every home made before migrations existed already has, so
+it is the baseline: a home from that time upgrades in place.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    sqlite: str
+    postgresql: str
+
+    def script(self, backend: str) -> str:
+        return self.sqlite if backend == "sqlite" else self.postgresql
+
+
+_BASELINE = """
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS secrets (
+    vendor TEXT NOT NULL,
+    name TEXT NOT NULL,
+    nonce {blob} NOT NULL,
+    ciphertext {blob} NOT NULL,
+    fingerprint TEXT NOT NULL,
+    account_sid TEXT,
+    auth_user TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (vendor, name)
+);
+CREATE TABLE IF NOT EXISTS vault_keys (
+    key_id TEXT PRIMARY KEY,
+    key_hash TEXT NOT NULL UNIQUE,
+    vendor TEXT NOT NULL,
+    secret_name TEXT NOT NULL,
+    label TEXT,
+    daily_cap_micros BIGINT,
+    total_cap_micros BIGINT,
+    max_calls BIGINT,
+    allowlist TEXT NOT NULL,
+    allow_all INTEGER NOT NULL DEFAULT 0,
+    allow_unpriced INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    expires_at TEXT,
+    revoked_at TEXT,
+    spent_micros BIGINT NOT NULL DEFAULT 0,
+    reserved_micros BIGINT NOT NULL DEFAULT 0,
+    calls BIGINT NOT NULL DEFAULT 0,
+    -- The daily cap's counters, for the UTC day `day` only: a new day starts them at 0. Keeping
+    -- them on the key's row means a reservation writes one row fewer.
+    day TEXT,
+    day_spent_micros BIGINT NOT NULL DEFAULT 0,
+    day_reserved_micros BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS vault_keys_label ON vault_keys (label);
+CREATE TABLE IF NOT EXISTS reservations (
+    id {id} PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    idempotency_key TEXT,
+    endpoint TEXT NOT NULL,
+    run_id TEXT,  -- the proxy run that made it (proxy_runs): a pending hold of a dead run is unknown
+    day TEXT NOT NULL,
+    reserved_micros BIGINT NOT NULL,
+    actual_micros BIGINT,
+    estimated INTEGER NOT NULL DEFAULT 0,  -- settled at the estimate: the vendor had no price yet
+    state TEXT NOT NULL CHECK (state IN ('pending', 'unknown', 'settled', 'released')),
+    object_id TEXT,
+    created_at TEXT NOT NULL,
+    settled_at TEXT,
+    UNIQUE (key_id, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS reservations_object ON reservations (object_id) WHERE object_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS audit (
+    id {id} PRIMARY KEY,
+    ts TEXT NOT NULL,
+    key_id TEXT,
+    label TEXT,
+    vendor TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    status INTEGER,
+    decision TEXT NOT NULL,
+    outcome TEXT,
+    reserved_micros BIGINT NOT NULL DEFAULT 0,
+    actual_micros BIGINT,
+    amount_minor BIGINT,
+    currency TEXT,
+    object_id TEXT,
+    idempotency_key TEXT,
+    vendor_request_id TEXT,
+    replayed INTEGER NOT NULL DEFAULT 0,
+    duration_ms {real},
+    reservation_id BIGINT,
+    message TEXT
+);
+CREATE TABLE IF NOT EXISTS proxy_runs (
+    run_id TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    heartbeat_at TEXT NOT NULL,
+    stopped_at TEXT
+);
+CREATE TABLE IF NOT EXISTS issuances (
+    idempotency_key TEXT PRIMARY KEY,
+    request_fingerprint TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS admin_tokens (
+    token_id TEXT PRIMARY KEY,
+    name TEXT,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_label_ts ON audit (label, ts);
+CREATE INDEX IF NOT EXISTS audit_key_ts ON audit (key_id, ts);
+"""
+
+# PostgreSQL: ids come from sequences, so a batch can take its ids in one round trip.
+_POSTGRES_SEQUENCES = """
+CREATE SEQUENCE IF NOT EXISTS reservations_id_seq OWNED BY reservations.id;
+ALTER TABLE reservations ALTER COLUMN id SET DEFAULT nextval('reservations_id_seq');
+CREATE SEQUENCE IF NOT EXISTS audit_id_seq OWNED BY audit.id;
+ALTER TABLE audit ALTER COLUMN id SET DEFAULT nextval('audit_id_seq');
+"""
+
+_ATTEMPTS = """
+ALTER TABLE reservations ADD COLUMN attempts_open INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE reservations ADD COLUMN released_attempts INTEGER NOT NULL DEFAULT 0;
+-- A pending hold was admitted by one attempt whose answer has not been settled.
+UPDATE reservations SET attempts_open = 1 WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS reservations_key_object ON reservations (key_id, object_id) WHERE object_id IS NOT NULL;
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(3, "the baseline: secrets, vault keys, reservations, audit, proxy runs, admin tokens",
+              _BASELINE.format(blob="BLOB", id="INTEGER", real="REAL"),
+              _BASELINE.format(blob="BYTEA", id="BIGINT", real="DOUBLE PRECISION") + _POSTGRES_SEQUENCES),
+    Migration(4, "reservations count their attempts in flight (a hold stays until every attempt answered)",
+              _ATTEMPTS, _ATTEMPTS),
+)
+LATEST = MIGRATIONS[-1].version
+
+
+def pending(current: int | None) -> list[Migration]:
+    """The migrations a database at `current` lacks (None: an empty database)."""
+    return [m for m in MIGRATIONS if current is None or m.version > current]
+
+
+class SchemaMismatch(Exception):
+    """The database's schema is not the one this Keybrake reads. Not a passing trouble: starting
+    must stop and say what to do."""
+
+
+def require_current(found: int | None, where: str) -> None:
+    if found == LATEST:
+        return
+    if found is None:
+        raise SchemaMismatch(f"{where} has no Keybrake schema; run `keybrake init` (or `keybrake db upgrade`)")
+    if found < LATEST:
+        raise SchemaMismatch(
+            f"{where} has schema version {found}; this Keybrake reads version {LATEST}. "
+            "Back it up, then run `keybrake db upgrade` (`keybrake db status` lists what it will apply).")
+    raise SchemaMismatch(f"{where} has schema version {found}, newer than this Keybrake reads ({LATEST}). "
+                         "Use the Keybrake release that upgraded it.")

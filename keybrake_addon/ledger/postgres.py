@@ -1,0 +1,184 @@
+"""The PostgreSQL backend, for several replicas on several hosts sharing one ledger.
+
+psycopg 3 with its connection pool: a synchronous driver is what the ledger's executor thread
+wants (one batch at a time, one transaction each), psycopg's pipeline mode sends a batch's
+inserts in one round trip, and the same code serves the CLI. Decisions lock the key rows they
+read (`SELECT ... FOR UPDATE`, in key order) and read the server's clock after the locks.
+
+Every wait is bounded: connecting, taking a connection from the pool, each statement and each
+lock. A server that is gone, restarting or hung costs a caller a few seconds at most, and the
+caller answers 503: nothing is forwarded undecided.
+"""
+
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from functools import lru_cache
+
+import psycopg
+import psycopg_pool
+from psycopg import errors
+from psycopg.rows import dict_row
+
+from . import migrations
+from .base import LedgerConflict, LedgerUnavailable
+from .store import SqlLedger
+
+CONNECT_TIMEOUT_S = 3
+STATEMENT_TIMEOUT_MS = 5000
+POOL_SIZE = 4
+MIGRATION_LOCK = 0x6B62_6C64  # an advisory lock id: one replica migrates at a time
+
+
+@lru_cache(maxsize=512)
+def _pyformat(sql: str) -> str:
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class _PostgresTx:
+    def __init__(self, connection: psycopg.Connection, clock: Callable[[], datetime] | None) -> None:
+        self._connection = connection
+        self._clock = clock
+
+    def rows(self, sql: str, params: Sequence = ()) -> list[dict]:
+        return self._connection.execute(_pyformat(sql), tuple(params)).fetchall()
+
+    def row(self, sql: str, params: Sequence = ()) -> dict | None:
+        return self._connection.execute(_pyformat(sql), tuple(params)).fetchone()
+
+    def run(self, sql: str, params: Sequence = ()) -> int:
+        return self._connection.execute(_pyformat(sql), tuple(params)).rowcount
+
+    def run_many(self, sql: str, params: Iterable[Sequence]) -> None:
+        with self._connection.cursor() as cursor:
+            cursor.executemany(_pyformat(sql), [tuple(p) for p in params])
+
+    def new_ids(self, table: str, count: int) -> list[int]:
+        if not count:
+            return []
+        if not re.fullmatch(r"[a-z_]+", table):
+            raise ValueError(table)
+        rows = self._connection.execute(f"SELECT nextval('{table}_id_seq') AS id FROM generate_series(1, %s)",
+                                        (count,)).fetchall()
+        return [row["id"] for row in rows]
+
+    def now(self) -> datetime:
+        if self._clock is not None:  # a test's clock
+            return self._clock()
+        # clock_timestamp(), not now(): the time of this statement, after the locks were taken.
+        return self._connection.execute("SELECT clock_timestamp() AS now").fetchone()["now"]
+
+    def script(self, sql: str) -> None:
+        self._connection.execute(sql)
+
+
+class PostgresDatabase:
+    backend = "postgresql"
+    lock_rows = " FOR UPDATE"
+
+    def __init__(self, conninfo: str, *, where: str, pool_size: int = POOL_SIZE,
+                 connect_timeout_s: float = CONNECT_TIMEOUT_S, statement_timeout_ms: int = STATEMENT_TIMEOUT_MS,
+                 create: bool = True, check: bool = True, clock: Callable[[], datetime] | None = None) -> None:
+        """clock: only for tests, which decide what time it is; otherwise the server's clock decides."""
+        self.where = where
+        self._clock = clock
+        self._connect_timeout_s = connect_timeout_s
+        options = (f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={statement_timeout_ms} "
+                   f"-c idle_in_transaction_session_timeout={statement_timeout_ms * 4}")
+        self._pool = psycopg_pool.ConnectionPool(
+            conninfo, min_size=1, max_size=pool_size, open=False, timeout=connect_timeout_s,
+            reconnect_timeout=0,  # keep trying for ever: a replica recovers by itself when the server is back
+            kwargs={"row_factory": dict_row, "connect_timeout": max(1, int(connect_timeout_s)), "options": options,
+                    "application_name": "keybrake", "keepalives": 1, "keepalives_idle": 5,
+                    "keepalives_interval": 2, "keepalives_count": 2, "tcp_user_timeout": statement_timeout_ms},
+            check=psycopg_pool.ConnectionPool.check_connection)
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout_s)
+        except psycopg_pool.PoolTimeout as error:
+            self._pool.close(timeout=0)
+            raise LedgerUnavailable(f"cannot reach the ledger at {where} within {connect_timeout_s:g} s") from error
+        try:
+            if create:
+                ensure_schema(self)
+            elif check:
+                check_schema(self)
+        except BaseException:
+            self._pool.close(timeout=1)
+            raise
+
+    def close(self) -> None:
+        self._pool.close(timeout=2)
+
+    @contextmanager
+    def transaction(self) -> Iterator[_PostgresTx]:
+        with self._connection() as connection:
+            try:
+                with connection.transaction():
+                    yield _PostgresTx(connection, self._clock)
+            except (errors.DeadlockDetected, errors.SerializationFailure) as error:
+                raise LedgerConflict(f"the ledger aborted a transaction: {type(error).__name__}") from error
+            except psycopg.Error as error:
+                raise LedgerUnavailable(f"the ledger is unavailable: {_describe(error)}") from error
+
+    reading = transaction  # a read-only use of the same: one snapshot, errors translated alike
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        try:
+            with self._pool.connection(timeout=self._connect_timeout_s) as connection:
+                yield connection
+        except psycopg_pool.PoolTimeout as error:
+            raise LedgerUnavailable(f"cannot reach the ledger at {self.where}: no connection within "
+                                    f"{self._connect_timeout_s:g} s") from error
+        except psycopg.OperationalError as error:
+            raise LedgerUnavailable(f"the ledger at {self.where} is unavailable: {_describe(error)}") from error
+
+
+def _describe(error: psycopg.Error) -> str:
+    """The error's class and SQLSTATE: never its text, which can quote a statement's parameters."""
+    return f"{type(error).__name__}" + (f" ({error.sqlstate})" if error.sqlstate else "")
+
+
+def schema_version(tx: _PostgresTx) -> int | None:
+    if tx.row("SELECT to_regclass('meta') AS meta")["meta"] is None:
+        return None
+    row = tx.row("SELECT value FROM meta WHERE name = 'schema_version'")
+    return int(row["value"]) if row else None
+
+
+def ensure_schema(database: PostgresDatabase) -> None:
+    with database.transaction() as tx:
+        tx.row("SELECT pg_advisory_xact_lock(?) AS locked", (MIGRATION_LOCK,))
+        if schema_version(tx) is None:
+            apply(tx, migrations.pending(None))
+            return
+    check_schema(database)
+
+
+def check_schema(database: PostgresDatabase) -> None:
+    with database.reading() as tx:
+        found = schema_version(tx)
+    migrations.require_current(found, database.where)
+
+
+def upgrade(database: PostgresDatabase) -> list[migrations.Migration]:
+    with database.transaction() as tx:
+        tx.row("SELECT pg_advisory_xact_lock(?) AS locked", (MIGRATION_LOCK,))
+        todo = migrations.pending(schema_version(tx))
+        apply(tx, todo)
+        return todo
+
+
+def apply(tx: _PostgresTx, todo: list[migrations.Migration]) -> None:
+    for migration in todo:
+        tx.script(migration.postgresql)
+        tx.run("INSERT INTO meta (name, value) VALUES ('schema_version', ?) "
+               "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (str(migration.version),))
+
+
+class PostgresLedger(SqlLedger):
+    """The ledger in a PostgreSQL database shared by every replica."""
+
+    def __init__(self, conninfo: str, *, where: str, create: bool = True, check: bool = True, **options) -> None:
+        super().__init__(PostgresDatabase(conninfo, where=where, create=create, check=check, **options))

@@ -1,0 +1,690 @@
+"""The ledger's store: every read and write of the ledger, the same SQL for SQLite and PostgreSQL.
+
+Money is decided in `decisions.py`; this module reads the state a decision needs, under the
+locks its transaction holds, and writes the plan back in the same transaction. A batch of
+admits, settlements and refusals shares one transaction: the key rows it touches are locked
+once (in key order, so two replicas' batches never deadlock), the database's clock is read
+once after the locks, and each decision sees the state the ones before it left.
+
+Amounts are integer USD micros; times are ISO 8601 UTC text (sortable, the same in both
+backends, readable in a raw dump).
+"""
+
+import json
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import lru_cache
+
+from ..vendors.base import PricingBasis, Refusal, RefusalKind
+from . import decisions
+from .base import (
+    AdmitRequest,
+    Admission,
+    AuditFilter,
+    CallFacts,
+    IdempotencyMismatch,
+    IssuanceIdempotency,
+    KeyRecord,
+    KeySpec,
+    LedgerConflict,
+    SealedSecret,
+    SecretInfo,
+    SettleRequest,
+)
+from .database import Database, Row, Tx, placeholders
+from .decisions import OPEN_STATES, KeyCounters, KeyState, ReservationState
+from .times import from_text, to_text, utc_now
+
+ISSUANCE_MEMORY = timedelta(hours=24)  # how long an Idempotency-Key returns the same vault key
+RUN_GONE_AFTER = timedelta(seconds=10)  # a proxy run silent this long is dead (it beats every 2 s)
+CAP_HIT_DECISIONS = (RefusalKind.CAP_EXCEEDED.code, RefusalKind.MAX_CALLS_EXCEEDED.code)
+# Audit rows keep what a stranger sent, so what a stranger sent is bounded: a path or key of
+# a megabyte would otherwise be a megabyte of disk per refused request.
+AUDIT_TEXT_LIMIT = 512
+CONFLICT_RETRIES = 3  # a deadlock or serialisation abort is retried; the batch's decisions are re-read
+# A hold whose outcome nobody will report: the vendor answered 5xx or the connection died
+# ('unknown'), or the proxy run that made it stopped beating with it still pending.
+_UNKNOWN = ("(r.state = 'unknown' OR (r.state = 'pending' AND (r.run_id IS NULL OR r.run_id IN "
+            "(SELECT run_id FROM proxy_runs WHERE stopped_at IS NOT NULL OR heartbeat_at < ?))))")
+_KEY_COLUMNS = ("k.key_id, k.key_hash, k.vendor, k.secret_name, k.label, k.daily_cap_micros, k.total_cap_micros, "
+                "k.max_calls, k.allowlist, k.allow_all, k.allow_unpriced, k.created_at, k.expires_at, k.revoked_at, "
+                "k.spent_micros, k.reserved_micros, k.calls, k.day, k.day_spent_micros, k.day_reserved_micros")
+_RESERVATION_COLUMNS = ("id, key_id, idempotency_key, endpoint, created_at, state, day, reserved_micros, "
+                        "attempts_open, released_attempts, actual_micros")
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A refusal decided before any key was read (no key sent, a malformed path...)."""
+
+    call: CallFacts
+    refusal: Refusal
+
+
+class SqlLedger:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    @property
+    def backend(self) -> str:
+        return self.database.backend
+
+    def close(self) -> None:
+        self.database.close()
+
+    def transaction(self):
+        return self.database.transaction()
+
+    # --- meta and secrets ---------------------------------------------------------------------
+
+    def get_meta(self, name: str) -> str | None:
+        with self.database.reading() as tx:
+            row = tx.row("SELECT value FROM meta WHERE name = ?", (name,))
+        return row["value"] if row else None
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self.database.transaction() as tx:
+            tx.run("INSERT INTO meta (name, value) VALUES (?, ?) "
+                   "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, value))
+
+    def put_secret(self, vendor: str, name: str, nonce: bytes, ciphertext: bytes,
+                   fingerprint: str, account_sid: str | None, auth_user: str | None = None) -> None:
+        now = to_text(utc_now())
+        with self.database.transaction() as tx:
+            tx.run(
+                "INSERT INTO secrets (vendor, name, nonce, ciphertext, fingerprint, account_sid, auth_user, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (vendor, name) DO UPDATE "
+                "SET nonce = excluded.nonce, ciphertext = excluded.ciphertext, fingerprint = excluded.fingerprint, "
+                "account_sid = excluded.account_sid, auth_user = excluded.auth_user, updated_at = excluded.updated_at",
+                (vendor, name, nonce, ciphertext, fingerprint, account_sid, auth_user, now, now))
+
+    def get_secret(self, vendor: str, name: str) -> SealedSecret | None:
+        with self.database.reading() as tx:
+            row = tx.row("SELECT * FROM secrets WHERE vendor = ? AND name = ?", (vendor, name))
+        return _sealed(row) if row else None
+
+    def list_secrets(self) -> list[SecretInfo]:
+        with self.database.reading() as tx:
+            rows = tx.rows("SELECT * FROM secrets ORDER BY vendor, name")
+        return [SecretInfo(r["vendor"], r["name"], r["fingerprint"], r["account_sid"], r["auth_user"],
+                           from_text(r["created_at"]), from_text(r["updated_at"])) for r in rows]
+
+    # --- vault keys ---------------------------------------------------------------------------
+
+    def create_key(self, key_id: str, key_hash: str, spec: KeySpec,
+                   idempotency: IssuanceIdempotency | None = None) -> tuple[KeyRecord, bool]:
+        """Create a key, or with `idempotency` return the key an earlier identical request created.
+
+        Returns the key and whether it was created now. The check and the insert share one
+        transaction, so two retries racing each other still get one key.
+        """
+        with self.database.transaction() as tx:
+            now = tx.now()
+            if idempotency is not None:
+                # Lock the issuance's slot first: two racing retries serialise here.
+                earlier = tx.row(
+                    "SELECT key_id, request_fingerprint, created_at FROM issuances WHERE idempotency_key = ?"
+                    + self.database.lock_rows, (idempotency.key,))
+                if earlier is not None and from_text(earlier["created_at"]) > now - ISSUANCE_MEMORY:
+                    if earlier["request_fingerprint"] != idempotency.request_fingerprint:
+                        raise IdempotencyMismatch(idempotency.key)
+                    return self._key_record(tx, earlier["key_id"], now), False
+                tx.run("INSERT INTO issuances (idempotency_key, request_fingerprint, key_id, created_at) "
+                       "VALUES (?, ?, ?, ?) ON CONFLICT (idempotency_key) DO UPDATE SET "
+                       "request_fingerprint = excluded.request_fingerprint, key_id = excluded.key_id, "
+                       "created_at = excluded.created_at",
+                       (idempotency.key, idempotency.request_fingerprint, key_id, to_text(now)))
+            tx.run(
+                "INSERT INTO vault_keys (key_id, key_hash, vendor, secret_name, label, daily_cap_micros, "
+                "total_cap_micros, max_calls, allowlist, allow_all, allow_unpriced, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key_id, key_hash, spec.vendor, spec.secret_name, spec.label, spec.daily_cap_micros,
+                 spec.total_cap_micros, spec.max_calls, json.dumps(list(spec.allowlist)),
+                 int(spec.allow_all), int(spec.allow_unpriced), to_text(now), to_text(spec.expires_at)))
+            return self._key_record(tx, key_id, now), True
+
+    def get_key(self, key_id: str) -> KeyRecord | None:
+        with self.database.reading() as tx:
+            return self._key_record(tx, key_id, tx.now())
+
+    def list_keys(self, label: str | None = None, active_at: datetime | None = None) -> list[KeyRecord]:
+        clauses, params = [], []
+        if label is not None:
+            clauses.append("k.label = ?")
+            params.append(label)
+        if active_at is not None:
+            clauses.append("k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ?)")
+            params.append(to_text(active_at))
+        with self.database.reading() as tx:
+            now = tx.now()
+            rows = tx.rows(f"SELECT {_KEY_COLUMNS} FROM vault_keys k" + _where(clauses)
+                           + " ORDER BY k.created_at, k.key_id", params)
+            unknown = self._unknown_by_key(tx, [r["key_id"] for r in rows], now)
+            window = decisions.window_of(now)
+            return [_key_state(r).record(window, unknown.get(r["key_id"], 0)) for r in rows]
+
+    def revoke_key(self, key_id: str) -> bool:
+        """Revoke one key. Returns False when no such key exists; revoking twice is fine."""
+        with self.database.transaction() as tx:
+            return tx.run("UPDATE vault_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?",
+                          (to_text(tx.now()), key_id)) > 0
+
+    def revoke_label(self, label: str) -> list[str]:
+        with self.database.transaction() as tx:
+            ids = [r["key_id"] for r in tx.rows("SELECT key_id FROM vault_keys WHERE label = ? ORDER BY created_at, key_id",
+                                                (label,))]
+            tx.run("UPDATE vault_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE label = ?",
+                   (to_text(tx.now()), label))
+            return ids
+
+    def _key_record(self, tx: Tx, key_id: str, now: datetime) -> KeyRecord | None:
+        row = tx.row(f"SELECT {_KEY_COLUMNS} FROM vault_keys k WHERE k.key_id = ?", (key_id,))
+        if row is None:
+            return None
+        unknown = self._unknown_by_key(tx, [key_id], now).get(key_id, 0)
+        return _key_state(row).record(decisions.window_of(now), unknown)
+
+    def _unknown_by_key(self, tx: Tx, key_ids: Sequence[str], now: datetime) -> dict[str, int]:
+        if not key_ids:
+            return {}
+        rows = tx.rows(
+            "SELECT r.key_id, CAST(COALESCE(SUM(r.reserved_micros), 0) AS BIGINT) AS unknown FROM reservations r "
+            f"WHERE r.key_id IN {placeholders(key_ids)} AND r.state IN ('pending', 'unknown') AND {_UNKNOWN} "
+            "GROUP BY r.key_id", (*key_ids, _gone_before(now)))
+        return {r["key_id"]: r["unknown"] for r in rows}
+
+    # --- the gate: admits, settlements and refusals, in batches -------------------------------
+
+    def admit(self, request: AdmitRequest) -> Admission:
+        return self.apply_batch([request], [], [])[0][0]
+
+    def settle(self, request: SettleRequest) -> None:
+        self.apply_batch([], [request], [])
+
+    def record_refusal(self, call: CallFacts, refusal: Refusal) -> int:
+        return self.apply_batch([], [], [Refused(call, refusal)])[1][0]
+
+    def apply_batch(self, admits: Sequence[AdmitRequest], settles: Sequence[SettleRequest],
+                    refusals: Sequence[Refused]) -> tuple[list[Admission], list[int]]:
+        """Decide every admit and settlement, and record every refusal, in one transaction.
+
+        Returns the admissions (in order) and the refusals' audit ids. Settlements are applied
+        before admits, so a hold released in this batch is free for the admits after it.
+        """
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                with self.database.transaction() as tx:
+                    batch = _Batch(tx, self.database.lock_rows, admits, settles)
+                    for request in settles:
+                        batch.settle(request)
+                    admissions = [batch.admit(request) for request in admits]
+                    refused = [batch.refuse(item.call, item.refusal, None) for item in refusals]
+                    batch.write()
+                    return [a.finish(batch.ids) for a in admissions], [batch.ids[i] for i in refused]
+            except LedgerConflict:
+                if attempt == CONFLICT_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    # --- reports ------------------------------------------------------------------------------
+
+    def audit_rows(self, where: AuditFilter) -> list[dict]:
+        clauses, params = _audit_clauses(where)
+        sql = "SELECT * FROM audit" + _where(clauses) + " ORDER BY id"
+        if where.limit:
+            sql += f" LIMIT {int(where.limit)}"
+        with self.database.reading() as tx:
+            return [dict(row) for row in tx.rows(sql, params)]
+
+    def spend(self, by: str, where: AuditFilter) -> list[dict]:
+        """Totals per group: calls and refusals from the audit, money from the reservations."""
+        audit_group = {"key": "key_id", "label": "label", "vendor": "vendor", "day": "substr(ts, 1, 10)"}[by]
+        clauses, params = _audit_clauses(where)
+        cap_hits = ", ".join(f"'{code}'" for code in CAP_HIT_DECISIONS)
+        money_group = {"key": "r.key_id", "label": "k.label", "vendor": "k.vendor", "day": "r.day"}[by]
+        money_clauses, money_params = _audit_clauses(where, key_column="r.key_id", label_column="k.label",
+                                                     time_column="r.created_at")
+        with self.database.reading() as tx:
+            calls = tx.rows(
+                f"SELECT {audit_group} AS grp, COUNT(*) AS calls, "
+                "SUM(CASE WHEN decision = 'allowed' THEN 1 ELSE 0 END) AS allowed, "
+                "SUM(CASE WHEN decision != 'allowed' THEN 1 ELSE 0 END) AS refused, "
+                f"SUM(CASE WHEN decision IN ({cap_hits}) THEN 1 ELSE 0 END) AS cap_hits "
+                "FROM audit" + _where(clauses) + f" GROUP BY {audit_group}", params)
+            money = tx.rows(
+                f"SELECT {money_group} AS grp, "
+                "CAST(COALESCE(SUM(CASE WHEN r.state = 'settled' THEN r.actual_micros END), 0) AS BIGINT) "
+                "AS spent_micros, "
+                "CAST(COALESCE(SUM(CASE WHEN r.state IN ('pending', 'unknown') THEN r.reserved_micros END), 0) "
+                "AS BIGINT) AS reserved_micros "
+                "FROM reservations r JOIN vault_keys k ON k.key_id = r.key_id" + _where(money_clauses)
+                + f" GROUP BY {money_group}", money_params)
+        totals: dict = {}
+        empty = {"calls": 0, "allowed": 0, "refused": 0, "cap_hits": 0, "spent_micros": 0, "reserved_micros": 0}
+        for row in calls:
+            totals[row["grp"]] = {by: row["grp"], **empty,
+                                  **{name: int(row[name]) for name in ("calls", "allowed", "refused", "cap_hits")}}
+        for row in money:
+            entry = totals.setdefault(row["grp"], {by: row["grp"], **empty})
+            entry["spent_micros"] = int(row["spent_micros"])
+            entry["reserved_micros"] = int(row["reserved_micros"])
+        return [totals[group] for group in sorted(totals, key=lambda g: (g is None, g or ""))]
+
+    def open_reservations(self, key_id: str) -> list[dict]:
+        """Holds not yet settled; `state` is `unknown` too for a pending hold whose proxy run is gone."""
+        with self.database.reading() as tx:
+            rows = tx.rows(
+                f"SELECT r.*, CASE WHEN {_UNKNOWN} THEN 'unknown' ELSE r.state END AS shown_state "
+                "FROM reservations r WHERE r.key_id = ? AND r.state IN ('pending', 'unknown') ORDER BY r.id",
+                (_gone_before(tx.now()), key_id))
+        return [{**dict(row), "state": row["shown_state"]} for row in rows]
+
+    # --- corrections --------------------------------------------------------------------------
+
+    def price_checks(self, *, vendor: str, label: str | None = None, key_id: str | None = None) -> list[dict]:
+        """Reservations settled at their estimate because the vendor had no price yet."""
+        sql = ("SELECT r.id, r.key_id, k.label, k.vendor, k.secret_name, r.object_id, r.actual_micros "
+               "FROM reservations r JOIN vault_keys k ON k.key_id = r.key_id "
+               "WHERE r.state = 'settled' AND r.estimated = 1 AND r.object_id IS NOT NULL AND k.vendor = ?")
+        params: list = [vendor]
+        if label is not None:
+            sql += " AND k.label = ?"
+            params.append(label)
+        if key_id is not None:
+            sql += " AND r.key_id = ?"
+            params.append(key_id)
+        with self.database.reading() as tx:
+            return [dict(r) for r in tx.rows(sql + " ORDER BY r.id", params)]
+
+    def correct(self, reservation_id: int, change) -> tuple[dict, int, int]:
+        """Apply a correction in one transaction: `change(reservation, counters, now)` returns
+        (new counters, new reservation columns, before, after, note) or raises. Returns the
+        reservation row as it was, and the amounts before and after."""
+        with self.database.transaction() as tx:
+            row = tx.row(f"SELECT {_RESERVATION_COLUMNS}, object_id, estimated FROM reservations WHERE id = ?",
+                         (reservation_id,))
+            if row is None:
+                raise LookupError(f"no reservation {reservation_id}")
+            key_row = tx.row(f"SELECT {_KEY_COLUMNS} FROM vault_keys k WHERE k.key_id = ?" + self.database.lock_rows,
+                             (row["key_id"],))
+            now = tx.now()
+            state = _key_state(key_row)
+            counters, columns, before, after, note = change(_reservation(row), dict(row), state.counters, now)
+            _write_counters(tx, state.key_id, counters)
+            tx.run("UPDATE reservations SET " + ", ".join(f"{name} = ?" for name in columns) + " WHERE id = ?",
+                   (*columns.values(), reservation_id))
+            method, _, path = row["endpoint"].partition(" ")
+            spent_change = after - (before if row["state"] == "settled" else 0)
+            audit_id = tx.new_ids("audit", 1)[0]
+            tx.run(
+                "INSERT INTO audit (id, ts, key_id, label, vendor, method, path, decision, outcome, reserved_micros, "
+                "actual_micros, object_id, idempotency_key, reservation_id, message) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'reconciled', 'settled', 0, ?, ?, ?, ?, ?)",
+                (audit_id, to_text(now), state.key_id, state.spec.label, state.spec.vendor, method, path,
+                 spent_change, row["object_id"], row["idempotency_key"], reservation_id,
+                 f"{note}; reserved at {from_text(row['created_at']):%Y-%m-%d %H:%M:%S}Z"))
+            return dict(row), before, after
+
+    # --- admin tokens -------------------------------------------------------------------------
+
+    def create_admin_token(self, token_id: str, name: str | None, token_hash: str) -> datetime:
+        with self.database.transaction() as tx:
+            now = tx.now()
+            tx.run("INSERT INTO admin_tokens (token_id, name, token_hash, created_at) VALUES (?, ?, ?, ?)",
+                   (token_id, name, token_hash, to_text(now)))
+            return now
+
+    def list_admin_tokens(self) -> list[dict]:
+        with self.database.reading() as tx:
+            rows = tx.rows("SELECT token_id, name, created_at, revoked_at FROM admin_tokens ORDER BY created_at")
+        return [{**dict(r), "created_at": from_text(r["created_at"]), "revoked_at": from_text(r["revoked_at"])}
+                for r in rows]
+
+    def revoke_admin_token(self, token_id: str) -> bool:
+        with self.database.transaction() as tx:
+            return tx.run("UPDATE admin_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE token_id = ?",
+                          (to_text(tx.now()), token_id)) > 0
+
+    def active_admin_token_hashes(self) -> list[tuple[str, str]]:
+        with self.database.reading() as tx:
+            return [(r["token_id"], r["token_hash"])
+                    for r in tx.rows("SELECT token_id, token_hash FROM admin_tokens WHERE revoked_at IS NULL")]
+
+    # --- proxy runs: who may still settle a pending hold --------------------------------------
+
+    def register_run(self, run_id: str, pid: int, host: str) -> None:
+        with self.database.transaction() as tx:
+            now = to_text(tx.now())
+            tx.run("INSERT INTO proxy_runs (run_id, pid, host, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?)",
+                   (run_id, pid, host, now, now))
+
+    def beat(self, run_id: str) -> None:
+        with self.database.transaction() as tx:
+            tx.run("UPDATE proxy_runs SET heartbeat_at = ? WHERE run_id = ?", (to_text(tx.now()), run_id))
+
+    def stop_run(self, run_id: str) -> None:
+        with self.database.transaction() as tx:
+            tx.run("UPDATE proxy_runs SET stopped_at = ? WHERE run_id = ? AND stopped_at IS NULL",
+                   (to_text(tx.now()), run_id))
+
+    def reap_local_runs(self, alive) -> None:
+        """Mark this host's runs whose process is gone as stopped, without waiting for their
+        heartbeat to go stale: a proxy restarted after kill -9 shows its predecessor's holds as
+        unknown at once. `alive(pid)` says whether a process of this host still runs."""
+        host = socket.gethostname()
+        with self.database.transaction() as tx:
+            now = to_text(tx.now())
+            for row in tx.rows("SELECT run_id, pid FROM proxy_runs WHERE stopped_at IS NULL AND host = ?", (host,)):
+                if not alive(row["pid"]):
+                    tx.run("UPDATE proxy_runs SET stopped_at = ? WHERE run_id = ? AND stopped_at IS NULL",
+                           (now, row["run_id"]))
+
+
+class _PendingAdmission:
+    """An admission whose new rows get their ids when the batch writes them."""
+
+    def __init__(self, audit_slot: int, plan: decisions.AdmitPlan, reservation_slot: int | None) -> None:
+        self.audit_slot, self.plan, self.reservation_slot = audit_slot, plan, reservation_slot
+
+    def finish(self, ids: dict[int, int]) -> Admission:
+        plan = self.plan
+        if plan.refusal is not None:
+            return Admission(ids[self.audit_slot], plan.refusal, key=plan.key)
+        reservation_id = ids[self.reservation_slot] if self.reservation_slot is not None else plan.reservation_id
+        return Admission(ids[self.audit_slot], None, key=plan.key, reservation_id=reservation_id,
+                         opened=plan.opened, reserved_micros=plan.reserved_micros,
+                         basis=plan.basis if plan.opened else None, secret=plan.secret)
+
+
+class _Batch:
+    """One transaction's decisions: state read once, decided in order, written at the end.
+
+    New rows get "slots" (negative numbers) while deciding; `write` allocates their ids.
+    """
+
+    def __init__(self, tx: Tx, lock_rows: str, admits: Sequence[AdmitRequest],
+                 settles: Sequence[SettleRequest]) -> None:
+        self.tx = tx
+        self.keys_by_hash: dict[str, KeyState] = {}
+        self.keys: dict[str, KeyState] = {}
+        self.secrets: dict[str, SealedSecret | None] = {}
+        self.touched: set[str] = set()
+        self._lock_keys(lock_rows, [r.key_hash for r in admits], [r.reservation_id for r in settles])
+        self.now = tx.now()  # after the locks: the clock of the moment these decisions hold them
+        self.reservations = self._reservations(admits, settles)
+        self.audit_rows: list[tuple] = []  # (slot, values)
+        self.audit_updates: list[tuple] = []
+        self.new_reservations: list[tuple] = []  # (slot, key_id, NewReservation, run_id)
+        self.reservation_changes: dict[int, tuple] = {}
+        self.ids: dict[int, int] = {}
+        self._slots = 0
+
+    def _slot(self) -> int:
+        self._slots -= 1
+        return self._slots
+
+    def _lock_keys(self, lock_rows: str, hashes: list[str], reservation_ids: list[int]) -> None:
+        hashes, reservation_ids = sorted(set(hashes)), sorted(set(reservation_ids))
+        rows = self.tx.rows(
+            f"SELECT {_KEY_COLUMNS}, s.nonce, s.ciphertext, s.account_sid, s.auth_user FROM vault_keys k "
+            "LEFT JOIN secrets s ON s.vendor = k.vendor AND s.name = k.secret_name "
+            f"WHERE k.key_hash IN {placeholders(hashes)} OR k.key_id IN "
+            f"(SELECT key_id FROM reservations WHERE id IN {placeholders(reservation_ids)}) "
+            "ORDER BY k.key_id" + (lock_rows and lock_rows + " OF k"), (*hashes, *reservation_ids))
+        for row in rows:
+            state = _key_state(row)
+            self.keys[state.key_id] = state
+            self.keys_by_hash[row["key_hash"]] = state
+            self.secrets[state.key_id] = None if row["nonce"] is None else SealedSecret(
+                state.spec.vendor, state.spec.secret_name, bytes(row["nonce"]), bytes(row["ciphertext"]),
+                row["account_sid"], row["auth_user"])
+
+    def _reservations(self, admits: Sequence[AdmitRequest], settles: Sequence[SettleRequest]) -> dict:
+        """Open the batch's reservations: by (key_id, Idempotency-Key) and by id."""
+        found: dict = {}
+        pairs = [(self.keys_by_hash[r.key_hash].key_id, r.call.idempotency_key) for r in admits
+                 if r.call.idempotency_key is not None and r.key_hash in self.keys_by_hash]
+        ids = [r.reservation_id for r in settles]
+        clauses, params = [], []
+        if pairs:
+            keyed = sorted(set(pairs))
+            clauses.append("(" + " OR ".join("(key_id = ? AND idempotency_key = ?)" for _ in keyed) + ")")
+            params += [value for pair in keyed for value in pair]
+        if ids:
+            clauses.append(f"id IN {placeholders(ids)}")
+            params += ids
+        if clauses:
+            for row in self.tx.rows(f"SELECT {_RESERVATION_COLUMNS} FROM reservations WHERE " + " OR ".join(clauses),
+                                    params):
+                reservation = _reservation(row)
+                found[reservation.id] = reservation
+                if row["idempotency_key"] is not None:
+                    found[(reservation.key_id, row["idempotency_key"])] = reservation
+        return found
+
+    # --- deciding -----------------------------------------------------------------------------
+
+    def admit(self, request: AdmitRequest) -> _PendingAdmission:
+        state = self.keys_by_hash.get(request.key_hash)
+        key_id = state.key_id if state else None
+        existing = None
+        if state is not None and request.call.idempotency_key is not None:
+            existing = self.reservations.get((key_id, request.call.idempotency_key))
+        estimate = request.estimate
+        counted = None
+        if state is not None and estimate is not None and estimate.basis is not PricingBasis.FIXED:
+            counted = self._counted(key_id, estimate.object_ref)
+        plan = decisions.admit(decisions.AdmitView(state, self.secrets.get(key_id), existing, counted),
+                               request, self.now)
+        call = request.call
+        if plan.refusal is not None:
+            return _PendingAdmission(self.refuse(call, plan.refusal, plan.key), plan, None)
+        self._set_counters(key_id, plan.counters)
+        reservation_slot = None
+        if plan.new_reservation is not None:
+            reservation_slot = self._slot()
+            new = plan.new_reservation
+            self.new_reservations.append((reservation_slot, key_id, new, request.run_id))
+            if new.idempotency_key is not None:  # a retry later in this batch attaches to it
+                self.reservations[(key_id, new.idempotency_key)] = ReservationState(
+                    reservation_slot, key_id, new.endpoint, self.now, "pending", new.day, new.reserved, 1, 0)
+        elif plan.change is not None:
+            self._change(plan.change, request.run_id)
+        audit_slot = self._slot()
+        self.audit_rows.append((audit_slot, _audit_values(
+            self.now, call, plan.key, "allowed", plan.reserved_micros, reservation_slot or plan.reservation_id, None,
+            amount_minor=estimate.amount_minor if estimate else None,
+            currency=estimate.currency if estimate else None)))
+        return _PendingAdmission(audit_slot, plan, reservation_slot)
+
+    def _change(self, change: decisions.ReservationChange, run_id: str | None) -> None:
+        current = self.reservations[change.id]
+        updated = ReservationState(current.id, current.key_id, current.endpoint, current.created_at, change.state,
+                                   change.day, change.reserved, change.attempts_open, change.released_attempts,
+                                   None if change.reopened else current.actual)
+        self._remember(updated)
+        columns = {"state": change.state, "day": change.day, "reserved_micros": change.reserved,
+                   "attempts_open": change.attempts_open, "released_attempts": change.released_attempts}
+        if change.reopened:
+            columns.update(run_id=run_id, actual_micros=None, settled_at=None, estimated=0)
+        self._update_reservation(change.id, columns)
+
+    def _remember(self, reservation: ReservationState) -> None:
+        self.reservations[reservation.id] = reservation
+        for key, value in list(self.reservations.items()):
+            if isinstance(key, tuple) and value.id == reservation.id:
+                self.reservations[key] = reservation
+
+    def _update_reservation(self, reservation_id: int, columns: dict) -> None:
+        # A reservation created in this batch (a negative slot) is inserted first, then updated.
+        self.reservation_changes.setdefault(reservation_id, {}).update(columns)
+
+    def _counted(self, key_id: str, object_ref: str | None) -> int | None:
+        if object_ref is None:
+            return None
+        row = self.tx.row(
+            "SELECT MAX(actual_micros) AS counted FROM reservations WHERE key_id = ? AND object_id = ? "
+            "AND state = 'settled' AND actual_micros > 0 AND endpoint LIKE 'POST %'", (key_id, object_ref))
+        return row["counted"] if row and row["counted"] else None
+
+    def settle(self, request: SettleRequest) -> None:
+        reservation = self.reservations.get(request.reservation_id)
+        audit = self.tx.row("SELECT outcome FROM audit WHERE id = ?", (request.audit_id,))
+        if reservation is None or audit is None or audit["outcome"] is not None:
+            return  # settled before (a retried settlement whose first commit went through)
+        state = self.keys.get(reservation.key_id)
+        if state is None:
+            return
+        plan = decisions.settle(reservation, state.counters, request)
+        self._set_counters(reservation.key_id, plan.counters)
+        object_id = request.object_ids[0] if request.object_ids else None
+        updated = ReservationState(reservation.id, reservation.key_id, reservation.endpoint, reservation.created_at,
+                                   plan.state, reservation.day, reservation.reserved, plan.attempts_open,
+                                   plan.released_attempts, plan.actual)
+        self._remember(updated)
+        columns = {"state": plan.state, "actual_micros": plan.actual, "attempts_open": plan.attempts_open,
+                   "released_attempts": plan.released_attempts, "estimated": int(plan.estimated)}
+        if plan.closed:
+            columns["settled_at"] = to_text(self.now)
+        if object_id is not None and plan.state == "settled" and plan.counted:
+            columns["object_id"] = object_id
+        elif object_id is not None and reservation.state in OPEN_STATES:
+            columns["object_id"] = object_id
+        self._update_reservation(reservation.id, columns)
+        self.audit_updates.append((
+            request.status, plan.outcome, plan.counted, _bounded(" ".join(request.object_ids) or None),
+            _bounded(request.vendor_request_id), request.amount_minor, request.currency, int(request.replayed),
+            round(request.duration_ms, 3), _bounded(request.error), request.audit_id))
+
+    def refuse(self, call: CallFacts, refusal: Refusal, key: KeyRecord | None) -> int:
+        slot = self._slot()
+        self.audit_rows.append((slot, _audit_values(
+            self.now, call, key, refusal.kind.code, 0, None, call.status_of(refusal.kind),
+            message=refusal.message, duration_ms=_elapsed_ms(call))))
+        return slot
+
+    def _set_counters(self, key_id: str | None, counters: KeyCounters | None) -> None:
+        if key_id is None or counters is None:
+            return
+        state = self.keys[key_id]
+        self.keys[key_id] = KeyState(state.key_id, state.spec, state.created_at, state.revoked_at, counters)
+        for key_hash, known in self.keys_by_hash.items():
+            if known.key_id == key_id:
+                self.keys_by_hash[key_hash] = self.keys[key_id]
+        self.touched.add(key_id)
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def write(self) -> None:
+        tx = self.tx
+        for slot, reservation_id in zip([n[0] for n in self.new_reservations],
+                                        tx.new_ids("reservations", len(self.new_reservations))):
+            self.ids[slot] = reservation_id
+        for slot, audit_id in zip([a[0] for a in self.audit_rows], tx.new_ids("audit", len(self.audit_rows))):
+            self.ids[slot] = audit_id
+        if self.new_reservations:
+            tx.run_many(
+                "INSERT INTO reservations (id, key_id, idempotency_key, endpoint, run_id, day, reserved_micros, "
+                "state, attempts_open, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 1, ?)",
+                [(self.ids[slot], key_id, new.idempotency_key, new.endpoint, run_id, new.day, new.reserved,
+                  to_text(self.now)) for slot, key_id, new, run_id in self.new_reservations])
+        for reservation_id, columns in self.reservation_changes.items():
+            names = sorted(columns)
+            tx.run("UPDATE reservations SET " + ", ".join(f"{name} = ?" for name in names) + " WHERE id = ?",
+                   (*(columns[n] for n in names), self.ids.get(reservation_id, reservation_id)))
+        if self.audit_rows:
+            tx.run_many(
+                "INSERT INTO audit (id, ts, key_id, label, vendor, method, path, status, decision, reserved_micros, "
+                "actual_micros, amount_minor, currency, idempotency_key, reservation_id, message, duration_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(self.ids[slot], *values[:13], self.ids.get(values[13], values[13]), *values[14:])
+                 for slot, values in self.audit_rows])
+        if self.audit_updates:
+            tx.run_many(
+                "UPDATE audit SET status = ?, outcome = ?, actual_micros = ?, object_id = ?, vendor_request_id = ?, "
+                "amount_minor = COALESCE(?, amount_minor), currency = COALESCE(?, currency), replayed = ?, "
+                "duration_ms = ?, message = ? WHERE id = ?", self.audit_updates)
+        for key_id in sorted(self.touched):
+            _write_counters(tx, key_id, self.keys[key_id].counters)
+
+
+def _write_counters(tx: Tx, key_id: str, counters: KeyCounters) -> None:
+    tx.run("UPDATE vault_keys SET spent_micros = ?, reserved_micros = ?, calls = ?, day = ?, day_spent_micros = ?, "
+           "day_reserved_micros = ? WHERE key_id = ?",
+           (counters.spent, counters.reserved, counters.calls, counters.day, counters.day_spent,
+            counters.day_reserved, key_id))
+
+
+def _audit_values(now: datetime, call: CallFacts, key: KeyRecord | None, decision: str, reserved: int,
+                  reservation_id: int | None, status: int | None, *, message: str | None = None,
+                  amount_minor: int | None = None, currency: str | None = None,
+                  duration_ms: float | None = None) -> tuple:
+    """An audit row's values, with what a stranger sent bounded."""
+    return (to_text(now), key.key_id if key else None, key.spec.label if key else None, call.vendor,
+            _bounded(call.method, 16), _bounded(call.path), status, decision, reserved,
+            0 if status is not None else None, amount_minor, _bounded(currency, 8), _bounded(call.idempotency_key),
+            reservation_id, _bounded(message, 2048), duration_ms)
+
+
+def _bounded(text: str | None, limit: int = AUDIT_TEXT_LIMIT) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit - 1] + "…"
+
+
+def _elapsed_ms(call: CallFacts) -> float | None:
+    return None if call.started is None else round((time.monotonic() - call.started) * 1000, 3)
+
+
+@lru_cache(maxsize=1024)
+def _allowlist(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
+
+
+def _key_state(row: Row) -> KeyState:
+    spec = KeySpec(
+        vendor=row["vendor"], secret_name=row["secret_name"], label=row["label"],
+        daily_cap_micros=row["daily_cap_micros"], total_cap_micros=row["total_cap_micros"],
+        max_calls=row["max_calls"], allowlist=_allowlist(row["allowlist"]),
+        allow_all=bool(row["allow_all"]), allow_unpriced=bool(row["allow_unpriced"]),
+        expires_at=from_text(row["expires_at"]))
+    counters = KeyCounters(row["spent_micros"], row["reserved_micros"], row["calls"], row["day"],
+                           row["day_spent_micros"], row["day_reserved_micros"])
+    return KeyState(row["key_id"], spec, from_text(row["created_at"]), from_text(row["revoked_at"]), counters)
+
+
+def _reservation(row: Row) -> ReservationState:
+    return ReservationState(row["id"], row["key_id"], row["endpoint"], from_text(row["created_at"]), row["state"],
+                            row["day"], row["reserved_micros"], row["attempts_open"], row["released_attempts"],
+                            row["actual_micros"])
+
+
+def _audit_clauses(where: AuditFilter, *, key_column: str = "key_id", label_column: str = "label",
+                   time_column: str = "ts") -> tuple[list[str], list]:
+    clauses, params = [], []
+    if where.label is not None:
+        clauses.append(f"{label_column} = ?")
+        params.append(where.label)
+    if where.key_id is not None:
+        clauses.append(f"{key_column} = ?")
+        params.append(where.key_id)
+    if where.since is not None:
+        clauses.append(f"{time_column} >= ?")
+        params.append(to_text(where.since))
+    return clauses, params
+
+
+def _gone_before(now: datetime) -> str:
+    return to_text(now - RUN_GONE_AFTER)
+
+
+def _where(clauses: list[str]) -> str:
+    return " WHERE " + " AND ".join(clauses) if clauses else ""
+
+
+def _sealed(row: Row) -> SealedSecret:
+    return SealedSecret(row["vendor"], row["name"], bytes(row["nonce"]), bytes(row["ciphertext"]),
+                        row["account_sid"], row["auth_user"])
