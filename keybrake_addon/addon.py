@@ -21,7 +21,14 @@ from .home import KeybrakeHome
 from .pricing import PricingError, load_pricing
 from .vault.crypto import MasterKeyError
 from .vendors import VENDORS, vendor_for_host
-from .vendors.base import Refusal, RefusalKind, RenderedResponse, VendorRequest, VendorResponse
+from .vendors.base import (
+    Refusal,
+    RefusalKind,
+    RenderedResponse,
+    VendorRequest,
+    VendorResponse,
+    repeated_single_valued_headers,
+)
 
 logger = logging.getLogger("keybrake")
 
@@ -203,6 +210,8 @@ class Keybrake:
     def _forward(self, flow: http.HTTPFlow, vendor, decision: Decision) -> None:
         flow.metadata[TICKET] = decision.ticket
         flow.request.headers["authorization"] = decision.authorization
+        if decision.forward_body is not None:
+            flow.request.content = decision.forward_body  # mitmproxy updates Content-Length
         if upstream := self.upstreams.get(vendor.NAME):
             scheme, host, port, prefix = upstream
             flow.request.scheme, flow.request.host, flow.request.port = scheme, host, port
@@ -294,4 +303,5 @@ def _vendor_request(flow: http.HTTPFlow) -> VendorRequest:
         method=request.method.upper(), path=path, query=query,
         headers=_lowered(request.headers),
         body=request.get_content(strict=False) or b"",
+        repeated_headers=repeated_single_valued_headers(request.headers.fields),
     )
