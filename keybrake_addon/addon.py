@@ -23,7 +23,14 @@ from .ledger.opening import database_of
 from .pricing import PricingError, load_pricing
 from .vault.crypto import MasterKeyError
 from .vendors import VENDORS, vendor_for_host
-from .vendors.base import Refusal, RefusalKind, RenderedResponse, VendorRequest, VendorResponse
+from .vendors.base import (
+    Refusal,
+    RefusalKind,
+    RenderedResponse,
+    VendorRequest,
+    VendorResponse,
+    repeated_single_valued_headers,
+)
 
 logger = logging.getLogger("keybrake")
 
@@ -208,6 +215,8 @@ class Keybrake:
     def _forward(self, flow: http.HTTPFlow, vendor, decision: Decision) -> None:
         flow.metadata[TICKET] = decision.ticket
         flow.request.headers["authorization"] = decision.authorization
+        if decision.forward_body is not None:
+            flow.request.content = decision.forward_body  # mitmproxy updates Content-Length
         if upstream := self.upstreams.get(vendor.NAME):
             scheme, host, port, prefix = upstream
             flow.request.scheme, flow.request.host, flow.request.port = scheme, host, port
@@ -299,4 +308,5 @@ def _vendor_request(flow: http.HTTPFlow) -> VendorRequest:
         method=request.method.upper(), path=path, query=query,
         headers=_lowered(request.headers),
         body=request.get_content(strict=False) or b"",
+        repeated_headers=repeated_single_valued_headers(request.headers.fields),
     )

@@ -28,6 +28,7 @@ from .vendors.base import (
     CostEstimate,
     CredentialEndpoint,
     MalformedRequest,
+    OtherAccount,
     PricingBasis,
     Refusal,
     RefusalKind,
@@ -69,6 +70,7 @@ class Decision:
     refusal: RenderedResponse | None = None
     authorization: str | None = None  # the real credential header: set it, then drop this object
     ticket: Ticket | None = None
+    forward_body: bytes | None = None  # the body to send instead of the client's (CostEstimate.forward_body)
 
 
 class Gate:
@@ -122,6 +124,10 @@ class Gate:
             early = Refusal(RefusalKind.INVALID_REQUEST,
                             f"Keybrake refuses {request.path!r}: dot segments, empty segments or escaped "
                             "separators could reach another endpoint than the one checked.")
+        if early is None and request.repeated_headers:
+            early = Refusal(RefusalKind.INVALID_REQUEST,
+                            f"Keybrake refuses more than one {', '.join(request.repeated_headers)} header line: "
+                            "the vendor could read another value than the one checked.")
         if early is not None:
             self._ledger.record_refusal(call, early)
             return Decision(refusal=vendor.render_refusal(early))
@@ -148,7 +154,8 @@ class Gate:
                 RefusalKind.UNAVAILABLE, f"Keybrake cannot open the vendor secret for vault key "
                 f"{admission.key.key_id}; nothing was forwarded. Check `keybrake secret list`.",
                 retry_after_s=UNAVAILABLE_RETRY_AFTER_S)))
-        return Decision(authorization=authorization, ticket=ticket)
+        return Decision(authorization=authorization, ticket=ticket,
+                        forward_body=estimate.forward_body if estimate is not None else None)
 
     def settle_without_reply(self, ticket: Ticket, *, request_sent: bool, error: str) -> None:
         """Settle a call that got no vendor response (in the background, retried while needed)."""
@@ -226,6 +233,8 @@ def _estimate(vendor: ModuleType, request: VendorRequest, pricing: Pricing) -> t
         return None, Refusal(RefusalKind.UNPRICED, f"Keybrake cannot price {request.method} {request.path}: {error}.")
     except MalformedRequest as error:
         return None, Refusal(RefusalKind.INVALID_REQUEST, f"Keybrake could not price this call: {error}.")
+    except OtherAccount as error:
+        return None, Refusal(RefusalKind.ACCOUNT_MISMATCH, f"Keybrake refused {request.method} {request.path}: {error}.")
     except CredentialEndpoint as error:
         return None, Refusal(RefusalKind.CREDENTIAL_ENDPOINT,
                              f"Keybrake never forwards {request.method} {request.path}: {error}.")

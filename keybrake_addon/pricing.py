@@ -43,6 +43,9 @@ class TwilioRates:
     voice_usd_per_minute: dict[str, Decimal] = field(default_factory=lambda: _d({"1": "0.0140"}))
     default_voice_usd_per_minute: Decimal | None = None
     max_call_minutes: int | None = None  # bound for calls that set no TimeLimit
+    # Calls whose TwiML Twilio fetches later (Url, ApplicationSid, FallbackUrl) may dial further
+    # billed legs Keybrake never sees: forwarded only when the operator accepts that.
+    allow_call_url: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,10 @@ def _twilio(section: dict) -> TwilioRates:
     minutes = section.get("max_call_minutes")
     if minutes is not None and not (isinstance(minutes, int) and not isinstance(minutes, bool) and minutes > 0):
         raise PricingError(f"twilio.max_call_minutes: a whole number of minutes above 0, or null; got {minutes!r}")
-    return TwilioRates(**values, max_call_minutes=minutes)
+    allow_call_url = section.get("allow_call_url", False)
+    if not isinstance(allow_call_url, bool):
+        raise PricingError(f"twilio.allow_call_url: true or false; got {allow_call_url!r}")
+    return TwilioRates(**values, max_call_minutes=minutes, allow_call_url=allow_call_url)
 
 
 def _resend(section: dict) -> ResendRates:

@@ -4,7 +4,7 @@ A vendor module turns a request into a credential and a cost estimate, a respons
 outcome, and a refusal into a response the vendor's own SDK understands.
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -16,6 +16,27 @@ class VendorRequest:
     query: str
     headers: Mapping[str, str]  # names lower-cased
     body: bytes
+    # Single-valued headers the request carried on more than one line (lower-cased): `headers`
+    # keeps one of their values while every line reaches the vendor, so the gate refuses them.
+    repeated_headers: tuple[str, ...] = ()
+
+
+# Headers whose value decides who pays, for what, and whether a call is a retry; a second line
+# of one could make the vendor read another value than the one Keybrake checked.
+SINGLE_VALUED_HEADERS = frozenset({"authorization", "idempotency-key", "stripe-account", "content-type",
+                                   "content-length"})
+
+
+def repeated_single_valued_headers(fields: Iterable[tuple[bytes | str, bytes | str]]) -> tuple[str, ...]:
+    """The single-valued header names that occur on more than one line of `fields` (raw header
+    lines, any case), lower-cased and sorted."""
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    for raw_name, _ in fields:
+        name = (raw_name.decode("latin-1") if isinstance(raw_name, bytes) else raw_name).strip().lower()
+        if name in SINGLE_VALUED_HEADERS:
+            (repeated if name in seen else seen).add(name)
+    return tuple(sorted(repeated))
 
 
 @dataclass(frozen=True)
@@ -46,6 +67,9 @@ class CostEstimate:
     object_ref: str | None = None
     amount_minor: int | None = None
     currency: str | None = None
+    # The body to forward instead of the client's, when the price holds only with a change to
+    # the request (Twilio: a call priced at max_call_minutes gets that TimeLimit). None: as sent.
+    forward_body: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +94,11 @@ class UnknownCurrency(Unpriced):
 
 class MalformedRequest(Exception):
     """The request cannot be priced because it is not valid (the vendor would refuse it too)."""
+
+
+class OtherAccount(Exception):
+    """The request acts for another account than the stored secret's own (Stripe Connect's
+    `Stripe-Account`), which no vault key can name yet."""
 
 
 class CredentialEndpoint(Exception):

@@ -9,8 +9,9 @@ from decimal import ROUND_CEILING, Decimal
 from ..money import MICROS_PER_USD
 from .base import UnknownCurrency
 
-# Stripe's lists (see shared VENDORS.md). ISK is zero-decimal in life but Stripe sends it x100,
-# so for API amounts it behaves like a two-decimal currency and needs no entry here.
+# Stripe's lists (its docs, "Zero-decimal currencies" and "Three-decimal currencies"). ISK is
+# zero-decimal in life but Stripe sends it x100, so for API amounts it behaves like a
+# two-decimal currency and needs no entry here.
 ZERO_DECIMAL = frozenset(
     "BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF UGX VND VUV XAF XOF XPF".split()
 )

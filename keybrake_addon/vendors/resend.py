@@ -4,7 +4,13 @@ Pure functions only. Resend takes `Authorization: Bearer re_...`; vault keys kee
 prefix (`re_kb_...`). Sending is priced per email at `ResendRates.usd_per_email`, where Resend
 counts every To, CC and BCC recipient as one email against the quota ("Multiple To, CC, or BCC
 recipients in sent emails count as separate emails", Resend's knowledge base on email quota).
-See shared VENDORS.md for the other facts this relies on.
+
+Facts about Resend's API this relies on (Resend's API reference; resend-python, resend-node):
+- POST /emails takes one email as JSON (`to` may list several recipients) and answers
+  `{"id": ...}`; POST /emails/batch takes a JSON array of up to 100 and answers
+  `{"data": [{"id": ...}, ...]}`.
+- `Idempotency-Key` (up to 256 characters, kept 24 hours) on both sends.
+- Errors are `{"statusCode", "message", "name"}`; neither SDK retries.
 """
 
 import json
@@ -157,11 +163,6 @@ def outcome(request: VendorRequest, response: VendorResponse, rates: "ResendRate
         ids = tuple(item["id"] for item in body["data"] if isinstance(item, dict) and isinstance(item.get("id"), str))
     free = request.method in _READ_ONLY_METHODS or _free_write(request.method, request.path)
     return Outcome(usd_micros=0 if free else None, object_ids=ids)
-
-
-def money_may_have_moved(status: int, body: bytes) -> bool:
-    """Resend's 4xx send nothing; a 5xx may come after the email was accepted."""
-    return status >= 500
 
 
 # --- refusals --------------------------------------------------------------------------------

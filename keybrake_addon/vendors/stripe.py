@@ -1,7 +1,20 @@
 """Stripe (api.stripe.com): credential, cost estimate, outcome and refusal shape.
 
 Pure functions only. Amounts come from the request where Stripe takes them, and from the
-response for settlement. See shared VENDORS.md for the facts this relies on.
+response for settlement.
+
+Facts about Stripe's API this relies on (Stripe's API reference; stripe-python and stripe-node):
+- The key travels as `Authorization: Bearer sk_...` (both SDKs), or as the Basic-auth user with
+  an empty password. Real keys start sk_live_, sk_test_, rk_live_ or rk_test_.
+- Request bodies are `application/x-www-form-urlencoded`, nested keys bracketed
+  (`line_items[0][price_data][unit_amount]`): stripe-python sends the brackets raw, other
+  clients escaped. The SDKs put parameters in the query string for GET and DELETE only; Stripe
+  also reads the query parameters of a POST, as if they were in its body.
+- Amounts are integers in the currency's smallest unit (see currency.py).
+- `Stripe-Account: acct_...` makes the call act for a Connect connected account.
+- `Idempotency-Key` (both SDKs send one on every POST): a replay returns the saved answer with
+  `Idempotent-Replayed: true` and moves no money again.
+- SDKs obey `Stripe-Should-Retry` before their own rules, and otherwise retry 409 and 5xx.
 """
 
 import json
@@ -13,6 +26,7 @@ from decimal import Decimal
 from .base import (
     CostEstimate,
     MalformedRequest,
+    OtherAccount,
     Outcome,
     PresentedCredential,
     PricingBasis,
@@ -29,7 +43,6 @@ from .forms import parse_form, parse_json_object
 
 NAME = "stripe"
 HOSTS = ("api.stripe.com",)
-VAULT_KEY_PREFIX = "sk_kb_"
 _REAL_SECRET_PREFIXES = ("sk_live_", "sk_test_", "rk_live_", "rk_test_")
 
 UsdRates = Mapping[str, Decimal]
@@ -225,15 +238,41 @@ def _post_route(path: str) -> tuple[_Route, re.Match[str]] | None:
 
 def estimate(request: VendorRequest, usd_rates: UsdRates) -> CostEstimate:
     """The most this call can move, in USD micros, or why it cannot be told."""
+    if "stripe-account" in request.headers:  # before the free reads: they would read another account
+        raise OtherAccount("the Stripe-Account header acts for a connected account, and no Keybrake vault key "
+                           "can name one yet; send the request without it")
     if request.method in _READ_ONLY_METHODS:
         return CostEstimate()
     if request.method != "POST":
         raise Unpriced(f"{request.method} is not a method Stripe's API uses")
+    _require_plain_form_body(request)
     found = _post_route(request.path)
     if found is None:
         raise Unpriced(f"POST {request.path} is not an endpoint Keybrake knows the cost of")
     route, match = found
     return route.estimate(parse_form(request.body), match, usd_rates)
+
+
+def _require_plain_form_body(request: VendorRequest) -> None:
+    """Every POST's parameters must be in a plain form body, the only place the estimate reads.
+
+    Stripe merges a POST's query parameters into its body, so `?amount=500000` would change a
+    call priced from the body alone. Refusing them, rather than pricing the union of query and
+    body, needs no guess at which one Stripe takes when both name a parameter, and costs real
+    clients nothing: the SDKs never send a query string on POST. Likewise a body Keybrake reads
+    as an empty form but Stripe might read otherwise (JSON, a compressed form) is refused,
+    whatever the endpoint: even a free one, such as a PaymentIntent update, may change an amount.
+    """
+    if request.query:
+        raise MalformedRequest("Stripe reads a POST's query parameters as body parameters, and Keybrake "
+                               "prices the body only: send every parameter in the form body")
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise MalformedRequest(f"a Stripe body must not be compressed (Content-Encoding: {encoding})")
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if request.body and media_type != "application/x-www-form-urlencoded":
+        sent = f"Content-Type {media_type}" if media_type else "no Content-Type"
+        raise MalformedRequest(f"a Stripe body must be application/x-www-form-urlencoded; this one has {sent}")
 
 
 # --- outcomes --------------------------------------------------------------------------------
@@ -269,11 +308,6 @@ def outcome(request: VendorRequest, response: VendorResponse, usd_rates: UsdRate
         usd_micros=usd, object_ids=ids, amount_minor=amount, currency=currency.lower(),
         replayed=replayed, vendor_request_id=request_id,
     )
-
-
-def money_may_have_moved(status: int, body: bytes) -> bool:
-    """Whether a non-2xx answer could hide a charge. Stripe's 4xx are final and move nothing."""
-    return status >= 500
 
 
 # --- refusals --------------------------------------------------------------------------------

@@ -6,13 +6,23 @@ the vault key travels as the password and the path's account must be the stored 
 Messages and calls are priced from the request with the configured per-country rates
 (`pricing.TwilioRates`); Twilio fills `price` in only later, so the estimate usually stands.
 Endpoints that reveal or mint credentials (accounts, API keys) are never let through.
-See shared VENDORS.md for the facts this relies on.
+
+Facts about Twilio's API this relies on (Twilio's REST API reference; twilio-python):
+- Bodies are forms. Paths start with an API version (2010-04-01 today; 2008-08-01 still
+  answers), then `/Accounts/{AC...}`.
+- A message's or call's `price` is a negative decimal string, null at creation.
+- A call takes its instructions from one of `Twiml` (inline, up to 4,000 characters), `Url`
+  or `ApplicationSid` (fetched when the call connects, with `FallbackUrl` on error). Without
+  `TimeLimit` (seconds) a call may last Twilio's default of 4 hours.
+- twilio-python raises TwilioRestException for every non-2xx answer and retries nothing.
 """
 
 import json
 import re
+import xml.etree.ElementTree as ElementTree
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import replace
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import TYPE_CHECKING
 
@@ -40,7 +50,10 @@ if TYPE_CHECKING:  # pricing imports the vendors package: a runtime import here 
 NAME = "twilio"
 HOSTS = ("api.twilio.com",)
 
-_ACCOUNT_PATH = re.compile(r"^/2010-04-01/Accounts/([^/]+?)(?:\.(?:json|xml|csv))?(?:/|$)", re.IGNORECASE)
+# Any API version (2010-04-01, 2008-08-01, ...), or none: the account check and the credential
+# guard must not depend on which version a path names.
+_ANY_VERSION = r"^(?:/[^/]+)?"
+_ACCOUNT_PATH = re.compile(_ANY_VERSION + r"/Accounts/([^/]+?)(?:\.(?:json|xml|csv))?(?:/|$)", re.IGNORECASE)
 
 
 def _resource(tail: str) -> re.Pattern[str]:
@@ -52,26 +65,41 @@ _MESSAGES = _resource("Messages")
 _MESSAGE = _resource("Messages/[A-Za-z0-9]+")  # update, redact or cancel a message: no charge
 _CALLS = _resource("Calls")
 
-# Endpoints whose answer holds a real credential, refused whatever the method: listing or
-# creating accounts shows (sub)account auth tokens, an Account resource carries its
-# `auth_token`, and creating an API key or signing key returns its secret.
+# Endpoints whose answer holds a real credential, refused whatever the method and API version:
+# listing or creating accounts shows (sub)account auth tokens, an Account resource carries its
+# `auth_token`, creating an API key or signing key returns its secret, and a Token holds
+# TURN server credentials.
 _CREDENTIAL_ENDPOINTS = (
-    re.compile(r"^/2010-04-01/Accounts(?:\.[A-Za-z]+)?/?$", re.IGNORECASE),
-    re.compile(r"^/2010-04-01/Accounts/[^/]+/?$", re.IGNORECASE),
-    re.compile(r"^/2010-04-01/Accounts/[^/]+/(?:Keys|SigningKeys)(?:[./]|$)", re.IGNORECASE),
+    re.compile(_ANY_VERSION + r"/Accounts(?:\.[A-Za-z]+)?/?$", re.IGNORECASE),
+    re.compile(_ANY_VERSION + r"/Accounts/[^/]+/?$", re.IGNORECASE),
+    re.compile(_ANY_VERSION + r"/Accounts/[^/]+/(?:Keys|SigningKeys|Tokens)(?:[./]|$)", re.IGNORECASE),
 )
 
 # Twilio reads one value of each of these and does not say which when one is repeated, so the
 # value we price might not be the one it sends or dials: a repeat is refused. (MediaUrl repeats
 # by design; any MediaUrl makes an MMS, so its values do not matter.) Names are compared
 # without case so that `To` and `to` cannot smuggle a second destination past the check.
-_SINGLE_VALUED_FIELDS = ("To", "From", "Body", "MessagingServiceSid", "TimeLimit", "SendAsMms", "ContentSid")
+_SINGLE_VALUED_FIELDS = ("To", "From", "Body", "MessagingServiceSid", "TimeLimit", "SendAsMms", "ContentSid",
+                         "Twiml", "Url", "ApplicationSid", "FallbackUrl")
 # Fields that change the price: Twilio may read them from the query string of a POST too, where
 # the body-only estimate would not see them.
 _PRICED_FIELDS = frozenset(name.casefold() for name in (*_SINGLE_VALUED_FIELDS, "MediaUrl"))
 
 # Dot segments, empty segments and escaped separators could make the vendor route a request
 # elsewhere than the path we priced or checked; no SDK sends them.
+
+# What a call does once answered, and for how long. Written in another case (`timelimit`) a
+# field would escape the estimate, which reads these names as written, while Twilio might
+# still take it: refused.
+_CALL_FIELDS = ("TimeLimit", "Twiml", "Url", "ApplicationSid", "FallbackUrl")
+# Instructions Twilio fetches when the call connects, unknown to Keybrake at pricing time.
+_FETCHED_INSTRUCTIONS = ("Url", "ApplicationSid", "FallbackUrl")
+_MAX_TWIML_CHARS = 4000  # Twilio's own limit on the Twiml parameter
+# The TwiML verbs that can neither start another billed leg (Dial, Enqueue, Connect, Refer...),
+# send a message (Message, Sms), record or pay, nor hand the call to TwiML fetched later
+# (Redirect; Gather's and Record's action): everything else is refused.
+_SAFE_VERBS = frozenset({"Say", "Play", "Pause", "Hangup", "Reject"})
+_SSML_TAGS = frozenset({"break", "emphasis", "lang", "p", "phoneme", "prosody", "s", "say-as", "sub", "w"})
 
 _READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 _PHONE_SCHEMES = frozenset({"whatsapp", "sms", "tel"})
@@ -127,7 +155,7 @@ def estimate(request: VendorRequest, rates: "TwilioRates") -> CostEstimate:
     if _MESSAGES.match(request.path):
         return _message(_priced_form(request), rates)
     if _CALLS.match(request.path):
-        return _call(_priced_form(request), rates)
+        return _call(_priced_form(request), request.body, rates)
     raise Unpriced("Keybrake prices only sending messages and placing calls on Twilio")
 
 
@@ -173,25 +201,76 @@ def _carrier_fee(number: str, table: Mapping[str, Decimal]) -> Decimal:
     return table[code] if code is not None else Decimal(0)
 
 
-def _call(form: Mapping[str, str], rates: "TwilioRates") -> CostEstimate:
+def _call(form: Mapping[str, str], body: bytes, rates: "TwilioRates") -> CostEstimate:
+    """The call's own leg, bounded by its TimeLimit, once its instructions cannot start another.
+
+    A call priced at max_call_minutes is forwarded with that TimeLimit added, or Twilio's
+    4-hour default would apply instead of the bound it was priced at.
+    """
     number = _destination(form)
-    raw = form.get("TimeLimit", "").strip()
-    if raw:
-        try:
-            seconds = int(raw)
-        except ValueError:
-            raise MalformedRequest(f"'TimeLimit' must be a whole number of seconds, got {raw!r}") from None
-        if seconds < 1:
-            raise MalformedRequest("'TimeLimit' must be at least 1 second")
-        minutes = -(-seconds // 60)  # Twilio bills started minutes
+    _require_exact_names(form, _CALL_FIELDS)
+    _check_call_instructions(form, rates)
+    forward_body = None
+    if "TimeLimit" in form:
+        minutes = -(-_time_limit_seconds(form["TimeLimit"]) // 60)  # Twilio bills started minutes
     elif rates.max_call_minutes is not None:
         minutes = rates.max_call_minutes
+        forward_body = body + (b"&" if body else b"") + f"TimeLimit={minutes * 60}".encode()
     else:
         raise Unpriced("a call without 'TimeLimit' has no bound on its length: send TimeLimit (seconds) "
                        "or set twilio.max_call_minutes with `keybrake pricing set`")
     per_minute = _country_rate(number, rates.voice_usd_per_minute, rates.default_voice_usd_per_minute,
                                "voice", "voice_usd_per_minute")
-    return _usd(minutes * per_minute)
+    return replace(_usd(minutes * per_minute), forward_body=forward_body)
+
+
+def _time_limit_seconds(raw: str) -> int:
+    try:
+        seconds = int(raw.strip())
+    except ValueError:
+        raise MalformedRequest(f"'TimeLimit' must be a whole number of seconds, got {raw!r}") from None
+    if seconds < 1:
+        raise MalformedRequest("'TimeLimit' must be at least 1 second")
+    return seconds
+
+
+def _require_exact_names(form: Mapping[str, str], names: tuple[str, ...]) -> None:
+    by_folded = {name.casefold(): name for name in names}
+    for name in form:
+        expected = by_folded.get(name.casefold())
+        if expected is not None and name != expected:
+            raise MalformedRequest(f"'{name}' must be written '{expected}'")
+
+
+def _check_call_instructions(form: Mapping[str, str], rates: "TwilioRates") -> None:
+    """Refuse instructions that could run up charges the call's own minutes do not cover."""
+    fetched = [name for name in _FETCHED_INSTRUCTIONS if name in form]
+    if fetched and not rates.allow_call_url:
+        raise Unpriced(f"a call whose TwiML Twilio fetches later ('{fetched[0]}') may dial further billed calls "
+                       "that Keybrake never sees: send the instructions as 'Twiml' (Say, Play, Pause, Hangup, "
+                       "Reject only), or accept that risk with `keybrake pricing set twilio.allow_call_url true`")
+    if "Twiml" in form:
+        _check_twiml(form["Twiml"])
+
+
+def _check_twiml(twiml: str) -> None:
+    if len(twiml) > _MAX_TWIML_CHARS:
+        raise MalformedRequest(f"'Twiml' is over Twilio's limit of {_MAX_TWIML_CHARS} characters")
+    if "<!DOCTYPE" in twiml.upper():  # entity declarations: nothing TwiML needs, and a parser bomb
+        raise MalformedRequest("'Twiml' must not declare a DOCTYPE")
+    try:
+        response = ElementTree.fromstring(twiml)
+    except ElementTree.ParseError:
+        raise MalformedRequest("'Twiml' is not well-formed XML") from None
+    if response.tag != "Response":
+        raise MalformedRequest("'Twiml' must be one <Response> element")
+    for verb in response:
+        if verb.tag not in _SAFE_VERBS:
+            raise Unpriced(f"TwiML <{verb.tag}> can start further billed calls or charges, or run TwiML that "
+                           "Keybrake cannot see: a call's Twiml may use only Say, Play, Pause, Hangup and Reject")
+        for inner in verb.iter():
+            if inner is not verb and (verb.tag != "Say" or inner.tag not in _SSML_TAGS):
+                raise Unpriced(f"TwiML <{inner.tag}> inside <{verb.tag}> is not something Keybrake can price")
 
 
 def _destination(form: Mapping[str, str]) -> str:
@@ -306,11 +385,6 @@ def final_price(response: VendorResponse) -> int | None:
     if not 200 <= response.status < 300 or not isinstance(body, dict):
         return None
     return _price_micros(body)
-
-
-def money_may_have_moved(status: int, body: bytes) -> bool:
-    """Twilio's 4xx are final and create nothing; a 5xx may hide a sent message (its error 20500)."""
-    return status >= 500
 
 
 # --- refusals --------------------------------------------------------------------------------

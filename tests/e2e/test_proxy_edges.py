@@ -92,3 +92,35 @@ def test_an_unexpected_error_in_the_gate_refuses_instead_of_forwarding(home, fak
     log = proxy.log_text()
     assert "unexpected IndexError in the request hook" in log
     assert key["vault_key"] not in log
+
+
+def test_a_repeated_single_valued_header_is_refused_before_anything_is_reserved(proxy, fake_stripe, home, issue):
+    key = issue("--total-usd-cap", "500", "--allow", "POST /v1/payment_intents")
+    auth = ("authorization", f"Bearer {key['vault_key']}")
+    with vendor_client(proxy, home) as client:
+        first = client.post("/v1/payment_intents", data=PI, headers=[auth, ("idempotency-key", "order-1")])
+        assert first.status_code == 200
+        hits = fake_stripe.hits
+        # The gate would have matched order-1 and attached this call to the first for $0, while
+        # Stripe could read order-2 and move the money again.
+        twice = client.post("/v1/payment_intents", data={**PI, "amount": 40000},
+                            headers=[auth, ("idempotency-key", "order-1"), ("idempotency-key", "order-2")])
+    assert twice.status_code == 400
+    error = twice.json()["error"]
+    assert error["code"] == "keybrake_invalid_request"
+    assert "idempotency-key" in error["message"]
+    assert fake_stripe.hits == hits
+
+
+def test_connected_accounts_query_strings_and_json_bodies_are_refused(proxy, fake_stripe, home, issue):
+    key = issue("--total-usd-cap", "500", "--allow-all")
+    auth = {"authorization": f"Bearer {key['vault_key']}"}
+    with vendor_client(proxy, home) as client:
+        connected = client.get("/v1/balance", headers={**auth, "stripe-account": "acct_1Connected"})
+        queried = client.post("/v1/payment_intents/pi_1", params={"amount": "500000"}, headers=auth)
+        as_json = client.post("/v1/payment_intents", json=PI, headers=auth)
+    assert (connected.status_code, connected.json()["error"]["code"]) == (403, "keybrake_account_mismatch")
+    assert "Stripe-Account" in connected.json()["error"]["message"]
+    assert (queried.status_code, queried.json()["error"]["code"]) == (400, "keybrake_invalid_request")
+    assert (as_json.status_code, as_json.json()["error"]["code"]) == (400, "keybrake_invalid_request")
+    assert fake_stripe.hits == 0

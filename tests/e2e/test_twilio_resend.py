@@ -220,3 +220,31 @@ def test_resend_python_through_the_base_url_route(home, tmp_path, monkeypatch):
     assert [r.authorization for r in resend_fake.received] == [f"Bearer {RESEND_SECRET}"] * 2
     assert [r.path for r in resend_fake.received] == ["/emails"] * 2
     assert len(set(sent)) == 2 and resend_fake.emails_sent == 2
+
+
+def test_a_call_priced_at_max_call_minutes_reaches_twilio_with_that_time_limit(home, tmp_path, monkeypatch):
+    keybrake(home, "secret", "set", "twilio", "--account-sid", DEFAULT_ACCOUNT_SID, stdin=DEFAULT_AUTH_TOKEN + "\n")
+    keybrake(home, "pricing", "set", "twilio.max_call_minutes", "5")
+    key = issue(home, "twilio", "--daily-usd-cap", "1", "--allow", "POST /2010-04-01/Accounts/*/Calls.json")
+    with FakeTwilio() as twilio_fake:
+        proxy = ProxyProcess(home=home, log_path=tmp_path / "proxy.log", upstreams=(f"twilio={twilio_fake.url}",)).start()
+        try:
+            monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+            monkeypatch.delenv("NO_PROXY", raising=False)
+            keybrake(home, "env")
+            monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(home / "certs" / "keybrake-ca-bundle.pem"))
+            client = twilio_client(key["vault_key"])
+            call = client.calls.create(to=US, from_="+14155550199", twiml="<Response><Say>Your code is 1234</Say></Response>")
+            with pytest.raises(TwilioRestException) as dialling:
+                client.calls.create(to=US, from_="+14155550199", time_limit=60,
+                                    twiml="<Response><Dial>+447700900123</Dial></Response>")
+            with pytest.raises(TwilioRestException) as fetched:
+                client.calls.create(to=US, from_="+14155550199", time_limit=60, url="https://example.com/twiml")
+        finally:
+            proxy.stop()
+    assert call.sid.startswith("CA")
+    (seen,) = twilio_fake.received  # the refused calls never reached Twilio
+    assert seen.form["TimeLimit"] == "300"  # 5 minutes: Twilio's 4-hour default cannot apply
+    assert keybrake_json(home, "keys", "show", key["key_id"])["spent_usd"] == "0.07"  # 5 x $0.014
+    assert (dialling.value.status, fetched.value.status) == (403, 403)
+    assert "Dial" in dialling.value.msg and "twilio.allow_call_url" in fetched.value.msg

@@ -29,7 +29,8 @@ def test_a_file_overrides_only_what_it_sets(tmp_path):
     path = write(tmp_path, json.dumps({
         "currency_usd_rates": {"eur": "1.2"},
         "twilio": {"sms_usd_per_segment": {"44": "0.0524"}, "mms_carrier_fee_usd_per_message": {"1": 0.005},
-                   "default_voice_usd_per_minute": "0.1", "max_call_minutes": 30},
+                   "default_voice_usd_per_minute": "0.1", "max_call_minutes": 30,
+                   "allow_call_url": True},
         "resend": {"usd_per_email": "0.00065"},
     }))
     pricing = load_pricing(path)
@@ -41,6 +42,8 @@ def test_a_file_overrides_only_what_it_sets(tmp_path):
     assert pricing.twilio.default_voice_usd_per_minute == Decimal("0.1")
     assert pricing.twilio.default_sms_usd_per_segment is None
     assert pricing.twilio.max_call_minutes == 30
+    assert pricing.twilio.allow_call_url is True
+    assert TwilioRates().allow_call_url is False
     assert pricing.resend == ResendRates(usd_per_email=Decimal("0.00065"))
 
 
@@ -88,6 +91,8 @@ def test_a_bad_field_in_a_file_is_prefixed_with_the_file(tmp_path):
         ({"twilio": {"max_call_minutes": 0}}, "twilio.max_call_minutes: a whole number of minutes above 0"),
         ({"twilio": {"max_call_minutes": 1.5}}, "twilio.max_call_minutes: a whole number of minutes above 0"),
         ({"twilio": {"max_call_minutes": True}}, "twilio.max_call_minutes: a whole number of minutes above 0"),
+        ({"twilio": {"allow_call_url": "yes"}}, "twilio.allow_call_url: true or false"),
+        ({"twilio": {"allow_call_url": 1}}, "twilio.allow_call_url: true or false"),
         ({"resend": {"usd_per_email": None}}, "resend.usd_per_email: expected a number"),
         ({"currency_usd_rates": {"EURO": "1.1"}}, "currency_usd_rates.EURO: a currency is a 3-letter code"),
         ({"currency_usd_rates": {"EUR": 0}}, "currency_usd_rates.EUR: must be a positive number"),

@@ -265,11 +265,6 @@ def test_error_outcomes(status):
     assert resend.outcome(req("POST", "/emails"), resp(status, body), RATES) == Outcome(usd_micros=None)
 
 
-@pytest.mark.parametrize("status, moved", [(200, False), (422, False), (429, False), (500, True), (502, True)])
-def test_money_may_have_moved(status, moved):
-    assert resend.money_may_have_moved(status, b"") is moved
-
-
 # --- refusals ----------------------------------------------------------------------------------
 
 # (kind, HTTP status, resend name, class resend-python raises, whether the exception keeps our message).

@@ -10,6 +10,7 @@ from keybrake_addon.vendors import stripe
 from keybrake_addon.vendors.base import (
     CostEstimate,
     MalformedRequest,
+    OtherAccount,
     Outcome,
     PresentedCredential,
     PricingBasis,
@@ -25,8 +26,14 @@ from keybrake_addon.vendors.currency import DEFAULT_USD_RATES
 RATES = DEFAULT_USD_RATES
 
 
-def req(method: str, path: str, body: bytes = b"", headers: dict | None = None) -> VendorRequest:
-    return VendorRequest(method=method, path=path, query="", headers=headers or {}, body=body)
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+
+
+def req(method: str, path: str, body: bytes = b"", headers: dict | None = None, query: str = "") -> VendorRequest:
+    """A request as the SDKs send it: a POST's parameters in a form body."""
+    if headers is None:
+        headers = FORM if method == "POST" else {}
+    return VendorRequest(method=method, path=path, query=query, headers=headers, body=body)
 
 
 def resp(status: int, body, headers: dict | None = None) -> VendorResponse:
@@ -383,11 +390,6 @@ def test_outcome_checkout_uses_amount_total():
     assert (got.usd_micros, got.amount_minor, got.object_ids) == (30_000_000, 3000, ("cs_1",))
 
 
-@pytest.mark.parametrize("status, expected", [(500, True), (503, True), (402, False), (400, False), (200, False)])
-def test_money_may_have_moved(status, expected):
-    assert stripe.money_may_have_moved(status, b"") is expected
-
-
 # --- refusals ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind, code", [
@@ -430,4 +432,78 @@ def test_render_unavailable():
 def test_checkout_line_items_in_an_unknown_form_are_unpriced_not_free():
     body = b"line_items[][price_data][unit_amount]=1000&line_items[][price_data][currency]=usd"
     with pytest.raises(Unpriced):
-        stripe.estimate(VendorRequest("POST", "/v1/checkout/sessions", "", {}, body), DEFAULT_USD_RATES)
+        stripe.estimate(req("POST", "/v1/checkout/sessions", body), DEFAULT_USD_RATES)
+
+
+# --- what the estimate reads must be all Stripe reads -----------------------------------------
+
+@pytest.mark.parametrize(
+    "path, body, query",
+    [
+        # Stripe merges these into the body: each would be a priced call estimated at $0 or less.
+        ("/v1/payment_intents/pi_1", b"", "amount=500000"),
+        ("/v1/payment_intents/pi_1", b"description=x", "currency=vnd"),
+        ("/v1/checkout/sessions", b"mode=payment", "line_items[0][price_data][unit_amount]=900000"
+                                                   "&line_items[0][price_data][currency]=usd"),
+        ("/v1/payment_intents", b"amount=100&currency=usd", "amount=900000"),
+        ("/v1/refunds", b"charge=ch_1&amount=100&currency=usd", "amount=900000"),
+        ("/v1/customers", b"", "email=a%40example.com"),  # free, but refused alike: no endpoint is special
+        ("/v1/payment_intents/pi_1/cancel", b"", "x"),
+    ],
+)
+def test_post_query_parameters_are_refused_on_every_endpoint(path, body, query):
+    with pytest.raises(MalformedRequest, match="query parameters"):
+        stripe.estimate(req("POST", path, body, query=query), RATES)
+
+
+def test_get_query_parameters_stay_free():
+    assert stripe.estimate(req("GET", "/v1/charges", query="limit=3"), RATES) == CostEstimate()
+
+
+@pytest.mark.parametrize(
+    "path, body, content_type",
+    [
+        ("/v1/payment_intents", b'{"amount": 500000, "currency": "usd"}', "application/json"),
+        ("/v1/payment_intents/pi_1", b'{"amount": 500000}', "application/json"),  # an update: "free" today
+        ("/v1/customers", b'{"email": "a@example.com"}', "application/json"),
+        ("/v1/payment_intents", b"amount=100&currency=usd", None),
+        ("/v1/payment_intents", b"amount=100&currency=usd", "text/plain"),
+        ("/v1/payment_intents", b"amount=100&currency=usd", "multipart/form-data; boundary=x"),
+    ],
+)
+def test_a_post_body_that_is_not_a_form_is_refused(path, body, content_type):
+    headers = {"content-type": content_type} if content_type else {}
+    with pytest.raises(MalformedRequest, match="application/x-www-form-urlencoded"):
+        stripe.estimate(req("POST", path, body, headers=headers), RATES)
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded",
+                                          "Application/X-WWW-Form-Urlencoded; charset=utf-8"])
+def test_form_bodies_are_priced_whatever_the_case_and_charset(content_type):
+    got = stripe.estimate(req("POST", "/v1/payment_intents", b"amount=5000&currency=usd",
+                              headers={"content-type": content_type}), RATES)
+    assert got.usd_micros == 50_000_000
+
+
+def test_an_empty_body_needs_no_content_type():
+    # Nothing for Stripe to read, nothing for Keybrake to price beyond the path itself.
+    got = stripe.estimate(req("POST", "/v1/payment_intents/pi_1/confirm", headers={}), RATES)
+    assert got.basis is PricingBasis.ALREADY_COUNTED
+
+
+def test_a_compressed_body_is_refused():
+    headers = {**FORM, "content-encoding": "gzip"}
+    with pytest.raises(MalformedRequest, match="compressed"):
+        stripe.estimate(req("POST", "/v1/payment_intents", b"\x1f\x8b...", headers=headers), RATES)
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("POST", "/v1/payment_intents", b"amount=5000&currency=usd"),
+    ("POST", "/v1/customers", b"email=a%40example.com"),
+    ("GET", "/v1/balance", b""),
+    ("DELETE", "/v1/customers/cus_1", b""),
+])
+def test_stripe_account_header_is_refused_for_every_call(method, path, body):
+    headers = {**(FORM if method == "POST" else {}), "stripe-account": "acct_1Connected"}
+    with pytest.raises(OtherAccount, match="Stripe-Account"):
+        stripe.estimate(req(method, path, body, headers=headers), RATES)

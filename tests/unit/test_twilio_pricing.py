@@ -10,7 +10,7 @@ import json
 import logging
 from dataclasses import replace
 from decimal import Decimal
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 from twilio.base.exceptions import TwilioRestException
@@ -223,6 +223,8 @@ def test_invalid_or_unpriceable_messages(form, error):
 
 # --- calls ------------------------------------------------------------------------------------
 
+SAY = "<Response><Say>Your code is 1234</Say></Response>"
+
 @pytest.mark.parametrize(
     "time_limit, usd_micros",
     [
@@ -234,19 +236,122 @@ def test_invalid_or_unpriceable_messages(form, error):
     ],
 )
 def test_call_is_bounded_by_time_limit(time_limit, usd_micros):
-    request = req("POST", CALLS, {"To": US, "From": "+14155550199", "Url": "https://x/t", "TimeLimit": time_limit})
+    request = req("POST", CALLS, {"To": US, "From": "+14155550199", "Twiml": SAY, "TimeLimit": time_limit})
     assert twilio.estimate(request, RATES) == CostEstimate(usd_micros=usd_micros, currency="usd")
 
 
 def test_call_without_time_limit_is_unpriced_unless_max_call_minutes_is_set():
-    request = req("POST", CALLS, {"To": US, "From": "+14155550199", "Url": "https://x/t"})
+    request = req("POST", CALLS, {"To": US, "From": "+14155550199", "Twiml": SAY})
     with pytest.raises(Unpriced, match="TimeLimit.*twilio.max_call_minutes"):
         twilio.estimate(request, RATES)
     assert twilio.estimate(request, replace(RATES, max_call_minutes=30)).usd_micros == 420_000  # 30 x 0.014
 
 
+def test_a_call_priced_at_max_call_minutes_is_forwarded_with_that_time_limit():
+    # Without it Twilio's 4-hour default would apply, not the 30 minutes reserved.
+    request = req("POST", CALLS, {"To": US, "From": "+14155550199", "Twiml": SAY})
+    got = twilio.estimate(request, replace(RATES, max_call_minutes=30))
+    assert got.forward_body == request.body + b"&TimeLimit=1800"
+    forwarded = req("POST", CALLS, dict(parse_qsl(got.forward_body.decode())))
+    assert twilio.estimate(forwarded, RATES) == replace(got, forward_body=None)  # priced alike, nothing to add
+
+
+def test_a_call_with_its_own_time_limit_is_forwarded_as_sent():
+    request = req("POST", CALLS, {"To": US, "Twiml": SAY, "TimeLimit": "60"})
+    assert twilio.estimate(request, replace(RATES, max_call_minutes=30)).forward_body is None
+    assert twilio.estimate(sms(), replace(RATES, max_call_minutes=30)).forward_body is None
+
+
+@pytest.mark.parametrize("time_limit", ["", " "])
+def test_a_blank_time_limit_is_refused_not_replaced(time_limit):
+    # Adding a second TimeLimit would leave Twilio to pick one of two.
+    with pytest.raises(MalformedRequest, match="TimeLimit"):
+        twilio.estimate(req("POST", CALLS, {"To": US, "Twiml": SAY, "TimeLimit": time_limit}),
+                        replace(RATES, max_call_minutes=30))
+
+
+@pytest.mark.parametrize("form", [
+    {"To": US, "Twiml": SAY, "timelimit": "60"},  # else priced at max_call_minutes, and Twilio may take 60
+    {"To": US, "Twiml": SAY, "TIMELIMIT": "60"},
+    {"To": US, "TimeLimit": "60", "twiml": "<Response><Dial>+447700900123</Dial></Response>"},
+    {"To": US, "TimeLimit": "60", "Twiml": SAY, "url": "https://example.com/twiml"},
+    {"To": US, "TimeLimit": "60", "Twiml": SAY, "applicationSid": "AP" + "0" * 32},
+    {"To": US, "TimeLimit": "60", "Twiml": SAY, "fallbackurl": "https://example.com/twiml"},
+])
+def test_call_fields_in_another_case_are_refused(form):
+    with pytest.raises(MalformedRequest, match="must be written"):
+        twilio.estimate(req("POST", CALLS, form), replace(RATES, max_call_minutes=30))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("Url", "https://example.com/twiml"),
+    ("ApplicationSid", "AP" + "0" * 32),
+    ("FallbackUrl", "https://example.com/fallback"),
+])
+def test_instructions_fetched_later_are_refused_unless_the_pricing_file_allows_them(field, value):
+    form = {"To": US, "TimeLimit": "60", field: value}
+    with pytest.raises(Unpriced, match="twilio.allow_call_url"):
+        twilio.estimate(req("POST", CALLS, form), RATES)
+    assert twilio.estimate(req("POST", CALLS, form), replace(RATES, allow_call_url=True)).usd_micros == 14_000
+
+
+@pytest.mark.parametrize("twiml", [
+    SAY,
+    '<?xml version="1.0" encoding="UTF-8"?><Response><Say voice="alice">Hi</Say><Pause length="2"/>'
+    '<Play digits="1w2"/><Hangup/></Response>',
+    "<Response><Say>Hello <break time='1s'/><emphasis>you</emphasis></Say></Response>",
+    "<Response><Reject/></Response>",
+    "<Response></Response>",
+])
+def test_twiml_that_only_speaks_plays_or_hangs_up_is_priced(twiml):
+    assert twilio.estimate(req("POST", CALLS, {"To": US, "Twiml": twiml, "TimeLimit": "60"}), RATES).usd_micros == 14_000
+
+
+@pytest.mark.parametrize("twiml", [
+    "<Response><Dial>+447700900123</Dial></Response>",
+    "<Response><Say>hi</Say><Dial><Number>+447700900123</Number></Dial></Response>",
+    "<Response><Dial><Sip>sip:a@example.com</Sip></Dial></Response>",
+    "<Response><Dial><Client>alice</Client></Dial></Response>",
+    "<Response><Dial><Conference>room</Conference></Dial></Response>",
+    "<Response><Redirect>https://example.com/more</Redirect></Response>",  # TwiML Keybrake never sees
+    "<Response><Gather action='https://example.com/next'><Say>Press 1</Say></Gather></Response>",
+    "<Response><Enqueue>support</Enqueue></Response>",
+    "<Response><Connect><Stream url='wss://example.com'/></Connect></Response>",
+    "<Response><Message>hello</Message></Response>",  # an SMS of its own
+    "<Response><Record/></Response>",
+    "<Response><Say><Dial>+447700900123</Dial></Say></Response>",
+    "<Response><Play><Dial>+447700900123</Dial></Play></Response>",
+    "<Response><dial>+447700900123</dial></Response>",
+])
+def test_twiml_that_could_dial_or_run_other_twiml_is_refused(twiml):
+    with pytest.raises(Unpriced, match="TwiML"):
+        twilio.estimate(req("POST", CALLS, {"To": US, "Twiml": twiml, "TimeLimit": "60"}), RATES)
+
+
+@pytest.mark.parametrize("twiml", [
+    "<Response><Say>unclosed</Response>",
+    "Dial +447700900123",
+    "<Dial>+447700900123</Dial>",  # not in a Response
+    '<!DOCTYPE r [<!ENTITY a "aaaa">]><Response><Say>&a;</Say></Response>',
+    "<Response><Say>" + "a" * 4000 + "</Say></Response>",
+])
+def test_twiml_that_is_not_a_small_well_formed_response_is_refused(twiml):
+    with pytest.raises(MalformedRequest):
+        twilio.estimate(req("POST", CALLS, {"To": US, "Twiml": twiml, "TimeLimit": "60"}), RATES)
+
+
+@pytest.mark.parametrize("field", ["Twiml", "Url"])
+def test_call_instructions_in_the_query_string_or_repeated_are_refused(field):
+    with pytest.raises(MalformedRequest):
+        twilio.estimate(req("POST", CALLS, {"To": US, "Twiml": SAY, "TimeLimit": "60"},
+                            query={field: "<Response><Dial>+447700900123</Dial></Response>"}), RATES)
+    with pytest.raises(MalformedRequest):
+        twilio.estimate(req("POST", CALLS, [("To", US), ("TimeLimit", "60"), (field, SAY), (field, SAY)]),
+                        replace(RATES, allow_call_url=True))
+
+
 def test_time_limit_beats_max_call_minutes():
-    request = req("POST", CALLS, {"To": US, "TimeLimit": "120"})
+    request = req("POST", CALLS, {"To": US, "Twiml": SAY, "TimeLimit": "120"})
     assert twilio.estimate(request, replace(RATES, max_call_minutes=30)).usd_micros == 28_000
 
 
@@ -340,6 +445,15 @@ KEY_SID = "SK" + "0123456789abcdef" * 2
         f"/2010-04-01/Accounts/{ACCOUNT}/keys.json",
         f"/2010-04-01/Accounts/{ACCOUNT}/SigningKeys.json",
         f"/2010-04-01/Accounts/{ACCOUNT}/SigningKeys/{KEY_SID}",
+        f"/2010-04-01/Accounts/{ACCOUNT}/Tokens.json",  # TURN server credentials
+        f"/2010-04-01/Accounts/{ACCOUNT}/Tokens",
+        # Another API version answers with the same secrets.
+        "/2008-08-01/Accounts.json",
+        f"/2008-08-01/Accounts/{ACCOUNT}.json",
+        f"/2008-08-01/Accounts/{ACCOUNT}/Keys.json",
+        f"/2020-01-01/Accounts/{ACCOUNT}/SigningKeys.json",
+        f"/v1/Accounts/{ACCOUNT}/Tokens.json",
+        f"/Accounts/{ACCOUNT}.json",  # no version at all
     ],
 )
 def test_credential_endpoints_are_refused_for_every_method(method, path):
@@ -486,6 +600,10 @@ def test_authorization_header_is_basic_with_the_secrets_own_user():
         (f"/2010-04-01/accounts/{ACCOUNT}/messages.json", ACCOUNT),
         ("/2010-04-01/Accounts.json", None),
         ("/", None),
+        # Any version prefix names an account just as well: the gate must check it.
+        (f"/2008-08-01/Accounts/{ACCOUNT}/SMS/Messages.json", ACCOUNT),
+        (f"/2020-01-01/Accounts/{ACCOUNT}/Calls.json", ACCOUNT),
+        (f"/Accounts/{ACCOUNT}/Calls.json", ACCOUNT),
     ],
 )
 def test_account_ref_is_the_account_in_the_path(path, account):
@@ -549,9 +667,6 @@ def test_error_and_non_json_outcomes_keep_the_hold():
     assert twilio.outcome(sms(), resp(500, b""), RATES) == Outcome(usd_micros=None)
 
 
-@pytest.mark.parametrize("status, moved", [(200, False), (400, False), (429, False), (500, True), (503, True)])
-def test_money_may_have_moved(status, moved):
-    assert twilio.money_may_have_moved(status, b"") is moved
 
 
 # --- refusals -------------------------------------------------------------------------------
