@@ -210,12 +210,17 @@ class Gate:
             self._unsettled.add(task)
             task.add_done_callback(self._unsettled.discard)
 
-    async def drain(self) -> None:
-        """Give settlements still under way a few seconds at shutdown; the rest stay counted."""
+    async def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> int:
+        """Give settlements still under way a few seconds at shutdown; the rest stay counted.
+
+        Returns how many were left unwritten.
+        """
         if self._unsettled:
-            await asyncio.wait(self._unsettled, timeout=DRAIN_TIMEOUT_S)
-        for task in list(self._unsettled):
+            await asyncio.wait(self._unsettled, timeout=timeout_s)
+        left = list(self._unsettled)
+        for task in left:
             task.cancel()  # its hold stays pending, counted, and shows as unknown once this run stops
+        return len(left)
 
     def _settle_request(self, ticket: Ticket, response: VendorResponse | None, request_sent: bool,
                         error: str | None) -> SettleRequest:
