@@ -36,6 +36,8 @@ class InFlight:
 
     async def wait_empty(self, timeout_s: float) -> bool:
         """True once no call is in flight, False if some still are after timeout_s."""
+        if self._empty.is_set():
+            return True  # wait_for with no time left would say "timed out" even so
         try:
             await asyncio.wait_for(self._empty.wait(), max(timeout_s, 0.0))
         except TimeoutError:
