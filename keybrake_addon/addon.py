@@ -109,8 +109,14 @@ class Keybrake:
     async def running(self) -> None:
         port = ctx.options.keybrake_health_port
         if port is not None:
-            self._health_server = HealthServer(self.is_ready)
-            self.health_port = await self._health_server.start(_listen_host(), port)
+            server, host = HealthServer(self.is_ready), _listen_host()
+            try:
+                self.health_port = await server.start(host, port)
+            except OSError as failure:
+                # An error logged during start-up makes mitmproxy exit (status 1) right after.
+                logger.error("keybrake: --health-port %d: cannot listen on %s: %s", port, host, failure.strerror)
+                return
+            self._health_server = server
 
     async def is_ready(self) -> bool:
         """Whether this proxy can take vendor calls now: what /readyz answers."""

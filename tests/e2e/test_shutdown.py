@@ -4,6 +4,7 @@ The real proxy process, the official stripe SDK, and a FakeStripe that holds its
 while after charging, so a call is in flight when the signal arrives.
 """
 
+import http.client
 import signal
 import socket
 import sqlite3
@@ -119,6 +120,36 @@ def test_sigterm_lets_a_slow_call_finish_and_settle(start_proxy, issue, home):
     shown = keybrake_json(home, "keys", "show", key["key_id"])
     assert (shown["spent_usd"], shown["reserved_usd"], shown["open_reservations"]) == ("50.00", "0.00", [])
     assert fake.money_moved_minor == 5000
+
+
+def test_while_draining_a_connection_opened_before_gets_503s_and_nothing_is_forwarded(start_proxy, issue, home):
+    proxy, fake = start_proxy("--api-port", "0", "--drain-timeout", "10", latency_s=3.0)
+    key = issue("--total-usd-cap", "120", "--allow", "POST /v1/payment_intents")
+    api = http.client.HTTPConnection(proxy.api_url.removeprefix("http://"), timeout=5)
+    api.request("GET", "/readyz")
+    assert api.getresponse().read() == b'{"status":"ready"}'  # a kept-alive connection, opened before the drain
+
+    call = CallInThread(key["vault_key"])
+    wait_until_charged(fake)
+    proxy.process.send_signal(signal.SIGTERM)
+    assert refuses_connections(int(proxy.api_url.rsplit(":", 1)[1])), "the API listener still accepts connections"
+
+    api.request("GET", "/readyz")
+    answer = api.getresponse()
+    assert (answer.status, answer.read(), answer.getheader("retry-after")) == (503, b'{"status":"unavailable"}', "2")
+    api.request("POST", "/stripe/v1/payment_intents", body="amount=5000&currency=usd",
+                headers={"authorization": f"Bearer {key['vault_key']}",
+                         "content-type": "application/x-www-form-urlencoded"})
+    answer = api.getresponse()
+    assert (answer.status, answer.getheader("x-keybrake-refusal")) == (503, "keybrake_unavailable")
+    assert b"shutting down" in answer.read()
+    api.close()
+
+    call.join(timeout_s=10)
+    assert call.error is None and proxy.process.wait(timeout=10) == 0
+    assert fake.objects_created == [call.result.id]  # the refused call was not forwarded
+    shown = keybrake_json(home, "keys", "show", key["key_id"])
+    assert (shown["spent_usd"], shown["reserved_usd"]) == ("50.00", "0.00")
 
 
 def test_a_call_slower_than_the_drain_timeout_is_left_and_stays_counted(start_proxy, issue, home):
