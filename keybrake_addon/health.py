@@ -41,7 +41,8 @@ async def health_answer(method: str, path: str, ready: Readiness) -> RenderedRes
 
 
 def _answer(status: int, word: str, headers: dict[str, str] | None = None) -> RenderedResponse:
-    return RenderedResponse(status, {"content-type": "application/json", "cache-control": "no-store", **(headers or {})},
+    fixed = {"content-type": "application/json", "cache-control": "no-store"}
+    return RenderedResponse(status, {**fixed, **(headers or {})},
                             json.dumps({"status": word}, separators=(",", ":")).encode())
 
 
@@ -72,7 +73,7 @@ class HealthServer:
         try:
             if self._open <= MAX_CONNECTIONS:
                 await self._answer_one(reader, writer)
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
             pass  # a slow, oversized or vanished client gets no answer
         finally:
             self._open -= 1

@@ -5,7 +5,7 @@ The forward listener (regular mode) is what HTTPS_PROXY points at. The optional 
 health listener (`--health-port`) serves only /healthz and /readyz.
 
 SIGTERM (or Ctrl-C) drains: listeners close, calls in flight finish and settle for up to the drain
-timeout, then the proxy exits. A second signal exits at once.
+timeout, then the proxy exits. A second signal stops without waiting for them.
 """
 
 import asyncio
@@ -97,7 +97,7 @@ class _ReadyLine:
 
 
 class _Shutdown:
-    """The signal handler: the first SIGTERM or SIGINT drains, then stops; a second one stops at once."""
+    """The signal handler: the first SIGTERM or SIGINT drains, then stops; a second one stops without waiting."""
 
     def __init__(self, master: DumpMaster, keybrake: Keybrake) -> None:
         self.master = master
