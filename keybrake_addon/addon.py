@@ -5,8 +5,10 @@ CONNECT is tunnelled untouched. A vendor request is checked before any upstream 
 exists (lazy connection strategy), so a refused call never reaches the vendor.
 """
 
+import asyncio
 import json
 import logging
+import time
 import traceback
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -15,8 +17,10 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 
 from .api.vault_api import MAX_BODY_BYTES, ApiRequest, VaultApi
+from .draining import DEFAULT_DRAIN_TIMEOUT_S, DrainReport, InFlight
 from .gate import UNAVAILABLE_RETRY_AFTER_S, Decision, Gate, Ticket
 from .gate_opener import GateOpener
+from .health import HealthServer, health_answer, is_health_path
 from .home import KeybrakeHome
 from .ledger.migrations import SchemaMismatch
 from .ledger.opening import database_of
@@ -39,6 +43,8 @@ VENDOR = "keybrake_vendor"
 STRIPE_VERSION_PREFIX = "v1"
 UNREADABLE_BODY_BYTES = 1024 * 1024  # a vault API body this big is not read, let alone parsed
 KEYBRAKE_HEADER_PREFIX = "x-keybrake-"
+READY_PROBE_TIMEOUT_S = 2.0
+ANSWER_FLUSH_S = 0.1  # after the last response hook of a drain, for mitmproxy to write that answer
 
 
 def parse_upstreams(entries: Sequence[str]) -> dict[str, tuple[str, str, int, str]]:
@@ -63,6 +69,10 @@ class Keybrake:
         self.api: VaultApi | None = None
         self._opener: GateOpener | None = None
         self.upstreams: dict[str, tuple[str, str, int, str]] = {}
+        self.in_flight = InFlight()
+        self.draining = False
+        self._health_server: HealthServer | None = None
+        self.health_port: int | None = None  # bound, once running
 
     def load(self, loader) -> None:
         loader.add_option("keybrake_home", str, "", "The Keybrake home (database, master key, CA).")
@@ -74,6 +84,10 @@ class Keybrake:
                           "Seconds to wait for another writer's database lock before answering 503.")
         loader.add_option("keybrake_strict_egress", bool, False,
                           "Refuse every CONNECT to a host Keybrake does not front, instead of tunnelling it.")
+        loader.add_option("keybrake_drain_timeout", float, DEFAULT_DRAIN_TIMEOUT_S,
+                          "On SIGTERM, seconds to let vendor calls in flight and their settlements finish.")
+        loader.add_option("keybrake_health_port", int | None, None,
+                          "Also serve /healthz and /readyz on this port of the listen host (0 picks a free one).")
 
     def configure(self, updated) -> None:
         if "keybrake_upstreams" in updated:
@@ -104,7 +118,57 @@ class Keybrake:
                 self._use(gate)
         return self.gate
 
+    async def running(self) -> None:
+        port = ctx.options.keybrake_health_port
+        if port is not None:
+            server, host = HealthServer(self.is_ready), _listen_host()
+            try:
+                self.health_port = await server.start(host, port)
+            except OSError as failure:
+                # An error logged during start-up makes mitmproxy exit (status 1) right after.
+                logger.error("keybrake: --health-port %d: cannot listen on %s: %s", port, host, failure.strerror)
+                return
+            self._health_server = server
+
+    async def is_ready(self) -> bool:
+        """Whether this proxy can take vendor calls now: what /readyz answers."""
+        if self.draining or not _ca_loaded():
+            return False
+        try:
+            async with asyncio.timeout(READY_PROBE_TIMEOUT_S):
+                # Shielded: a probe that times out must not abandon a gate being opened.
+                gate = await asyncio.shield(self._ready_gate())
+                return gate is not None and await ledger_answers(gate)
+        except Exception:  # noqa: BLE001 - whatever failed, the answer is "not ready"
+            return False
+
+    async def drain(self) -> DrainReport:
+        """Graceful shutdown: refuse new connections, let admitted calls and their settlements finish.
+
+        /readyz answers 503 from the first moment. Bounded by keybrake_drain_timeout in all.
+        """
+        started = time.monotonic()
+        self.draining = True
+        budget = ctx.options.keybrake_drain_timeout
+        finished_before, in_flight = self.in_flight.finished, len(self.in_flight)
+        logger.warning("keybrake: draining: new connections are refused; waiting up to %.1f s for %d call%s "
+                       "in flight", budget, in_flight, "" if in_flight == 1 else "s")
+        await _stop_listening()
+        if await self.in_flight.wait_empty(budget - (time.monotonic() - started)) and in_flight:
+            await asyncio.sleep(ANSWER_FLUSH_S)
+        settlements_left = 0
+        if self.gate is not None:
+            settlements_left = await self.gate.drain(max(0.0, budget - (time.monotonic() - started)))
+        report = DrainReport(calls_drained=self.in_flight.finished - finished_before,
+                             calls_left=len(self.in_flight), settlements_left=settlements_left,
+                             seconds=time.monotonic() - started)
+        logger.warning(report.message())
+        return report
+
     async def done(self) -> None:
+        if self._health_server is not None:
+            self._health_server.close()
+            self._health_server = None
         if self.gate is not None:
             await self.gate.drain()
             self.gate.close()
@@ -146,7 +210,7 @@ class Keybrake:
         except Exception as failure:
             # mitmproxy would log the error and forward the request anyway: never let it.
             _log_unexpected("request", failure)
-            flow.metadata.pop(TICKET, None)  # a hold it made stays counted: never under-count
+            self._take_ticket(flow)  # a hold it made stays counted: never under-count
             self._refuse(flow, _unexpected_error_answer(flow.metadata.get(VENDOR)))
 
     async def _api_listener_request(self, flow: http.HTTPFlow) -> None:
@@ -155,6 +219,10 @@ class Keybrake:
         The vendor comes from the path prefix, never from the Host header. Nothing else is
         forwarded: the listener's reverse target is a placeholder that is never connected to.
         """
+        if is_health_path(flow.request.path):
+            # Before the TLS check: a health answer carries nothing secret, and probers often speak plain HTTP.
+            self._refuse(flow, await health_answer(flow.request.method.upper(), flow.request.path, self.is_ready))
+            return
         if ctx.options.certs and not flow.client_conn.tls_established:
             # mitmproxy's reverse mode also accepts plain HTTP on a TLS port: an admin token or a
             # vault key must not cross it in the clear when the operator asked for TLS.
@@ -195,6 +263,11 @@ class Keybrake:
         flow.metadata[VENDOR] = vendor  # for the shape of an unexpected error's answer
         for name in [n for n in flow.request.headers if n.lower().startswith(KEYBRAKE_HEADER_PREFIX)]:
             del flow.request.headers[name]
+        if self.draining:  # a new call on a connection opened before the drain began
+            self._refuse(flow, vendor.render_refusal(Refusal(
+                RefusalKind.UNAVAILABLE, "Keybrake is shutting down, so it forwarded nothing. Retrying is safe.",
+                retry_after_s=UNAVAILABLE_RETRY_AFTER_S)))
+            return
         gate = self.gate or await self._ready_gate()  # the await only while the ledger is not open yet
         if gate is None:
             self._refuse(flow, vendor.render_refusal(Refusal(RefusalKind.UNAVAILABLE, self._not_ready_reason(),
@@ -214,6 +287,7 @@ class Keybrake:
 
     def _forward(self, flow: http.HTTPFlow, vendor, decision: Decision) -> None:
         flow.metadata[TICKET] = decision.ticket
+        self.in_flight.add(flow.id)
         flow.request.headers["authorization"] = decision.authorization
         if decision.forward_body is not None:
             flow.request.content = decision.forward_body  # mitmproxy updates Content-Length
@@ -229,8 +303,13 @@ class Keybrake:
     def _refuse(flow: http.HTTPFlow, rendered: RenderedResponse) -> None:
         flow.response = http.Response.make(rendered.status, rendered.body, rendered.headers)
 
+    def _take_ticket(self, flow: http.HTTPFlow) -> Ticket | None:
+        """The call's ticket, once: from here on the call is no longer in flight."""
+        self.in_flight.discard(flow.id)
+        return flow.metadata.pop(TICKET, None)
+
     async def response(self, flow: http.HTTPFlow) -> None:
-        ticket: Ticket | None = flow.metadata.pop(TICKET, None)
+        ticket = self._take_ticket(flow)
         if ticket is None or self.gate is None:
             return
         response = flow.response
@@ -243,12 +322,46 @@ class Keybrake:
         response.headers.update(headers)
 
     async def error(self, flow: http.HTTPFlow) -> None:
-        ticket: Ticket | None = flow.metadata.pop(TICKET, None)
+        ticket = self._take_ticket(flow)
         if ticket is None or self.gate is None:
             return
         # If a connection to the vendor was made, the request may have reached it: keep the hold.
         request_sent = flow.server_conn is not None and flow.server_conn.timestamp_tcp_setup is not None
         self.gate.settle_without_reply(ticket, request_sent=request_sent, error=str(flow.error)[:200])
+
+
+async def ledger_answers(gate: Gate) -> bool:
+    """The readiness probe: one cheap read of the ledger, on the gate's database thread.
+
+    One function, so it can follow the ledger's interface as that changes.
+    """
+    try:
+        async with asyncio.timeout(READY_PROBE_TIMEOUT_S):
+            await gate.run_in_db(gate.installation.ledger.get_meta, "schema_version")
+    except Exception:  # noqa: BLE001 - any failure means "not ready"
+        return False
+    return True
+
+
+def _listen_host() -> str:
+    """The host mitmproxy's listeners are bound to: the health listener shares it."""
+    for server in ctx.master.addons.get("proxyserver").servers:
+        if server.listen_addrs:
+            return server.listen_addrs[0][0]
+    return ctx.options.listen_host or "127.0.0.1"
+
+
+def _ca_loaded() -> bool:
+    tls = ctx.master.addons.get("tlsconfig")
+    return tls is not None and tls.certstore is not None
+
+
+async def _stop_listening() -> None:
+    """Close mitmproxy's listening sockets; connections already accepted carry on."""
+    servers = [server for server in ctx.master.addons.get("proxyserver").servers if server.is_running]
+    for failure in await asyncio.gather(*(server.stop() for server in servers), return_exceptions=True):
+        if failure is not None:
+            logger.warning("keybrake: could not stop a listener while draining: %s", type(failure).__name__)
 
 
 _UNEXPECTED = "Keybrake hit an unexpected error and forwarded nothing. Retrying is safe; the proxy log says more."

@@ -175,9 +175,12 @@ class Gate:
             ticket.key, opened=ticket.opened, reserved_micros=ticket.reserved_micros,
             resolution=request.resolution, actual_micros=request.actual_micros))
 
-    async def drain(self, timeout_s: float = DRAIN_TIMEOUT_S):
-        """Give settlements still queued up to `timeout_s` at shutdown; the rest stay counted."""
-        return await self._ledger.drain(timeout_s)
+    async def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> int:
+        """Give settlements still queued up to `timeout_s` at shutdown; the rest stay counted.
+
+        Returns how many were left unwritten (the ledger logs each at close).
+        """
+        return (await self._ledger.drain(timeout_s)).left
 
     def _settle_request(self, ticket: Ticket, response: VendorResponse | None, request_sent: bool,
                         error: str | None) -> SettleRequest:

@@ -1,7 +1,11 @@
 """Run mitmproxy with the Keybrake addon and the home's CA.
 
 The forward listener (regular mode) is what HTTPS_PROXY points at. The optional API listener
-(reverse mode, `--api-port`) serves the vault API and the base-URL vendor routes.
+(reverse mode, `--api-port`) serves the vault API and the base-URL vendor routes. The optional
+health listener (`--health-port`) serves only /healthz and /readyz.
+
+SIGTERM (or Ctrl-C) drains: listeners close, calls in flight finish and settle for up to the drain
+timeout, then the proxy exits. A second signal stops without waiting for them.
 """
 
 import asyncio
@@ -17,6 +21,7 @@ from mitmproxy.proxy import mode_specs
 from mitmproxy.tools.dump import DumpMaster
 
 from .addon import Keybrake
+from .draining import DEFAULT_DRAIN_TIMEOUT_S
 from .home import KeybrakeHome
 from .vendors import VENDOR_HOSTS
 
@@ -39,7 +44,10 @@ class ProxySettings:
     database_url: str = ""  # empty: the SQLite file in the home
     quiet: bool = False
     api_tls_certs: Sequence[str] = ()  # mitmproxy `certs` entries for the API listener's own certificate
-    on_listening: list[Callable[[Address, Address | None], None]] = field(default_factory=list)
+    health_port: int | None = None
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
+    # (forward, api or None, health or None), once every listener is bound
+    on_listening: list[Callable[[Address, Address | None, Address | None], None]] = field(default_factory=list)
 
 
 def intercept_patterns() -> list[str]:
@@ -70,8 +78,9 @@ def free_port(host: str) -> int:
 class _ReadyLine:
     """Reports where each listener is once its sockets are bound (a port may have been 0)."""
 
-    def __init__(self, settings: ProxySettings) -> None:
+    def __init__(self, settings: ProxySettings, keybrake: Keybrake) -> None:
         self.settings = settings
+        self.keybrake = keybrake  # added before this addon, so its health listener is bound by now
 
     def running(self) -> None:
         forward = api = None
@@ -81,13 +90,38 @@ class _ReadyLine:
                 api = (host, port)
             else:
                 forward = (host, port)
+        health = None
+        if self.keybrake.health_port is not None:
+            health = (self.settings.listen_host, self.keybrake.health_port)
         for callback in self.settings.on_listening:
-            callback(forward, api)
+            callback(forward, api, health)
+
+
+class _Shutdown:
+    """The signal handler: the first SIGTERM or SIGINT drains, then stops; a second one stops without waiting."""
+
+    def __init__(self, master: DumpMaster, keybrake: Keybrake) -> None:
+        self.master = master
+        self.keybrake = keybrake
+        self.draining: asyncio.Task | None = None
+
+    def __call__(self) -> None:
+        if self.draining is None:
+            self.draining = asyncio.ensure_future(self._drain_then_stop())
+        else:
+            self.master.shutdown()
+
+    async def _drain_then_stop(self) -> None:
+        try:
+            await self.keybrake.drain()
+        finally:
+            self.master.shutdown()
 
 
 async def run_proxy(settings: ProxySettings) -> None:
     master = DumpMaster(options.Options(), with_termlog=not settings.quiet, with_dumper=False)
-    master.addons.add(Keybrake(), _ReadyLine(settings))
+    keybrake = Keybrake()
+    master.addons.add(keybrake, _ReadyLine(settings, keybrake))
     # Options of mitmproxy's own addons exist only once the master has loaded them.
     master.options.update(
         confdir=str(settings.home.mitmproxy_confdir),
@@ -101,10 +135,13 @@ async def run_proxy(settings: ProxySettings) -> None:
         keybrake_strict_egress=settings.strict_egress,
         keybrake_db_busy_timeout=settings.db_busy_timeout_s,
         keybrake_database=settings.database_url,
+        keybrake_drain_timeout=settings.drain_timeout_s,
+        keybrake_health_port=settings.health_port,
     )
     loop = asyncio.get_running_loop()
+    shutdown = _Shutdown(master, keybrake)
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, master.shutdown)
+        loop.add_signal_handler(signum, shutdown)
     await master.run()
 
 

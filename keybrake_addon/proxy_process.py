@@ -11,6 +11,7 @@ from pathlib import Path
 
 READY = re.compile(r"Keybrake proxy listening on (http://[\d.]+:(\d+))")
 API_READY = re.compile(r"Keybrake vault API and base-URL routes on (https?://[\d.]+:(\d+))")
+HEALTH_READY = re.compile(r"Keybrake health checks on (http://[\d.]+:(\d+))")
 
 
 def keybrake(home: Path, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -37,6 +38,7 @@ class ProxyProcess:
     url: str = ""
     port: int = 0
     api_url: str = ""  # set when extra_args ask for --api-port
+    health_url: str = ""  # set when extra_args ask for --health-port
     _log: object = field(default=None, repr=False)
 
     def start(self, timeout_s: float = 30.0) -> "ProxyProcess":
@@ -50,10 +52,13 @@ class ProxyProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"keybrake proxy exited early:\n{self.log_text()}")
             log = self.log_text()
-            if match := READY.search(log):
+            # The banner's last line: every listener's line above it is written by then.
+            if (match := READY.search(log)) and "Worker environment:" in log:
                 self.url, self.port = match[1], int(match[2])
                 if api := API_READY.search(log):
                     self.api_url = api[1]
+                if health := HEALTH_READY.search(log):
+                    self.health_url = health[1]
                 return self
             time.sleep(0.05)
         self.stop()

@@ -6,6 +6,7 @@ from mitmproxy.exceptions import OptionsError
 from ..home import KeybrakeHome
 from ..installation import initialise
 from ..api.listener_tls import api_listener_certs
+from ..draining import DEFAULT_DRAIN_TIMEOUT_S
 from ..worker_env import env_lines
 from .context import database_of_ctx, home_of
 
@@ -64,15 +65,23 @@ def env(ctx: click.Context, proxy_url: str) -> None:
 @click.option("--api-tls-cert", type=click.Path(exists=True, dir_okay=False),
               help="PEM certificate for the API listener (with --api-tls-key); without it, plain HTTP.")
 @click.option("--api-tls-key", type=click.Path(exists=True, dir_okay=False), help="PEM private key for --api-tls-cert.")
+@click.option("--health-port", type=click.IntRange(0, 65535),
+              help="Also serve GET /healthz and GET /readyz (no token) on this port of the listen host "
+                   "(0 picks a free one). The API listener serves them too.")
+@click.option("--drain-timeout", default=DEFAULT_DRAIN_TIMEOUT_S, show_default=True, type=click.FloatRange(0),
+              help="On SIGTERM, seconds to let calls in flight finish and settle before exiting.")
 @click.pass_context
 def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tuple[str, ...],
           strict_egress: bool, db_busy_timeout: float, api_port: int | None, api_tls_cert: str | None,
-          api_tls_key: str | None) -> None:
+          api_tls_key: str | None, health_port: int | None, drain_timeout: float) -> None:
     """Run the forward proxy. Initialises the home first if it is new.
 
     Workers set HTTPS_PROXY to it and trust the Keybrake CA (see `keybrake env`). Only
     api.stripe.com, api.twilio.com and api.resend.com are intercepted; every other host is
     tunnelled untouched.
+
+    SIGTERM drains: new connections are refused, /readyz answers 503, calls in flight finish
+    and settle for up to --drain-timeout seconds, then the proxy exits.
     """
     from ..proxy import ProxySettings, serve
 
@@ -95,12 +104,14 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
     except ValueError as failure:
         raise click.ClickException(f"--api-tls-cert: {failure}") from None
 
-    def announce(forward: tuple[str, int], api: tuple[str, int] | None) -> None:
+    def announce(forward: tuple[str, int], api: tuple[str, int] | None, health: tuple[str, int] | None) -> None:
         click.echo(f"Keybrake proxy listening on http://{forward[0]}:{forward[1]} (home {home.root}, "
                    f"ledger {database.redacted()})")
         if api is not None:
             click.echo(f"Keybrake vault API and base-URL routes on {scheme}://{api[0]}:{api[1]} "
                        "(/vault/..., /stripe/..., /twilio/..., /resend/...)")
+        if health is not None:
+            click.echo(f"Keybrake health checks on http://{health[0]}:{health[1]} (/healthz, /readyz)")
         click.echo("Worker environment:")
         for line in env_lines(home, f"http://{forward[0]}:{forward[1]}"):
             click.echo("  " + line)
@@ -109,7 +120,8 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
     settings = ProxySettings(home=home, listen_host=listen_host, listen_port=listen_port, api_port=api_port,
                              upstreams=upstreams, strict_egress=strict_egress, db_busy_timeout_s=db_busy_timeout,
                              database_url=ctx.find_root().obj.database_url or "",
-                             api_tls_certs=tls_certs, on_listening=[announce])
+                             api_tls_certs=tls_certs, health_port=health_port, drain_timeout_s=drain_timeout,
+                             on_listening=[announce])
     try:
         serve(settings)
     except OptionsError as error:
