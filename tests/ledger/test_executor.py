@@ -1,0 +1,178 @@
+"""The async ledger the gate awaits: group commit, settlements that never block, failures.
+
+These drive AsyncLedger over a real SQLite ledger, with a thin wrapper where a test needs the
+store to be slow or to fail.
+"""
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from keybrake_addon.ledger.base import AdmitRequest, CallFacts, LedgerUnavailable, Resolution, SettleRequest
+from keybrake_addon.ledger.executor import AsyncLedger
+from keybrake_addon.ledger.sqlite import SqliteLedger
+from keybrake_addon.vendors.base import CostEstimate, Refusal, RefusalKind
+
+from .conftest import KEY_HASH, USD, money, with_key
+
+CALL = CallFacts("stripe", "POST", "/v1/payment_intents", None, None)
+
+
+def request(usd: float) -> AdmitRequest:
+    return AdmitRequest(KEY_HASH, CALL, CostEstimate(usd_micros=int(usd * USD)))
+
+
+def settlement(admission, resolution=Resolution.SETTLE, actual=None) -> SettleRequest:
+    return SettleRequest(admission.audit_id, admission.reservation_id, resolution, actual, 200, (), None, None, None,
+                         False, 1.0)
+
+
+class Recording:
+    """A store that records each batch it applies, and can be slowed or made to fail."""
+
+    def __init__(self, store: SqliteLedger) -> None:
+        self.store = store
+        self.batches: list[tuple[int, int, int]] = []
+        self.delay_s = 0.0
+        self.failures_left = 0
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def apply_batch(self, admits, settles, refusals):
+        self.gate.wait()
+        time.sleep(self.delay_s)
+        if self.failures_left:
+            self.failures_left -= 1
+            raise LedgerUnavailable("the test's database is gone")
+        self.batches.append((len(admits), len(settles), len(refusals)))
+        return self.store.apply_batch(admits, settles, refusals)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+@pytest.fixture
+def store(tmp_path):
+    ledger = SqliteLedger(tmp_path / "l.db")
+    ledger.put_secret("stripe", "default", b"n" * 12, b"sealed", "fp", None)
+    with_key(ledger, total=500 * USD)
+    return Recording(ledger)
+
+
+def test_admits_that_arrive_together_commit_together_and_stay_exact(store):
+    async def run():
+        ledger = AsyncLedger(store)
+        store.gate.clear()  # hold the first batch until all 64 callers have queued
+        calls = [asyncio.ensure_future(ledger.admit(request(50))) for _ in range(64)]
+        await asyncio.sleep(0.1)
+        store.gate.set()
+        admissions = await asyncio.gather(*calls)
+        ledger.close()
+        return admissions
+
+    admissions = asyncio.run(run())
+    assert sum(a.allowed for a in admissions) == 10
+    assert len(store.batches) < 64 / 4  # grouped: far fewer transactions than calls
+    assert sum(admits for admits, _, _ in store.batches) == 64
+
+
+def test_a_settlement_never_waits_for_the_database(store):
+    async def run():
+        ledger = AsyncLedger(store)
+        admission = await ledger.admit(request(50))
+        store.delay_s = 0.5
+        started = time.monotonic()
+        ledger.settle(settlement(admission, actual=40 * USD))
+        ledger.record_refusal(CALL, Refusal(RefusalKind.MISSING_KEY, "no key"))
+        returned_after = time.monotonic() - started
+        report = await ledger.drain(5)
+        ledger.close()
+        return returned_after, report
+
+    returned_after, report = asyncio.run(run())
+    assert returned_after < 0.05
+    assert (report.settled, report.left) == (1, 0)
+    assert money(SqliteLedger(store.store.database.path)) == (40, 0)
+
+
+def test_settlements_wait_out_an_outage_and_then_commit(store, monkeypatch):
+    monkeypatch.setattr("keybrake_addon.ledger.executor.SETTLE_RETRY_DELAYS_S", (0.05, 0.05, 0.1))
+
+    async def run():
+        ledger = AsyncLedger(store)
+        admission = await ledger.admit(request(50))
+        store.failures_left = 4
+        ledger.settle(settlement(admission, actual=50 * USD))
+        report = await ledger.drain(5)
+        ledger.close()
+        return report
+
+    report = asyncio.run(run())
+    assert report.left == 0
+    assert money(SqliteLedger(store.store.database.path)) == (50, 0)
+
+
+def test_settlements_left_at_exit_are_logged_and_their_holds_stay_counted(store, caplog):
+    async def run():
+        ledger = AsyncLedger(store)
+        admission = await ledger.admit(request(50))
+        store.failures_left = 10_000
+        ledger.settle(settlement(admission, actual=50 * USD))
+        report = await ledger.drain(0.3)
+        ledger.close()
+        return admission, report
+
+    admission, report = asyncio.run(run())
+    assert report.left == 1
+    assert f"reservation {admission.reservation_id}" in caplog.text and "never committed" in caplog.text
+    assert money(SqliteLedger(store.store.database.path)) == (0, 50)
+
+
+def test_an_admit_the_database_decides_too_late_is_refused_and_its_hold_released(store):
+    async def run():
+        ledger = AsyncLedger(store, decision_timeout_s=0.2)
+        store.delay_s = 0.6
+        with pytest.raises(LedgerUnavailable):
+            await ledger.admit(request(50))
+        store.delay_s = 0.0
+        await asyncio.sleep(0.8)  # the late batch commits; its hold goes back
+        await ledger.drain(2)
+        ledger.close()
+
+    asyncio.run(run())
+    key = SqliteLedger(store.store.database.path).get_key("kbk_test")
+    assert (key.spent_micros, key.reserved_micros, key.calls) == (0, 0, 1)
+
+
+def test_one_failing_item_does_not_fail_its_neighbours(store):
+    async def run():
+        ledger = AsyncLedger(store)
+        store.gate.clear()
+        good = [asyncio.ensure_future(ledger.admit(request(10))) for _ in range(3)]
+        bad = asyncio.ensure_future(ledger.admit(AdmitRequest(KEY_HASH, CALL, "not an estimate")))
+        await asyncio.sleep(0.1)
+        store.gate.set()
+        results = await asyncio.gather(*good, bad, return_exceptions=True)
+        ledger.close()
+        return results
+
+    *good, bad = asyncio.run(run())
+    assert all(a.allowed for a in good)
+    assert isinstance(bad, LedgerUnavailable)
+
+
+def test_sqlite_decides_on_the_loop_when_nothing_is_queued(tmp_path, store):
+    inline = SqliteLedger(store.store.database.path, busy_timeout_s=0)
+
+    async def run():
+        ledger = AsyncLedger(store, inline=inline)
+        admission = await ledger.admit(request(50))
+        ledger.settle(settlement(admission, actual=50 * USD))
+        await ledger.drain(2)
+        ledger.close()
+
+    asyncio.run(run())
+    assert store.batches == []  # both went through the never-waiting connection
+    assert money(SqliteLedger(store.store.database.path)) == (50, 0)
