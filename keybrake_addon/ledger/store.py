@@ -415,6 +415,7 @@ class _Batch:
         self._lock_keys(lock_rows, [r.key_hash for r in admits], [r.reservation_id for r in settles])
         self.now = tx.now()  # after the locks: the clock of the moment these decisions hold them
         self.reservations = self._reservations(admits, settles)
+        self.settled_audit_rows = self._settled_audit_rows(settles)
         self.audit_rows: list[tuple] = []  # (slot, values)
         self.audit_updates: list[tuple] = []
         self.new_reservations: list[tuple] = []  # (slot, key_id, NewReservation, run_id)
@@ -464,6 +465,16 @@ class _Batch:
                 if row["idempotency_key"] is not None:
                     found[(reservation.key_id, row["idempotency_key"])] = reservation
         return found
+
+    def _settled_audit_rows(self, settles: Sequence[SettleRequest]) -> set[int]:
+        """The audit rows among these settlements' that were settled before: a settlement retried
+        after a commit whose answer was lost must not count twice."""
+        ids = sorted({r.audit_id for r in settles})
+        if not ids:
+            return set()
+        rows = self.tx.rows(f"SELECT id, outcome FROM audit WHERE id IN {placeholders(ids)}", ids)
+        known = {row["id"]: row["outcome"] for row in rows}
+        return {audit_id for audit_id in ids if audit_id not in known or known[audit_id] is not None}
 
     # --- deciding -----------------------------------------------------------------------------
 
@@ -532,12 +543,10 @@ class _Batch:
 
     def settle(self, request: SettleRequest) -> None:
         reservation = self.reservations.get(request.reservation_id)
-        audit = self.tx.row("SELECT outcome FROM audit WHERE id = ?", (request.audit_id,))
-        if reservation is None or audit is None or audit["outcome"] is not None:
+        state = self.keys.get(reservation.key_id) if reservation is not None else None
+        if state is None or request.audit_id in self.settled_audit_rows:
             return  # settled before (a retried settlement whose first commit went through)
-        state = self.keys.get(reservation.key_id)
-        if state is None:
-            return
+        self.settled_audit_rows.add(request.audit_id)
         plan = decisions.settle(reservation, state.counters, request)
         self._set_counters(reservation.key_id, plan.counters)
         object_id = request.object_ids[0] if request.object_ids else None
@@ -591,10 +600,15 @@ class _Batch:
                 "state, attempts_open, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 1, ?)",
                 [(self.ids[slot], key_id, new.idempotency_key, new.endpoint, run_id, new.day, new.reserved,
                   to_text(self.now)) for slot, key_id, new, run_id in self.new_reservations])
+        # One statement per shape of change, each sent with all its rows (one round trip on PostgreSQL).
+        shapes: dict[tuple[str, ...], list[tuple]] = {}
         for reservation_id, columns in self.reservation_changes.items():
-            names = sorted(columns)
-            tx.run("UPDATE reservations SET " + ", ".join(f"{name} = ?" for name in names) + " WHERE id = ?",
-                   (*(columns[n] for n in names), self.ids.get(reservation_id, reservation_id)))
+            names = tuple(sorted(columns))
+            shapes.setdefault(names, []).append(
+                (*(columns[n] for n in names), self.ids.get(reservation_id, reservation_id)))
+        for names, rows in shapes.items():
+            tx.run_many("UPDATE reservations SET " + ", ".join(f"{name} = ?" for name in names) + " WHERE id = ?",
+                        rows)
         if self.audit_rows:
             tx.run_many(
                 "INSERT INTO audit (id, ts, key_id, label, vendor, method, path, status, decision, reserved_micros, "

@@ -322,3 +322,12 @@ def test_a_long_path_from_a_stranger_is_stored_bounded(ledger):
     admit(ledger, 1, path="/v1/" + "x" * 1_000_000, key_hash="s" * 64)
     [row] = ledger.audit_rows(AuditFilter())
     assert row["decision"] == "keybrake_unknown_key" and len(row["path"]) <= 512
+
+
+def test_the_same_settlement_twice_in_one_batch_counts_once(ledger):
+    with_key(ledger, total=100 * USD)
+    first = admit(ledger, 50)
+    twice = SettleRequest(first.audit_id, first.reservation_id, Resolution.SETTLE, 50 * USD, 200, ("pi_1",), None,
+                          None, None, False, 1.0)
+    ledger.apply_batch([], [twice, twice], [])
+    assert money(ledger) == (50, 0)
