@@ -78,8 +78,8 @@ def test_unpriced_endpoint_is_refused_unless_allowed(proxy, fake_stripe, stripe_
 
 def test_an_unexpected_error_in_the_gate_refuses_instead_of_forwarding(home, fake_stripe, tmp_path, issue):
     key = issue("--total-usd-cap", "500", "--allow", "POST /v1/payment_intents")
-    with sqlite3.connect(home / "keybrake.db") as db:  # a damaged database the gate cannot read
-        db.execute("ALTER TABLE vault_keys RENAME COLUMN day TO day_renamed")
+    with sqlite3.connect(home / "keybrake.db") as db:  # a damaged row the gate cannot read
+        db.execute("UPDATE vault_keys SET allowlist = 'not json'")
     proxy = ProxyProcess(home=home, upstreams=(f"stripe={fake_stripe.url}",), log_path=tmp_path / "p.log").start()
     try:
         with vendor_client(proxy, home) as client:
@@ -90,7 +90,7 @@ def test_an_unexpected_error_in_the_gate_refuses_instead_of_forwarding(home, fak
     finally:
         proxy.stop()
     log = proxy.log_text()
-    assert "unexpected IndexError in the request hook" in log
+    assert "unexpected JSONDecodeError in the request hook" in log
     assert key["vault_key"] not in log
 
 

@@ -1,14 +1,20 @@
 """The Stripe gate end to end: real proxy process, official stripe SDK, fake Stripe upstream."""
 
-import sqlite3
+import glob
+import shutil
 import ssl
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 import stripe
 
+from keybrake_addon.ledger.base import AuditFilter
+
 from .helpers import REAL_SECRET, keybrake, keybrake_json
+
+BOTH_BACKENDS = True  # caps, retries, revoke and audit: each test runs on SQLite and on PostgreSQL
 
 PI = {"amount": 5000, "currency": "usd", "confirm": True, "payment_method": "pm_card_visa"}
 
@@ -169,7 +175,7 @@ def test_audit_rows_trace_every_call_to_its_run(proxy, stripe_client_for, issue,
     assert intent.id in csv_text
 
 
-def test_no_secret_or_vault_key_in_database_or_log(proxy, stripe_client_for, issue, home):
+def test_no_secret_or_vault_key_in_database_or_log(proxy, stripe_client_for, issue, home, database_url, ledger_of):
     key = issue("--total-usd-cap", "60", "--allow", "POST /v1/payment_intents", "--label", "run-leak")
     client = stripe_client_for(key["vault_key"])
     client.v1.payment_intents.create(params=PI)
@@ -179,12 +185,13 @@ def test_no_secret_or_vault_key_in_database_or_log(proxy, stripe_client_for, iss
         stripe_client_for(REAL_SECRET).v1.payment_intents.create(params=PI)
     proxy.stop()  # flush the log and checkpoint the WAL into the main file
 
-    for path in sorted(home.rglob("keybrake.db*")) + [proxy.log_path]:
-        data = path.read_bytes()
-        assert REAL_SECRET.encode() not in data, path
-        assert key["vault_key"].encode() not in data, path
-    with sqlite3.connect(home / "keybrake.db") as db:
-        assert db.execute("SELECT COUNT(*) FROM audit").fetchone()[0] == 3  # the check read real rows
+    dumps = [(path, path.read_bytes()) for path in sorted(home.rglob("keybrake.db*")) + [proxy.log_path]]
+    if database_url is not None:
+        dumps.append(("pg_dump", pg_dump(database_url)))
+    for where, data in dumps:
+        assert REAL_SECRET.encode() not in data, where
+        assert key["vault_key"].encode() not in data, where
+    assert len(ledger_of().audit_rows(AuditFilter())) == 3  # the check read real rows
 
 
 def test_non_vendor_host_passes_through_untouched(proxy, tls_echo_server):
@@ -207,3 +214,9 @@ def keybrake_json_format(home, *args):
 
 def code_of(error: stripe.StripeError) -> str:
     return error.json_body["error"]["code"]
+
+
+def pg_dump(url: str) -> bytes:
+    """The whole database as pg_dump writes it (the dump an operator would back up)."""
+    binary = shutil.which("pg_dump") or sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_dump"))[-1]
+    return subprocess.run([binary, "--no-owner", url], capture_output=True, check=True, timeout=60).stdout
