@@ -4,8 +4,10 @@ import click
 
 from ..ledger import migrations
 from ..ledger.base import LedgerUnavailable
+from ..ledger.copying import CopyRefused, copy_ledger
 from ..ledger.migrations import SchemaMismatch
 from ..ledger.opening import schema_version, upgrade
+from ..ledger.urls import parse_database_url
 from .context import database_of_ctx
 from .output import emit, print_json
 
@@ -65,6 +67,34 @@ def upgrade_command(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"{database.redacted()} is at schema version {migrations.LATEST}")
     else:
         click.echo(f"{database.redacted()} is already at schema version {migrations.LATEST}; nothing to do")
+
+
+@db.command("copy")
+@click.option("--to", "to", required=True, metavar="URL",
+              help="The new, empty PostgreSQL database: postgresql://user@host:port/db.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def copy_command(ctx: click.Context, to: str, as_json: bool) -> None:
+    """Copy the whole ledger (the home's SQLite file, or --database) into an empty PostgreSQL database.
+
+    One transaction on the target: it gets everything or nothing. Stop the proxies first; what
+    they write after the copy starts stays behind. Then point every replica at it with
+    --database (or KEYBRAKE_DATABASE_URL), with a copy of this home's master.key.
+    """
+    source = database_of_ctx(ctx)
+    try:
+        target = parse_database_url(to)
+    except ValueError as failure:
+        raise click.BadParameter(str(failure), param_hint="--to") from None
+    try:
+        copied = copy_ledger(source, target)
+    except (CopyRefused, LedgerUnavailable) as error:
+        raise click.ClickException(str(error)) from None
+    if as_json:
+        print_json({"from": source.redacted(), "to": target.redacted(), "rows": copied})
+        return
+    emit([{"table": table, "rows": count} for table, count in copied.items()], ["table", "rows"], "table")
+    click.echo(f"copied {sum(copied.values())} rows from {source.redacted()} to {target.redacted()}")
 
 
 COMMANDS = (db,)
