@@ -33,3 +33,25 @@ def owned_pg():
         pytest.fail(str(unavailable), pytrace=False)
     yield server
     server.remove()
+
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc):
+    """A module about money sets `BOTH_BACKENDS = True`: its tests that use the `database_url`
+    fixture (the e2e `home` does) then run on each ledger backend."""
+    if "ledger_backend" in metafunc.fixturenames:
+        both = getattr(metafunc.module, "BOTH_BACKENDS", False)
+        metafunc.parametrize("ledger_backend", BACKENDS if both else BACKENDS[:1])
+
+
+@pytest.fixture
+def database_url(request, ledger_backend, monkeypatch) -> str | None:
+    """The ledger's URL for the PostgreSQL run (every keybrake process this test starts inherits
+    it through KEYBRAKE_DATABASE_URL); None for the home's SQLite file."""
+    if ledger_backend == "sqlite":
+        return None
+    url = request.getfixturevalue("pg_url")
+    monkeypatch.setenv("KEYBRAKE_DATABASE_URL", url)
+    return url

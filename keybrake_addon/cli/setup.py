@@ -26,15 +26,18 @@ def init(ctx: click.Context) -> None:
                           (report.created_ca, f"CA certificate {home.ca_cert}")):
         click.echo(("created " if created else "exists  ") + what)
     click.echo(f"ledger  {database.redacted()}")
-    click.echo("""
+    click.echo(NEXT_STEPS + """
+  3. Run the proxy and point workers at it:
+       keybrake proxy
+       keybrake env""")
+
+
+NEXT_STEPS = """
 Next:
   1. Store a real secret (read from stdin, never from the command line):
        keybrake secret set stripe < stripe-secret.txt
   2. Issue a capped key for a run:
-       keybrake issue --vendor stripe --daily-usd-cap 500 --allow "POST /v1/payment_intents" --label my-run
-  3. Run the proxy and point workers at it:
-       keybrake proxy
-       keybrake env""")
+       keybrake issue --vendor stripe --daily-usd-cap 500 --allow "POST /v1/payment_intents" --label my-run"""
 
 
 @click.command()
@@ -93,6 +96,7 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
         except Exception as error:  # noqa: BLE001 - say why, not a traceback
             raise click.ClickException(f"could not initialise {home.root}: {error}") from None
         click.echo(f"initialised a new Keybrake home at {home.root}", err=True)
+        click.echo(NEXT_STEPS, err=True)
 
     if bool(api_tls_cert) != bool(api_tls_key):
         raise click.UsageError("--api-tls-cert and --api-tls-key go together")
@@ -112,6 +116,9 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
                        "(/vault/..., /stripe/..., /twilio/..., /resend/...)")
         if health is not None:
             click.echo(f"Keybrake health checks on http://{health[0]}:{health[1]} (/healthz, /readyz)")
+        for upstream in upstreams:  # a proxy pointed at a fake must not look like a real one
+            click.echo(f"Keybrake sends {upstream.partition('=')[0]} traffic to {upstream.partition('=')[2]} "
+                       "(--upstream), not to the vendor")
         click.echo("Worker environment:")
         for line in env_lines(home, f"http://{forward[0]}:{forward[1]}"):
             click.echo("  " + line)

@@ -17,9 +17,6 @@ class SecretVault:
                                 auth_user)
         return next(info for info in self._ledger.list_secrets() if (info.vendor, info.name) == (vendor, name))
 
-    def exists(self, vendor: str, name: str) -> bool:
-        return self._ledger.get_secret(vendor, name) is not None
-
     def open(self, sealed: SealedSecret) -> str:
         return unseal(self._master_key, sealed.vendor, sealed.name, Sealed(sealed.nonce, sealed.ciphertext))
 

@@ -8,27 +8,6 @@ from keybrake_addon.proxy_process import ProxyProcess
 from .helpers import REAL_SECRET, keybrake, keybrake_json
 
 
-BACKENDS = ("sqlite", "postgresql")
-
-
-def pytest_generate_tests(metafunc):
-    """A module about money sets `BOTH_BACKENDS = True`: its tests then run on each ledger backend."""
-    if "ledger_backend" in metafunc.fixturenames:
-        both = getattr(metafunc.module, "BOTH_BACKENDS", False)
-        metafunc.parametrize("ledger_backend", BACKENDS if both else BACKENDS[:1])
-
-
-@pytest.fixture
-def database_url(request, ledger_backend, monkeypatch) -> str | None:
-    """The ledger's URL for the PostgreSQL run (every keybrake process this test starts inherits
-    it through KEYBRAKE_DATABASE_URL); None for the home's SQLite file."""
-    if ledger_backend == "sqlite":
-        return None
-    url = request.getfixturevalue("pg_url")
-    monkeypatch.setenv("KEYBRAKE_DATABASE_URL", url)
-    return url
-
-
 @pytest.fixture
 def home(tmp_path, database_url):
     path = tmp_path / "home"
