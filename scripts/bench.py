@@ -14,6 +14,11 @@ its own process) with one load generator (its own process, httpx.AsyncClient, HT
              listener's base-URL route {api_url}/stripe/v1/payment_intents: plain HTTP keep-alive,
              no CONNECT, no TLS, the same gate. (Cheaper for the client than the forward path, so its
              ratio to bare mitmproxy is not like for like: it shows what skipping TLS buys.)
+  keybrake-pg
+             only with --database URL: one `keybrake --database URL proxy` replica (its own home, made
+             with `keybrake --database URL init`), the same CONNECT + TLS as keybrake, its ledger in
+             PostgreSQL. The URL must name a throwaway database: keys and audit rows are written to it.
+             Its CPU per request is the proxy's only; the PostgreSQL server's CPU is not counted.
 
 The workload is POST /v1/payment_intents with amount=100&currency=usd and a unique
 Idempotency-Key per request, so Keybrake does its full reserve + settle path. Every response must be
@@ -28,14 +33,27 @@ the proxy runs it, with background checkpoints and a running Housekeeper thread,
 without them), the proxies' resident memory after the run, and the figures users care about (added
 latency as a share of a typical 300 ms Stripe call, headroom over Stripe's live limit of 100 writes/s).
 
+Ledger batched: the AsyncLedger the gate awaits (installation.async_ledger(): group commit on the
+ledger thread; on SQLite also the never-waiting on-loop connection), with the proxy's Housekeeper,
+on ONE hot key, at 1, 16 and 64 callers: asyncio tasks on one loop, each awaiting ledger.admit then
+calling ledger.settle; admit+settle pairs/s with the clock stopped after ledger.drain() (every
+settlement committed; the key's totals are checked afterwards). Backends: sqlite (as the gate runs
+it), sqlite-thread-only (no on-loop fast path: every call through group commit; reported, not
+judged) and postgresql (only with --database). Without --database the PostgreSQL parts are skipped
+with a note.
+
 Targets (PASS/MISS is printed; the exit code ignores them unless --strict, as machines are noisy):
 Keybrake forward throughput >= 0.85 x bare mitmproxy at concurrency 16 (first target) and >= 0.90 x
 (issue target); Keybrake forward p50 <= 1.15 x bare mitmproxy at every concurrency; Keybrake forward p50
 at concurrency 1 at most 0.3 ms above bare mitmproxy; the ledger alone (as the proxy runs it) >= 5000
-reservations/s on one thread.
+reservations/s on one thread. The rebuilt ledger's: Keybrake (SQLite) throughput >= 0.90 x bare
+mitmproxy at c=16; Keybrake (SQLite) p50 at c=1 at most 0.5 ms above bare mitmproxy; keybrake-pg (one
+replica) throughput >= 0.75 x bare mitmproxy at c=16; the ledger batched at 64 callers >= 15,000
+pairs/s on SQLite and >= 3,000 on PostgreSQL.
 
 Run:
     python scripts/bench.py [--quick] [--concurrency 1,16] [--requests N] [--repeats R] [--json out.json]
+                            [--database postgresql://postgres@127.0.0.1:5432/kb_bench_SCRATCH]
 
 Everything listens on 127.0.0.1; every subprocess is stopped on exit.
 """
