@@ -19,7 +19,7 @@ class Tx(Protocol):
     def row(self, sql: str, params: Sequence = ()) -> Row | None: ...
     def run(self, sql: str, params: Sequence = ()) -> int: ...  # the number of rows changed
     def run_many(self, sql: str, params: Iterable[Sequence]) -> None: ...
-    def new_ids(self, table: str, count: int) -> list[int]: ...  # ids no other transaction will use
+    def new_ids(self, counts: dict[str, int]) -> dict[str, list[int]]: ...  # per table: ids nobody else will use
     def now(self) -> datetime: ...  # the database's clock, read now
 
 

@@ -9,10 +9,11 @@ Settlements and refusal rows need no answer: they are queued and never hold up a
 settlement that cannot commit (the database is gone) is retried with backoff for as long as the
 process lives; its hold stays counted meanwhile, and whatever is left at exit is logged.
 
-SQLite only: when nothing is queued or committing, an admit or settlement first tries a
-connection that never waits for the write lock, right on the event loop. A free lock makes
-that ~0.2 ms of CPU and saves two thread hand-offs (see BENCHMARKS.md); a held lock sends the
-work to the queue.
+SQLite only: when no other call is in flight and nothing is queued or committing, an admit or
+settlement first tries a connection that never waits for the write lock, right on the event
+loop. One call at a time, that saves two thread hand-offs (see BENCHMARKS.md); under
+concurrency, group commit on the ledger thread measures faster, and a held lock sends the work
+to the queue anyway.
 """
 
 import asyncio
@@ -32,6 +33,9 @@ MAX_BATCH = 256
 KNOWN_BUSY_S = 1.0  # after a busy timeout, admits fail at once for this long instead of queueing
 DECISION_TIMEOUT_S = 6.0  # an admit answers within this, decided or not (then 503: nothing forwarded)
 SETTLE_RETRY_DELAYS_S = (0.2, 0.5, 1, 2, 5, 10, 30, 60)  # then every 60 s, for as long as the process lives
+# A call admitted but never settled (its flow died in a way no hook saw) stops counting as in
+# flight after this long, so one lost call cannot turn the on-loop path off for good.
+IN_FLIGHT_FORGOTTEN_AFTER_S = 60.0
 REFUSAL_ROW_RETRIES = 3
 
 
@@ -70,6 +74,7 @@ class AsyncLedger:
         self._busy_until = 0.0
         self._stopping = False
         self._committed_settles = 0
+        self._in_flight: dict[int, float] = {}  # audit id -> when admitted: calls the vendor is answering
         self._thread = threading.Thread(target=self._run, name="keybrake-ledger", daemon=True)
         self._thread.start()
 
@@ -80,7 +85,13 @@ class AsyncLedger:
     # --- the gate's calls (on the event loop) -------------------------------------------------
 
     async def admit(self, request: AdmitRequest) -> Admission:
-        if self._inline is not None and self._idle():
+        admission = await self._admit(request)
+        if admission.allowed and self._inline is not None:
+            self._in_flight[admission.audit_id] = time.monotonic()
+        return admission
+
+    async def _admit(self, request: AdmitRequest) -> Admission:
+        if self._inline is not None and self._alone():
             try:
                 return self._inline.admit(request)
             except LedgerBusy:
@@ -101,7 +112,8 @@ class AsyncLedger:
             raise LedgerUnavailable(f"the ledger did not decide within {self._decision_timeout_s:g} s") from None
 
     def settle(self, request: SettleRequest) -> None:
-        if self._inline is not None and self._idle():
+        self._in_flight.pop(request.audit_id, None)
+        if self._inline is not None and self._alone():
             try:
                 self._inline.settle(request)
                 return
@@ -116,6 +128,20 @@ class AsyncLedger:
 
     def _idle(self) -> bool:
         return not (self._busy or self._admits or self._settles or self._refusals)
+
+    def _alone(self) -> bool:
+        """No other call in flight and the ledger thread idle: the on-loop path's case."""
+        if self._in_flight:
+            oldest = next(iter(self._in_flight.values()))
+            if time.monotonic() - oldest < IN_FLIGHT_FORGOTTEN_AFTER_S:
+                return False
+            self._forget_stale_calls()
+        return self._idle()
+
+    def _forget_stale_calls(self) -> None:
+        horizon = time.monotonic() - IN_FLIGHT_FORGOTTEN_AFTER_S
+        for audit_id in [a for a, since in self._in_flight.items() if since < horizon]:
+            del self._in_flight[audit_id]
 
     def _queue_settle(self, item: _Settle) -> None:
         with self._condition:

@@ -318,7 +318,7 @@ class SqlLedger:
                    (*columns.values(), reservation_id))
             method, _, path = row["endpoint"].partition(" ")
             spent_change = after - (before if row["state"] == "settled" else 0)
-            audit_id = tx.new_ids("audit", 1)[0]
+            audit_id = tx.new_ids({"audit": 1})["audit"][0]
             tx.run(
                 "INSERT INTO audit (id, ts, key_id, label, vendor, method, path, decision, outcome, reserved_micros, "
                 "actual_micros, object_id, idempotency_key, reservation_id, message) "
@@ -414,6 +414,7 @@ class _Batch:
         self.touched: set[str] = set()
         self._lock_keys(lock_rows, [r.key_hash for r in admits], [r.reservation_id for r in settles])
         self.now = tx.now()  # after the locks: the clock of the moment these decisions hold them
+        self.idempotency_keys: dict[int, tuple[str, str]] = {}  # reservation id -> (key_id, Idempotency-Key)
         self.reservations = self._reservations(admits, settles)
         self.settled_audit_rows = self._settled_audit_rows(settles)
         self.audit_rows: list[tuple] = []  # (slot, values)
@@ -429,12 +430,27 @@ class _Batch:
 
     def _lock_keys(self, lock_rows: str, hashes: list[str], reservation_ids: list[int]) -> None:
         hashes, reservation_ids = sorted(set(hashes)), sorted(set(reservation_ids))
-        rows = self.tx.rows(
-            f"SELECT {_KEY_COLUMNS}, s.nonce, s.ciphertext, s.account_sid, s.auth_user FROM vault_keys k "
-            "LEFT JOIN secrets s ON s.vendor = k.vendor AND s.name = k.secret_name "
-            f"WHERE k.key_hash IN {placeholders(hashes)} OR k.key_id IN "
-            f"(SELECT key_id FROM reservations WHERE id IN {placeholders(reservation_ids)}) "
-            "ORDER BY k.key_id" + (lock_rows and lock_rows + " OF k"), (*hashes, *reservation_ids))
+        # Each index used on its own (an OR of the two would scan every key); one statement when
+        # the batch has only admits or only settlements, as most batches do.
+        selectors = []
+        if hashes:
+            selectors.append((f"k.key_hash IN {placeholders(hashes)}", hashes))
+        if reservation_ids:
+            key_ids = [r["key_id"] for r in self.tx.rows(
+                f"SELECT DISTINCT key_id FROM reservations WHERE id IN {placeholders(reservation_ids)}",
+                reservation_ids)] if hashes else None
+            selectors.append((f"k.key_id IN {placeholders(key_ids)}", key_ids) if key_ids is not None else
+                             (f"k.key_id IN (SELECT key_id FROM reservations WHERE id IN "
+                              f"{placeholders(reservation_ids)})", reservation_ids))
+        if len(selectors) == 2:  # one statement, so the rows are locked in one key order
+            (first, first_params), (second, second_params) = selectors
+            selectors = [(f"({first} OR {second})", [*first_params, *second_params])]
+        rows = []
+        for where, params in selectors:
+            rows += self.tx.rows(
+                f"SELECT {_KEY_COLUMNS}, s.nonce, s.ciphertext, s.account_sid, s.auth_user FROM vault_keys k "
+                f"LEFT JOIN secrets s ON s.vendor = k.vendor AND s.name = k.secret_name WHERE {where} "
+                "ORDER BY k.key_id" + (lock_rows and lock_rows + " OF k"), params)
         for row in rows:
             state = _key_state(row)
             self.keys[state.key_id] = state
@@ -464,6 +480,7 @@ class _Batch:
                 found[reservation.id] = reservation
                 if row["idempotency_key"] is not None:
                     found[(reservation.key_id, row["idempotency_key"])] = reservation
+                    self.idempotency_keys[reservation.id] = (reservation.key_id, row["idempotency_key"])
         return found
 
     def _settled_audit_rows(self, settles: Sequence[SettleRequest]) -> set[int]:
@@ -500,8 +517,9 @@ class _Batch:
             new = plan.new_reservation
             self.new_reservations.append((reservation_slot, key_id, new, request.run_id))
             if new.idempotency_key is not None:  # a retry later in this batch attaches to it
-                self.reservations[(key_id, new.idempotency_key)] = ReservationState(
-                    reservation_slot, key_id, new.endpoint, self.now, "pending", new.day, new.reserved, 1, 0)
+                self.idempotency_keys[reservation_slot] = (key_id, new.idempotency_key)
+                self._remember(ReservationState(reservation_slot, key_id, new.endpoint, self.now, "pending", new.day,
+                                                new.reserved, 1, 0))
         elif plan.change is not None:
             self._change(plan.change, request.run_id)
         audit_slot = self._slot()
@@ -525,9 +543,8 @@ class _Batch:
 
     def _remember(self, reservation: ReservationState) -> None:
         self.reservations[reservation.id] = reservation
-        for key, value in list(self.reservations.items()):
-            if isinstance(key, tuple) and value.id == reservation.id:
-                self.reservations[key] = reservation
+        if (named := self.idempotency_keys.get(reservation.id)) is not None:
+            self.reservations[named] = reservation
 
     def _update_reservation(self, reservation_id: int, columns: dict) -> None:
         # A reservation created in this batch (a negative slot) is inserted first, then updated.
@@ -589,11 +606,9 @@ class _Batch:
 
     def write(self) -> None:
         tx = self.tx
-        for slot, reservation_id in zip([n[0] for n in self.new_reservations],
-                                        tx.new_ids("reservations", len(self.new_reservations))):
-            self.ids[slot] = reservation_id
-        for slot, audit_id in zip([a[0] for a in self.audit_rows], tx.new_ids("audit", len(self.audit_rows))):
-            self.ids[slot] = audit_id
+        ids = tx.new_ids({"reservations": len(self.new_reservations), "audit": len(self.audit_rows)})
+        self.ids.update(zip([n[0] for n in self.new_reservations], ids["reservations"]))
+        self.ids.update(zip([a[0] for a in self.audit_rows], ids["audit"]))
         if self.new_reservations:
             tx.run_many(
                 "INSERT INTO reservations (id, key_id, idempotency_key, endpoint, run_id, day, reserved_micros, "

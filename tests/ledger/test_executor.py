@@ -176,3 +176,20 @@ def test_sqlite_decides_on_the_loop_when_nothing_is_queued(tmp_path, store):
     asyncio.run(run())
     assert store.batches == []  # both went through the never-waiting connection
     assert money(SqliteLedger(store.store.database.path)) == (50, 0)
+
+
+def test_with_another_call_in_flight_sqlite_commits_in_batches(store):
+    inline = SqliteLedger(store.store.database.path, busy_timeout_s=0)
+
+    async def run():
+        ledger = AsyncLedger(store, inline=inline)
+        first = await ledger.admit(request(50))  # alone: on the loop
+        second = await ledger.admit(request(50))  # the first is still at the vendor: queued
+        ledger.settle(settlement(first, actual=50 * USD))
+        ledger.settle(settlement(second, actual=50 * USD))
+        await ledger.drain(2)
+        ledger.close()
+
+    asyncio.run(run())
+    assert sum(admits for admits, _, _ in store.batches) == 1
+    assert money(SqliteLedger(store.store.database.path)) == (100, 0)
