@@ -1,0 +1,227 @@
+"""A fleet: three `keybrake proxy` replicas, each on its own copy of one home, sharing one PostgreSQL ledger.
+
+A replica is what an operator deploys on another host: a copy of the home (master key, CA,
+pricing file) pointed at the same database (KEYBRAKE_DATABASE_URL). The home is initialised
+once (`--database URL init`), the Stripe secret stored once and the keys issued once; the
+copies are made after that. One FakeStripe plays Stripe for all of them.
+
+Calls go through the official stripe SDK, spread round-robin over the replicas: call i runs on a
+thread of lane i % 3, whose StripeClient talks to replica i % 3 (`proxy=`: HTTPS_PROXY is
+process-global, so one environment cannot point threads at three proxies).
+
+Each scenario prints its figures (pytest -s) and records them for the run's summary.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+import stripe
+
+from e2e.helpers import REAL_SECRET, keybrake, keybrake_json
+from keybrake_addon.fakes.fake_stripe import FakeStripe
+from keybrake_addon.ledger.postgres import PostgresLedger
+from keybrake_addon.ledger.times import from_text
+from keybrake_addon.proxy_process import ProxyProcess
+
+from .load import (
+    CAP_HIT,
+    MICROS_PER_CENT,
+    MICROS_PER_USD,
+    OK,
+    REVOKED,
+    Background,
+    Completion,
+    assert_clean_log,
+    client_via_param,
+    payment_intent,
+    run_batch,
+    usd,
+)
+
+REPLICAS = 3
+WORKERS = 33  # ~32, split evenly over the three replicas' lanes
+CALLS = 500
+LATENCY_S = 0.03  # so calls really overlap at the fake
+ALLOW = ("--allow", "POST /v1/payment_intents")
+UNAVAILABLE = "unavailable_503"
+
+
+# ----- the fleet ----------------------------------------------------------------------------
+
+
+def cli(home: Path, url: str, *args: str, **options):
+    return keybrake(home, "--database", url, *args, **options)
+
+
+def initialised_home(tmp_path: Path, url: str) -> Path:
+    """The home every replica copies: initialised on the database, with the Stripe secret stored once."""
+    home = tmp_path / "origin"
+    cli(home, url, "init")
+    cli(home, url, "secret", "set", "stripe", stdin=REAL_SECRET + "\n")
+    return home
+
+
+def issue(home: Path, url: str, *args: str) -> dict:
+    return keybrake_json(home, "--database", url, "issue", "--vendor", "stripe", *ALLOW, *args)
+
+
+def trust_the_fleet_ca(home: Path, url: str, monkeypatch) -> None:
+    """`keybrake env` writes the CA bundle; every copy has the same CA, so one bundle serves all."""
+    cli(home, url, "env")
+    monkeypatch.setattr(stripe, "ca_bundle_path", str(home / "certs" / "keybrake-ca-bundle.pem"))
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@dataclass
+class Fleet:
+    url: str
+    homes: list[Path]
+    proxies: list[ProxyProcess]
+    ledger: PostgresLedger = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ledger = PostgresLedger(self.url, where="test", create=False)
+
+    def clients(self, vault_key: str) -> list[stripe.StripeClient]:
+        return [client_via_param(proxy.url, vault_key) for proxy in self.proxies]
+
+    def alive(self) -> list[bool]:
+        return [proxy.process.poll() is None for proxy in self.proxies]
+
+    def stop(self) -> None:
+        for proxy in self.proxies:
+            proxy.stop()
+        self.ledger.close()
+
+    def settled(self, key_id: str, *, may_stay_open: int = 0, timeout_s: float = 30.0):
+        """The key once at most `may_stay_open` holds are open: replicas settle just after replying."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.ledger.open_reservations(key_id)) > may_stay_open and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.ledger.get_key(key_id)
+
+
+def start_fleet(origin: Path, url: str, fake: FakeStripe, tmp_path: Path,
+                prefixes: dict[int, tuple[str, ...]] | None = None,
+                child_env: dict[int, dict[str, str]] | None = None) -> Fleet:
+    """REPLICAS proxies, each on a copy of `origin` made now, started in parallel."""
+    homes = [Path(shutil.copytree(origin, tmp_path / f"replica{i}")) for i in range(REPLICAS)]
+    proxies = [ProxyProcess(home=home, upstreams=(f"stripe={fake.url}",), log_path=tmp_path / f"replica{i}.log",
+                            env={"KEYBRAKE_DATABASE_URL": url, **(child_env or {}).get(i, {})},
+                            command_prefix=(prefixes or {}).get(i, ()))
+               for i, home in enumerate(homes)]
+    with ThreadPoolExecutor(max_workers=REPLICAS) as pool:
+        outcomes = list(pool.map(_try_start, proxies))
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    if failures:
+        for proxy in proxies:
+            proxy.stop()
+        raise failures[0]
+    return Fleet(url, homes, proxies)
+
+
+def _try_start(proxy: ProxyProcess):
+    try:
+        return proxy.start(timeout_s=60)
+    except BaseException as error:  # noqa: BLE001 - re-raised by the caller after stopping the rest
+        return error
+
+
+@pytest.fixture
+def slow_stripe():
+    with FakeStripe(secret=REAL_SECRET, latency_s=LATENCY_S) as fake:
+        yield fake
+
+
+def create_pi(clients, amounts=None, idempotency: bool = False):
+    """call(i): a PaymentIntent through replica i % REPLICAS."""
+
+    def call(i: int):
+        options = {"idempotency_key": f"call-{i}"} if idempotency else {}
+        amount = amounts[i] if amounts is not None else 5000
+        return clients[i % len(clients)].v1.payment_intents.create(params=payment_intent(amount), options=options)
+
+    return call
+
+
+def unavailable(call) -> bool:
+    """A well-formed Keybrake refusal for a ledger it cannot reach: Stripe's shape, 503, nothing forwarded."""
+    error = call.result
+    if not (isinstance(error, stripe.APIError) and error.http_status == 503):
+        return False
+    body = error.json_body if isinstance(error.json_body, dict) else {}
+    return (body.get("error") or {}).get("code") == "keybrake_unavailable"
+
+
+def db_now(url: str) -> datetime:
+    with psycopg.connect(url, autocommit=True) as db:
+        return db.execute("SELECT clock_timestamp()").fetchone()[0]
+
+
+def db_rows(url: str, sql: str, *params) -> list[tuple]:
+    with psycopg.connect(url, autocommit=True) as db:
+        return db.execute(sql, params).fetchall()
+
+
+def report(figures, name: str, **numbers) -> None:
+    print(f"\n[fleet] {name}: " + ", ".join(f"{k}={v}" for k, v in numbers.items()))
+    figures.record(f"fleet: {name}", **numbers)
+
+
+def others(batch, allowed: tuple[str, ...]) -> list:
+    return [c for c in batch.calls if c.outcome not in allowed]
+
+
+def describe(calls) -> str:
+    return "; ".join(f"#{c.index} lane{c.lane} {c.outcome} {c.detail[:120]}" for c in calls[:5])
+
+
+# ----- 1. one exact cap over three replicas -------------------------------------------------
+
+
+def test_500_calls_over_three_replicas_stop_exactly_at_a_500_total_cap(pg_url, tmp_path, monkeypatch, figures,
+                                                                      slow_stripe):
+    origin = initialised_home(tmp_path, pg_url)
+    key = issue(origin, pg_url, "--total-usd-cap", "500", "--label", "fleet-500")
+    trust_the_fleet_ca(origin, pg_url, monkeypatch)
+    fleet = start_fleet(origin, pg_url, slow_stripe, tmp_path)
+    try:
+        batch = run_batch(CALLS, create_pi(fleet.clients(key["vault_key"])), workers=WORKERS, lanes=REPLICAS)
+        record = fleet.settled(key["key_id"])
+        alive = fleet.alive()
+        audit = db_rows(pg_url, "SELECT decision, COUNT(*) FROM audit WHERE key_id = %s GROUP BY decision",
+                        key["key_id"])
+        runs = db_rows(pg_url, "SELECT COUNT(DISTINCT run_id) FROM reservations WHERE key_id = %s", key["key_id"])
+    finally:
+        fleet.stop()
+    assert_clean_log(*fleet.proxies)
+
+    assert all(alive), "a replica died during the batch"
+    assert not others(batch, (OK, CAP_HIT)), describe(others(batch, (OK, CAP_HIT)))
+    succeeded = batch.having(OK)
+    assert len(succeeded) == 10
+    assert len(batch.having(CAP_HIT)) == CALLS - 10
+    assert slow_stripe.hits == 10 and len(slow_stripe.objects_created) == 10
+    assert slow_stripe.money_moved_minor == 10 * 5000
+    assert record.spent_micros == 500 * MICROS_PER_USD
+    assert record.reserved_micros == 0
+    assert sum(n for _, n in audit) == CALLS
+    assert dict(audit)["allowed"] == 10
+    ok_per_replica = [sum(1 for c in succeeded if c.lane == lane) for lane in range(REPLICAS)]
+    calls_per_replica = [sum(1 for c in batch.calls if c.lane == lane) for lane in range(REPLICAS)]
+    report(figures, "500 x $50 over 3 replicas, total cap $500", passed=len(succeeded),
+           cap_hits=len(batch.having(CAP_HIT)), fake_created=len(slow_stripe.objects_created),
+           spent_usd=usd(record.spent_micros), reserved_usd=usd(record.reserved_micros),
+           calls_per_replica=calls_per_replica, ok_per_replica=ok_per_replica, replicas_that_admitted=runs[0][0],
+           elapsed_s=round(batch.wall_s, 2), req_per_s=round(batch.req_per_s, 1))
