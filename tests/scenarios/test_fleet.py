@@ -14,6 +14,7 @@ Each scenario prints its figures (pytest -s) and records them for the run's summ
 
 from __future__ import annotations
 
+import random
 import shutil
 import sys
 import threading
@@ -42,6 +43,7 @@ from .load import (
     Background,
     Completion,
     assert_clean_log,
+    classify,
     client_via_param,
     payment_intent,
     run_batch,
@@ -164,6 +166,13 @@ def unavailable(call) -> bool:
     return (body.get("error") or {}).get("code") == "keybrake_unavailable"
 
 
+def attempt(call, i: int):
+    try:
+        return call(i)
+    except Exception as error:  # noqa: BLE001 - the test classifies every outcome
+        return error
+
+
 def db_now(url: str) -> datetime:
     with psycopg.connect(url, autocommit=True) as db:
         return db.execute("SELECT clock_timestamp()").fetchone()[0]
@@ -225,3 +234,139 @@ def test_500_calls_over_three_replicas_stop_exactly_at_a_500_total_cap(pg_url, t
            spent_usd=usd(record.spent_micros), reserved_usd=usd(record.reserved_micros),
            calls_per_replica=calls_per_replica, ok_per_replica=ok_per_replica, replicas_that_admitted=runs[0][0],
            elapsed_s=round(batch.wall_s, 2), req_per_s=round(batch.req_per_s, 1))
+
+
+# ----- 2. mixed amounts, sampled from the database during the run -----------------------------
+
+AMOUNTS = (1999, 2500, 4999, 7300, 12000)  # cents
+
+
+class Sampler:
+    """Reads the key from the database every few ms on a thread of its own (a connection of its own)."""
+
+    def __init__(self, url: str, key_id: str) -> None:
+        self.samples: list[tuple[int, int, int]] = []  # (spent, reserved, today's spent + reserved)
+        self.errors: list[BaseException] = []
+        self._url, self._key_id = url, key_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ledger-sampler", daemon=True)
+
+    def _run(self) -> None:
+        ledger = PostgresLedger(self._url, where="sampler", create=False)
+        try:
+            deadline = time.monotonic() + 180  # bounded even if the batch hangs
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                key = ledger.get_key(self._key_id)  # one transaction: one consistent reading of the row
+                self.samples.append((key.spent_micros, key.reserved_micros,
+                                     key.today_spent_micros + key.today_reserved_micros))
+                time.sleep(0.005)
+        except BaseException as error:  # noqa: BLE001 - reported by the test
+            self.errors.append(error)
+        finally:
+            ledger.close()
+
+    def __enter__(self) -> "Sampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def test_mixed_amounts_over_three_replicas_never_sampled_over_the_cap(pg_url, tmp_path, monkeypatch, figures,
+                                                                      slow_stripe):
+    cap = 500 * MICROS_PER_USD
+    origin = initialised_home(tmp_path, pg_url)
+    key = issue(origin, pg_url, "--total-usd-cap", "500", "--daily-usd-cap", "500", "--label", "fleet-mixed")
+    rng = random.Random(20260502)
+    amounts = [rng.choice(AMOUNTS) for _ in range(CALLS)]
+    trust_the_fleet_ca(origin, pg_url, monkeypatch)
+    fleet = start_fleet(origin, pg_url, slow_stripe, tmp_path)
+    try:
+        with Sampler(pg_url, key["key_id"]) as sampler:
+            batch = run_batch(CALLS, create_pi(fleet.clients(key["vault_key"]), amounts),
+                              workers=WORKERS, lanes=REPLICAS)
+            record = fleet.settled(key["key_id"])
+        alive = fleet.alive()
+    finally:
+        fleet.stop()
+    assert_clean_log(*fleet.proxies)
+
+    assert not sampler.errors, sampler.errors
+    assert all(alive), "a replica died during the batch"
+    assert not others(batch, (OK, CAP_HIT)), describe(others(batch, (OK, CAP_HIT)))
+    succeeded = batch.having(OK)
+    charged_cents = sum(amounts[c.index] for c in succeeded)
+    created_cents = sum(int(r.form["amount"]) for r in slow_stripe.received)
+    assert created_cents == charged_cents == slow_stripe.money_moved_minor
+    assert len(slow_stripe.objects_created) == len(succeeded)
+    assert record.spent_micros == created_cents * MICROS_PER_CENT  # the books: exactly what Stripe created
+    assert record.reserved_micros == 0
+    assert record.spent_micros <= cap
+
+    assert len(set(amounts)) == len(AMOUNTS)
+    assert len(samples := sampler.samples) > 20, "the sampler barely ran"
+    over = [s for s in samples if s[0] + s[1] > cap or s[2] > cap]
+    assert not over, over[:5]
+    exposures = [spent + reserved for spent, reserved, _ in samples]
+    # Greedy admission with no releases (no declines, no vendor errors): a refused amount did not
+    # fit in the headroom it saw, which was at least the final headroom.
+    headroom = cap - record.spent_micros
+    refused = sorted({amounts[c.index] for c in batch.having(CAP_HIT)})
+    if refused:
+        assert headroom < refused[0] * MICROS_PER_CENT, (usd(headroom), refused)
+    report(figures, "500 mixed amounts over 3 replicas, cap $500", passed=len(succeeded),
+           refused=len(batch.having(CAP_HIT)), spent_usd=usd(record.spent_micros),
+           fake_created_usd=usd(created_cents * MICROS_PER_CENT), samples=len(samples),
+           max_sampled_exposure_usd=usd(max(exposures)), headroom_usd=usd(headroom),
+           elapsed_s=round(batch.wall_s, 2), req_per_s=round(batch.req_per_s, 1))
+
+
+# ----- 3. a revoke on one replica stops the next call on another --------------------------------
+
+
+def test_revoke_on_one_replica_stops_the_next_call_on_the_others(pg_url, tmp_path, monkeypatch, figures,
+                                                               slow_stripe):
+    origin = initialised_home(tmp_path, pg_url)
+    key = issue(origin, pg_url, "--total-usd-cap", "100000", "--label", "fleet-revoke")
+    trust_the_fleet_ca(origin, pg_url, monkeypatch)
+    fleet = start_fleet(origin, pg_url, slow_stripe, tmp_path)
+    try:
+        clients = fleet.clients(key["vault_key"])
+        # Each replica has admitted the key already: whatever it might cache about it, it has.
+        warm = run_batch(REPLICAS * 4, create_pi(clients), workers=REPLICAS, lanes=REPLICAS)
+        assert warm.counts[OK] == REPLICAS * 4, describe(warm.calls)
+        # Calls keep flowing through replicas 1 and 2 while replica 0's home revokes the key.
+        others_only = clients[1:]
+        done = Completion()
+        background = Background(300, create_pi(others_only), workers=10, lanes=2, pace_s=0.01,
+                                on_done=done.done).start()
+        done.wait_for(60, timeout_s=60)
+        revoke_started = time.monotonic()
+        revoked = cli(fleet.homes[0], pg_url, "revoke", key["key_id"])
+        revoke_returned = time.monotonic()
+        hits_at_revoke = slow_stripe.hits
+        next_calls = [attempt(create_pi(clients), lane) for lane in (1, 2)]  # the very next call on each other replica
+        batch = background.join()
+        hits_after = slow_stripe.hits
+        alive = fleet.alive()
+    finally:
+        fleet.stop()
+    assert_clean_log(*fleet.proxies)
+    assert revoked.returncode == 0
+
+    assert all(alive)
+    assert [classify(result)[0] for result in next_calls] == [REVOKED, REVOKED], next_calls
+    assert not others(batch, (OK, REVOKED)), describe(others(batch, (OK, REVOKED)))
+    after = [c for c in batch.calls if c.started > revoke_returned]
+    before = [c for c in batch.calls if c.finished < revoke_started]
+    assert after and before
+    assert all(c.outcome == REVOKED for c in after), describe([c for c in after if c.outcome != REVOKED])
+    assert all(c.outcome == OK for c in before)
+    # Only calls admitted before the revoke committed reached Stripe, none after.
+    assert hits_after == warm.counts[OK] + batch.counts[OK] <= hits_at_revoke + 10
+    report(figures, "revoke on replica 0, calls on replicas 1 and 2", calls=len(batch.calls),
+           passed_before_revoke=batch.counts[OK], refused_after=batch.counts[REVOKED],
+           started_after_revoke_returned=len(after), revoke_cli_s=round(revoke_returned - revoke_started, 2),
+           elapsed_s=round(batch.wall_s, 2))
