@@ -19,6 +19,7 @@ import shutil
 import sys
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -370,3 +371,155 @@ def test_revoke_on_one_replica_stops_the_next_call_on_the_others(pg_url, tmp_pat
            passed_before_revoke=batch.counts[OK], refused_after=batch.counts[REVOKED],
            started_after_revoke_returned=len(after), revoke_cli_s=round(revoke_returned - revoke_started, 2),
            elapsed_s=round(batch.wall_s, 2))
+
+
+# ----- 4. PostgreSQL stopped for 3 s mid-batch ----------------------------------------------------
+
+OUTAGE_S = 3.0
+
+
+def test_postgres_outage_mid_batch_refuses_with_503_then_the_replicas_serve_again(owned_pg, tmp_path, monkeypatch,
+                                                                                  figures, slow_stripe):
+    url = owned_pg.url  # a cluster of this test's own: it may stop and start it
+    origin = initialised_home(tmp_path, url)
+    key = issue(origin, url, "--total-usd-cap", "100000", "--label", "fleet-outage")
+    trust_the_fleet_ca(origin, url, monkeypatch)
+    fleet = start_fleet(origin, url, slow_stripe, tmp_path)
+    try:
+        clients = fleet.clients(key["vault_key"])
+        done = Completion()
+        # Paced: calls keep starting before, during and after the outage (~9 s in all).
+        # 66 workers: a refusal waits ~6 s for the ledger, and the outage should see many calls start.
+        background = Background(900, create_pi(clients, idempotency=True), workers=WORKERS * 2, lanes=REPLICAS,
+                                pace_s=0.01, on_done=done.done).start()
+        done.wait_for(150, timeout_s=60)
+        stop_began = time.monotonic()
+        owned_pg.stop()
+        stopped = time.monotonic()
+        time.sleep(0.5)  # calls admitted before the stop may still be on their way to Stripe
+        hits_in_outage = slow_stripe.hits
+        time.sleep(max(0.0, stopped + OUTAGE_S - time.monotonic()))
+        hits_end_of_outage = slow_stripe.hits
+        start_began = time.monotonic()
+        owned_pg.start()
+        started = time.monotonic()
+        batch = background.join()
+        # Served again, by themselves: one more call through each replica, no restart.
+        again = [attempt(create_pi(clients), lane) for lane in range(REPLICAS)]
+        record = fleet.settled(key["key_id"])
+        alive = fleet.alive()
+    finally:
+        fleet.stop()
+
+    assert all(alive), "a replica died during the outage"
+    assert [classify(r)[0] for r in again] == [OK] * REPLICAS, again
+    # A call that starts while the server is down waits up to the pool's timeout (3 s) for a
+    # connection: it is refused, or decided once the server is back, never forwarded undecided.
+    in_outage = [c for c in batch.calls if stopped <= c.started <= start_began]
+    print("\n[fleet] outage calls:", sorted(Counter((c.outcome if not unavailable(c) else UNAVAILABLE,
+                                                       c.finished > started) for c in in_outage).items()))
+    refused_in_outage = [c for c in in_outage if unavailable(c)]
+    assert len(refused_in_outage) >= 10, f"only {len(refused_in_outage)} of {len(in_outage)} outage calls refused"
+    wrong = [c for c in in_outage if not (unavailable(c) or (c.outcome == OK and c.finished > started))]
+    assert not wrong, describe(wrong)
+    assert hits_end_of_outage == hits_in_outage, "a call reached Stripe while the ledger was down"
+    # Anything else is a success or the same 503 (a call that met the stop or the restart).
+    assert not [c for c in batch.calls if c.outcome != OK and not unavailable(c)], describe(
+        [c for c in batch.calls if c.outcome != OK and not unavailable(c)])
+    after = [c for c in batch.calls if c.started > started + 5]  # the pool has reconnected by then
+    assert all(c.outcome == OK for c in after), describe([c for c in after if c.outcome != OK])
+    # The books: exactly what Stripe charged, nothing left held.
+    assert record.reserved_micros == 0, fleet.ledger.open_reservations(key["key_id"])
+    assert record.spent_micros == slow_stripe.money_moved_minor * MICROS_PER_CENT
+    assert len(slow_stripe.objects_created) == batch.counts[OK] + REPLICAS
+    first_ok_after = min((c.finished for c in batch.calls if c.outcome == OK and c.started >= start_began),
+                         default=None)
+    report(figures, "PostgreSQL stopped 3 s mid-batch", calls=len(batch.calls), passed=batch.counts[OK],
+           refused_503=sum(1 for c in batch.calls if unavailable(c)), calls_started_in_outage=len(in_outage),
+           refused_in_outage=len(refused_in_outage),
+           slowest_503_s=round(max(c.elapsed for c in batch.calls if unavailable(c)), 2),
+           fake_hits_during_outage=hits_end_of_outage - hits_in_outage,
+           pg_stop_s=round(stopped - stop_began, 2), pg_start_s=round(started - start_began, 2),
+           first_success_after_restart_s=round(first_ok_after - started, 2) if first_ok_after else None,
+           spent_usd=usd(record.spent_micros), elapsed_s=round(batch.wall_s, 2))
+
+
+# ----- 5. kill -9 of one replica mid-batch ----------------------------------------------------------
+
+KILL_LATENCY_S = 1.0  # Stripe holds each answer 1 s: the killed replica has calls in flight
+
+
+def quiet_disconnects(fake: FakeStripe) -> None:
+    """The fake's threads answering the killed replica write to dead sockets: drop only those tracebacks."""
+    server = fake._server
+    report_error = server.handle_error
+
+    def handle_error(request, client_address):
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            report_error(request, client_address)
+
+    server.handle_error = handle_error
+
+
+def test_kill_9_of_one_replica_the_others_serve_and_nothing_is_under_counted(pg_url, tmp_path, monkeypatch,
+                                                                              figures):
+    origin = initialised_home(tmp_path, pg_url)
+    key = issue(origin, pg_url, "--total-usd-cap", "100000", "--label", "fleet-kill")
+    trust_the_fleet_ca(origin, pg_url, monkeypatch)
+    amount = 5000 * MICROS_PER_CENT
+    with FakeStripe(secret=REAL_SECRET, latency_s=KILL_LATENCY_S) as fake:
+        quiet_disconnects(fake)
+        fleet = start_fleet(origin, pg_url, fake, tmp_path)
+        try:
+            clients = fleet.clients(key["vault_key"])
+            done = Completion()
+            background = Background(240, create_pi(clients, idempotency=True), workers=WORKERS * 2, lanes=REPLICAS,
+                                    on_done=done.done).start()
+            done.wait_for(60, timeout_s=60)
+            victim = fleet.proxies[0]
+            victim.process.kill()  # SIGKILL: no drain, no settlement of what it has in flight
+            victim.process.wait(timeout=10)
+            killed_at = time.monotonic()
+            batch = background.join()
+            # The survivors settle their own calls; only the victim's holds may stay open.
+            in_flight_lane0 = [c for c in batch.calls if c.lane == 0 and isinstance(c.result, stripe.APIConnectionError)]
+            record = fleet.settled(key["key_id"], may_stay_open=len(in_flight_lane0))
+            open_holds = fleet.ledger.open_reservations(key["key_id"])
+            rows = {r[0]: r[1:] for r in db_rows(
+                pg_url, "SELECT idempotency_key, state, reserved_micros, actual_micros, run_id FROM reservations "
+                "WHERE key_id = %s", key["key_id"])}
+            survivors_alive = fleet.alive()[1:]
+            charged_keys = {r.headers.get("idempotency-key") for r in fake.received}
+            moved = fake.money_moved_minor
+        finally:
+            fleet.stop()
+    assert_clean_log(*fleet.proxies[1:])
+
+    assert survivors_alive == [True, True]
+    survivors = [c for c in batch.calls if c.lane != 0]
+    assert all(c.outcome == OK for c in survivors), describe([c for c in survivors if c.outcome != OK])
+    assert any(c.started > killed_at for c in survivors), "the batch ended before the kill"
+    lane0 = [c for c in batch.calls if c.lane == 0]
+    assert not [c for c in lane0 if c.outcome != OK and not isinstance(c.result, stripe.APIConnectionError)]
+    # Calls the victim had admitted when it died: a hold each, still open, counted in reserved.
+    admitted_unanswered = [c for c in in_flight_lane0 if f"call-{c.index}" in rows]
+    assert admitted_unanswered, "nothing was in flight at the victim when it died"
+    open_keys = {h["idempotency_key"] for h in open_holds}
+    assert open_keys == {f"call-{c.index}" for c in admitted_unanswered} | {
+        k for k, (state, *_rest) in rows.items() if state in ("pending", "unknown")}
+    assert {f"call-{c.index}" for c in admitted_unanswered} <= open_keys
+    assert record.reserved_micros == sum(h["reserved_micros"] for h in open_holds) >= len(admitted_unanswered) * amount
+    # Never under-counted: everything Stripe charged is settled or still held, at its full price.
+    assert record.spent_micros + record.reserved_micros >= moved * MICROS_PER_CENT
+    for charged in charged_keys:
+        state, reserved, actual, _run = rows[charged]
+        assert (state, actual) == ("settled", amount) or (state in ("pending", "unknown") and reserved == amount), \
+            (charged, rows[charged])
+    # Every answered call is settled (the victim's answered ones, if their settlement was cut, stay held).
+    for call in batch.having(OK):
+        assert rows[f"call-{call.index}"][0] in ("settled", "pending", "unknown")
+    report(figures, "kill -9 of 1 of 3 replicas mid-batch", calls=len(batch.calls), passed=batch.counts[OK],
+           survivors_passed=sum(1 for c in survivors if c.outcome == OK),
+           victim_calls_failed=len(in_flight_lane0), victim_holds_open=len(open_holds),
+           reserved_usd=usd(record.reserved_micros), spent_usd=usd(record.spent_micros),
+           fake_charged_usd=usd(moved * MICROS_PER_CENT), elapsed_s=round(batch.wall_s, 2))
