@@ -14,8 +14,10 @@ Each scenario prints its figures (pytest -s) and records them for the run's summ
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -523,3 +525,67 @@ def test_kill_9_of_one_replica_the_others_serve_and_nothing_is_under_counted(pg_
            victim_calls_failed=len(in_flight_lane0), victim_holds_open=len(open_holds),
            reserved_usd=usd(record.reserved_micros), spent_usd=usd(record.spent_micros),
            fake_charged_usd=usd(moved * MICROS_PER_CENT), elapsed_s=round(batch.wall_s, 2))
+
+
+# ----- 6. a replica whose clock is skewed ------------------------------------------------------------
+
+
+def minutes_past_next_utc_midnight(now: datetime, past: int = 10) -> int:
+    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return int((midnight - now).total_seconds() // 60) + past
+
+
+def skewed_clock(offset: str) -> tuple[str, ...]:
+    # Monotonic clocks stay real: only the wall clock is wrong on a badly synced host.
+    return ("faketime", "-f", offset)
+
+
+def test_skewed_replica_clocks_do_not_move_caps_or_the_daily_window(pg_url, tmp_path, monkeypatch, figures,
+                                                                    slow_stripe):
+    if shutil.which("faketime") is None:
+        pytest.fail("faketime is missing: apt-get install -y faketime (scripts/_deps.sh installs it)", pytrace=False)
+    origin = initialised_home(tmp_path, pg_url)
+    key = issue(origin, pg_url, "--daily-usd-cap", "500", "--label", "fleet-skew")
+    trust_the_fleet_ca(origin, pg_url, monkeypatch)
+    # Replica 1 runs 10 minutes behind; replica 2 just past the next UTC midnight: if its own clock
+    # chose the daily window, it would see a fresh $500 for "tomorrow".
+    ahead = f"+{minutes_past_next_utc_midnight(db_now(pg_url))}m"
+    prefixes = {1: skewed_clock("-10m"), 2: skewed_clock(ahead)}
+    no_monotonic = {"FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    for offset in ("-10m", ahead):  # the skew really applies to a Python child
+        seen = float(subprocess.run([*skewed_clock(offset), sys.executable, "-c", "import time; print(time.time())"],
+                                    capture_output=True, text=True, check=True, env={**os.environ, **no_monotonic}
+                                    ).stdout)
+        assert abs(seen - time.time()) > 9 * 60, (offset, seen)
+    db_before = db_now(pg_url)
+    fleet = start_fleet(origin, pg_url, slow_stripe, tmp_path, prefixes=prefixes,
+                        child_env={1: no_monotonic, 2: no_monotonic})
+    try:
+        batch = run_batch(CALLS, create_pi(fleet.clients(key["vault_key"])), workers=WORKERS, lanes=REPLICAS)
+        record = fleet.settled(key["key_id"])
+        db_after = db_now(pg_url)
+        alive = fleet.alive()
+        audit_ts = [from_text(r[0]) for r in db_rows(pg_url, "SELECT ts FROM audit WHERE key_id = %s", key["key_id"])]
+        days = db_rows(pg_url, "SELECT DISTINCT day FROM reservations WHERE key_id = %s", key["key_id"])
+        runs = db_rows(pg_url, "SELECT COUNT(DISTINCT run_id) FROM reservations WHERE key_id = %s", key["key_id"])
+    finally:
+        fleet.stop()
+    assert_clean_log(*fleet.proxies)
+
+    assert all(alive)
+    assert not others(batch, (OK, CAP_HIT)), describe(others(batch, (OK, CAP_HIT)))
+    succeeded = batch.having(OK)
+    assert len(succeeded) == 10  # one daily cap for the fleet, whatever each replica's clock says
+    assert slow_stripe.hits == 10 and slow_stripe.money_moved_minor == 10 * 5000
+    assert (record.today_spent_micros, record.spent_micros, record.reserved_micros) == (
+        500 * MICROS_PER_USD, 500 * MICROS_PER_USD, 0)
+    assert days == [(db_before.astimezone(UTC).date().isoformat(),)]  # the database's day, not "tomorrow"
+    # Every audit row, whichever replica wrote it, carries the database's time.
+    assert len(audit_ts) == CALLS
+    early = [ts for ts in audit_ts if not db_before <= ts <= db_after]
+    assert not early, (db_before, db_after, early[:3])
+    ok_per_replica = [sum(1 for c in succeeded if c.lane == lane) for lane in range(REPLICAS)]
+    report(figures, "replicas at -10m and past midnight, daily cap $500", passed=len(succeeded),
+           cap_hits=len(batch.having(CAP_HIT)), ok_per_replica=ok_per_replica, replicas_that_admitted=runs[0][0],
+           skews=f"0,-10m,{ahead}", today_spent_usd=usd(record.today_spent_micros),
+           audit_rows_in_db_time=len(audit_ts) - len(early), elapsed_s=round(batch.wall_s, 2))
