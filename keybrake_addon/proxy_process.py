@@ -34,6 +34,8 @@ class ProxyProcess:
     upstreams: tuple[str, ...]  # VENDOR=URL
     log_path: Path
     extra_args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)  # added to this process's environment for the child
+    command_prefix: tuple[str, ...] = ()  # a wrapper to run the proxy under, e.g. ("faketime", "-f", "-10m")
     process: subprocess.Popen | None = None
     url: str = ""
     port: int = 0
@@ -44,9 +46,9 @@ class ProxyProcess:
     def start(self, timeout_s: float = 30.0) -> "ProxyProcess":
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-u", "-m", "keybrake_addon", "--home", str(self.home), "proxy", "--listen-port", "0",
+            [*self.command_prefix, sys.executable, "-u", "-m", "keybrake_addon", "--home", str(self.home), "proxy", "--listen-port", "0",
              *(f"--upstream={entry}" for entry in self.upstreams), *self.extra_args],
-            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

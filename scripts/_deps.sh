@@ -25,3 +25,23 @@ ensure_postgres_server_binaries() {
   fi
   rm -f "$log"
 }
+
+# The fleet scenarios run one replica under a skewed clock (tests/scenarios/test_fleet.py).
+ensure_faketime() {
+  command -v faketime >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "keybrake: faketime is missing; the skewed-clock fleet scenario will fail (Debian: apt-get install -y faketime)." >&2
+    return 0
+  fi
+  local log
+  log="$(mktemp -t keybrake-apt.XXXXXX)"
+  echo "keybrake: installing faketime (apt-get install faketime)" >&2
+  if ! { DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends faketime \
+         || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends faketime; }; } >"$log" 2>&1 \
+     || ! command -v faketime >/dev/null 2>&1; then
+    cat "$log" >&2
+    echo "keybrake: installing faketime failed (log above, also in $log)" >&2
+    exit 1
+  fi
+  rm -f "$log"
+}
