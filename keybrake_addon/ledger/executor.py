@@ -30,7 +30,10 @@ from .store import Refused, SqlLedger
 logger = logging.getLogger("keybrake")
 
 MAX_BATCH = 256
-KNOWN_BUSY_S = 1.0  # after a busy timeout, admits fail at once for this long instead of queueing
+# After the ledger failed (busy past its timeout, unreachable), admits fail at once for this long
+# instead of queueing behind each other for a timeout apiece: a refusal must come back before
+# the client's own timeout. The next batch after it tries the database again.
+KNOWN_DOWN_S = 1.0
 DECISION_TIMEOUT_S = 6.0  # an admit answers within this, decided or not (then 503: nothing forwarded)
 SETTLE_RETRY_DELAYS_S = (0.2, 0.5, 1, 2, 5, 10, 30, 60)  # then every 60 s, for as long as the process lives
 # A call admitted but never settled (its flow died in a way no hook saw) stops counting as in
@@ -71,7 +74,8 @@ class AsyncLedger:
         self._settles: list[_Settle] = []  # a heap by not_before
         self._refusals: deque[tuple[Refused, int]] = deque()
         self._busy = False  # a batch is being applied
-        self._busy_until = 0.0
+        self._down_until = 0.0  # see KNOWN_DOWN_S
+        self._down_because: LedgerUnavailable | None = None
         self._stopping = False
         self._committed_settles = 0
         self._in_flight: dict[int, float] = {}  # audit id -> when admitted: calls the vendor is answering
@@ -96,8 +100,8 @@ class AsyncLedger:
                 return self._inline.admit(request)
             except LedgerBusy:
                 pass  # another writer holds the lock: wait for it on the ledger thread
-        if time.monotonic() < self._busy_until:
-            raise LedgerBusy("the ledger was busy a moment ago")
+        if time.monotonic() < self._down_until:
+            raise self._known_down()
         loop = asyncio.get_running_loop()
         self._loop = loop
         item = _Admit(request, loop.create_future())
@@ -125,6 +129,11 @@ class AsyncLedger:
         with self._condition:
             self._refusals.append((Refused(call, refusal), 0))
             self._condition.notify()
+
+    def _known_down(self) -> LedgerUnavailable:
+        failure = self._down_because
+        kind = LedgerBusy if isinstance(failure, LedgerBusy) else LedgerUnavailable
+        return kind(f"the ledger failed a moment ago ({failure})")
 
     def _idle(self) -> bool:
         return not (self._busy or self._admits or self._settles or self._refusals)
@@ -229,15 +238,14 @@ class AsyncLedger:
         return max(0.0, self._settles[0].not_before - time.monotonic())
 
     def _apply(self, admits: list[_Admit], settles: list[_Settle], refusals: list[tuple[Refused, int]]) -> None:
-        if admits and time.monotonic() < self._busy_until:
-            self._deliver([(item, LedgerBusy("the ledger was busy a moment ago")) for item in admits])
+        if admits and time.monotonic() < self._down_until:
+            self._deliver([(item, self._known_down()) for item in admits])
             admits = []
         try:
             admissions, _ = self._store.apply_batch([a.request for a in admits], [s.request for s in settles],
                                                     [r for r, _ in refusals])
         except LedgerUnavailable as failure:
-            if isinstance(failure, LedgerBusy):
-                self._busy_until = time.monotonic() + KNOWN_BUSY_S
+            self._down_until, self._down_because = time.monotonic() + KNOWN_DOWN_S, failure
             self._deliver([(item, failure) for item in admits])
             self._retry_later(settles, refusals, failure)
             return

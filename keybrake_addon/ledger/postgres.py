@@ -24,7 +24,7 @@ from . import migrations
 from .base import LedgerConflict, LedgerUnavailable
 from .store import SqlLedger
 
-CONNECT_TIMEOUT_S = 3
+CONNECT_TIMEOUT_S = 2
 STATEMENT_TIMEOUT_MS = 5000
 POOL_SIZE = 4
 MIGRATION_LOCK = 0x6B62_6C64  # an advisory lock id: one replica migrates at a time

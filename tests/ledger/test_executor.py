@@ -193,3 +193,26 @@ def test_with_another_call_in_flight_sqlite_commits_in_batches(store):
     asyncio.run(run())
     assert sum(admits for admits, _, _ in store.batches) == 1
     assert money(SqliteLedger(store.store.database.path)) == (100, 0)
+
+
+def test_after_a_failure_admits_are_refused_at_once_then_the_database_is_tried_again(store, monkeypatch):
+    monkeypatch.setattr("keybrake_addon.ledger.executor.KNOWN_DOWN_S", 0.3)
+
+    async def run():
+        ledger = AsyncLedger(store)
+        store.failures_left = 1
+        store.delay_s = 0.2  # each try of the database costs a caller this long
+        with pytest.raises(LedgerUnavailable):
+            await ledger.admit(request(10))
+        started = time.monotonic()
+        with pytest.raises(LedgerUnavailable):
+            await ledger.admit(request(10))  # not queued behind another try
+        refused_in = time.monotonic() - started
+        await asyncio.sleep(0.35)
+        admitted = await ledger.admit(request(10))
+        ledger.close()
+        return refused_in, admitted
+
+    refused_in, admitted = asyncio.run(run())
+    assert refused_in < 0.1
+    assert admitted.allowed
