@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.conftest import fake_stripe, home, issue  # noqa: F401 - shared fixtures
+from e2e.conftest import fake_stripe, home, issue, ledger_of  # noqa: F401 - shared fixtures
 
 _FIGURES: dict[str, dict] = {}
 OUTPUT = Path(__file__).resolve().parents[2] / "build" / "scenario-figures.json"

@@ -11,8 +11,8 @@ reservations number the calls while the audit rows number the attempts the vendo
 """
 
 import random
+import sqlite3
 import time
-from pathlib import Path
 
 import pytest
 import stripe
@@ -21,7 +21,11 @@ from e2e.helpers import REAL_SECRET, keybrake, keybrake_json
 from keybrake_addon.fakes.fake_stripe import FakeStripe
 from keybrake_addon.proxy_process import ProxyProcess
 
-from .load import ledger, run_parallel
+from keybrake_addon.ledger.base import AuditFilter
+
+from .load import run_parallel
+
+BOTH_BACKENDS = True  # retries and the cap: run on SQLite and on PostgreSQL
 
 CALLS = 500
 WORKERS = 50
@@ -34,16 +38,14 @@ PI = {"amount": AMOUNT_CENTS, "currency": "usd", "confirm": True, "payment_metho
 
 
 
-def wait_until_settled(home: Path, key_id: str, timeout_s: float = 30.0) -> int:
+def wait_until_settled(ledger, key_id: str, timeout_s: float = 30.0) -> int:
     """The proxy settles a call just after writing its reply: wait (bounded) for the last ones.
 
     Returns how many reservations are still open when it gives up (0 when all settled).
     """
     deadline = time.monotonic() + timeout_s
     while True:
-        with ledger(home) as db:
-            still_open = db.execute("SELECT COUNT(*) FROM reservations WHERE key_id = ? AND state IN "
-                                    "('pending', 'unknown')", (key_id,)).fetchone()[0]
+        still_open = len(ledger.open_reservations(key_id))
         if still_open == 0 or time.monotonic() > deadline:
             return still_open
         time.sleep(0.1)
@@ -61,7 +63,8 @@ def seeded_faults(seed: int, rolls: int, rate: float) -> int:
 
 
 @pytest.mark.parametrize("fault", ["fail_after_charge_rate", "drop_after_charge_rate"])
-def test_retry_storm_counts_each_charge_once(fault, home, tmp_path, monkeypatch, figures):
+def test_retry_storm_counts_each_charge_once(fault, home, tmp_path, monkeypatch, figures, ledger_of,
+                                            ledger_backend):
     started = time.monotonic()
     key = keybrake_json(home, "issue", "--vendor", "stripe", "--total-usd-cap", "100000",
                         "--allow", "POST /v1/payment_intents")
@@ -77,7 +80,8 @@ def test_retry_storm_counts_each_charge_once(fault, home, tmp_path, monkeypatch,
             client = stripe.StripeClient(key["vault_key"], max_network_retries=2)
             results = run_parallel(CALLS, lambda i: client.v1.payment_intents.create(params=PI), WORKERS)
             batch_s = time.monotonic() - started
-            still_open = wait_until_settled(home, key["key_id"])
+            ledger = ledger_of()
+            still_open = wait_until_settled(ledger, key["key_id"])
             attempts, moved_cents, objects = fake.hits, fake.money_moved_minor, fake.objects_created
         finally:
             proxy.stop()
@@ -88,30 +92,28 @@ def test_retry_storm_counts_each_charge_once(fault, home, tmp_path, monkeypatch,
     assert still_open == 0, f"{still_open} reservations still open 30 s after the batch"
     assert len(objects) == CALLS and moved_cents == CALLS * AMOUNT_CENTS  # the fake charged each call once
 
-    with ledger(home) as db:
-        row = db.execute("SELECT spent_micros, reserved_micros, calls FROM vault_keys WHERE key_id = ?",
-                         (key["key_id"],)).fetchone()
-        reservations = db.execute("SELECT COUNT(*) FROM reservations WHERE key_id = ?", (key["key_id"],)).fetchone()[0]
-        settled_sum = db.execute("SELECT COALESCE(SUM(actual_micros), 0) FROM reservations WHERE key_id = ? "
-                                 "AND state = 'settled'", (key["key_id"],)).fetchone()[0]
-        audit = db.execute(
-            "SELECT COUNT(*) AS n, COALESCE(SUM(replayed), 0) AS replays, "
-            "SUM(status >= 500 OR status IS NULL) AS faulted, SUM(decision != 'allowed') AS refused "
-            "FROM audit WHERE key_id = ?", (key["key_id"],)).fetchone()
-        integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
+    record = ledger.get_key(key["key_id"])
+    rows = ledger.audit_rows(AuditFilter(key_id=key["key_id"]))
+    reservations = len({r["reservation_id"] for r in rows if r["reservation_id"] is not None})
+    audit = {"n": len(rows), "replays": sum(bool(r["replayed"]) for r in rows),
+             "faulted": sum(r["status"] is None or r["status"] >= 500 for r in rows),
+             "refused": sum(r["decision"] != "allowed" for r in rows)}
+    [spend] = ledger.spend("key", AuditFilter(key_id=key["key_id"]))
 
-    spent = row["spent_micros"]
+    spent = record.spent_micros
     assert spent == moved_cents * MICROS_PER_CENT == CALLS * 50 * 1_000_000  # counted once, to the micro
-    assert settled_sum == spent
-    assert row["reserved_micros"] == 0
-    assert row["calls"] == CALLS  # `calls` counts reservations, not attempts
+    assert spend["spent_micros"] == spent  # the settled reservations add up to the key's counter
+    assert record.reserved_micros == 0
+    assert record.calls == CALLS  # `calls` counts reservations, not attempts
     assert reservations == CALLS  # one reservation per call...
     assert audit["n"] == attempts  # ...and one audit row per attempt the vendor saw
     assert audit["refused"] == 0
     shown = keybrake_json(home, "keys", "show", key["key_id"])
     assert (shown["spent_usd"], shown["reserved_usd"], shown["unknown_usd"]) == ("25000.00", "0.00", "0.00")
     assert shown["open_reservations"] == []
-    assert integrity == "ok"
+    if ledger_backend == "sqlite":
+        with sqlite3.connect(home / "keybrake.db") as db:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
     # Every injected fault cost exactly one retry, and every retry was answered by a replay.
     injected = seeded_faults(SEED, CALLS, FAULT_RATE)
@@ -125,7 +127,7 @@ def test_retry_storm_counts_each_charge_once(fault, home, tmp_path, monkeypatch,
     # exactly 500 + (rolls < 0.1 among the fake's 500 seeded rolls).
     naive = CALLS * (1 + FAULT_RATE + FAULT_RATE ** 2)
     figures.record(
-        f"retry_storm[{fault.removesuffix('_after_charge_rate')}]",
+        f"retry_storm[{fault.removesuffix('_after_charge_rate')}, {ledger_backend}]",
         calls=CALLS, workers=WORKERS, attempts_seen_upstream=attempts,
         faults_injected=injected, replays=audit["replays"], reservations=reservations, audit_rows=audit["n"],
         spent_usd=f"{spent / 1_000_000:.2f}", charged_usd=f"{moved_cents / 100:.2f}",
