@@ -17,6 +17,7 @@ from mitmproxy.proxy import mode_specs
 from mitmproxy.tools.dump import DumpMaster
 
 from .addon import Keybrake
+from .bounds import Bounds, raise_open_files_limit
 from .home import KeybrakeHome
 from .vendors import VENDOR_HOSTS
 
@@ -38,6 +39,7 @@ class ProxySettings:
     db_busy_timeout_s: float = 5.0
     quiet: bool = False
     api_tls_certs: Sequence[str] = ()  # mitmproxy `certs` entries for the API listener's own certificate
+    bounds: dict[str, object] = field(default_factory=dict)  # keybrake_max_* options of the Bounds addon
     on_listening: list[Callable[[Address, Address | None], None]] = field(default_factory=list)
 
 
@@ -85,8 +87,10 @@ class _ReadyLine:
 
 
 async def run_proxy(settings: ProxySettings) -> None:
+    raise_open_files_limit()
     master = DumpMaster(options.Options(), with_termlog=not settings.quiet, with_dumper=False)
-    master.addons.add(Keybrake(), _ReadyLine(settings))
+    # Bounds first: its hooks meter a connection before Keybrake's (which may wait on the ledger) run.
+    master.addons.add(Bounds(), Keybrake(), _ReadyLine(settings))
     # Options of mitmproxy's own addons exist only once the master has loaded them.
     master.options.update(
         confdir=str(settings.home.mitmproxy_confdir),
@@ -95,10 +99,12 @@ async def run_proxy(settings: ProxySettings) -> None:
         allow_hosts=intercept_patterns(),
         certs=list(settings.api_tls_certs),
         termlog_verbosity="warn",
+        http2=False,  # one request at a time per client connection: the Bounds meter counts per connection
         keybrake_home=str(settings.home.root),
         keybrake_upstreams=list(settings.upstreams),
         keybrake_strict_egress=settings.strict_egress,
         keybrake_db_busy_timeout=settings.db_busy_timeout_s,
+        **settings.bounds,
     )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
