@@ -32,19 +32,13 @@ from mitmproxy.utils import human
 
 from .addon import UNREADABLE_BODY_BYTES, is_vault_api_path
 from .api.vault_api import MAX_BODY_BYTES
+from .text import loggable
 from .bound_defaults import (DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNS, DEFAULT_MAX_CONNS_PER_ADDRESS,
                              DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_VENDOR_BODY)
 
 logger = logging.getLogger("keybrake")
 
-LOGGED_TEXT_CHARS = 120
 WIRE_SLACK_BYTES = 16 * 1024
-
-
-def loggable(text: str, limit: int = LOGGED_TEXT_CHARS) -> str:
-    """A stranger's text (a path, a header) as a log line may quote it: short and on one line."""
-    text = text if len(text) <= limit else text[:limit] + "..."
-    return text.encode("unicode_escape").decode("ascii")
 
 
 def on_the_wire(body_bytes: int) -> int:
