@@ -6,5 +6,7 @@
 DEFAULT_MAX_VENDOR_BODY = "4m"
 DEFAULT_MAX_HEADER_BYTES = "64k"
 DEFAULT_HEADER_TIMEOUT_S = 10.0
-DEFAULT_MAX_CONNS_PER_ADDRESS = 64
-DEFAULT_MAX_CONNS = 1024
+# Workers usually reach the proxy over loopback, so one address is a whole host's worth of
+# workers (the crash scenario runs 250 at once): the per-address cap is for an exposed API listener.
+DEFAULT_MAX_CONNS_PER_ADDRESS = 512
+DEFAULT_MAX_CONNS = 4096

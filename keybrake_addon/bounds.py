@@ -103,15 +103,14 @@ class MeteredReader:
         meter = self._meter
         while meter.phase is not Phase.OPEN and meter.budget <= 0:
             await self._wait_for_next_phase()
-        if meter.phase is Phase.OPEN:
-            return await self._inner.read(n)
-        generation = meter.generation
-        data = await self._read_before_deadline(min(n, meter.budget))
+        generation, phase = meter.generation, meter.phase
+        # Even an unmetered read races the phase: a TLS handshake may end in a head with a deadline.
+        data = await self._read_before_deadline(n if phase is Phase.OPEN else min(n, meter.budget))
         # mitmproxy's hooks run beside this read loop, so a read may end in a later phase than it
         # began in. It was sized by the budget of the phase it began in and is charged to that one:
         # the new phase's budget stays whole (the slack is one read, at most the old budget).
-        if meter.generation == generation:
-            if meter.phase is Phase.HEAD and meter.deadline is None and data:
+        if meter.generation == generation and phase is not Phase.OPEN:
+            if phase is Phase.HEAD and meter.deadline is None and data:
                 meter.deadline = time.monotonic() + meter.header_timeout_s
             meter.budget -= len(data)
         return data
@@ -150,7 +149,7 @@ class MeteredReader:
             read.cancel()
 
     def _cut(self, why: str) -> ConnectionCutOff:
-        logger.warning("keybrake: closed the connection of %s: %s", self._peer, why)
+        logger.info("keybrake: closed the connection of %s: %s", self._peer, why)
         return ConnectionCutOff(why)
 
     def __getattr__(self, name):

@@ -148,3 +148,15 @@ def test_connections_over_the_per_address_cap_are_refused_while_another_address_
         again.sendall(b"GET /vault/openapi.json HTTP/1.1\r\nHost: keybrake\r\nConnection: close\r\n\r\n")
         again.settimeout(5)
         assert again.recv(64).startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_big_vendor_body_under_the_bound_is_read_and_answered(proxy, chunked):
+    """3 MiB, about a Resend batch of 100 long emails: read in full, then refused for its fake key."""
+    body = b"description=" + b"x" * (3 * MIB)
+    content = iter([body[i:i + 65536] for i in range(0, len(body), 65536)]) if chunked else body
+    answer = httpx.post(proxy.api_url + "/stripe/v1/payment_intents", content=content, timeout=30,
+                        headers={"authorization": "Bearer sk_kb_" + "0" * 43,
+                                 "content-type": "application/x-www-form-urlencoded"})
+    assert answer.request.headers.get("transfer-encoding") == ("chunked" if chunked else None)
+    assert answer.status_code == 401 and answer.json()["error"]["type"] == "invalid_request_error"
