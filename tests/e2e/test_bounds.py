@@ -4,6 +4,7 @@ Each test uses the proxy's default bounds, so that it says what a default instal
 """
 
 import json
+import resource
 import socket
 import time
 
@@ -160,3 +161,19 @@ def test_a_big_vendor_body_under_the_bound_is_read_and_answered(proxy, chunked):
                                  "content-type": "application/x-www-form-urlencoded"})
     assert answer.request.headers.get("transfer-encoding") == ("chunked" if chunked else None)
     assert answer.status_code == 401 and answer.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_the_proxy_raises_its_open_files_limit_to_the_hard_limit(home, fake_stripe, tmp_path):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))  # the proxy inherits a low soft limit
+    try:
+        running = ProxyProcess(home=home, upstreams=(f"stripe={fake_stripe.url}",),
+                               log_path=tmp_path / "proxy.log").start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        with open(f"/proc/{running.process.pid}/limits") as limits:
+            line = next(line for line in limits if line.startswith("Max open files"))
+        assert line.split()[3:5] == [str(hard), str(hard)], line
+    finally:
+        running.stop()
