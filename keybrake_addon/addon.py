@@ -186,7 +186,7 @@ class Keybrake:
         """
         if not isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
             return
-        if not _is_vault_api_path(flow.request.path):
+        if not is_vault_api_path(flow.request.path):
             return
         length = flow.request.headers.get("content-length", "0")
         declared = int(length) if length.isdigit() else UNREADABLE_BODY_BYTES + 1
@@ -229,7 +229,7 @@ class Keybrake:
             self._refuse(flow, _api_error(403, "tls_required", "this listener takes HTTPS only"))
             return
         path = flow.request.path
-        if _is_vault_api_path(path):
+        if is_vault_api_path(path):
             await self._serve_vault_api(flow)
             return
         prefix, _, rest = path[1:].partition("/")
@@ -389,7 +389,7 @@ def _api_error(status: int, code: str, message: str, headers: dict[str, str] | N
                             json.dumps({"error": {"code": code, "message": message}}).encode())
 
 
-def _is_vault_api_path(path: str) -> bool:
+def is_vault_api_path(path: str) -> bool:
     return path == "/vault" or path.startswith("/vault/")
 
 

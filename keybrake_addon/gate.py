@@ -22,6 +22,7 @@ from .ledger.times import utc_now
 from .money import format_usd
 from .paths import is_ambiguous
 from .pricing import Pricing
+from .text import loggable
 from .vault.crypto import MasterKeyError
 from .vault.vault_keys import hash_vault_key, is_vault_key_shaped
 from .vendors.base import (
@@ -111,7 +112,7 @@ class Gate:
         try:
             return await self._check(vendor, request, call, started)
         except LedgerUnavailable as error:
-            logger.error("keybrake: refusing %s %s: %s", request.method, request.path, error)
+            logger.error("keybrake: refusing %s %s: %s", loggable(request.method), loggable(request.path), error)
             return Decision(refusal=vendor.render_refusal(Refusal(
                 RefusalKind.UNAVAILABLE,
                 "Keybrake cannot reach its ledger, so it forwarded nothing. Retrying is safe.",

@@ -22,6 +22,7 @@ from mitmproxy.tools.dump import DumpMaster
 
 from .addon import Keybrake
 from .draining import DEFAULT_DRAIN_TIMEOUT_S
+from .bounds import Bounds, raise_open_files_limit
 from .home import KeybrakeHome
 from .vendors import VENDOR_HOSTS
 
@@ -48,6 +49,7 @@ class ProxySettings:
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     # (forward, api or None, health or None), once every listener is bound
     on_listening: list[Callable[[Address, Address | None, Address | None], None]] = field(default_factory=list)
+    bounds: dict[str, object] = field(default_factory=dict)  # keybrake_max_* options of the Bounds addon
 
 
 def intercept_patterns() -> list[str]:
@@ -119,9 +121,11 @@ class _Shutdown:
 
 
 async def run_proxy(settings: ProxySettings) -> None:
+    raise_open_files_limit()
     master = DumpMaster(options.Options(), with_termlog=not settings.quiet, with_dumper=False)
     keybrake = Keybrake()
-    master.addons.add(keybrake, _ReadyLine(settings, keybrake))
+    # Bounds first: its hooks meter a connection before Keybrake's (which may wait on the ledger) run.
+    master.addons.add(Bounds(), keybrake, _ReadyLine(settings, keybrake))
     # Options of mitmproxy's own addons exist only once the master has loaded them.
     master.options.update(
         confdir=str(settings.home.mitmproxy_confdir),
@@ -130,6 +134,7 @@ async def run_proxy(settings: ProxySettings) -> None:
         allow_hosts=intercept_patterns(),
         certs=list(settings.api_tls_certs),
         termlog_verbosity="warn",
+        http2=False,  # one request at a time per client connection: the Bounds meter counts per connection
         keybrake_home=str(settings.home.root),
         keybrake_upstreams=list(settings.upstreams),
         keybrake_strict_egress=settings.strict_egress,
@@ -137,6 +142,7 @@ async def run_proxy(settings: ProxySettings) -> None:
         keybrake_database=settings.database_url,
         keybrake_drain_timeout=settings.drain_timeout_s,
         keybrake_health_port=settings.health_port,
+        **settings.bounds,
     )
     loop = asyncio.get_running_loop()
     shutdown = _Shutdown(master, keybrake)

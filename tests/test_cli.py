@@ -139,3 +139,19 @@ def test_demo_stops_the_runaway_batch_at_the_cap(tmp_path):
     spend_row = next(line for line in out.splitlines() if line.startswith("demo/runaway-batch"))
     assert spend_row.split()[1:4] == ["450.00", "0.00", "20"]  # spent, reserved, calls
     assert out.count("pi_") == 9
+
+
+@pytest.mark.parametrize("label", ["run\x1b]0;owned\x07", "run\nforged", "run\x9b2J", "run\x7f"])
+def test_issue_refuses_a_label_with_control_characters(run, label):
+    run("init")
+    run("secret", "set", "stripe", stdin=SECRET + "\n")
+    refused = run("issue", "--vendor", "stripe", "--daily-usd-cap", "5", "--allow-all", "--label", label, ok=False)
+    assert refused.exit_code == 2 and "control characters" in refused.output
+    assert json.loads(run("keys", "list", "--json").output) == []
+
+
+def test_secret_names_refuse_control_characters(run):
+    run("init")
+    refused = run("secret", "set", "stripe", "--name", "main\x1b[2J", stdin=SECRET + "\n", ok=False)
+    assert refused.exit_code == 2 and "control characters" in refused.output
+    assert json.loads(run("secret", "list", "--json").output) == []

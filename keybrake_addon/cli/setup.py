@@ -3,6 +3,8 @@
 import click
 from mitmproxy.exceptions import OptionsError
 
+from ..bound_defaults import (DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNS, DEFAULT_MAX_CONNS_PER_ADDRESS,
+                              DEFAULT_MAX_VENDOR_BODY)
 from ..home import KeybrakeHome
 from ..installation import initialise
 from ..api.listener_tls import api_listener_certs
@@ -73,10 +75,19 @@ def env(ctx: click.Context, proxy_url: str) -> None:
                    "(0 picks a free one). The API listener serves them too.")
 @click.option("--drain-timeout", default=DEFAULT_DRAIN_TIMEOUT_S, show_default=True, type=click.FloatRange(0),
               help="On SIGTERM, seconds to let calls in flight finish and settle before exiting.")
+@click.option("--max-vendor-body", default=DEFAULT_MAX_VENDOR_BODY, show_default=True, metavar="SIZE",
+              help="Largest request body to a vendor (k/m suffixes). Resend emails with attachments need up to 41m.")
+@click.option("--header-timeout", default=DEFAULT_HEADER_TIMEOUT_S, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds a client has to send a request's line and headers in full.")
+@click.option("--max-conns-per-address", default=DEFAULT_MAX_CONNS_PER_ADDRESS, show_default=True,
+              type=click.IntRange(1), help="Most connections open at once from one client address.")
+@click.option("--max-conns", default=DEFAULT_MAX_CONNS, show_default=True, type=click.IntRange(1),
+              help="Most client connections open at once, all addresses together.")
 @click.pass_context
 def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tuple[str, ...],
           strict_egress: bool, db_busy_timeout: float, api_port: int | None, api_tls_cert: str | None,
-          api_tls_key: str | None, health_port: int | None, drain_timeout: float) -> None:
+          api_tls_key: str | None, health_port: int | None, drain_timeout: float, max_vendor_body: str,
+          header_timeout: float, max_conns_per_address: int, max_conns: int) -> None:
     """Run the forward proxy. Initialises the home first if it is new.
 
     Workers set HTTPS_PROXY to it and trust the Keybrake CA (see `keybrake env`). Only
@@ -128,7 +139,11 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
                              upstreams=upstreams, strict_egress=strict_egress, db_busy_timeout_s=db_busy_timeout,
                              database_url=ctx.find_root().obj.database_url or "",
                              api_tls_certs=tls_certs, health_port=health_port, drain_timeout_s=drain_timeout,
-                             on_listening=[announce])
+                             on_listening=[announce],
+                             bounds={"keybrake_max_vendor_body": max_vendor_body,
+                                     "keybrake_header_timeout": header_timeout,
+                                     "keybrake_max_conns_per_address": max_conns_per_address,
+                                     "keybrake_max_conns": max_conns})
     try:
         serve(settings)
     except OptionsError as error:

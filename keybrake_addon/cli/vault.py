@@ -13,6 +13,7 @@ from ..vendors import VENDORS
 from .context import installation
 from ..ledger.housekeeping import reap_dead_local_runs
 from ..views import key_document
+from ..text import has_control_characters, visible
 from .output import emit, print_json, table
 
 VENDOR_CHOICE = click.Choice(sorted(VENDORS))
@@ -36,6 +37,8 @@ def secret_set(ctx: click.Context, vendor: str, name: str, account_sid: str | No
     The secret is never taken from the command line, where shell history and `ps` would
     see it. Rotating keeps every vault key that uses this secret working.
     """
+    if has_control_characters(name):
+        raise click.BadParameter("must not contain control characters", param_hint="--name")
     if vendor == "twilio" and not (account_sid or "").startswith("AC"):
         raise click.UsageError("a Twilio secret needs --account-sid AC... (requests must name that account)")
     if vendor != "twilio" and (account_sid or api_key_sid):
@@ -150,7 +153,8 @@ def keys_show(ctx: click.Context, key_id: str, as_json: bool) -> None:
         return
     for name, value in document.items():
         if name != "open_reservations":
-            click.echo(f"{name:>18}: {', '.join(value) if isinstance(value, list) else ('-' if value is None else value)}")
+            shown = ', '.join(value) if isinstance(value, list) else ('-' if value is None else str(value))
+            click.echo(f"{name:>18}: {visible(shown)}")
     if open_holds:
         click.echo("\nopen reservations (counted until settled; 'unknown' means the vendor may have charged):")
         click.echo(table(document["open_reservations"], ["id", "state", "reserved_usd", "idempotency_key", "created_at"]))

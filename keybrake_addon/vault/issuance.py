@@ -7,6 +7,7 @@ from ..durations import InvalidDuration, parse_duration
 from ..ledger.base import IssuanceIdempotency, KeyRecord, KeySpec, Ledger
 from ..ledger.times import utc_now
 from ..vendors import VENDORS
+from ..text import has_control_characters
 from .allowlist import validate_patterns
 from .crypto import derive_subkey
 from .vault_keys import derive_vault_key, hash_vault_key, new_key_id
@@ -59,6 +60,10 @@ def issue_key(ledger: Ledger, master_key: bytes, request: KeyRequest, *, now: da
 
 
 def validate(ledger: Ledger, request: KeyRequest, now: datetime) -> KeySpec:
+    # Stored and shown back in `keys list`, `audit` and the vault API: no text a terminal would act on.
+    for field, text in (("agent_run_label", request.label), ("secret", request.secret_name)):
+        if text is not None and has_control_characters(text):
+            raise IssueError(field, "must not contain control characters (newlines, tabs, escapes)")
     if request.vendor not in VENDORS:
         raise IssueError("vendor", f"unknown vendor {request.vendor!r}; choose one of {', '.join(sorted(VENDORS))}")
     if ledger.get_secret(request.vendor, request.secret_name) is None:

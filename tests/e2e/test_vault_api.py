@@ -99,6 +99,8 @@ def test_concurrent_retries_of_one_issuance_get_one_key(api):
     ({**ISSUE, "daily_usd_cap": 1e30}, "daily_usd_cap"),
     ({**ISSUE, "max_calls": 99999999999999999999999}, "max_calls"),
     ({**ISSUE, "expires_in": "99999999999d"}, "expires_in"),
+    ({**ISSUE, "agent_run_label": "run_1\x1b]0;owned\x07"}, "agent_run_label"),
+    ({**ISSUE, "agent_run_label": "run_1\nrun_2"}, "agent_run_label"),
 ])
 def test_validation_names_the_field(api, body, field):
     response = api.post("/vault/keys", json=body)

@@ -1,0 +1,288 @@
+"""Bounds on what a stranger can make the proxy hold before anything is authenticated.
+
+mitmproxy 12 bounds none of this itself: it buffers request headers without limit (see the
+"FIXME: protect against header size DoS" in mitmproxy/proxy/layers/http/_http1.py), reads a chunked
+body to its end before the `request` hook, and its only deadline is an idle timeout that any byte
+resets. So this addon meters every client connection at the socket:
+
+- while a request's head is awaited, at most `keybrake_max_header_bytes` are read from the
+  client, and the head must be complete within `keybrake_header_timeout` (slowloris);
+- once the head is in, at most the body bound of its route: the declared Content-Length, or for a
+  body of unknown length (chunked) the route's limit. A body declared over the limit is refused at
+  once (the connection is closed, nothing is read);
+- a client address may hold `keybrake_max_conns_per_address` connections, everyone together
+  `keybrake_max_conns`; one more is closed as soon as it is accepted.
+
+When a budget is spent the meter stops reading (the bytes stay in the kernel) and waits for the
+phase to end; if it does not end within the deadline, the connection is closed. Clients speak
+HTTP/1.1 only, so one connection carries one request at a time and a per-connection meter is exact.
+"""
+
+import asyncio
+import logging
+import resource
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import Enum
+
+from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy.proxy import mode_specs
+from mitmproxy.utils import human
+
+from .addon import UNREADABLE_BODY_BYTES, is_vault_api_path
+from .api.vault_api import MAX_BODY_BYTES
+from .text import loggable
+from .bound_defaults import (DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNS, DEFAULT_MAX_CONNS_PER_ADDRESS,
+                             DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_VENDOR_BODY)
+
+logger = logging.getLogger("keybrake")
+
+WIRE_SLACK_BYTES = 16 * 1024
+
+
+def on_the_wire(body_bytes: int) -> int:
+    """Bytes read from the socket for a body: TLS records add up to 29 bytes per 16 KiB, chunked framing
+    a few bytes per chunk, and a read may run a little into the next request."""
+    return body_bytes + body_bytes // 256 + WIRE_SLACK_BYTES
+
+
+class Phase(Enum):
+    HEAD = "head"  # awaiting a request's head: bounded in bytes and time
+    BODY = "body"  # reading a body: bounded in bytes
+    OPEN = "open"  # a tunnel, or the TLS handshake after CONNECT: not metered
+
+
+@dataclass
+class Meter:
+    """What one client connection may still send in its current phase."""
+
+    header_bytes: int
+    header_timeout_s: float
+    phase: Phase = Phase.HEAD
+    budget: int = 0
+    deadline: float | None = None
+    budget_is_a_limit: bool = False  # spent means over the bound, not "all of a declared body is in"
+    generation: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.await_head(start_clock=True)
+
+    def await_head(self, start_clock: bool) -> None:
+        """A new head is due; on a kept-alive connection its clock starts with its first byte."""
+        self._enter(Phase.HEAD, self.header_bytes, budget_is_a_limit=False)
+        self.deadline = time.monotonic() + self.header_timeout_s if start_clock else None
+
+    def await_body(self, body_bytes: int, *, declared: bool) -> None:
+        self._enter(Phase.BODY, on_the_wire(body_bytes), budget_is_a_limit=not declared)
+        self.deadline = None
+
+    def open(self) -> None:
+        self._enter(Phase.OPEN, 0, budget_is_a_limit=False)
+        self.deadline = None
+
+    def _enter(self, phase: Phase, budget: int, budget_is_a_limit: bool) -> None:
+        self.phase, self.budget, self.budget_is_a_limit = phase, budget, budget_is_a_limit
+        self.generation += 1
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+class ConnectionCutOff(ConnectionResetError):
+    """Raised from a read: mitmproxy takes it as the peer going away and closes the connection."""
+
+
+class MeteredReader:
+    """Wraps a client connection's reader; mitmproxy's read loop calls `read` only."""
+
+    def __init__(self, inner, meter: Meter, peer: str) -> None:
+        self._inner, self._meter, self._peer = inner, meter, peer
+
+    async def read(self, n: int) -> bytes:
+        meter = self._meter
+        while meter.phase is not Phase.OPEN and meter.budget <= 0:
+            await self._wait_for_next_phase()
+        generation, phase = meter.generation, meter.phase
+        # Even an unmetered read races the phase: a TLS handshake may end in a head with a deadline.
+        data = await self._read_before_deadline(n if phase is Phase.OPEN else min(n, meter.budget))
+        # mitmproxy's hooks run beside this read loop, so a read may end in a later phase than it
+        # began in. It was sized by the budget of the phase it began in and is charged to that one:
+        # the new phase's budget stays whole (the slack is one read, at most the old budget).
+        if meter.generation == generation and phase is not Phase.OPEN:
+            if phase is Phase.HEAD and meter.deadline is None and data:
+                meter.deadline = time.monotonic() + meter.header_timeout_s
+            meter.budget -= len(data)
+        return data
+
+    async def _wait_for_next_phase(self) -> None:
+        meter = self._meter
+        if meter.budget_is_a_limit:
+            raise self._cut("request body of unknown length over its bound")
+        what = "request head over its size bound" if meter.phase is Phase.HEAD else "request body not taken in time"
+        timeout = meter.header_timeout_s if meter.deadline is None else max(0.0, meter.deadline - time.monotonic())
+        try:
+            await asyncio.wait_for(meter.changed.wait(), timeout)
+        except TimeoutError:
+            raise self._cut(what) from None
+
+    async def _read_before_deadline(self, n: int) -> bytes:
+        """Read, but give up when a request head's deadline passes; the deadline moves with the phase."""
+        meter = self._meter
+        read = asyncio.ensure_future(self._inner.read(n))
+        try:
+            while True:
+                changed = asyncio.ensure_future(meter.changed.wait())
+                timeout = None
+                if meter.phase is Phase.HEAD and meter.deadline is not None:
+                    timeout = max(0.0, meter.deadline - time.monotonic())
+                try:
+                    done, _ = await asyncio.wait({read, changed}, timeout=timeout,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()
+                if read in done:
+                    return read.result()
+                if not done:
+                    raise self._cut("request head not complete in time")
+        finally:
+            read.cancel()
+
+    def _cut(self, why: str) -> ConnectionCutOff:
+        logger.info("keybrake: closed the connection of %s: %s", self._peer, why)
+        return ConnectionCutOff(why)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+class Bounds:
+    """Meters client connections and caps how many there are (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.meters: dict[str, Meter] = {}
+        self.per_address: Counter[str] = Counter()
+        self.admitted: set[str] = set()
+
+    def load(self, loader) -> None:
+        loader.add_option("keybrake_max_header_bytes", str, DEFAULT_MAX_HEADER_BYTES,
+                          "Most bytes a request line and headers may take (k/m suffixes).")
+        loader.add_option("keybrake_header_timeout", float, DEFAULT_HEADER_TIMEOUT_S,
+                          "Seconds a request's line and headers have to arrive in full.")
+        loader.add_option("keybrake_max_vendor_body", str, DEFAULT_MAX_VENDOR_BODY,
+                          "Most bytes of a request body to a vendor (k/m suffixes).")
+        loader.add_option("keybrake_max_conns_per_address", int, DEFAULT_MAX_CONNS_PER_ADDRESS,
+                          "Most connections open at once from one client address.")
+        loader.add_option("keybrake_max_conns", int, DEFAULT_MAX_CONNS, "Most client connections open at once.")
+
+    def configure(self, updated) -> None:
+        for name in ("keybrake_max_header_bytes", "keybrake_max_vendor_body"):
+            if name in updated:
+                self._size(name)
+        for name in ("keybrake_header_timeout", "keybrake_max_conns_per_address", "keybrake_max_conns"):
+            if name in updated and getattr(ctx.options, name) <= 0:
+                raise exceptions.OptionsError(f"{name} must be above 0")
+
+    @staticmethod
+    def _size(name: str) -> int:
+        try:
+            size = human.parse_size(getattr(ctx.options, name))
+        except ValueError:
+            size = None
+        if size is None or size <= 0:
+            raise exceptions.OptionsError(f"{name} takes a size such as 64k or 4m; got {getattr(ctx.options, name)!r}")
+        return size
+
+    def client_connected(self, client: connection.Client) -> None:
+        address = client.peername[0]
+        if self.per_address[address] >= ctx.options.keybrake_max_conns_per_address:
+            client.error = f"over {ctx.options.keybrake_max_conns_per_address} connections from this address"
+        elif len(self.admitted) >= ctx.options.keybrake_max_conns:
+            client.error = f"over {ctx.options.keybrake_max_conns} connections in all"
+        if client.error:
+            logger.info("keybrake: refused a connection from %s: %s", address, client.error)
+            return
+        self.per_address[address] += 1
+        self.admitted.add(client.id)
+        self._meter(client)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        if client.id not in self.admitted:
+            return
+        self.admitted.discard(client.id)
+        self.meters.pop(client.id, None)
+        address = client.peername[0]
+        self.per_address[address] -= 1
+        if self.per_address[address] <= 0:
+            del self.per_address[address]
+
+    def _meter(self, client: connection.Client) -> None:
+        """Put a MeteredReader between mitmproxy's read loop and the client socket.
+
+        mitmproxy has no hook for bytes before a request head is parsed, so this reaches into its
+        connection handler: the read loop fetches the reader only after `client_connected`.
+        """
+        handler = ctx.master.addons.get("proxyserver").connections.get(client.id)
+        io = handler.transports.get(client) if handler is not None else None
+        if io is None or io.reader is None:
+            return
+        meter = Meter(self._size("keybrake_max_header_bytes"), ctx.options.keybrake_header_timeout)
+        self.meters[client.id] = meter
+        io.reader = MeteredReader(io.reader, meter, f"{client.peername[0]}:{client.peername[1]}")
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        meter = self.meters.get(flow.client_conn.id)
+        if meter is None:
+            return
+        limit, hard_limit = self._body_limits(flow)
+        declared = _declared_length(flow.request)
+        if declared is None:
+            meter.await_body(limit, declared=False)
+        elif declared > hard_limit:
+            logger.info("keybrake: refused %s %s from %s: a body of %d bytes is over the %d-byte bound",
+                        flow.request.method, loggable(flow.request.path), flow.client_conn.peername[0],
+                        declared, hard_limit)
+            flow.kill()
+        else:
+            meter.await_body(declared, declared=True)
+
+    def _body_limits(self, flow: http.HTTPFlow) -> tuple[int, int]:
+        """(bound of a body of unknown length, bound of a declared one) for this request's route."""
+        if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode) and is_vault_api_path(flow.request.path):
+            # Keybrake answers a declared body up to UNREADABLE_BODY_BYTES with a 413 of its own.
+            return MAX_BODY_BYTES, UNREADABLE_BODY_BYTES
+        vendor_limit = self._size("keybrake_max_vendor_body")
+        return vendor_limit, vendor_limit
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if meter := self.meters.get(flow.client_conn.id):
+            meter.await_head(start_clock=False)
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        # Next comes either a blind tunnel (a host Keybrake does not front) or a TLS handshake.
+        if meter := self.meters.get(flow.client_conn.id):
+            meter.open()
+
+    def tls_established_client(self, data) -> None:
+        if meter := self.meters.get(data.context.client.id):
+            meter.await_head(start_clock=True)
+
+
+def _declared_length(request: http.Request) -> int | None:
+    """The body's length when known from the head: Content-Length, or 0 without any body framing."""
+    if "transfer-encoding" in request.headers:
+        return None
+    length = request.headers.get("content-length")
+    if length is None:
+        return 0
+    return int(length) if length.strip().isdigit() else None
+
+
+def raise_open_files_limit() -> None:
+    """Every connection is a file descriptor: take the soft limit up to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as failure:
+            logger.warning("keybrake: could not raise the open-files limit from %d: %s", soft, failure)
