@@ -97,9 +97,12 @@ class AsyncLedger:
     async def _admit(self, request: AdmitRequest) -> Admission:
         if self._inline is not None and self._alone():
             try:
-                return self._inline.admit(request)
+                admission = self._inline.admit(request)
             except LedgerBusy:
                 pass  # another writer holds the lock: wait for it on the ledger thread
+            else:
+                self._down_until = 0.0  # it answers again: queued admits need not fail fast
+                return admission
         if time.monotonic() < self._down_until:
             raise self._known_down()
         loop = asyncio.get_running_loop()
@@ -263,6 +266,7 @@ class AsyncLedger:
             self._deliver([(item, LedgerUnavailable("the ledger failed on this call")) for item in admits])
             return
         self._committed_settles += len(settles)
+        self._down_until = 0.0
         self._deliver(list(zip(admits, admissions)))
 
     def _retry_later(self, settles: list[_Settle], refusals: list[tuple[Refused, int]],

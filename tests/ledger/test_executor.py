@@ -216,3 +216,26 @@ def test_after_a_failure_admits_are_refused_at_once_then_the_database_is_tried_a
     refused_in, admitted = asyncio.run(run())
     assert refused_in < 0.1
     assert admitted.allowed
+
+
+def test_a_success_on_the_loop_ends_the_fail_fast_window(store, monkeypatch):
+    # A lock held by another writer failed a batch; once the loop's own attempt succeeds, calls
+    # queued right after it must be decided, not refused for the rest of the window.
+    monkeypatch.setattr("keybrake_addon.ledger.executor.KNOWN_DOWN_S", 5.0)
+    inline = SqliteLedger(store.store.database.path, busy_timeout_s=0)
+
+    async def run():
+        ledger = AsyncLedger(store, inline=inline)
+        first = await ledger.admit(request(10))  # on the loop; now in flight
+        store.failures_left = 1
+        with pytest.raises(LedgerUnavailable):
+            await ledger.admit(request(10))  # queued (another call in flight), and the batch fails
+        ledger.settle(settlement(first, actual=10 * USD))
+        await ledger.drain(2)
+        alone = await ledger.admit(request(10))  # alone again: on the loop, and it succeeds
+        second = await ledger.admit(request(10))  # queued behind nothing: decided, not refused
+        ledger.close()
+        return alone, second
+
+    alone, second = asyncio.run(run())
+    assert alone.allowed and second.allowed
