@@ -414,6 +414,7 @@ class _Batch:
         self.touched: set[str] = set()
         self._lock_keys(lock_rows, [r.key_hash for r in admits], [r.reservation_id for r in settles])
         self.now = tx.now()  # after the locks: the clock of the moment these decisions hold them
+        self.now_text = to_text(self.now)
         self.idempotency_keys: dict[int, tuple[str, str]] = {}  # reservation id -> (key_id, Idempotency-Key)
         self.reservations = self._reservations(admits, settles)
         self.settled_audit_rows = self._settled_audit_rows(settles)
@@ -524,7 +525,7 @@ class _Batch:
             self._change(plan.change, request.run_id)
         audit_slot = self._slot()
         self.audit_rows.append((audit_slot, _audit_values(
-            self.now, call, plan.key, "allowed", plan.reserved_micros, reservation_slot or plan.reservation_id, None,
+            self.now_text, call, plan.key, "allowed", plan.reserved_micros, reservation_slot or plan.reservation_id, None,
             amount_minor=estimate.amount_minor if estimate else None,
             currency=estimate.currency if estimate else None)))
         return _PendingAdmission(audit_slot, plan, reservation_slot)
@@ -574,7 +575,7 @@ class _Batch:
         columns = {"state": plan.state, "actual_micros": plan.actual, "attempts_open": plan.attempts_open,
                    "released_attempts": plan.released_attempts, "estimated": int(plan.estimated)}
         if plan.closed:
-            columns["settled_at"] = to_text(self.now)
+            columns["settled_at"] = self.now_text
         if object_id is not None and plan.state == "settled" and plan.counted:
             columns["object_id"] = object_id
         elif object_id is not None and reservation.state in OPEN_STATES:
@@ -588,7 +589,7 @@ class _Batch:
     def refuse(self, call: CallFacts, refusal: Refusal, key: KeyRecord | None) -> int:
         slot = self._slot()
         self.audit_rows.append((slot, _audit_values(
-            self.now, call, key, refusal.kind.code, 0, None, call.status_of(refusal.kind),
+            self.now_text, call, key, refusal.kind.code, 0, None, call.status_of(refusal.kind),
             message=refusal.message, duration_ms=_elapsed_ms(call))))
         return slot
 
@@ -614,7 +615,7 @@ class _Batch:
                 "INSERT INTO reservations (id, key_id, idempotency_key, endpoint, run_id, day, reserved_micros, "
                 "state, attempts_open, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 1, ?)",
                 [(self.ids[slot], key_id, new.idempotency_key, new.endpoint, run_id, new.day, new.reserved,
-                  to_text(self.now)) for slot, key_id, new, run_id in self.new_reservations])
+                  self.now_text) for slot, key_id, new, run_id in self.new_reservations])
         # One statement per shape of change, each sent with all its rows (one round trip on PostgreSQL).
         shapes: dict[tuple[str, ...], list[tuple]] = {}
         for reservation_id, columns in self.reservation_changes.items():
@@ -647,12 +648,12 @@ def _write_counters(tx: Tx, key_id: str, counters: KeyCounters) -> None:
             counters.day_reserved, key_id))
 
 
-def _audit_values(now: datetime, call: CallFacts, key: KeyRecord | None, decision: str, reserved: int,
+def _audit_values(now_text: str, call: CallFacts, key: KeyRecord | None, decision: str, reserved: int,
                   reservation_id: int | None, status: int | None, *, message: str | None = None,
                   amount_minor: int | None = None, currency: str | None = None,
                   duration_ms: float | None = None) -> tuple:
     """An audit row's values, with what a stranger sent bounded."""
-    return (to_text(now), key.key_id if key else None, key.spec.label if key else None, call.vendor,
+    return (now_text, key.key_id if key else None, key.spec.label if key else None, call.vendor,
             _bounded(call.method, 16), _bounded(call.path), status, decision, reserved,
             0 if status is not None else None, amount_minor, _bounded(currency, 8), _bounded(call.idempotency_key),
             reservation_id, _bounded(message, 2048), duration_ms)
