@@ -1,7 +1,7 @@
 """The mitmproxy addon: thin glue between flows and the gate.
 
 Only the vendor hosts are intercepted (`allow_hosts`, set by the proxy runner); every other
-CONNECT is tunnelled untouched. A vendor request is checked before any upstream connection
+CONNECT is tunnelled untouched, if the egress addon (egress.py) lets it through. A vendor request is checked before any upstream connection
 exists (lazy connection strategy), so a refused call never reaches the vendor.
 """
 
@@ -82,8 +82,6 @@ class Keybrake:
                           "The ledger database URL (postgresql://...); empty: the SQLite file in the home.")
         loader.add_option("keybrake_db_busy_timeout", float, 5.0,
                           "Seconds to wait for another writer's database lock before answering 503.")
-        loader.add_option("keybrake_strict_egress", bool, False,
-                          "Refuse every CONNECT to a host Keybrake does not front, instead of tunnelling it.")
         loader.add_option("keybrake_drain_timeout", float, DEFAULT_DRAIN_TIMEOUT_S,
                           "On SIGTERM, seconds to let vendor calls in flight and their settlements finish.")
         loader.add_option("keybrake_health_port", int | None, None,
@@ -174,10 +172,6 @@ class Keybrake:
             self.gate.close()
             self.gate = None
 
-    def http_connect(self, flow: http.HTTPFlow) -> None:
-        if ctx.options.keybrake_strict_egress and vendor_for_host(flow.request.host) is None:
-            _deny_egress(flow)
-
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """Refuse a vault API body over the limit before mitmproxy reads it, when its size is declared.
 
@@ -203,9 +197,7 @@ class Keybrake:
                 return
             vendor = _vendor_of(flow)
             if vendor is None:
-                if ctx.options.keybrake_strict_egress:  # plain-HTTP proxying, which needs no CONNECT
-                    _deny_egress(flow)
-                return  # not ours: pass through untouched
+                return  # not ours: the egress addon has applied the egress policy to it
             await self._gate(flow, vendor)
         except Exception as failure:
             # mitmproxy would log the error and forward the request anyway: never let it.
@@ -375,12 +367,6 @@ def _unexpected_error_answer(vendor) -> RenderedResponse:
     body = {"error": {"type": "api_error", "code": RefusalKind.UNAVAILABLE.code, "message": _UNEXPECTED}}
     return RenderedResponse(503, {"content-type": "application/json", "retry-after": str(UNAVAILABLE_RETRY_AFTER_S),
                                   "x-keybrake-refusal": RefusalKind.UNAVAILABLE.code}, json.dumps(body).encode())
-
-
-def _deny_egress(flow: http.HTTPFlow) -> None:
-    flow.response = http.Response.make(
-        403, f"Keybrake strict egress: {flow.request.host} is not a vendor host Keybrake fronts.\n",
-        {"content-type": "text/plain"})
 
 
 def _api_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> RenderedResponse:

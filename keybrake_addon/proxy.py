@@ -23,6 +23,8 @@ from mitmproxy.tools.dump import DumpMaster
 from .addon import Keybrake
 from .draining import DEFAULT_DRAIN_TIMEOUT_S
 from .bounds import Bounds, raise_open_files_limit
+from .egress import Egress
+from .egress_policy import default_mode
 from .home import KeybrakeHome
 from .vendors import VENDOR_HOSTS
 
@@ -40,7 +42,9 @@ class ProxySettings:
     listen_port: int = 8080
     api_port: int | None = None
     upstreams: Sequence[str] = ()
-    strict_egress: bool = False
+    egress: str | None = None  # deny, allowlist or open; None: open on a loopback listener, else allowlist
+    egress_allow: Sequence[str] = ()  # NAME, *.DOMAIN, either with :PORT
+    egress_allow_private: Sequence[str] = ()  # CIDRs an allowlisted name may resolve into
     db_busy_timeout_s: float = 5.0
     database_url: str = ""  # empty: the SQLite file in the home
     quiet: bool = False
@@ -125,7 +129,8 @@ async def run_proxy(settings: ProxySettings) -> None:
     master = DumpMaster(options.Options(), with_termlog=not settings.quiet, with_dumper=False)
     keybrake = Keybrake()
     # Bounds first: its hooks meter a connection before Keybrake's (which may wait on the ledger) run.
-    master.addons.add(Bounds(), keybrake, _ReadyLine(settings, keybrake))
+    # Egress before Keybrake: a destination it refuses is answered before the gate sees the flow.
+    master.addons.add(Bounds(), Egress(), keybrake, _ReadyLine(settings, keybrake))
     # Options of mitmproxy's own addons exist only once the master has loaded them.
     master.options.update(
         confdir=str(settings.home.mitmproxy_confdir),
@@ -137,7 +142,9 @@ async def run_proxy(settings: ProxySettings) -> None:
         http2=False,  # one request at a time per client connection: the Bounds meter counts per connection
         keybrake_home=str(settings.home.root),
         keybrake_upstreams=list(settings.upstreams),
-        keybrake_strict_egress=settings.strict_egress,
+        keybrake_egress=settings.egress or default_mode(settings.listen_host).value,
+        keybrake_egress_allow=list(settings.egress_allow),
+        keybrake_egress_allow_private=list(settings.egress_allow_private),
         keybrake_db_busy_timeout=settings.db_busy_timeout_s,
         keybrake_database=settings.database_url,
         keybrake_drain_timeout=settings.drain_timeout_s,

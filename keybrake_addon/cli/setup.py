@@ -9,6 +9,7 @@ from ..home import KeybrakeHome
 from ..installation import initialise
 from ..api.listener_tls import api_listener_certs
 from ..draining import DEFAULT_DRAIN_TIMEOUT_S
+from ..egress_policy import EgressMode, default_mode
 from ..worker_env import env_lines
 from .context import database_of_ctx, home_of
 
@@ -60,8 +61,17 @@ def env(ctx: click.Context, proxy_url: str) -> None:
               help="Port to listen on (0 picks a free one and prints it).")
 @click.option("--upstream", "upstreams", multiple=True, metavar="VENDOR=URL",
               help="Send a vendor's traffic to another base URL, e.g. stripe=http://127.0.0.1:12111. Repeatable.")
-@click.option("--strict-egress", is_flag=True,
-              help="Refuse connections to hosts Keybrake does not front, instead of tunnelling them.")
+@click.option("--egress", type=click.Choice([mode.value for mode in EgressMode]),
+              help="What to do with hosts Keybrake does not front: refuse them all (deny), only those on "
+                   "--egress-allow and never to private addresses (allowlist), or tunnel them (open). "
+                   "Default: open on a loopback listen host, allowlist elsewhere.")
+@click.option("--egress-allow", "egress_allow", multiple=True, metavar="PATTERN",
+              help="With --egress allowlist: a host that may be reached, e.g. api.trigger.dev, *.example.com, "
+                   "host:port. Repeatable.")
+@click.option("--egress-allow-private", "egress_allow_private", multiple=True, metavar="CIDR",
+              help="With --egress allowlist: private, loopback or link-local addresses an allowed host may "
+                   "resolve to, e.g. 10.1.2.0/24. Repeatable.")
+@click.option("--strict-egress", is_flag=True, help="The same as --egress deny.")
 @click.option("--db-busy-timeout", default=5.0, show_default=True, type=click.FloatRange(0.01),
               help="Seconds to wait for another process's database lock before refusing with 503.")
 @click.option("--api-port", type=click.IntRange(0, 65535),
@@ -85,6 +95,7 @@ def env(ctx: click.Context, proxy_url: str) -> None:
               help="Most client connections open at once, all addresses together.")
 @click.pass_context
 def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tuple[str, ...],
+          egress: str | None, egress_allow: tuple[str, ...], egress_allow_private: tuple[str, ...],
           strict_egress: bool, db_busy_timeout: float, api_port: int | None, api_tls_cert: str | None,
           api_tls_key: str | None, health_port: int | None, drain_timeout: float, max_vendor_body: str,
           header_timeout: float, max_conns_per_address: int, max_conns: int) -> None:
@@ -92,7 +103,7 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
 
     Workers set HTTPS_PROXY to it and trust the Keybrake CA (see `keybrake env`). Only
     api.stripe.com, api.twilio.com and api.resend.com are intercepted; every other host is
-    tunnelled untouched.
+    tunnelled untouched if the egress policy (--egress) lets it through.
 
     SIGTERM drains: new connections are refused, /readyz answers 503, calls in flight finish
     and settle for up to --drain-timeout seconds, then the proxy exits.
@@ -109,6 +120,7 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
         click.echo(f"initialised a new Keybrake home at {home.root}", err=True)
         click.echo(NEXT_STEPS, err=True)
 
+    egress = _egress_mode(egress, strict_egress, listen_host, bool(egress_allow or egress_allow_private))
     if bool(api_tls_cert) != bool(api_tls_key):
         raise click.UsageError("--api-tls-cert and --api-tls-key go together")
     if api_tls_cert and api_port is None:
@@ -127,6 +139,9 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
                        "(/vault/..., /stripe/..., /twilio/..., /resend/...)")
         if health is not None:
             click.echo(f"Keybrake health checks on http://{health[0]}:{health[1]} (/healthz, /readyz)")
+        click.echo(f"Keybrake egress policy for other hosts: {egress}"
+                   + (f" ({len(egress_allow)} pattern{'' if len(egress_allow) == 1 else 's'})"
+                      if egress == EgressMode.ALLOWLIST else ""))
         for upstream in upstreams:  # a proxy pointed at a fake must not look like a real one
             click.echo(f"Keybrake sends {upstream.partition('=')[0]} traffic to {upstream.partition('=')[2]} "
                        "(--upstream), not to the vendor")
@@ -136,7 +151,8 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
         click.echo("", nl=True)
 
     settings = ProxySettings(home=home, listen_host=listen_host, listen_port=listen_port, api_port=api_port,
-                             upstreams=upstreams, strict_egress=strict_egress, db_busy_timeout_s=db_busy_timeout,
+                             upstreams=upstreams, egress=egress, egress_allow=egress_allow,
+                             egress_allow_private=egress_allow_private, db_busy_timeout_s=db_busy_timeout,
                              database_url=ctx.find_root().obj.database_url or "",
                              api_tls_certs=tls_certs, health_port=health_port, drain_timeout_s=drain_timeout,
                              on_listening=[announce],
@@ -148,6 +164,19 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
         serve(settings)
     except OptionsError as error:
         raise click.ClickException(str(error)) from None
+
+
+def _egress_mode(egress: str | None, strict_egress: bool, listen_host: str, listing: bool) -> str:
+    """--strict-egress is an alias of --egress deny; an allowlist implies its mode; else the listen host decides."""
+    if strict_egress and egress not in (None, EgressMode.DENY):
+        raise click.UsageError(f"--strict-egress means --egress deny; it contradicts --egress {egress}")
+    egress = EgressMode.DENY.value if strict_egress else egress
+    if listing and egress not in (None, EgressMode.ALLOWLIST):
+        # Silently ignored entries would make an operator believe a host is allowed, or a range refused.
+        raise click.UsageError(f"--egress-allow and --egress-allow-private apply to --egress allowlist, not {egress}")
+    if egress is None:
+        return EgressMode.ALLOWLIST.value if listing else default_mode(listen_host).value
+    return egress
 
 
 @click.command()
