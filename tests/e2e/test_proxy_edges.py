@@ -62,7 +62,7 @@ def test_strict_egress_refuses_other_hosts(home, fake_stripe, tmp_path, tls_echo
         hits = fake_stripe.hits
         with httpx.Client(proxy=proxy.url) as client:
             answer = client.get(f"{fake_stripe.url}/v1/balance")
-        assert answer.status_code == 403 and "strict egress" in answer.text
+        assert answer.status_code == 403 and "egress policy 'deny'" in answer.text
         assert fake_stripe.hits == hits
     finally:
         proxy.stop()
