@@ -125,6 +125,8 @@ class SqlLedger:
         transaction.
         """
         with self.database.transaction() as tx:
+            if tx.row("SELECT name FROM secrets WHERE vendor = ? AND name = ?", (vendor, name)) is None:
+                return False, []  # its keys (if any) were cut off when it was deleted
             users = self._keys_using_secret(tx, vendor, name, tx.now())
             if users and not force:
                 return False, users

@@ -37,6 +37,7 @@ def test_a_secret_in_use_is_deleted_only_when_forced(ledger):
     assert ledger.get_secret("stripe", "default") is None and ledger.list_secrets() == []
     # The key no longer has a secret to swap in: the gate refuses a call with no secret to send.
     assert admit(ledger, 1, key_hash="a" * 64).secret is None
+    assert ledger.delete_secret("stripe", "default") == (False, [])  # gone: nothing to delete, nobody to list
 
 
 def test_a_secret_nobody_uses_is_deleted_and_a_missing_one_is_not(ledger):
