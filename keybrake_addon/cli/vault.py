@@ -76,7 +76,8 @@ def _read_secret(vendor: str) -> str:
 @secret.command("delete")
 @click.argument("vendor", type=VENDOR_CHOICE)
 @click.option("--name", default="default", show_default=True, help="Which of VENDOR's secrets.")
-@click.option("--force", is_flag=True, help="Delete even though active vault keys use it (they are refused from then on).")
+@click.option("--force", is_flag=True,
+              help="Delete even though active vault keys use it (they are refused from then on).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def secret_delete(ctx: click.Context, vendor: str, name: str, force: bool, as_json: bool) -> None:
