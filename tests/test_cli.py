@@ -1,10 +1,15 @@
 """The CLI in-process: init, secrets, issuance rules, key listing, revocation, env."""
 
+import hashlib
 import json
 import os
+import pty
+import select
 import stat
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
@@ -125,7 +130,8 @@ def test_env_lines_point_at_the_ca(run):
 
 def test_every_command_has_help(run):
     for command in (["init"], ["secret", "set"], ["secret", "list"], ["issue"], ["keys", "list"], ["keys", "show"],
-                    ["revoke"], ["proxy"], ["audit"], ["spend"], ["env"], ["demo"]):
+                    ["revoke"], ["proxy"], ["audit"], ["spend"], ["env"], ["demo"], ["secret", "delete"],
+                    ["settings", "show"], ["settings", "set"]):
         output = run(*command, "--help").output
         assert "Usage:" in output and len(output.splitlines()) > 4, command
 
@@ -155,3 +161,144 @@ def test_secret_names_refuse_control_characters(run):
     refused = run("secret", "set", "stripe", "--name", "main\x1b[2J", stdin=SECRET + "\n", ok=False)
     assert refused.exit_code == 2 and "control characters" in refused.output
     assert json.loads(run("secret", "list", "--json").output) == []
+
+
+# --- keys expire by default ---------------------------------------------------------------
+
+
+def issued_json(run, *extra, ok=True):
+    result = run("issue", "--vendor", "stripe", "--daily-usd-cap", "5", "--allow-all", "--json", *extra, ok=ok)
+    return json.loads(result.output) if ok else result
+
+
+def hours_left(key: dict) -> float:
+    expires = datetime.fromisoformat(key["expires_at"].replace("Z", "+00:00"))
+    return (expires - datetime.now(UTC)).total_seconds() / 3600
+
+
+def test_a_key_issued_without_expires_in_expires_after_the_default_ttl(run):
+    run("init")
+    run("secret", "set", "stripe", stdin=SECRET + "\n")
+    assert 23.9 < hours_left(issued_json(run)) <= 24
+    run("settings", "set", "default-key-ttl", "12h")
+    assert 11.9 < hours_left(issued_json(run)) <= 12
+    assert "24h" in run("issue", "--help").output and "max-key-ttl" in run("issue", "--help").output
+
+
+def test_a_ttl_over_the_maximum_is_refused_naming_the_flag_until_raised(run):
+    run("init")
+    run("secret", "set", "stripe", stdin=SECRET + "\n")
+    refused = issued_json(run, "--expires-in", "90d", ok=False)
+    assert refused.exit_code == 2
+    assert "--expires-in: 90d is longer than this installation's maximum key lifetime (30d)" in refused.output
+    assert json.loads(run("keys", "list", "--json").output) == []
+    run("settings", "set", "max-key-ttl", "90d")
+    assert 89 * 24 < hours_left(issued_json(run, "--expires-in", "90d")) <= 90 * 24
+
+
+def test_settings_show_and_set_validate(run):
+    run("init")
+    factory = json.loads(run("settings", "show", "--json").output)
+    assert factory == {"default-key-ttl": {"value": "24h", "source": "factory"},
+                       "max-key-ttl": {"value": "30d", "source": "factory"}}
+    assert "(factory default)" in run("settings", "show").output
+    run("settings", "set", "max-key-ttl", "60d")
+    run("settings", "set", "default-key-ttl", "12h")
+    assert json.loads(run("settings", "show", "--json").output) == {
+        "default-key-ttl": {"value": "12h", "source": "set"}, "max-key-ttl": {"value": "60d", "source": "set"}}
+    too_long = run("settings", "set", "default-key-ttl", "61d", ok=False)
+    assert too_long.exit_code == 2 and "longer than max-key-ttl (60d)" in too_long.output
+    zero = run("settings", "set", "max-key-ttl", "0d", ok=False)
+    assert zero.exit_code == 2 and "positive duration" in zero.output
+    unknown = run("settings", "set", "key-ttl", "1h", ok=False)
+    assert unknown.exit_code == 2
+    assert json.loads(run("settings", "show", "--json").output)["default-key-ttl"]["value"] == "12h"
+
+
+# --- secret hygiene -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, reason", [
+    ("pk_live_" + "a" * 24, "publishable key"),
+    ("sk_test_abc def", "spaces"),
+    ("   ", "no secret"),
+])
+def test_secret_set_refuses_what_cannot_be_a_real_secret(run, value, reason):
+    run("init")
+    refused = run("secret", "set", "stripe", stdin=value + "\n", ok=False)
+    assert refused.exit_code == 1 and reason in refused.output and "not stored" in refused.output
+    assert json.loads(run("secret", "list", "--json").output) == []
+
+
+def test_secret_set_refuses_a_vault_key(run):
+    run("init")
+    run("secret", "set", "stripe", stdin=SECRET + "\n")
+    vault_key = issued_json(run)["vault_key"]
+    refused = run("secret", "set", "stripe", stdin=vault_key + "\n", ok=False)
+    assert refused.exit_code == 1 and "Keybrake vault key" in refused.output
+    (stored,) = json.loads(run("secret", "list", "--json").output)
+    assert stored["created_at"] == stored["updated_at"]  # not rotated to the vault key
+
+
+def test_secret_set_warns_when_a_stripe_secret_changes_mode(run):
+    run("init")
+    run("secret", "set", "stripe", stdin=SECRET + "\n")
+    same = run("secret", "set", "stripe", stdin="sk_test_" + "b" * 24 + "\n")
+    assert "warning" not in same.stderr
+    live = run("secret", "set", "stripe", stdin="rk_live_" + "c" * 24 + "\n")
+    assert "warning: this live-mode secret replaces a test-mode one" in live.stderr
+    assert "stored stripe secret" in live.stdout  # still stored
+    fingerprint = json.loads(run("secret", "list", "--json").output)[0]["fingerprint"]
+    assert fingerprint == hashlib.sha256(("rk_live_" + "c" * 24).encode()).hexdigest()[:8]
+
+
+def test_secret_delete_needs_force_while_active_keys_use_it(run):
+    run("init")
+    run("secret", "set", "stripe", stdin=SECRET + "\n")
+    first = issued_json(run, "--label", "nightly-billing")
+    revoked = issued_json(run, "--label", "old")
+    run("revoke", revoked["key_id"])
+    refused = run("secret", "delete", "stripe", ok=False)
+    assert refused.exit_code == 1 and "--force" in refused.output
+    assert first["key_id"] in refused.output and "nightly-billing" in refused.output
+    assert revoked["key_id"] not in refused.output
+    assert len(json.loads(run("secret", "list", "--json").output)) == 1
+    forced = json.loads(run("secret", "delete", "stripe", "--force", "--json").output)
+    assert forced == {"deleted": {"vendor": "stripe", "name": "default"},
+                      "cut_off_keys": [{"key_id": first["key_id"], "label": "nightly-billing"}]}
+    assert json.loads(run("secret", "list", "--json").output) == []
+    missing = run("secret", "delete", "stripe", ok=False)
+    assert missing.exit_code == 1 and "no stripe secret named 'default'" in missing.output
+
+
+def test_secret_set_at_a_terminal_does_not_echo_the_secret(tmp_path):
+    env = {**os.environ, "KEYBRAKE_HOME": str(tmp_path / "home"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("KEYBRAKE_MASTER_KEY", None)
+    env.pop("KEYBRAKE_DATABASE_URL", None)
+    subprocess.run([sys.executable, "-m", "keybrake_addon", "init"], env=env, check=True, capture_output=True)
+    # pty.fork makes the pseudo-terminal the child's controlling terminal, as a shell would.
+    child, terminal = pty.fork()
+    if child == 0:
+        os.execve(sys.executable, [sys.executable, "-m", "keybrake_addon", "secret", "set", "stripe"], env)
+    screen = _read_until(terminal, b"Enter")
+    os.write(terminal, (SECRET + "\n").encode())
+    screen += _read_until(terminal, None)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, screen
+    assert b"stored stripe secret" in screen and SECRET.encode() not in screen
+
+
+def _read_until(terminal: int, marker: bytes | None, timeout_s: float = 60) -> bytes:
+    """What the terminal shows, up to `marker` (or until the program exits)."""
+    seen, deadline = b"", time.monotonic() + timeout_s
+    while time.monotonic() < deadline and (marker is None or marker not in seen):
+        if not select.select([terminal], [], [], 0.5)[0]:
+            continue
+        try:
+            chunk = os.read(terminal, 4096)
+        except OSError:  # EIO: the program exited and closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    return seen

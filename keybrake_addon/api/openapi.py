@@ -73,7 +73,12 @@ OPENAPI: dict = {
                                           "examples": [["POST /v1/payment_intents"]]},
                     "allow_all": {"type": "boolean"}, "no_cap": {"type": "boolean"},
                     "allow_unpriced": {"type": "boolean"},
-                    "expires_in": {"type": "string", "pattern": r"^0*[1-9]\d*[smhd]$", "description": "at most 3650d"},
+                    "expires_in": {"type": "string", "pattern": r"^0*[1-9]\d*[smhd]$",
+                                   "description": "the key's lifetime. Every key expires: without this, after the "
+                                                  "installation's default TTL (24h unless changed with `keybrake "
+                                                  "settings set default-key-ttl`). Longer than the installation's "
+                                                  "maximum (30d unless raised with `keybrake settings set "
+                                                  "max-key-ttl`) is refused: 400 with error.field = expires_in"},
                     "agent_run_label": {"type": "string"},
                 },
             },
@@ -98,6 +103,9 @@ OPENAPI: dict = {
         "/vault/keys": {
             "post": {
                 "summary": "Issue a vault key",
+                "description": "Issues a capped, scoped vault key, shown once. Every key expires: after "
+                               "`expires_in`, else after the installation's default key TTL (24h unless changed). "
+                               "A lifetime over the installation's maximum (30d unless raised) is refused.",
                 "parameters": [{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"},
                                 "description": "the same key and body within 24 h return the same vault key"}],
                 "requestBody": {"required": True, "content": {"application/json": {

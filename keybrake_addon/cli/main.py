@@ -18,6 +18,7 @@ COMMAND_MODULES = {
     "admin-token": "admin",
     "reconcile": "reconcile",
     "db": "database",
+    "settings": "settings",
 }
 
 

@@ -9,6 +9,7 @@ from ..ledger.times import utc_now
 from ..money import InvalidAmount, format_usd, usd_to_micros
 from ..policy import iso
 from ..vault.issuance import IssueError, KeyRequest, issue_key
+from ..vault.secrets import UnacceptableSecret, check_secret
 from ..vendors import VENDORS
 from .context import installation
 from ..ledger.housekeeping import reap_dead_local_runs
@@ -21,7 +22,7 @@ VENDOR_CHOICE = click.Choice(sorted(VENDORS))
 
 @click.group()
 def secret() -> None:
-    """Store and list real vendor secrets (encrypted with AES-256-GCM under the master key)."""
+    """Store, list and delete real vendor secrets (encrypted with AES-256-GCM under the master key)."""
 
 
 @secret.command("set")
@@ -32,10 +33,12 @@ def secret() -> None:
                                     "rather than the account's auth token.")
 @click.pass_context
 def secret_set(ctx: click.Context, vendor: str, name: str, account_sid: str | None, api_key_sid: str | None) -> None:
-    """Store (or rotate) VENDOR's real secret, read from stdin.
+    """Store (or rotate) VENDOR's real secret, read from stdin (at a terminal, without echo).
 
     The secret is never taken from the command line, where shell history and `ps` would
-    see it. Rotating keeps every vault key that uses this secret working.
+    see it. Rotating keeps every vault key that uses this secret working. Refused: an empty
+    value, a Keybrake vault key, a publishable key (pk_...). Warns when a Stripe secret
+    replaces one of the other mode (test / live).
     """
     if has_control_characters(name):
         raise click.BadParameter("must not contain control characters", param_hint="--name")
@@ -45,14 +48,58 @@ def secret_set(ctx: click.Context, vendor: str, name: str, account_sid: str | No
         raise click.UsageError("--account-sid and --api-key-sid are for Twilio secrets")
     if api_key_sid is not None and not api_key_sid.startswith("SK"):
         raise click.UsageError("--api-key-sid takes an API key SID (SK...)")
-    if sys.stdin.isatty():
-        click.echo(f"Paste the {vendor} secret and press Enter:", err=True)
-    value = sys.stdin.readline().strip()
-    if not value:
-        raise click.ClickException("no secret on stdin")
+    value = _read_secret(vendor)
+    try:
+        check_secret(vendor, value)
+    except UnacceptableSecret as refusal:
+        raise click.ClickException(f"not stored: {refusal}") from None
     with installation(ctx) as kb:
+        if (change := kb.vault.mode_change(vendor, name, value)) is not None:
+            click.echo(f"warning: this {change[1]}-mode secret replaces a {change[0]}-mode one; every vault key "
+                       f"of {vendor} secret {name!r} now makes {change[1]}-mode calls", err=True)
         info = kb.vault.put(vendor, name, value, account_sid, api_key_sid)
     click.echo(f"stored {vendor} secret {name!r} (fingerprint {info.fingerprint})")
+
+
+def _read_secret(vendor: str) -> str:
+    """The secret from a terminal without echo, or the first line of a pipe."""
+    if sys.stdin.isatty():
+        # Echoed, the secret would stay on screen and in terminal scrollback and recordings.
+        return click.prompt(f"Paste the {vendor} secret (not shown) and press Enter", hide_input=True,
+                            err=True, default="", show_default=False).strip()
+    value = sys.stdin.readline().strip()
+    if not value:
+        raise click.ClickException("not stored: no secret on stdin")
+    return value
+
+
+@secret.command("delete")
+@click.argument("vendor", type=VENDOR_CHOICE)
+@click.option("--name", default="default", show_default=True, help="Which of VENDOR's secrets.")
+@click.option("--force", is_flag=True,
+              help="Delete even though active vault keys use it (they are refused from then on).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def secret_delete(ctx: click.Context, vendor: str, name: str, force: bool, as_json: bool) -> None:
+    """Delete VENDOR's stored secret.
+
+    Refused while active (neither revoked nor expired) vault keys still use it, listing them;
+    revoke them first, or give --force to cut them off.
+    """
+    with installation(ctx) as kb:
+        deleted, users = kb.vault.delete(vendor, name, force=force)
+    used_by = [{"key_id": k.key_id, "label": k.spec.label} for k in users]
+    if not deleted and users:
+        listing = "\n".join(f"  {k.key_id}  {visible(k.spec.label or '-')}" for k in users)
+        raise click.ClickException(f"not deleted: {len(users)} active vault key(s) use {vendor} secret {name!r}:\n"
+                                   f"{listing}\nrevoke them (`keybrake revoke KEY_ID`) or give --force")
+    if not deleted:
+        raise click.ClickException(f"no {vendor} secret named {name!r}")
+    if as_json:
+        print_json({"deleted": {"vendor": vendor, "name": name}, "cut_off_keys": used_by})
+        return
+    click.echo(f"deleted {vendor} secret {name!r}"
+               + (f"; {len(users)} active key(s) now refused: {', '.join(k.key_id for k in users)}" if users else ""))
 
 
 @secret.command("list")
@@ -88,13 +135,19 @@ def _usd(_ctx, param, value):
 @click.option("--allow-all", is_flag=True, help="Allow every endpoint (no allowlist).")
 @click.option("--no-cap", is_flag=True, help="Allow a key with no dollar cap.")
 @click.option("--allow-unpriced", is_flag=True, help="Forward calls Keybrake cannot price, counting them from the response.")
-@click.option("--expires-in", help="Lifetime: 90s, 90m, 2h, 1d.")
+@click.option("--expires-in", help="Lifetime: 90s, 90m, 2h, 1d. Default: the installation's default-key-ttl (24h "
+                                   "unless changed); at most its max-key-ttl (30d unless raised). "
+                                   "See `keybrake settings`.")
 @click.option("--label", help="Run label for audit and spend, e.g. trigger.dev/billing-agent/run_123.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (key_id, vault_key, vendor, label, expires_at, ...).")
 @click.pass_context
 def issue(ctx: click.Context, vendor, secret_name, daily_usd_cap, total_usd_cap, max_calls, allowlist, allow_all,
           no_cap, allow_unpriced, expires_in, label, as_json) -> None:
-    """Issue a vault key: a capped, scoped stand-in for a real secret. Shown once."""
+    """Issue a vault key: a capped, scoped stand-in for a real secret. Shown once.
+
+    Every key expires: after --expires-in, else after the installation's default TTL (24h
+    unless `keybrake settings set default-key-ttl` changed it).
+    """
     request = KeyRequest(vendor=vendor, secret_name=secret_name, label=label, daily_cap_micros=daily_usd_cap,
                          total_cap_micros=total_usd_cap, max_calls=max_calls, allowlist=tuple(allowlist),
                          allow_all=allow_all, no_cap=no_cap, allow_unpriced=allow_unpriced, expires_in=expires_in)
@@ -102,7 +155,7 @@ def issue(ctx: click.Context, vendor, secret_name, daily_usd_cap, total_usd_cap,
         try:
             issued = issue_key(kb.ledger, kb.master_key, request)
         except IssueError as error:
-            raise click.UsageError(str(error)) from None
+            raise click.UsageError(_naming_the_flag(error)) from None
     if as_json:
         print_json({"vault_key": issued.vault_key, **key_document(issued.record)})
         return
@@ -182,6 +235,17 @@ def revoke(ctx: click.Context, key_id: str | None, label: str | None, as_json: b
         click.echo(f"no keys with label {label!r}")
     else:
         click.echo(f"revoked {len(revoked)} key(s): {', '.join(revoked)}")
+
+
+# The option of `keybrake issue` each issuance field comes from, so an error names what to change.
+ISSUE_FLAGS = {"expires_in": "--expires-in", "daily_usd_cap": "--daily-usd-cap", "total_usd_cap": "--total-usd-cap",
+               "max_calls": "--max-calls", "no_cap": "--no-cap", "allowed_endpoints": "--allow",
+               "agent_run_label": "--label", "secret": "--secret", "vendor": "--vendor"}
+
+
+def _naming_the_flag(error: IssueError) -> str:
+    flag = ISSUE_FLAGS.get(error.field)
+    return f"{flag}: {error.reason}" if flag else str(error)
 
 
 def describe_limits(record: KeyRecord) -> str:

@@ -112,6 +112,35 @@ class SqlLedger:
         return [SecretInfo(r["vendor"], r["name"], r["fingerprint"], r["account_sid"], r["auth_user"],
                            from_text(r["created_at"]), from_text(r["updated_at"])) for r in rows]
 
+    def keys_using_secret(self, vendor: str, name: str) -> list[KeyRecord]:
+        """The active keys (neither revoked nor expired, by the database's clock) that stand for this secret."""
+        with self.database.reading() as tx:
+            return self._keys_using_secret(tx, vendor, name, tx.now())
+
+    def delete_secret(self, vendor: str, name: str, *, force: bool = False) -> tuple[bool, list[KeyRecord]]:
+        """Delete a secret unless active keys still use it (or `force`).
+
+        Returns whether it was deleted and the active keys that use it: the ones that stopped it,
+        or, forced, the ones that are refused from now on. The check and the delete share one
+        transaction.
+        """
+        with self.database.transaction() as tx:
+            if tx.row("SELECT name FROM secrets WHERE vendor = ? AND name = ?", (vendor, name)) is None:
+                return False, []  # its keys (if any) were cut off when it was deleted
+            users = self._keys_using_secret(tx, vendor, name, tx.now())
+            if users and not force:
+                return False, users
+            deleted = tx.run("DELETE FROM secrets WHERE vendor = ? AND name = ?", (vendor, name)) > 0
+            return deleted, users
+
+    def _keys_using_secret(self, tx: Tx, vendor: str, name: str, now: datetime) -> list[KeyRecord]:
+        rows = tx.rows(f"SELECT {_KEY_COLUMNS} FROM vault_keys k WHERE k.vendor = ? AND k.secret_name = ? "
+                       "AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ?) "
+                       "ORDER BY k.created_at, k.key_id", (vendor, name, to_text(now)))
+        unknown = self._unknown_by_key(tx, [r["key_id"] for r in rows], now)
+        window = decisions.window_of(now)
+        return [_key_state(r).record(window, unknown.get(r["key_id"], 0)) for r in rows]
+
     # --- vault keys ---------------------------------------------------------------------------
 
     def create_key(self, key_id: str, key_hash: str, spec: KeySpec,

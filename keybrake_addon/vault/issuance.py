@@ -1,7 +1,7 @@
 """Issuing vault keys: validate the request, derive the key, store only its hash."""
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from ..durations import InvalidDuration, parse_duration
 from ..ledger.base import IssuanceIdempotency, KeyRecord, KeySpec, Ledger
@@ -9,6 +9,7 @@ from ..ledger.times import utc_now
 from ..vendors import VENDORS
 from ..text import has_control_characters
 from .allowlist import validate_patterns
+from .key_lifetimes import InvalidSetting, KeyLifetimes, read_lifetimes
 from .crypto import derive_subkey
 from .vault_keys import derive_vault_key, hash_vault_key, new_key_id
 
@@ -21,6 +22,7 @@ class IssueError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.reason = message
 
 
 @dataclass(frozen=True)
@@ -85,14 +87,35 @@ def validate(ledger: Ledger, request: KeyRequest, now: datetime) -> KeySpec:
         allowlist = tuple(validate_patterns(list(request.allowlist)))
     except ValueError as error:
         raise IssueError("allowed_endpoints", str(error)) from None
-    try:
-        # Whole seconds, rounded down: the expiry shown (ISO to the second) is the one enforced.
-        expires_at = (now + parse_duration(request.expires_in)).replace(microsecond=0) if request.expires_in else None
-    except InvalidDuration as failure:
-        raise IssueError("expires_in", str(failure)) from None
+    # Whole seconds, rounded down: the expiry shown (ISO to the second) is the one enforced.
+    expires_at = (now + _lifetime(ledger, request.expires_in)).replace(microsecond=0)
     return KeySpec(
         vendor=request.vendor, secret_name=request.secret_name, label=request.label,
         daily_cap_micros=request.daily_cap_micros, total_cap_micros=request.total_cap_micros,
         max_calls=request.max_calls, allowlist=allowlist, allow_all=request.allow_all,
         allow_unpriced=request.allow_unpriced, expires_at=expires_at,
     )
+
+
+def _lifetime(ledger: Ledger, expires_in: str | None) -> timedelta:
+    """The key's TTL: the one asked for, else the installation's default; never over its maximum."""
+    try:
+        lifetimes = read_lifetimes(ledger)
+    except InvalidSetting as failure:
+        raise IssueError("expires_in", str(failure)) from None
+    if expires_in is None:
+        ttl, asked = lifetimes.default, f"the default TTL {lifetimes.default_ttl}"
+    else:
+        try:
+            ttl, asked = parse_duration(expires_in), expires_in.strip()
+        except InvalidDuration as failure:
+            raise IssueError("expires_in", str(failure)) from None
+    if ttl > lifetimes.maximum:
+        raise IssueError("expires_in", _over_maximum(asked, lifetimes))
+    return ttl
+
+
+def _over_maximum(asked: str, lifetimes: KeyLifetimes) -> str:
+    return (f"{asked} is longer than this installation's maximum key lifetime ({lifetimes.max_ttl}); "
+            f"issue a shorter-lived key, or have the operator raise it with "
+            f"`keybrake settings set max-key-ttl <duration>`")

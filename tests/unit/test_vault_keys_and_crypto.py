@@ -4,6 +4,7 @@ import hashlib
 import hmac
 import math
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,6 +15,15 @@ from keybrake_addon.vault import crypto
 from keybrake_addon.vault.crypto import MasterKeyError, Sealed
 from keybrake_addon.durations import InvalidDuration, parse_duration
 from keybrake_addon.vault.issuance import IssueError, KeyRequest, validate
+from keybrake_addon.vault.key_lifetimes import (
+    DEFAULT_KEY_TTL,
+    MAX_KEY_TTL,
+    InvalidSetting,
+    KeyLifetimes,
+    read_lifetimes,
+    set_lifetime,
+)
+from keybrake_addon.vault.secrets import SecretVault, UnacceptableSecret, check_secret, stripe_mode
 from keybrake_addon.vault.vault_keys import (
     derive_vault_key,
     hash_vault_key,
@@ -231,8 +241,7 @@ def test_validate_accepts_and_normalises(ledger):
 
 def test_validate_accepts_no_cap_with_allow_all(ledger):
     spec = validate(ledger, KeyRequest(vendor="stripe", no_cap=True, allow_all=True), NOW)
-    assert (spec.daily_cap_micros, spec.total_cap_micros, spec.allowlist, spec.allow_all, spec.expires_at) == (
-        None, None, (), True, None)
+    assert (spec.daily_cap_micros, spec.total_cap_micros, spec.allowlist, spec.allow_all) == (None, None, (), True)
 
 
 def test_validate_zero_cap_counts_as_a_cap(ledger):
@@ -265,3 +274,92 @@ def test_validate_refuses(ledger, request_, field):
         validate(ledger, request_, NOW)
     assert info.value.field == field
     assert str(info.value).startswith(field + ": ")
+
+
+# --- keys expire by default: the installation's default and maximum TTL ---------------------
+
+
+def test_a_key_without_a_lifetime_gets_the_default_of_24_hours(ledger):
+    spec = validate(ledger, KeyRequest(vendor="stripe", daily_cap_micros=1, allow_all=True), NOW)
+    assert spec.expires_at == NOW + timedelta(hours=24)
+
+
+def test_the_default_ttl_is_the_installations_setting(ledger):
+    set_lifetime(ledger, DEFAULT_KEY_TTL, "12h")
+    spec = validate(ledger, KeyRequest(vendor="stripe", daily_cap_micros=1, allow_all=True), NOW)
+    assert spec.expires_at == NOW + timedelta(hours=12)
+
+
+def test_a_lifetime_over_the_maximum_is_refused_until_the_operator_raises_it(ledger):
+    asked = KeyRequest(vendor="stripe", daily_cap_micros=1, allow_all=True, expires_in="90d")
+    with pytest.raises(IssueError) as refused:
+        validate(ledger, asked, NOW)
+    assert refused.value.field == "expires_in"
+    assert "maximum key lifetime (30d)" in str(refused.value) and "max-key-ttl" in str(refused.value)
+    assert validate(ledger, replace(asked, expires_in="30d"), NOW).expires_at == NOW + timedelta(days=30)
+    set_lifetime(ledger, MAX_KEY_TTL, "90d")
+    assert validate(ledger, asked, NOW).expires_at == NOW + timedelta(days=90)
+
+
+def test_the_default_ttl_can_never_exceed_the_maximum(ledger):
+    with pytest.raises(InvalidSetting, match="shorter than default-key-ttl"):
+        set_lifetime(ledger, MAX_KEY_TTL, "2h")  # under the factory default of 24h
+    set_lifetime(ledger, DEFAULT_KEY_TTL, "1h")
+    set_lifetime(ledger, MAX_KEY_TTL, "2h")
+    with pytest.raises(InvalidSetting, match="longer than max-key-ttl"):
+        set_lifetime(ledger, DEFAULT_KEY_TTL, "3h")
+    with pytest.raises(InvalidSetting, match="shorter than default-key-ttl"):
+        set_lifetime(ledger, MAX_KEY_TTL, "30m")
+    assert read_lifetimes(ledger) == KeyLifetimes("1h", "2h", True, True)
+
+
+@pytest.mark.parametrize("value", ["0h", "-1d", "soon", "", "99999d"])
+def test_a_ttl_setting_must_be_a_positive_duration(ledger, value):
+    with pytest.raises(InvalidSetting, match="default-key-ttl"):
+        set_lifetime(ledger, DEFAULT_KEY_TTL, value)
+    assert read_lifetimes(ledger) == KeyLifetimes("24h", "30d")
+
+
+def test_an_unreadable_stored_setting_refuses_issuance_instead_of_ignoring_it(ledger):
+    ledger.set_meta("key_ttl_max", "forever")
+    with pytest.raises(IssueError) as refused:
+        validate(ledger, KeyRequest(vendor="stripe", daily_cap_micros=1, allow_all=True), NOW)
+    assert refused.value.field == "expires_in" and "max-key-ttl" in str(refused.value)
+
+
+# --- secret hygiene ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, reason", [
+    ("sk_kb_" + "A" * 43, "vault key"),
+    ("re_kb_" + "A" * 43, "vault key"),
+    ("pk_live_" + "a" * 24, "publishable key"),
+    ("pk_test_" + "a" * 24, "publishable key"),
+    ("   ", "empty"),
+    ("sk_test_abc def", "spaces"),
+    ("sk_test_abc\x1b[2J", "control characters"),
+])
+def test_check_secret_refuses_what_cannot_be_a_real_secret(value, reason):
+    with pytest.raises(UnacceptableSecret, match=reason):
+        check_secret("stripe", value)
+
+
+@pytest.mark.parametrize("value", ["sk_test_" + "a" * 24, "rk_live_" + "a" * 24, "re_123abc", "twilio0auth0token"])
+def test_check_secret_accepts_real_looking_secrets(value):
+    check_secret("stripe", value)
+
+
+@pytest.mark.parametrize("value, mode", [("sk_test_x", "test"), ("rk_test_x", "test"), ("sk_live_x", "live"),
+                                         ("rk_live_x", "live"), ("re_x", None), ("sk_x", None)])
+def test_stripe_mode(value, mode):
+    assert stripe_mode(value) == mode
+
+
+def test_mode_change_compares_with_the_secret_it_replaces(ledger):
+    key = crypto.new_master_key()
+    vault = SecretVault(ledger, key)
+    vault.put("stripe", "main", "sk_test_" + "a" * 24)
+    assert vault.mode_change("stripe", "main", "sk_test_" + "b" * 24) is None
+    assert vault.mode_change("stripe", "main", "rk_live_" + "b" * 24) == ("test", "live")
+    assert vault.mode_change("stripe", "other", "sk_live_" + "b" * 24) is None  # nothing replaced
+    assert SecretVault(ledger, crypto.new_master_key()).mode_change("stripe", "main", "sk_live_x") is None
