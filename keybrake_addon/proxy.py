@@ -24,6 +24,7 @@ from .addon import Keybrake
 from .draining import DEFAULT_DRAIN_TIMEOUT_S
 from .bounds import Bounds, raise_open_files_limit
 from .home import KeybrakeHome
+from .proxy_auth import ProxyAuth, is_loopback
 from .vendors import VENDOR_HOSTS
 
 # The API listener's reverse target. Never connected to: every request on that listener is
@@ -50,6 +51,13 @@ class ProxySettings:
     # (forward, api or None, health or None), once every listener is bound
     on_listening: list[Callable[[Address, Address | None, Address | None], None]] = field(default_factory=list)
     bounds: dict[str, object] = field(default_factory=dict)  # keybrake_max_* options of the Bounds addon
+    proxy_auth: str | None = None  # "required" | "off"; None: required unless the listen host is loopback
+    insecure_open_proxy: bool = False  # allow proxy_auth "off" on a non-loopback listen host
+
+    def proxy_auth_mode(self) -> str:
+        if self.proxy_auth is not None:
+            return self.proxy_auth
+        return "off" if is_loopback(self.listen_host) else "required"
 
 
 def intercept_patterns() -> list[str]:
@@ -125,7 +133,9 @@ async def run_proxy(settings: ProxySettings) -> None:
     master = DumpMaster(options.Options(), with_termlog=not settings.quiet, with_dumper=False)
     keybrake = Keybrake()
     # Bounds first: its hooks meter a connection before Keybrake's (which may wait on the ledger) run.
-    master.addons.add(Bounds(), keybrake, _ReadyLine(settings, keybrake))
+    # ProxyAuth next: nothing of Keybrake's runs for a forward-proxy request that is not authenticated.
+    master.addons.add(Bounds(), ProxyAuth(keybrake.proxy_credential_active), keybrake,
+                      _ReadyLine(settings, keybrake))
     # Options of mitmproxy's own addons exist only once the master has loaded them.
     master.options.update(
         confdir=str(settings.home.mitmproxy_confdir),
@@ -142,6 +152,8 @@ async def run_proxy(settings: ProxySettings) -> None:
         keybrake_database=settings.database_url,
         keybrake_drain_timeout=settings.drain_timeout_s,
         keybrake_health_port=settings.health_port,
+        keybrake_proxy_auth=settings.proxy_auth_mode(),
+        keybrake_insecure_open_proxy=settings.insecure_open_proxy,
         **settings.bounds,
     )
     loop = asyncio.get_running_loop()
