@@ -4,6 +4,8 @@ Admin tokens (`kba_`) open the vault API; worker tokens (`kbw_`) open the forwar
 kinds have the same life (create, list, revoke) and differ only in their prefix and table.
 """
 
+from __future__ import annotations  # a method named `list` shadows the builtin in annotations
+
 import hashlib
 import hmac
 import secrets
