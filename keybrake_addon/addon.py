@@ -124,7 +124,7 @@ class Keybrake:
 
     async def proxy_credential_active(self, credential_hash: str) -> bool:
         """Whether a forward-proxy password (by hash) is an active worker token or vault key (the
-        ProxyAuth addon's check). Raises when the ledger cannot answer: the caller refuses."""
+        KeybrakeProxyAuth addon's check). Raises when the ledger cannot answer: the caller refuses."""
         gate = self.gate or await self._ready_gate()
         if gate is None:
             raise LedgerNotOpen(self._not_ready_reason())

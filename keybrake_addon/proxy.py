@@ -24,7 +24,7 @@ from .addon import Keybrake
 from .draining import DEFAULT_DRAIN_TIMEOUT_S
 from .bounds import Bounds, raise_open_files_limit
 from .home import KeybrakeHome
-from .proxy_auth import ProxyAuth, is_loopback
+from .proxy_auth import KeybrakeProxyAuth, is_loopback
 from .vendors import VENDOR_HOSTS
 
 # The API listener's reverse target. Never connected to: every request on that listener is
@@ -133,8 +133,8 @@ async def run_proxy(settings: ProxySettings) -> None:
     master = DumpMaster(options.Options(), with_termlog=not settings.quiet, with_dumper=False)
     keybrake = Keybrake()
     # Bounds first: its hooks meter a connection before Keybrake's (which may wait on the ledger) run.
-    # ProxyAuth next: nothing of Keybrake's runs for a forward-proxy request that is not authenticated.
-    master.addons.add(Bounds(), ProxyAuth(keybrake.proxy_credential_active), keybrake,
+    # KeybrakeProxyAuth next: nothing of Keybrake's runs for a forward-proxy request that is not authenticated.
+    master.addons.add(Bounds(), KeybrakeProxyAuth(keybrake.proxy_credential_active), keybrake,
                       _ReadyLine(settings, keybrake))
     # Options of mitmproxy's own addons exist only once the master has loaded them.
     master.options.update(

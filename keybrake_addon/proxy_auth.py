@@ -146,7 +146,9 @@ def credentials_unchecked() -> http.Response:
         {"content-type": "text/plain", "retry-after": "1", "connection": "close"})
 
 
-class ProxyAuth:
+class KeybrakeProxyAuth:
+    """Named apart from mitmproxy's own `proxyauth` addon, which the master always loads (unused)."""
+
     def __init__(self, credential_active: CredentialCheck, clock: Callable[[], float] = time.monotonic) -> None:
         self._credential_active = credential_active
         self.cache = PositiveCache(clock=clock)
