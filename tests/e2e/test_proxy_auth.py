@@ -69,6 +69,10 @@ def test_without_a_credential_nothing_reaches_the_vendor(auth_proxy, fake_stripe
     assert "407" in str(refused.value)
     with pytest.raises(stripe.APIConnectionError):  # a wrong password is no better
         stripe_through(with_password(auth_proxy, "kbw_wrong"), vault_key).v1.balance.retrieve()
+    # A vendor host asked for in plain HTTP (no CONNECT): refused before the gate reserves anything.
+    with httpx.Client(proxy=auth_proxy.url) as client:
+        plain = client.get("http://api.stripe.com/v1/balance", headers={"authorization": f"Bearer {vault_key}"})
+    assert plain.status_code == 407
     head = raw_connect(auth_proxy, "api.stripe.com:443")
     assert head.startswith("HTTP/1.1 407") and 'proxy-authenticate: basic realm="keybrake"' in head.lower()
     assert fake_stripe.hits == 0
