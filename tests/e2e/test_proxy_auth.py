@@ -125,3 +125,25 @@ def test_no_open_relay_for_other_hosts(auth_proxy, fake_stripe, home):
         client.get(f"{fake_stripe.url}/v1/balance")
     (seen,) = fake_stripe.received
     assert "proxy-authorization" not in seen.headers  # the credential is never forwarded
+
+
+def test_off_loopback_authentication_is_on_by_default(home, fake_stripe, tmp_path):
+    exposed = ProxyProcess(home=home, upstreams=(f"stripe={fake_stripe.url}",), log_path=tmp_path / "exposed.log",
+                           extra_args=("--listen-host", "0.0.0.0")).start()
+    try:
+        assert raw_connect(exposed, "api.stripe.com:443").startswith("HTTP/1.1 407")
+        assert "Proxy authentication required" in exposed.log_text()
+        assert "0.0.0.0" not in exposed.log_text().partition("Worker environment:")[2]
+    finally:
+        exposed.stop()
+
+
+def test_an_insecure_open_proxy_says_so_at_start(home, fake_stripe, tmp_path):
+    open_proxy = ProxyProcess(home=home, upstreams=(f"stripe={fake_stripe.url}",), log_path=tmp_path / "open.log",
+                              extra_args=("--listen-host", "0.0.0.0", "--proxy-auth", "off",
+                                          "--insecure-open-proxy")).start()
+    try:
+        assert "WARNING: INSECURE OPEN PROXY" in open_proxy.log_text()
+        assert raw_connect(open_proxy, "api.stripe.com:443").startswith("HTTP/1.1 200")
+    finally:
+        open_proxy.stop()
