@@ -1,12 +1,19 @@
-"""The pure parts of forward-proxy authentication: the header, the cache, the slow-down table, the URLs."""
+"""Forward-proxy authentication: the header, the cache, the slow-down table, the URLs, then the
+addon's hooks on mitmproxy's test flows (the ledger played by a set of active hashes)."""
 
+import asyncio
 import base64
 
 import pytest
+from mitmproxy import exceptions
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.test import taddons, tflow
 
+from keybrake_addon import proxy_auth
 from keybrake_addon.home import KeybrakeHome
-from keybrake_addon.proxy_auth import (MAX_AUTHORIZATION_CHARS, FailureTable, PositiveCache, exposed_forward_hosts,
-                                       is_loopback, proxy_password)
+from keybrake_addon.proxy_auth import (MAX_AUTHORIZATION_CHARS, FailureTable, KeybrakeProxyAuth, PositiveCache,
+                                       exposed_forward_hosts, is_loopback, proxy_password)
+from keybrake_addon.vault.vault_keys import hash_vault_key
 from keybrake_addon.worker_env import env_lines, worker_proxy_url
 
 
@@ -119,3 +126,106 @@ def test_env_lines_put_the_credential_in_both_proxy_variables(tmp_path):
     assert "export HTTPS_PROXY=http://worker:<WORKER_TOKEN>@proxy.internal:8080" in lines
     assert any(line.startswith("export HTTP_PROXY=http://worker:<WORKER_TOKEN>@proxy.internal:8080") for line in lines)
     assert not any("0.0.0.0" in line for line in lines)
+
+
+# --- the addon's hooks, on mitmproxy's test flows -------------------------------------------------
+
+class Ledger:
+    """Answers the credential check from a set of active hashes, counting the look-ups."""
+
+    def __init__(self, *active: str) -> None:
+        self.active = {hash_vault_key(password) for password in active}
+        self.lookups = 0
+        self.failing = False
+
+    async def __call__(self, credential_hash: str) -> bool:
+        self.lookups += 1
+        if self.failing:
+            raise OSError("the database is down")
+        return credential_hash in self.active
+
+
+def request_flow(authorization: str | None = None, mode: str = "regular"):
+    flow = tflow.tflow()
+    flow.client_conn.proxy_mode = ProxyMode.parse(mode)
+    if authorization is not None:
+        flow.request.headers["Proxy-Authorization"] = authorization
+    return flow
+
+
+def run_hook(hook, flow):
+    asyncio.run(hook(flow))
+    return flow
+
+
+def test_a_valid_credential_passes_and_is_never_forwarded():
+    ledger = Ledger("kbw_good")
+    addon = KeybrakeProxyAuth(ledger)
+    flow = run_hook(addon.requestheaders, request_flow(basic("anyone:kbw_good")))
+    assert flow.response is None and "Proxy-Authorization" not in flow.request.headers
+    run_hook(addon.requestheaders, request_flow(basic("anyone:kbw_good")))
+    assert ledger.lookups == 1  # the second answer came from the cache
+
+
+def test_no_or_a_wrong_credential_gets_407_with_the_challenge():
+    addon = KeybrakeProxyAuth(Ledger("kbw_good"))
+    for flow in (request_flow(), request_flow(basic("worker:kbw_bad"))):
+        run_hook(addon.requestheaders, flow)
+        assert flow.response.status_code == 407
+        assert flow.response.headers["Proxy-Authenticate"] == 'Basic realm="keybrake"'
+        assert "Proxy-Authorization" not in flow.request.headers
+
+
+def test_a_ledger_that_cannot_answer_refuses():
+    ledger = Ledger("kbw_good")
+    ledger.failing = True
+    flow = run_hook(KeybrakeProxyAuth(ledger).http_connect, request_flow(basic("w:kbw_good")))
+    assert flow.response.status_code == 503
+
+
+def test_the_api_listener_is_left_to_its_own_tokens():
+    ledger = Ledger()
+    flow = run_hook(KeybrakeProxyAuth(ledger).requestheaders,
+                    request_flow(mode="reverse:http://127.0.0.1:9@127.0.0.1:8081"))
+    assert flow.response is None and ledger.lookups == 0
+
+
+def test_a_tunnel_is_cut_once_its_credential_is_revoked():
+    clock = Clock()
+    ledger = Ledger("kbw_good")
+    addon = KeybrakeProxyAuth(ledger, clock=clock)
+    connect = run_hook(addon.http_connect, request_flow(basic("w:kbw_good")))
+    assert connect.response is None
+    inner = tflow.tflow()
+    inner.client_conn = connect.client_conn  # a request inside the tunnel carries no credential of its own
+    assert run_hook(addon.requestheaders, inner).error is None
+    ledger.active.clear()  # revoked
+    clock.now += proxy_auth.CREDENTIAL_CACHE_S
+    later = tflow.tflow()
+    later.client_conn = connect.client_conn
+    assert run_hook(addon.requestheaders, later).error is not None  # killed
+
+
+def test_repeated_failures_from_one_address_are_slowed(monkeypatch):
+    waits = []
+
+    async def no_real_sleep(seconds):
+        waits.append(seconds)
+
+    monkeypatch.setattr(proxy_auth.asyncio, "sleep", no_real_sleep)
+    addon = KeybrakeProxyAuth(Ledger(), clock=Clock())
+    for _ in range(proxy_auth.SLOW_AFTER_FAILURES + 2):
+        assert run_hook(addon.requestheaders, request_flow(basic("w:guess"))).response.status_code == 407
+    assert waits == [proxy_auth.SLOW_DOWN_S] * 2
+
+
+def test_auth_off_on_a_non_loopback_forward_listener_is_refused_unless_insecure():
+    addon = KeybrakeProxyAuth(Ledger())
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, mode=["regular@127.0.0.1:8080"], keybrake_proxy_auth="off")
+        assert not addon.required
+        with pytest.raises(exceptions.OptionsError, match="--insecure-open-proxy"):
+            tctx.configure(addon, mode=["regular@0.0.0.0:8080"])
+        tctx.configure(addon, mode=["regular@0.0.0.0:8080"], keybrake_insecure_open_proxy=True)
+        tctx.configure(addon, keybrake_proxy_auth="required", keybrake_insecure_open_proxy=False)
+        assert addon.required
