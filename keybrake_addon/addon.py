@@ -63,6 +63,10 @@ def parse_upstreams(entries: Sequence[str]) -> dict[str, tuple[str, str, int, st
     return parsed
 
 
+class LedgerNotOpen(Exception):
+    """The ledger could not be opened (yet): nothing that needs it can be decided."""
+
+
 class Keybrake:
     def __init__(self) -> None:
         self.gate: Gate | None = None
@@ -115,6 +119,14 @@ class Keybrake:
             if gate is not None and self.gate is None:
                 self._use(gate)
         return self.gate
+
+    async def proxy_credential_active(self, credential_hash: str) -> bool:
+        """Whether a forward-proxy password (by hash) is an active worker token or vault key (the
+        KeybrakeProxyAuth addon's check). Raises when the ledger cannot answer: the caller refuses."""
+        gate = self.gate or await self._ready_gate()
+        if gate is None:
+            raise LedgerNotOpen(self._not_ready_reason())
+        return await gate.run_in_db(gate.installation.ledger.proxy_credential_active, credential_hash)
 
     async def running(self) -> None:
         port = ctx.options.keybrake_health_port
@@ -191,9 +203,10 @@ class Keybrake:
 
     async def request(self, flow: http.HTTPFlow) -> None:
         try:
+            if flow.response is not None:
+                return  # answered by an earlier hook (an oversized body, proxy authentication): final
             if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
-                if flow.response is None:  # else refused in requestheaders already
-                    await self._api_listener_request(flow)
+                await self._api_listener_request(flow)
                 return
             vendor = _vendor_of(flow)
             if vendor is None:

@@ -26,6 +26,7 @@ from .bounds import Bounds, raise_open_files_limit
 from .egress import Egress
 from .egress_policy import default_mode
 from .home import KeybrakeHome
+from .proxy_auth import KeybrakeProxyAuth, is_loopback
 from .vendors import VENDOR_HOSTS
 
 # The API listener's reverse target. Never connected to: every request on that listener is
@@ -54,6 +55,13 @@ class ProxySettings:
     # (forward, api or None, health or None), once every listener is bound
     on_listening: list[Callable[[Address, Address | None, Address | None], None]] = field(default_factory=list)
     bounds: dict[str, object] = field(default_factory=dict)  # keybrake_max_* options of the Bounds addon
+    proxy_auth: str | None = None  # "required" | "off"; None: required unless the listen host is loopback
+    insecure_open_proxy: bool = False  # allow proxy_auth "off" on a non-loopback listen host
+
+    def proxy_auth_mode(self) -> str:
+        if self.proxy_auth is not None:
+            return self.proxy_auth
+        return "off" if is_loopback(self.listen_host) else "required"
 
 
 def intercept_patterns() -> list[str]:
@@ -129,8 +137,11 @@ async def run_proxy(settings: ProxySettings) -> None:
     master = DumpMaster(options.Options(), with_termlog=not settings.quiet, with_dumper=False)
     keybrake = Keybrake()
     # Bounds first: its hooks meter a connection before Keybrake's (which may wait on the ledger) run.
+    # KeybrakeProxyAuth next: nothing else runs for a forward-proxy request that is not authenticated
+    # (not even the egress policy, whose answer would tell a stranger what it allows).
     # Egress before Keybrake: a destination it refuses is answered before the gate sees the flow.
-    master.addons.add(Bounds(), Egress(), keybrake, _ReadyLine(settings, keybrake))
+    master.addons.add(Bounds(), KeybrakeProxyAuth(keybrake.proxy_credential_active), Egress(), keybrake,
+                      _ReadyLine(settings, keybrake))
     # Options of mitmproxy's own addons exist only once the master has loaded them.
     master.options.update(
         confdir=str(settings.home.mitmproxy_confdir),
@@ -149,6 +160,8 @@ async def run_proxy(settings: ProxySettings) -> None:
         keybrake_database=settings.database_url,
         keybrake_drain_timeout=settings.drain_timeout_s,
         keybrake_health_port=settings.health_port,
+        keybrake_proxy_auth=settings.proxy_auth_mode(),
+        keybrake_insecure_open_proxy=settings.insecure_open_proxy,
         **settings.bounds,
     )
     loop = asyncio.get_running_loop()

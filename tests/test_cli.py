@@ -302,3 +302,31 @@ def _read_until(terminal: int, marker: bytes | None, timeout_s: float = 60) -> b
             break
         seen += chunk
     return seen
+
+
+def test_worker_tokens_are_shown_once_and_revocable(run):
+    run("init")
+    created = json.loads(run("worker-token", "create", "--name", "ci", "--json").output)
+    assert created["token"].startswith("kbw_") and created["name"] == "ci"
+    listed = run("worker-token", "list").output
+    assert created["token_id"] in listed and created["token"] not in listed
+    assert "revoked" in run("worker-token", "revoke", created["token_id"]).output
+    assert json.loads(run("worker-token", "list", "--json").output)[0]["revoked_at"] is not None
+    missing = run("worker-token", "revoke", "kbwt_nope", ok=False)
+    assert missing.exit_code == 1 and "no worker token kbwt_nope" in missing.output
+
+
+def test_env_for_another_host_places_the_credential_and_never_prints_0_0_0_0(run):
+    run("init")
+    lines = run("env", "--proxy-url", "http://10.0.0.5:8080").output
+    assert "export HTTPS_PROXY=http://worker:<WORKER_TOKEN>@10.0.0.5:8080" in lines
+    assert "keybrake worker-token create" in lines
+    assert "worker:" not in run("env", "--proxy-url", "http://10.0.0.5:8080", "--proxy-auth", "off").output
+    refused = run("env", "--proxy-url", "http://0.0.0.0:8080", ok=False)
+    assert refused.exit_code == 2 and "--proxy-url" in refused.output and "export" not in refused.output
+
+
+def test_an_open_proxy_off_loopback_needs_the_insecure_flag(run):
+    refused = run("proxy", "--listen-host", "0.0.0.0", "--proxy-auth", "off", "--listen-port", "0", ok=False)
+    assert refused.exit_code == 2
+    assert "open proxy" in refused.output and "--insecure-open-proxy" in refused.output

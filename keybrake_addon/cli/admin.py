@@ -1,54 +1,62 @@
-"""`keybrake admin-token`: tokens for the vault HTTP API."""
+"""`keybrake admin-token` (the vault HTTP API) and `keybrake worker-token` (the forward proxy)."""
 
 import click
 
-from ..api.tokens import AdminTokens
+from ..api.tokens import AdminTokens, WorkerTokens
 from ..policy import iso
 from .context import installation
 from .output import emit, print_json
 
 
-@click.group("admin-token")
-def admin_token() -> None:
-    """Admin tokens for the vault API (`Authorization: Bearer kba_...`)."""
+def token_group(name: str, kind: type, what: str, use: str, revoked_means: str) -> click.Group:
+    """The create/list/revoke commands of one kind of token; `what` names it in messages."""
+
+    @click.group(name, help=f"{what.capitalize()}s {use}.")
+    def group() -> None:
+        pass
+
+    @group.command("create")
+    @click.option("--name", help="What the token is for, e.g. trigger-dev-prod.")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON with `token` and `token_id`.")
+    @click.pass_context
+    def create(ctx: click.Context, name: str | None, as_json: bool) -> None:
+        """Create a token and print it once; only its hash is stored."""
+        with installation(ctx) as kb:
+            token, secret = kind(kb.ledger).create(name)
+        if as_json:
+            print_json({"token_id": token.token_id, "name": token.name, "token": secret})
+            return
+        click.echo(secret)
+        click.echo(f"created {what} {token.token_id}; it is shown once.", err=True)
+
+    @group.command("list")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @click.pass_context
+    def list_tokens(ctx: click.Context, as_json: bool) -> None:
+        """List tokens (never the tokens themselves)."""
+        with installation(ctx) as kb:
+            tokens = kind(kb.ledger).list()
+        rows = [{"token_id": t.token_id, "name": t.name, "created_at": iso(t.created_at),
+                 "revoked_at": iso(t.revoked_at) if t.revoked_at else None} for t in tokens]
+        emit(rows, ["token_id", "name", "created_at", "revoked_at"], "json" if as_json else "table")
+
+    @group.command("revoke", help=f"Revoke a token; {revoked_means}.")
+    @click.argument("token_id")
+    @click.pass_context
+    def revoke(ctx: click.Context, token_id: str) -> None:
+        with installation(ctx) as kb:
+            if not kind(kb.ledger).revoke(token_id):
+                raise click.ClickException(f"no {what} {token_id}")
+        click.echo(f"revoked {token_id}")
+
+    return group
 
 
-@admin_token.command("create")
-@click.option("--name", help="What the token is for, e.g. trigger-dev-prod.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON with `token` and `token_id`.")
-@click.pass_context
-def create(ctx: click.Context, name: str | None, as_json: bool) -> None:
-    """Create a token and print it once; only its hash is stored."""
-    with installation(ctx) as kb:
-        token, secret = AdminTokens(kb.ledger).create(name)
-    if as_json:
-        print_json({"token_id": token.token_id, "name": token.name, "token": secret})
-        return
-    click.echo(secret)
-    click.echo(f"created admin token {token.token_id}; it is shown once.", err=True)
+admin_token = token_group("admin-token", AdminTokens, "admin token",
+                          "for the vault API (`Authorization: Bearer kba_...`)",
+                          "the API refuses it from the next request on")
+worker_token = token_group("worker-token", WorkerTokens, "worker token",
+                           "for the forward proxy (the password in `HTTPS_PROXY=http://worker:kbw_...@host:port`)",
+                           "the proxy refuses it within a few seconds (its answers are cached that long)")
 
-
-@admin_token.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_context
-def list_tokens(ctx: click.Context, as_json: bool) -> None:
-    """List tokens (never the tokens themselves)."""
-    with installation(ctx) as kb:
-        tokens = AdminTokens(kb.ledger).list()
-    rows = [{"token_id": t.token_id, "name": t.name, "created_at": iso(t.created_at),
-             "revoked_at": iso(t.revoked_at) if t.revoked_at else None} for t in tokens]
-    emit(rows, ["token_id", "name", "created_at", "revoked_at"], "json" if as_json else "table")
-
-
-@admin_token.command("revoke")
-@click.argument("token_id")
-@click.pass_context
-def revoke(ctx: click.Context, token_id: str) -> None:
-    """Revoke a token; the API refuses it from the next request on."""
-    with installation(ctx) as kb:
-        if not AdminTokens(kb.ledger).revoke(token_id):
-            raise click.ClickException(f"no admin token {token_id}")
-    click.echo(f"revoked {token_id}")
-
-
-COMMANDS = (admin_token,)
+COMMANDS = (admin_token, worker_token)

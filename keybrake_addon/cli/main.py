@@ -15,7 +15,7 @@ COMMAND_MODULES = {
     "secret": "vault", "issue": "vault", "keys": "vault", "revoke": "vault",
     "audit": "reports", "spend": "reports",
     "pricing": "pricing",
-    "admin-token": "admin",
+    "admin-token": "admin", "worker-token": "admin",
     "reconcile": "reconcile",
     "db": "database",
     "settings": "settings",

@@ -1,5 +1,7 @@
 """Commands that set an installation up and run it: init, env, proxy, demo."""
 
+from urllib.parse import urlsplit
+
 import click
 from mitmproxy.exceptions import OptionsError
 
@@ -10,6 +12,7 @@ from ..installation import initialise
 from ..api.listener_tls import api_listener_certs
 from ..draining import DEFAULT_DRAIN_TIMEOUT_S
 from ..egress_policy import EgressMode, default_mode
+from ..proxy_auth import CREDENTIAL_CACHE_S, is_loopback
 from ..worker_env import env_lines
 from .context import database_of_ctx, home_of
 
@@ -43,16 +46,28 @@ Next:
        keybrake issue --vendor stripe --daily-usd-cap 500 --allow "POST /v1/payment_intents" --label my-run"""
 
 
+PROXY_AUTH_CHOICE = click.Choice(["required", "off"])
+
+
 @click.command()
 @click.option("--proxy-url", default="http://127.0.0.1:8080", show_default=True,
-              help="Where workers reach the proxy.")
+              help="Where workers reach the proxy, as they write it (never 0.0.0.0).")
+@click.option("--proxy-auth", type=PROXY_AUTH_CHOICE,
+              help="Whether the proxy requires a credential (as `keybrake proxy --proxy-auth`). "
+                   "Default: required unless the proxy URL's host is loopback.")
 @click.pass_context
-def env(ctx: click.Context, proxy_url: str) -> None:
+def env(ctx: click.Context, proxy_url: str, proxy_auth: str | None) -> None:
     """Print the environment lines a worker needs to go through Keybrake."""
     home = home_of(ctx)
     if not home.ca_cert.exists():
         raise click.ClickException(f"no CA at {home.ca_cert}; run `keybrake init` first")
-    click.echo("\n".join(env_lines(home, proxy_url)))
+    if proxy_auth is None:
+        proxy_auth = "off" if is_loopback(urlsplit(proxy_url).hostname or "") else "required"
+    try:
+        lines = env_lines(home, proxy_url, proxy_auth == "required")
+    except ValueError as failure:
+        raise click.UsageError(f"--proxy-url: {failure}") from None
+    click.echo("\n".join(lines))
 
 
 @click.command()
@@ -93,12 +108,20 @@ def env(ctx: click.Context, proxy_url: str) -> None:
               type=click.IntRange(1), help="Most connections open at once from one client address.")
 @click.option("--max-conns", default=DEFAULT_MAX_CONNS, show_default=True, type=click.IntRange(1),
               help="Most client connections open at once, all addresses together.")
+@click.option("--proxy-auth", type=PROXY_AUTH_CHOICE,
+              help="Require Proxy-Authorization on the forward listener, with a worker token "
+                   "(`keybrake worker-token create`) or a vault key as the password. "
+                   "Default: required unless --listen-host is a loopback address.")
+@click.option("--insecure-open-proxy", is_flag=True,
+              help="Allow --proxy-auth off on a non-loopback address: anyone who reaches the port can tunnel "
+                   "anywhere through it.")
 @click.pass_context
 def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tuple[str, ...],
           egress: str | None, egress_allow: tuple[str, ...], egress_allow_private: tuple[str, ...],
           strict_egress: bool, db_busy_timeout: float, api_port: int | None, api_tls_cert: str | None,
           api_tls_key: str | None, health_port: int | None, drain_timeout: float, max_vendor_body: str,
-          header_timeout: float, max_conns_per_address: int, max_conns: int) -> None:
+          header_timeout: float, max_conns_per_address: int, max_conns: int, proxy_auth: str | None,
+          insecure_open_proxy: bool) -> None:
     """Run the forward proxy. Initialises the home first if it is new.
 
     Workers set HTTPS_PROXY to it and trust the Keybrake CA (see `keybrake env`). Only
@@ -121,6 +144,14 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
         click.echo(NEXT_STEPS, err=True)
 
     egress = _egress_mode(egress, strict_egress, listen_host, bool(egress_allow or egress_allow_private))
+    exposed = not is_loopback(listen_host)
+    proxy_auth = proxy_auth or ("required" if exposed else "off")
+    open_relay = exposed and proxy_auth == "off"
+    if open_relay and not insecure_open_proxy:
+        raise click.UsageError(
+            f"--proxy-auth off on {listen_host or 'every interface'} would make an open proxy: anyone who reaches "
+            "the port could tunnel anywhere through it. Keep --proxy-auth required (workers put a worker token in "
+            "the proxy URL, see `keybrake worker-token create`), or add --insecure-open-proxy if that is really meant.")
     if bool(api_tls_cert) != bool(api_tls_key):
         raise click.UsageError("--api-tls-cert and --api-tls-key go together")
     if api_tls_cert and api_port is None:
@@ -145,8 +176,19 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
         for upstream in upstreams:  # a proxy pointed at a fake must not look like a real one
             click.echo(f"Keybrake sends {upstream.partition('=')[0]} traffic to {upstream.partition('=')[2]} "
                        "(--upstream), not to the vendor")
+        if open_relay:
+            click.echo("WARNING: INSECURE OPEN PROXY: proxy authentication is off on a non-loopback address "
+                       "(--insecure-open-proxy). Anyone who reaches this port can tunnel anywhere through it.")
+        elif proxy_auth == "required":
+            click.echo("Proxy authentication required: workers put a worker token (`keybrake worker-token create`) "
+                       f"or their vault key as the proxy URL's password; a revoked one stops working within "
+                       f"{CREDENTIAL_CACHE_S:g} s")
         click.echo("Worker environment:")
-        for line in env_lines(home, f"http://{forward[0]}:{forward[1]}"):
+        try:
+            lines = env_lines(home, f"http://{forward[0]}:{forward[1]}", proxy_auth == "required")
+        except ValueError:  # listening on every interface: only the operator knows the address workers use
+            lines = [f"# run `keybrake env --proxy-url http://<this host>:{forward[1]}` with the address workers reach"]
+        for line in lines:
             click.echo("  " + line)
         click.echo("", nl=True)
 
@@ -155,7 +197,7 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
                              egress_allow_private=egress_allow_private, db_busy_timeout_s=db_busy_timeout,
                              database_url=ctx.find_root().obj.database_url or "",
                              api_tls_certs=tls_certs, health_port=health_port, drain_timeout_s=drain_timeout,
-                             on_listening=[announce],
+                             on_listening=[announce], proxy_auth=proxy_auth, insecure_open_proxy=insecure_open_proxy,
                              bounds={"keybrake_max_vendor_body": max_vendor_body,
                                      "keybrake_header_timeout": header_timeout,
                                      "keybrake_max_conns_per_address": max_conns_per_address,

@@ -22,6 +22,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "proxy_runs": ("run_id",),
     "issuances": ("idempotency_key",),
     "admin_tokens": ("token_id",),
+    "worker_tokens": ("token_id",),
 }
 # Tables whose ids PostgreSQL takes from a sequence: it must start past the copied ids.
 SEQUENCES = {"reservations": "reservations_id_seq", "audit": "audit_id_seq"}

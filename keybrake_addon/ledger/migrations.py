@@ -145,12 +145,25 @@ CREATE INDEX IF NOT EXISTS reservations_key_object ON reservations (key_id, obje
 DROP INDEX IF EXISTS reservations_object;
 """
 
+# Credentials for the forward proxy (Proxy-Authorization), kept apart from admin tokens: a
+# worker that may tunnel through the proxy must not be able to issue keys.
+_WORKER_TOKENS = """
+CREATE TABLE IF NOT EXISTS worker_tokens (
+    token_id TEXT PRIMARY KEY,
+    name TEXT,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "the baseline: secrets, vault keys, reservations, audit, proxy runs, admin tokens",
               _BASELINE.format(blob="BLOB", id="INTEGER", real="REAL"),
               _BASELINE.format(blob="BYTEA", id="BIGINT", real="DOUBLE PRECISION") + _POSTGRES_SEQUENCES),
     Migration(4, "reservations count their attempts in flight (a hold stays until every attempt answered)",
               _ATTEMPTS, _ATTEMPTS),
+    Migration(5, "worker tokens: credentials for the forward proxy", _WORKER_TOKENS, _WORKER_TOKENS),
 )
 LATEST = MIGRATIONS[-1].version
 

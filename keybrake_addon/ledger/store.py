@@ -357,30 +357,60 @@ class SqlLedger:
                  f"{note}; reserved at {from_text(row['created_at']):%Y-%m-%d %H:%M:%S}Z"))
             return dict(row), before, after
 
-    # --- admin tokens -------------------------------------------------------------------------
+    # --- admin and worker tokens: the same shape, each kind in its own table ------------------
 
     def create_admin_token(self, token_id: str, name: str | None, token_hash: str) -> datetime:
-        with self.database.transaction() as tx:
-            now = tx.now()
-            tx.run("INSERT INTO admin_tokens (token_id, name, token_hash, created_at) VALUES (?, ?, ?, ?)",
-                   (token_id, name, token_hash, to_text(now)))
-            return now
+        return self._create_token("admin_tokens", token_id, name, token_hash)
 
     def list_admin_tokens(self) -> list[dict]:
-        with self.database.reading() as tx:
-            rows = tx.rows("SELECT token_id, name, created_at, revoked_at FROM admin_tokens ORDER BY created_at")
-        return [{**dict(r), "created_at": from_text(r["created_at"]), "revoked_at": from_text(r["revoked_at"])}
-                for r in rows]
+        return self._list_tokens("admin_tokens")
 
     def revoke_admin_token(self, token_id: str) -> bool:
-        with self.database.transaction() as tx:
-            return tx.run("UPDATE admin_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE token_id = ?",
-                          (to_text(tx.now()), token_id)) > 0
+        return self._revoke_token("admin_tokens", token_id)
 
     def active_admin_token_hashes(self) -> list[tuple[str, str]]:
         with self.database.reading() as tx:
             return [(r["token_id"], r["token_hash"])
                     for r in tx.rows("SELECT token_id, token_hash FROM admin_tokens WHERE revoked_at IS NULL")]
+
+    def create_worker_token(self, token_id: str, name: str | None, token_hash: str) -> datetime:
+        return self._create_token("worker_tokens", token_id, name, token_hash)
+
+    def list_worker_tokens(self) -> list[dict]:
+        return self._list_tokens("worker_tokens")
+
+    def revoke_worker_token(self, token_id: str) -> bool:
+        return self._revoke_token("worker_tokens", token_id)
+
+    def proxy_credential_active(self, credential_hash: str) -> bool:
+        """Whether a forward-proxy password is an unrevoked worker token or a vault key that is
+        unrevoked and unexpired by the database's clock. Both are looked up by their unique hash."""
+        with self.database.reading() as tx:
+            row = tx.row(
+                "SELECT 1 AS found FROM worker_tokens WHERE token_hash = ? AND revoked_at IS NULL "
+                "UNION ALL SELECT 1 AS found FROM vault_keys WHERE key_hash = ? AND revoked_at IS NULL "
+                "AND (expires_at IS NULL OR expires_at > ?)",
+                (credential_hash, credential_hash, to_text(tx.now())))
+        return row is not None
+
+    def _create_token(self, table: str, token_id: str, name: str | None, token_hash: str) -> datetime:
+        with self.database.transaction() as tx:
+            now = tx.now()
+            tx.run(f"INSERT INTO {_token_table(table)} (token_id, name, token_hash, created_at) VALUES (?, ?, ?, ?)",
+                   (token_id, name, token_hash, to_text(now)))
+            return now
+
+    def _list_tokens(self, table: str) -> list[dict]:
+        with self.database.reading() as tx:
+            rows = tx.rows(f"SELECT token_id, name, created_at, revoked_at FROM {_token_table(table)} "
+                           "ORDER BY created_at, token_id")
+        return [{**dict(r), "created_at": from_text(r["created_at"]), "revoked_at": from_text(r["revoked_at"])}
+                for r in rows]
+
+    def _revoke_token(self, table: str, token_id: str) -> bool:
+        with self.database.transaction() as tx:
+            return tx.run(f"UPDATE {_token_table(table)} SET revoked_at = COALESCE(revoked_at, ?) WHERE token_id = ?",
+                          (to_text(tx.now()), token_id)) > 0
 
     # --- proxy runs: who may still settle a pending hold --------------------------------------
 
@@ -747,3 +777,10 @@ def _where(clauses: list[str]) -> str:
 def _sealed(row: Row) -> SealedSecret:
     return SealedSecret(row["vendor"], row["name"], bytes(row["nonce"]), bytes(row["ciphertext"]),
                         row["account_sid"], row["auth_user"])
+
+
+def _token_table(table: str) -> str:
+    """A token table's name, checked: it is put into SQL text, never taken from input."""
+    if table not in ("admin_tokens", "worker_tokens"):
+        raise ValueError(f"not a token table: {table}")
+    return table
