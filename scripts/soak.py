@@ -317,11 +317,11 @@ def run_audit_scale(workdir: Path, rows: int, labels: int) -> dict:
     ledger = SqliteLedger(database)
     try:
         executed: list[str] = []
-        ledger._db.set_trace_callback(executed.append)  # capture the exact SQL audit_rows runs
+        ledger.database._db.set_trace_callback(executed.append)  # capture the exact SQL audit_rows runs
         found = ledger.audit_rows(AuditFilter(label=label))
-        ledger._db.set_trace_callback(None)
+        ledger.database._db.set_trace_callback(None)
         select = next(sql for sql in executed if sql.lstrip().upper().startswith("SELECT"))
-        plan = [row[3] for row in ledger._db.execute("EXPLAIN QUERY PLAN " + select)]
+        plan = [row[3] for row in ledger.database._db.execute("EXPLAIN QUERY PLAN " + select)]
         times = []
         for _ in range(5):
             started = time.perf_counter()
