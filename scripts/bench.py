@@ -650,7 +650,6 @@ async def _batched_phase(ledger, key_hash: str, run_id: str, callers: int, pairs
             admit_latencies.append(time.perf_counter() - began)
             if admission.refusal is not None:
                 raise RuntimeError(f"the ledger refused a benchmark call: {admission.refusal}")
-            await asyncio.sleep(0)  # the vendor's turn: other callers run while this call is out
             ledger.settle(SettleRequest(
                 audit_id=admission.audit_id, reservation_id=admission.reservation_id, resolution=Resolution.SETTLE,
                 actual_micros=PAIR_MICROS, status=200, object_ids=(f"pi_{tag}_{index}",),

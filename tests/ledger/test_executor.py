@@ -178,21 +178,24 @@ def test_sqlite_decides_on_the_loop_when_nothing_is_queued(tmp_path, store):
     assert money(SqliteLedger(store.store.database.path)) == (50, 0)
 
 
-def test_with_another_call_in_flight_sqlite_commits_in_batches(store):
+def test_while_the_ledger_thread_commits_an_admit_queues_instead_of_waiting_on_the_loop(store):
     inline = SqliteLedger(store.store.database.path, busy_timeout_s=0)
 
     async def run():
         ledger = AsyncLedger(store, inline=inline)
-        first = await ledger.admit(request(50))  # alone: on the loop
-        second = await ledger.admit(request(50))  # the first is still at the vendor: queued
-        ledger.settle(settlement(first, actual=50 * USD))
-        ledger.settle(settlement(second, actual=50 * USD))
-        await ledger.drain(2)
+        store.gate.clear()
+        ledger.record_refusal(CALL, Refusal(RefusalKind.MISSING_KEY, "no key"))  # the thread takes it, and waits
+        await asyncio.sleep(0.1)
+        admitted = asyncio.ensure_future(ledger.admit(request(50)))
+        await asyncio.sleep(0.1)
+        assert not admitted.done()  # queued behind the batch, not run on the loop
+        store.gate.set()
+        admission = await admitted
         ledger.close()
+        return admission
 
-    asyncio.run(run())
-    assert sum(admits for admits, _, _ in store.batches) == 1
-    assert money(SqliteLedger(store.store.database.path)) == (100, 0)
+    assert asyncio.run(run()).allowed
+    assert [admits for admits, _, _ in store.batches] == [0, 1]
 
 
 def test_after_a_failure_admits_are_refused_at_once_then_the_database_is_tried_again(store, monkeypatch):
@@ -219,23 +222,30 @@ def test_after_a_failure_admits_are_refused_at_once_then_the_database_is_tried_a
 
 
 def test_a_success_on_the_loop_ends_the_fail_fast_window(store, monkeypatch):
-    # A lock held by another writer failed a batch; once the loop's own attempt succeeds, calls
-    # queued right after it must be decided, not refused for the rest of the window.
+    # A batch failed (another writer held the lock past the timeout). Once the loop's own attempt
+    # succeeds, an admit queued right after it must be decided, not refused for the whole window.
     monkeypatch.setattr("keybrake_addon.ledger.executor.KNOWN_DOWN_S", 5.0)
     inline = SqliteLedger(store.store.database.path, busy_timeout_s=0)
 
+    async def queued_behind_a_batch(ledger):
+        store.gate.clear()
+        ledger.record_refusal(CALL, Refusal(RefusalKind.MISSING_KEY, "no key"))  # the thread takes it, and waits
+        await asyncio.sleep(0.1)
+        admitted = asyncio.ensure_future(ledger.admit(request(10)))
+        await asyncio.sleep(0.05)
+        store.gate.set()
+        return await asyncio.gather(admitted, return_exceptions=True)
+
     async def run():
         ledger = AsyncLedger(store, inline=inline)
-        first = await ledger.admit(request(10))  # on the loop; now in flight
         store.failures_left = 1
-        with pytest.raises(LedgerUnavailable):
-            await ledger.admit(request(10))  # queued (another call in flight), and the batch fails
-        ledger.settle(settlement(first, actual=10 * USD))
-        await ledger.drain(2)
-        alone = await ledger.admit(request(10))  # alone again: on the loop, and it succeeds
-        second = await ledger.admit(request(10))  # queued behind nothing: decided, not refused
+        [failed] = await queued_behind_a_batch(ledger)
+        on_the_loop = await ledger.admit(request(10))
+        [queued] = await queued_behind_a_batch(ledger)
         ledger.close()
-        return alone, second
+        return failed, on_the_loop, queued
 
-    alone, second = asyncio.run(run())
-    assert alone.allowed and second.allowed
+    failed, on_the_loop, queued = asyncio.run(run())
+    assert isinstance(failed, LedgerUnavailable)
+    assert on_the_loop.allowed
+    assert not isinstance(queued, BaseException) and queued.allowed
