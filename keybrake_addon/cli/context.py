@@ -1,8 +1,6 @@
 """Shared helpers for commands: the home and database from the global options, an opened installation."""
 
 from contextlib import contextmanager
-from dataclasses import dataclass
-
 import click
 
 from ..home import KeybrakeHome
@@ -12,14 +10,7 @@ from ..ledger.migrations import SchemaMismatch
 from ..ledger.opening import database_of
 from ..ledger.urls import DatabaseUrl
 from ..vault.crypto import MasterKeyError
-
-
-@dataclass(frozen=True)
-class Target:
-    """What the global options chose: the home, and the ledger's URL if not the home's file."""
-
-    home: KeybrakeHome
-    database_url: str | None = None
+from .target import Target
 
 
 def home_of(ctx: click.Context) -> KeybrakeHome:

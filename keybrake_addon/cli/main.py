@@ -6,7 +6,7 @@ import click
 
 from .. import __version__
 from ..home import KeybrakeHome
-from .context import Target
+from .target import Target
 
 # Each command's module is imported only when that command runs (or --help lists them all):
 # `keybrake audit` in a script must not pay for mitmproxy, cryptography and the HTTP client.
