@@ -39,8 +39,10 @@ class Recording:
         self.failures_left = 0
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = threading.Event()  # set when a batch reaches the gate
 
     def apply_batch(self, admits, settles, refusals):
+        self.entered.set()
         self.gate.wait()
         time.sleep(self.delay_s)
         if self.failures_left:
@@ -184,8 +186,9 @@ def test_while_the_ledger_thread_commits_an_admit_queues_instead_of_waiting_on_t
     async def run():
         ledger = AsyncLedger(store, inline=inline)
         store.gate.clear()
+        store.entered.clear()
         ledger.record_refusal(CALL, Refusal(RefusalKind.MISSING_KEY, "no key"))  # the thread takes it, and waits
-        await asyncio.sleep(0.1)
+        assert await asyncio.to_thread(store.entered.wait, 5)
         admitted = asyncio.ensure_future(ledger.admit(request(50)))
         await asyncio.sleep(0.1)
         assert not admitted.done()  # queued behind the batch, not run on the loop
@@ -229,8 +232,9 @@ def test_a_success_on_the_loop_ends_the_fail_fast_window(store, monkeypatch):
 
     async def queued_behind_a_batch(ledger):
         store.gate.clear()
+        store.entered.clear()
         ledger.record_refusal(CALL, Refusal(RefusalKind.MISSING_KEY, "no key"))  # the thread takes it, and waits
-        await asyncio.sleep(0.1)
+        assert await asyncio.to_thread(store.entered.wait, 5)
         admitted = asyncio.ensure_future(ledger.admit(request(10)))
         await asyncio.sleep(0.05)
         store.gate.set()
@@ -238,8 +242,11 @@ def test_a_success_on_the_loop_ends_the_fail_fast_window(store, monkeypatch):
 
     async def run():
         ledger = AsyncLedger(store, inline=inline)
-        store.failures_left = 1
+        # The batch fails, and so do the refusal row's retries (it is dropped after the last), so
+        # nothing the ledger thread commits ends the window: only the loop's own success can.
+        store.failures_left = 1 + 2
         [failed] = await queued_behind_a_batch(ledger)
+        await ledger.drain(2)  # the thread is idle again, the window still open
         on_the_loop = await ledger.admit(request(10))
         [queued] = await queued_behind_a_batch(ledger)
         ledger.close()
