@@ -59,11 +59,9 @@ def copy_ledger(source: DatabaseUrl, target: DatabaseUrl) -> dict[str, int]:
 
 
 def _copy(reader: SqlLedger, writer: SqlLedger) -> dict[str, int]:
-    from . import postgres
-
     copied: dict[str, int] = {}
     with _snapshot(reader) as source, writer.database.transaction() as tx:
-        tx.row("SELECT pg_advisory_xact_lock(?) AS locked", (postgres.MIGRATION_LOCK,))
+        tx.lock_schema()
         _prepare_target(tx, writer.database.where, _meta(source))
         for table, key in TABLES.items():
             copied[table] = _copy_table(source, tx, table, key)
@@ -99,16 +97,14 @@ def _meta(source) -> dict[str, str]:
 
 def _prepare_target(tx, where: str, source_meta: dict[str, str]) -> None:
     """Give an empty target the latest schema; refuse one holding anything a copy would mix with."""
-    from .postgres import apply, schema_version
-
-    found = schema_version(tx)
+    found = migrations.schema_version(tx)
     if found is None:
         leftovers = tx.rows("SELECT table_name FROM information_schema.tables "
                             "WHERE table_schema = current_schema() ORDER BY table_name")
         if leftovers:
             names = ", ".join(row["table_name"] for row in leftovers)
             raise CopyRefused(f"{where} is not empty (tables: {names}); copy into a new, empty database")
-        apply(tx, migrations.pending(None))
+        migrations.apply(tx, migrations.pending(None))
         return
     try:
         migrations.require_current(found, where)

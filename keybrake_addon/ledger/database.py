@@ -15,12 +15,17 @@ Row = Any  # a mapping-like row: row["column"]; dict(row) gives a plain dict
 class Tx(Protocol):
     """One open transaction."""
 
+    backend: str  # "sqlite" | "postgresql": which script of a migration it runs
+
     def rows(self, sql: str, params: Sequence = ()) -> list[Row]: ...
     def row(self, sql: str, params: Sequence = ()) -> Row | None: ...
     def run(self, sql: str, params: Sequence = ()) -> int: ...  # the number of rows changed
     def run_many(self, sql: str, params: Iterable[Sequence]) -> None: ...
     def new_ids(self, counts: dict[str, int]) -> dict[str, list[int]]: ...  # per table: ids nobody else will use
     def now(self) -> datetime: ...  # the database's clock, read now
+    def has_table(self, name: str) -> bool: ...
+    def lock_schema(self) -> None: ...  # keep other migrators out until this transaction ends
+    def script(self, sql: str) -> None: ...  # a migration's statements, inside this transaction
 
 
 class Database(Protocol):

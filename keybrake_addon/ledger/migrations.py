@@ -189,3 +189,45 @@ def require_current(found: int | None, where: str) -> None:
             "Back it up, then run `keybrake db upgrade` (`keybrake db status` lists what it will apply).")
     raise SchemaMismatch(f"{where} has schema version {found}, newer than this Keybrake reads ({LATEST}). "
                          "Use the Keybrake release that upgraded it.")
+
+
+# --- applying them: the same for both backends; a transaction knows its own dialect -------------
+
+def schema_version(tx) -> int | None:
+    """The schema version a database records; None for an empty database."""
+    if not tx.has_table("meta"):
+        return None
+    row = tx.row("SELECT value FROM meta WHERE name = 'schema_version'")
+    return int(row["value"]) if row else None
+
+
+def apply(tx, todo: list[Migration]) -> None:
+    for migration in todo:
+        tx.script(migration.script(tx.backend))
+        tx.run("INSERT INTO meta (name, value) VALUES ('schema_version', ?) "
+               "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (str(migration.version),))
+
+
+def ensure_schema(database) -> None:
+    """Create the schema in an empty database; refuse one that needs `keybrake db upgrade`."""
+    with database.transaction() as tx:
+        tx.lock_schema()
+        if schema_version(tx) is None:
+            apply(tx, pending(None))
+            return
+    check_schema(database)
+
+
+def check_schema(database) -> None:
+    with database.reading() as tx:
+        found = schema_version(tx)
+    require_current(found, database.where)
+
+
+def upgrade(database) -> list[Migration]:
+    """Apply what the database lacks, in one transaction; returns it (empty: it was current)."""
+    with database.transaction() as tx:
+        tx.lock_schema()
+        todo = pending(schema_version(tx))
+        apply(tx, todo)
+        return todo

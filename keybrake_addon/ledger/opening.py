@@ -5,6 +5,7 @@ The drivers are imported here only, on demand, so a command on SQLite never load
 
 from pathlib import Path
 
+from . import migrations
 from .store import SqlLedger
 from .urls import DatabaseUrl, parse_database_url
 
@@ -19,51 +20,32 @@ def database_of(url: str | None, home_database: Path) -> DatabaseUrl:
 
 
 def open_ledger(database: DatabaseUrl, *, busy_timeout_s: float | None = None, background_checkpoints: bool = False,
-                create: bool = True) -> SqlLedger:
+                create: bool = True, check: bool = True) -> SqlLedger:
     """Raises LedgerUnavailable when the database cannot be reached, SchemaMismatch when its
     schema needs `keybrake db upgrade` (or is newer than this release)."""
     if database.backend == "sqlite":
         from .sqlite import BUSY_TIMEOUT_S, SqliteLedger
 
         return SqliteLedger(database.path, busy_timeout_s=BUSY_TIMEOUT_S if busy_timeout_s is None else busy_timeout_s,
-                            background_checkpoints=background_checkpoints, create=create)
+                            background_checkpoints=background_checkpoints, create=create, check=check)
     from .postgres import PostgresLedger
 
-    return PostgresLedger(database.conninfo, where=database.redacted(), create=create)
+    return PostgresLedger(database.conninfo, where=database.redacted(), create=create, check=check)
 
 
 def upgrade(database: DatabaseUrl) -> list:
     """Apply the migrations the database lacks; returns them (empty: it was current)."""
-    if database.backend == "sqlite":
-        from . import sqlite
-
-        ledger = sqlite.SqliteLedger(database.path, create=False, check=False)
-        try:
-            return sqlite.upgrade(ledger.database)
-        finally:
-            ledger.close()
-    from . import postgres
-
-    ledger = postgres.PostgresLedger(database.conninfo, where=database.redacted(), create=False, check=False)
+    ledger = open_ledger(database, create=False, check=False)
     try:
-        return postgres.upgrade(ledger.database)
+        return migrations.upgrade(ledger.database)
     finally:
         ledger.close()
 
 
 def schema_version(database: DatabaseUrl) -> int | None:
-    if database.backend == "sqlite":
-        from . import sqlite
-
-        ledger = sqlite.SqliteLedger(database.path, create=False, check=False)
-        module = sqlite
-    else:
-        from . import postgres
-
-        ledger = postgres.PostgresLedger(database.conninfo, where=database.redacted(), create=False, check=False)
-        module = postgres
+    ledger = open_ledger(database, create=False, check=False)
     try:
         with ledger.database.reading() as tx:
-            return module.schema_version(tx)
+            return migrations.schema_version(tx)
     finally:
         ledger.close()

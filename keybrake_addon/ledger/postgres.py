@@ -36,6 +36,8 @@ def _pyformat(sql: str) -> str:
 
 
 class _PostgresTx:
+    backend = "postgresql"
+
     def __init__(self, connection: psycopg.Connection, clock: Callable[[], datetime] | None) -> None:
         self._connection = connection
         self._clock = clock
@@ -72,6 +74,13 @@ class _PostgresTx:
         # clock_timestamp(), not now(): the time of this statement, after the locks were taken.
         return self._connection.execute("SELECT clock_timestamp() AS now").fetchone()["now"]
 
+    def has_table(self, name: str) -> bool:
+        return self.row("SELECT to_regclass(?) AS found", (name,))["found"] is not None
+
+    def lock_schema(self) -> None:
+        """One replica migrates at a time; the others wait, then find the schema current."""
+        self.row("SELECT pg_advisory_xact_lock(?) AS locked", (MIGRATION_LOCK,))
+
     def script(self, sql: str) -> None:
         self._connection.execute(sql)
 
@@ -103,9 +112,9 @@ class PostgresDatabase:
             raise LedgerUnavailable(f"cannot reach the ledger at {where} within {connect_timeout_s:g} s") from error
         try:
             if create:
-                ensure_schema(self)
+                migrations.ensure_schema(self)
             elif check:
-                check_schema(self)
+                migrations.check_schema(self)
         except BaseException:
             self._pool.close(timeout=1)
             raise
@@ -141,43 +150,6 @@ class PostgresDatabase:
 def _describe(error: psycopg.Error) -> str:
     """The error's class and SQLSTATE: never its text, which can quote a statement's parameters."""
     return f"{type(error).__name__}" + (f" ({error.sqlstate})" if error.sqlstate else "")
-
-
-def schema_version(tx: _PostgresTx) -> int | None:
-    if tx.row("SELECT to_regclass('meta') AS meta")["meta"] is None:
-        return None
-    row = tx.row("SELECT value FROM meta WHERE name = 'schema_version'")
-    return int(row["value"]) if row else None
-
-
-def ensure_schema(database: PostgresDatabase) -> None:
-    with database.transaction() as tx:
-        tx.row("SELECT pg_advisory_xact_lock(?) AS locked", (MIGRATION_LOCK,))
-        if schema_version(tx) is None:
-            apply(tx, migrations.pending(None))
-            return
-    check_schema(database)
-
-
-def check_schema(database: PostgresDatabase) -> None:
-    with database.reading() as tx:
-        found = schema_version(tx)
-    migrations.require_current(found, database.where)
-
-
-def upgrade(database: PostgresDatabase) -> list[migrations.Migration]:
-    with database.transaction() as tx:
-        tx.row("SELECT pg_advisory_xact_lock(?) AS locked", (MIGRATION_LOCK,))
-        todo = migrations.pending(schema_version(tx))
-        apply(tx, todo)
-        return todo
-
-
-def apply(tx: _PostgresTx, todo: list[migrations.Migration]) -> None:
-    for migration in todo:
-        tx.script(migration.postgresql)
-        tx.run("INSERT INTO meta (name, value) VALUES ('schema_version', ?) "
-               "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (str(migration.version),))
 
 
 class PostgresLedger(SqlLedger):

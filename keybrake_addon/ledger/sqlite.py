@@ -23,6 +23,8 @@ BACKSTOP_CHECKPOINT_PAGES = 40_000  # ~80 MB of WAL, reached only if the checkpo
 
 
 class _SqliteTx:
+    backend = "sqlite"
+
     def __init__(self, db: sqlite3.Connection, clock: Callable[[], datetime]) -> None:
         self._db = db
         self._clock = clock
@@ -54,6 +56,17 @@ class _SqliteTx:
     def now(self) -> datetime:
         # SQLite's clock is this host's clock: the one every process sharing the file reads.
         return self._clock()
+
+    def has_table(self, name: str) -> bool:
+        return self.row("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)) is not None
+
+    def lock_schema(self) -> None:
+        pass  # the write lock, taken by BEGIN IMMEDIATE, already keeps other migrators out
+
+    def script(self, sql: str) -> None:
+        """Run a migration script inside the open transaction (executescript would commit)."""
+        for statement in _statements(sql):
+            self._db.execute(statement)
 
 
 def _table(name: str) -> str:
@@ -95,9 +108,9 @@ class SqliteDatabase:
             raise LedgerUnavailable(f"cannot open the ledger at {self.path}: {error}") from error
         try:
             if create:
-                ensure_schema(self)
+                migrations.ensure_schema(self)
             elif check:
-                check_schema(self)
+                migrations.check_schema(self)
             if background_checkpoints:
                 # A commit that crosses the auto-checkpoint threshold copies the WAL into the database
                 # and fsyncs, inside the request that happened to commit. Checkpointing on a thread
@@ -147,52 +160,10 @@ class SqliteDatabase:
             except sqlite3.Error as error:
                 raise LedgerUnavailable(f"the ledger is unavailable: {error}") from error
 
-    def script(self, sql: str) -> None:
-        """Run a migration script inside the open transaction (executescript would commit)."""
-        for statement in _statements(sql):
-            self._db.execute(statement)
-
 
 def _statements(sql: str) -> list[str]:
     lines = [line.split("--", 1)[0] for line in sql.splitlines()]
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
-
-
-def schema_version(tx) -> int | None:
-    """The schema version a database records; None for an empty database."""
-    if tx.row("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'meta'") is None:
-        return None
-    row = tx.row("SELECT value FROM meta WHERE name = 'schema_version'")
-    return int(row["value"]) if row else None
-
-
-def ensure_schema(database: SqliteDatabase) -> None:
-    """Create the schema in an empty database; refuse one that needs `keybrake db upgrade`."""
-    with database.transaction() as tx:
-        if schema_version(tx) is None:
-            apply(database, tx, migrations.pending(None))
-            return
-    check_schema(database)
-
-
-def check_schema(database: SqliteDatabase) -> None:
-    with database.reading() as tx:
-        found = schema_version(tx)
-    migrations.require_current(found, database.where)
-
-
-def upgrade(database: SqliteDatabase) -> list[migrations.Migration]:
-    with database.transaction() as tx:
-        todo = migrations.pending(schema_version(tx))
-        apply(database, tx, todo)
-        return todo
-
-
-def apply(database: SqliteDatabase, tx, todo: list[migrations.Migration]) -> None:
-    for migration in todo:
-        database.script(migration.sqlite)
-        tx.run("INSERT INTO meta (name, value) VALUES ('schema_version', ?) "
-               "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (str(migration.version),))
 
 
 class SqliteLedger(SqlLedger):
