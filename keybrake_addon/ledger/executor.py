@@ -9,13 +9,12 @@ Settlements and refusal rows need no answer: they are queued and never hold up a
 settlement that cannot commit (the database is gone) is retried with backoff for as long as the
 process lives; its hold stays counted meanwhile, and whatever is left at exit is logged.
 
-SQLite only: when nothing is queued or committing, an admit or settlement first tries a
-connection that never waits for the write lock, right on the event loop. A free lock makes that
-~0.2 ms of CPU and saves two thread hand-offs; a held lock sends the work to the queue. In the
-proxy this measures faster than group commit even at concurrency 16 (the soak: 8.1 against 8.7 ms
-of proxy CPU per request; the thread's GIL contention with the loop costs more than batching
-saves there), so it stays. The ledger alone, with many callers and nothing else to do, commits
-faster in batches: BENCHMARKS.md has both.
+SQLite only: when nothing is queued or committing, admits and settlements are decided right on
+the event loop, through a connection that never waits for the write lock. The first call in a turn
+of the loop is decided at once (a lone call pays no hop at all, and saves two thread hand-offs);
+what arrives after it in the same turn is applied together, in one transaction, at the turn's end.
+So many callers share one commit, without a thread contending with the loop for the GIL. A held lock sends the work to the ledger
+thread's queue. BENCHMARKS.md has the figures for both paths.
 """
 
 import asyncio
@@ -45,6 +44,8 @@ REFUSAL_ROW_RETRIES = 3
 class _Admit:
     request: AdmitRequest
     future: asyncio.Future
+    timer: asyncio.TimerHandle | None = None  # the decision timeout, while the ledger thread has it
+    abandoned: bool = False  # answered "too late" already: a late admission is released
 
 
 @dataclass(order=True)
@@ -72,6 +73,10 @@ class AsyncLedger:
         self._admits: deque[_Admit] = deque()
         self._settles: list[_Settle] = []  # a heap by not_before
         self._refusals: deque[tuple[Refused, int]] = deque()
+        # Work for the loop's own transaction at the end of this turn (SQLite's inline path).
+        self._loop_admits: list[_Admit] = []
+        self._loop_settles: list[SettleRequest] = []
+        self._flush_scheduled = False
         self._busy = False  # a batch is being applied
         self._down_until = 0.0  # see KNOWN_DOWN_S
         self._down_because: LedgerUnavailable | None = None
@@ -87,36 +92,35 @@ class AsyncLedger:
     # --- the gate's calls (on the event loop) -------------------------------------------------
 
     async def admit(self, request: AdmitRequest) -> Admission:
-        if self._inline is not None and self._idle():
-            try:
-                admission = self._inline.admit(request)
-            except LedgerBusy:
-                pass  # another writer holds the lock: wait for it on the ledger thread
-            else:
-                self._down_until = 0.0  # it answers again: queued admits need not fail fast
-                return admission
-        if time.monotonic() < self._down_until:
-            raise self._known_down()
         loop = asyncio.get_running_loop()
         self._loop = loop
         item = _Admit(request, loop.create_future())
-        with self._condition:
-            self._admits.append(item)
-            self._condition.notify()
-        try:
-            return await asyncio.wait_for(asyncio.shield(item.future), self._decision_timeout_s)
-        except TimeoutError:
-            # The batch may still commit: if it admits this call, its hold is released then.
-            item.future.add_done_callback(self._release_abandoned)
-            raise LedgerUnavailable(f"the ledger did not decide within {self._decision_timeout_s:g} s") from None
+        if self._inline is not None and self._idle():
+            if self._flush_scheduled:
+                self._loop_admits.append(item)  # joins this turn's transaction, at the turn's end
+            else:
+                self._schedule_flush(loop)  # the first in this turn goes now; the rest of the turn batches
+                self._apply_on_loop([item], [])
+        elif time.monotonic() < self._down_until:
+            raise self._known_down()
+        else:
+            self._to_thread(item, loop)
+        return await item.future
 
     def settle(self, request: SettleRequest) -> None:
         if self._inline is not None and self._idle():
             try:
-                self._inline.settle(request)
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None  # called off the loop: the ledger thread takes it
+            if loop is not None:
+                self._loop = loop
+                if self._flush_scheduled:
+                    self._loop_settles.append(request)
+                else:
+                    self._schedule_flush(loop)
+                    self._apply_on_loop([], [request])
                 return
-            except Exception:  # noqa: BLE001 - busy, failing or worse: the ledger thread retries it
-                pass
         self._queue_settle(_Settle(0.0, request))
 
     def record_refusal(self, call: CallFacts, refusal) -> None:
@@ -132,16 +136,70 @@ class AsyncLedger:
     def _idle(self) -> bool:
         return not (self._busy or self._admits or self._settles or self._refusals)
 
+    def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush_on_loop)
+
+    def _flush_on_loop(self) -> None:
+        self._flush_scheduled = False
+        admits, settles = self._loop_admits, self._loop_settles
+        self._loop_admits, self._loop_settles = [], []
+        if admits or settles:
+            self._apply_on_loop(admits, settles)
+
+    def _apply_on_loop(self, admits: list[_Admit], settles: list[SettleRequest]) -> None:
+        """Apply admits and settlements in one transaction on the loop, or hand them to the ledger
+        thread when the write lock is taken (or the thread has work of its own)."""
+        if self._idle():
+            try:
+                admissions, _ = self._inline.apply_batch([a.request for a in admits], settles, [])
+            except LedgerBusy:
+                pass  # another writer holds the lock: wait for it on the ledger thread
+            except LedgerUnavailable as failure:
+                for item in admits:
+                    _answer(item, failure, self._release_late)
+                for request in settles:
+                    self._queue_settle(_Settle(0.0, request))
+                return
+            except Exception:  # noqa: BLE001 - the ledger thread applies them one by one
+                pass
+            else:
+                self._down_until = 0.0  # it answers again: queued admits need not fail fast
+                self._committed_settles += len(settles)
+                for item, admission in zip(admits, admissions):
+                    _answer(item, admission, self._release_late)
+                return
+        for request in settles:
+            self._queue_settle(_Settle(0.0, request))
+        for item in admits:
+            if time.monotonic() < self._down_until:
+                _answer(item, self._known_down(), self._release_late)
+            else:
+                self._to_thread(item, asyncio.get_running_loop())
+
+    def _to_thread(self, item: _Admit, loop: asyncio.AbstractEventLoop) -> None:
+        item.timer = loop.call_later(self._decision_timeout_s, self._time_out, item)
+        with self._condition:
+            self._admits.append(item)
+            self._condition.notify()
+
+    def _time_out(self, item: _Admit) -> None:
+        # The batch may still commit: if it admits this call, its hold is released then.
+        if not item.future.done():
+            item.abandoned = True
+            item.future.set_exception(
+                LedgerUnavailable(f"the ledger did not decide within {self._decision_timeout_s:g} s"))
+
 
     def _queue_settle(self, item: _Settle) -> None:
         with self._condition:
             heapq.heappush(self._settles, item)
             self._condition.notify()
 
-    def _release_abandoned(self, future: asyncio.Future) -> None:
-        if future.cancelled() or future.exception() is not None:
-            return
-        admission: Admission = future.result()
+    def _release_late(self, admission: Admission) -> None:
+        """An admission nobody will act on (decided too late, or its caller gone): not forwarded,
+        so its hold goes back."""
         if admission.allowed and admission.reservation_id is not None:
             self._queue_settle(_Settle(0.0, SettleRequest(
                 admission.audit_id, admission.reservation_id,
@@ -164,7 +222,7 @@ class AsyncLedger:
             self._condition.notify()
         while time.monotonic() - started < timeout_s:
             with self._condition:
-                if not (self._busy or self._admits or self._settles or self._refusals):
+                if not (self._busy or self._admits or self._settles or self._refusals or self._flush_scheduled):
                     break
             await asyncio.sleep(0.02)
         with self._condition:
@@ -172,6 +230,9 @@ class AsyncLedger:
         return DrainReport(self._committed_settles - committed_before, left, time.monotonic() - started)
 
     def close(self) -> None:
+        for request in self._loop_settles:  # never dropped: the ledger thread commits them before it stops
+            self._queue_settle(_Settle(0.0, request))
+        self._loop_settles = []
         with self._condition:
             self._stopping = True
             self._condition.notify()
@@ -268,16 +329,24 @@ class AsyncLedger:
         if not results or self._loop is None:
             return
         try:
-            self._loop.call_soon_threadsafe(_set_results, results)
+            self._loop.call_soon_threadsafe(self._set_results, results)
         except RuntimeError:
             pass  # the loop is closed: nobody waits any more
 
+    def _set_results(self, results: list) -> None:
+        for item, result in results:
+            _answer(item, result, self._release_late)
 
-def _set_results(results: list) -> None:
-    for item, result in results:
-        if item.future.done():
-            continue
-        if isinstance(result, BaseException):
-            item.future.set_exception(result)
-        else:
-            item.future.set_result(result)
+
+def _answer(item: _Admit, result, release_late) -> None:
+    if item.timer is not None:
+        item.timer.cancel()
+    if item.abandoned or item.future.done():
+        # Refused as too late, or the caller went away (cancelled): the call was never forwarded.
+        if isinstance(result, Admission):
+            release_late(result)
+        return
+    if isinstance(result, BaseException):
+        item.future.set_exception(result)
+    else:
+        item.future.set_result(result)

@@ -256,3 +256,40 @@ def test_a_success_on_the_loop_ends_the_fail_fast_window(store, monkeypatch):
     assert isinstance(failed, LedgerUnavailable)
     assert on_the_loop.allowed
     assert not isinstance(queued, BaseException) and queued.allowed
+
+
+def test_in_one_turn_of_the_loop_the_first_call_is_decided_at_once_and_the_rest_share_one_transaction(store):
+    inline = Recording(SqliteLedger(store.store.database.path, busy_timeout_s=0))
+
+    async def run():
+        ledger = AsyncLedger(store, inline=inline)
+        admissions = await asyncio.gather(*(ledger.admit(request(50)) for _ in range(12)))
+        for admission in admissions:
+            if admission.allowed:
+                ledger.settle(settlement(admission, actual=10 * USD))
+        await ledger.drain(2)
+        ledger.close()
+        return admissions
+
+    admissions = asyncio.run(run())
+    assert sum(a.allowed for a in admissions) == 10  # $500 cap, $50 each: exact within one transaction
+    assert store.batches == []  # nothing went to the ledger thread
+    assert inline.batches == [(1, 0, 0), (11, 0, 0), (0, 1, 0), (0, 9, 0)]
+    assert money(SqliteLedger(store.store.database.path)) == (100, 0)
+
+
+def test_an_admit_whose_caller_went_away_has_its_hold_released(store):
+    async def run():
+        ledger = AsyncLedger(store)
+        store.gate.clear()
+        store.entered.clear()
+        waiting = asyncio.ensure_future(ledger.admit(request(50)))
+        assert await asyncio.to_thread(store.entered.wait, 5)
+        waiting.cancel()  # the client hung up while the ledger decided: the call is never forwarded
+        store.gate.set()
+        await asyncio.sleep(0.05)
+        await ledger.drain(2)
+        ledger.close()
+
+    asyncio.run(run())
+    assert money(SqliteLedger(store.store.database.path)) == (0, 0)
