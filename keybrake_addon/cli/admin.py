@@ -58,7 +58,8 @@ def token_group(name: str, kind: type, what: str, use: str, revoked_means: str, 
             for row, t in zip(rows, tokens):
                 row.update({"unrestricted": t.scope is None, "scope": scope_document(t.scope),
                             "scope_problem": t.scope_problem,
-                            "ceilings": f"unreadable: {t.scope_problem}" if t.scope_problem else describe_scope(t.scope)})
+                            "ceilings": (f"unreadable: {t.scope_problem}" if t.scope_problem
+                                         else describe_scope(t.scope))})
             columns += ["unrestricted", "scope", "scope_problem"] if as_json else ["ceilings"]
         emit(rows, columns, "json" if as_json else "table")
 

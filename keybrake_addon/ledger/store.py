@@ -382,7 +382,8 @@ class SqlLedger:
 
     # --- admin and worker tokens: the same shape, each kind in its own table ------------------
 
-    def create_admin_token(self, token_id: str, name: str | None, token_hash: str, scope: str | None = None) -> datetime:
+    def create_admin_token(self, token_id: str, name: str | None, token_hash: str,
+                           scope: str | None = None) -> datetime:
         """`scope` is the token's ceilings as vault/scopes.py writes them; None: unrestricted."""
         with self.database.transaction() as tx:
             now = tx.now()

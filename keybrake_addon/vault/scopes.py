@@ -56,8 +56,12 @@ class Scope:
     may_mint_unpriced: bool = False  # a key that forwards calls Keybrake cannot price
 
     def has_ceilings(self) -> bool:
-        return any(getattr(self, f.name) not in (None, (), False) for f in fields(self)
-                   if not f.name.startswith("may_"))
+        return any(_is_set(getattr(self, f.name)) for f in fields(self) if not f.name.startswith("may_"))
+
+
+def _is_set(value) -> bool:
+    """Whether a scope field says something. A 0 ceiling does (`0 in (None, False)` is true in Python)."""
+    return value is not None and value is not False and value != ()
 
 
 @dataclass(frozen=True)
@@ -132,8 +136,7 @@ def scope_text(scope: Scope | None) -> str | None:
     """The stored form: the ceilings set, as JSON; None for an unrestricted token."""
     if scope is None:
         return None
-    stored = {f.name: getattr(scope, f.name) for f in fields(scope)
-              if getattr(scope, f.name) not in (None, (), False)}
+    stored = {f.name: getattr(scope, f.name) for f in fields(scope) if _is_set(getattr(scope, f.name))}
     return json.dumps({name: list(value) if isinstance(value, tuple) else value for name, value in stored.items()},
                       sort_keys=True)
 

@@ -177,7 +177,8 @@ def test_version_7_upgrades_tokens_keys_and_issuances_in_both_dialects(backend, 
     try:
         with ledger.database.transaction() as tx:
             migrations.apply(tx, [m for m in migrations.MIGRATIONS if m.version <= 5])
-            tx.run("INSERT INTO admin_tokens (token_id, name, token_hash, created_at) VALUES ('kbt_old', 'ci', 'h', 't')")
+            tx.run("INSERT INTO admin_tokens (token_id, name, token_hash, created_at) "
+                   "VALUES ('kbt_old', 'ci', 'h', 't')")
             tx.run("INSERT INTO vault_keys (key_id, key_hash, vendor, secret_name, allowlist, created_at) "
                    "VALUES ('kbk_old', 'kh', 'stripe', 'default', '[]', 't')")
             tx.run("INSERT INTO issuances (idempotency_key, request_fingerprint, key_id, created_at) "

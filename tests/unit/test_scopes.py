@@ -237,3 +237,10 @@ def test_inside_agrees_with_the_matcher(entry, ceiling):
     else:
         # Exact for one ceiling: a refusal always has a witness, within four segments.
         assert outside, f"{entry!r} refused under {ceiling!r} with no call to show for it"
+
+
+@pytest.mark.parametrize("ceiling", [{"max_calls": 0}, {"max_daily_cap_micros": 0}, {"max_total_cap_micros": 0}])
+def test_a_zero_ceiling_is_a_ceiling_not_unrestricted(ceiling):
+    scope = make_scope(**ceiling)
+    assert scope is not None and read_scope(scope_text(scope)) == scope
+    assert refused_field(scope, key(daily_cap_micros=USD, total_cap_micros=USD, max_calls=1)) is not None
