@@ -21,6 +21,7 @@ def key_document(record: KeyRecord) -> dict:
         "calls": record.calls, "created_at": iso(record.created_at),
         "expires_at": iso(spec.expires_at) if spec.expires_at else None,
         "revoked_at": iso(record.revoked_at) if record.revoked_at else None,
+        "minted_by": spec.minted_by,
     }
 
 

@@ -14,6 +14,7 @@ def _json(schema: dict, description: str) -> dict:
 _ERRORS = {
     "400": _json(_ERROR, "Invalid request; `error.field` names the field"),
     "401": _json(_ERROR, "Missing or wrong admin token"),
+    "403": _json(_ERROR, "The admin token's stored scope is unreadable (`scope_unreadable`)"),
     "404": _json(_ERROR, "No such route (or no such key)"),
     "405": _json(_ERROR, "The route exists, the method does not"),
     "413": _json(_ERROR, "Body over 64 KiB"),
@@ -39,6 +40,8 @@ _KEY = {
         "created_at": {"type": "string", "format": "date-time"},
         "expires_at": {"type": ["string", "null"], "format": "date-time"},
         "revoked_at": {"type": ["string", "null"], "format": "date-time"},
+        "minted_by": {"type": ["string", "null"],
+                      "description": "the admin token (kbt_...) that minted the key; null: the CLI, or before v7"},
     },
 }
 
@@ -46,7 +49,10 @@ OPENAPI: dict = {
     "openapi": "3.1.0",
     "info": {"title": "Keybrake vault API", "version": "1",
              "description": "Issue, find and revoke capped vault keys; read the audit trail and spend. "
-                            "Every endpoint but this description needs `Authorization: Bearer <admin token>`."},
+                            "Every endpoint but this description needs `Authorization: Bearer <admin token>`. "
+                            "A scoped admin token mints only keys inside its ceilings (else 403 naming the "
+                            "field) and sees, lists, revokes and replays only the keys it minted: another "
+                            "token's key is a 404 to it, and audit and spend cover its own keys alone."},
     "components": {
         "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
         "schemas": {
@@ -107,12 +113,16 @@ OPENAPI: dict = {
                                "`expires_in`, else after the installation's default key TTL (24h unless changed). "
                                "A lifetime over the installation's maximum (30d unless raised) is refused.",
                 "parameters": [{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"},
-                                "description": "the same key and body within 24 h return the same vault key"}],
+                                "description": "the same key and body from the same admin token within 24 h "
+                                               "return the same vault key; another token's Idempotency-Key "
+                                               "is another record"}],
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/KeyRequest"}}}},
                 "responses": {"201": _json({"$ref": "#/components/schemas/IssuedKey"}, "Issued"),
                               "200": _json({"$ref": "#/components/schemas/IssuedKey"}, "Replayed issuance"),
-                              "409": _json(_ERROR, "Idempotency-Key reused with another body"), **_ERRORS},
+                              "409": _json(_ERROR, "Idempotency-Key reused with another body"), **_ERRORS,
+                              "403": _json(_ERROR, "Over one of the admin token's ceilings (`over_ceiling`); "
+                                                   "`error.field` names the request field")},
             },
             "get": {
                 "summary": "List vault keys",

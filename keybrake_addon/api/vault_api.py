@@ -17,6 +17,7 @@ from ..ledger.base import AuditFilter, IdempotencyMismatch, IssuanceIdempotency,
 from ..ledger.times import utc_now
 from ..durations import parse_since
 from ..vault.issuance import IssueError, issue_key
+from ..vault.scopes import Issuer, OverCeiling
 from ..views import audit_document, key_document, spend_document
 from .key_requests import InvalidField, key_request_from_json
 from .openapi import OPENAPI
@@ -86,49 +87,53 @@ class VaultApi:
         if request.method == "GET" and request.path == "/vault/openapi.json":
             return ApiResponse(200, OPENAPI)
         try:
-            denied = await self._authenticate(request)
-            if denied is not None:
-                return denied
+            issuer = await self._authenticate(request)
+            if isinstance(issuer, ApiResponse):
+                return issuer
+            if issuer.problem is not None:  # fail closed: never read as "no ceiling"
+                return error(403, "scope_unreadable", f"this admin token's scope is unreadable ({issuer.problem}); "
+                                                      "revoke it and create another")
             if len(request.body) > MAX_BODY_BYTES:
                 return error(413, "body_too_large", f"the body is over {MAX_BODY_BYTES} bytes")
-            return await self._route(request)
+            return await self._route(request, issuer)
         except LedgerUnavailable as failure:
             return error(503, "unavailable", f"the vault is unavailable: {failure}", retry_after="2")
 
-    async def _authenticate(self, request: ApiRequest) -> ApiResponse | None:
+    async def _authenticate(self, request: ApiRequest) -> Issuer | ApiResponse:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and token.strip():
-            if await self._run_in_db(self._tokens.verify, token.strip()) is not None:
-                return None
+            if (issuer := await self._run_in_db(self._tokens.authenticate, token.strip())) is not None:
+                return issuer
         await asyncio.sleep(self._throttle.record(request.client_ip))
         return error(401, "unauthorized",
                      "send an admin token as `Authorization: Bearer kba_...` (create one with "
                      "`keybrake admin-token create`)", www_authenticate="Bearer")
 
-    async def _route(self, request: ApiRequest) -> ApiResponse:
+    async def _route(self, request: ApiRequest, issuer: Issuer) -> ApiResponse:
+        """Every route answers for the keys `issuer` may see: a scoped token's own, or all."""
         parts = request.path.rstrip("/").split("/")[1:]  # ["vault", "keys", id?]
         method = request.method
         if parts == ["vault", "keys"]:
             if method == "POST":
-                return await self._issue(request)
+                return await self._issue(request, issuer)
             if method == "GET":
-                return await self._list_keys(request)
+                return await self._list_keys(request, issuer)
             if method == "DELETE":
-                return await self._revoke_label(request)
+                return await self._revoke_label(request, issuer)
         elif len(parts) == 3 and parts[:2] == ["vault", "keys"]:
             if method == "GET":
-                return await self._show_key(parts[2])
+                return await self._show_key(parts[2], issuer)
             if method == "DELETE":
-                return await self._revoke_key(parts[2])
+                return await self._revoke_key(parts[2], issuer)
         elif parts == ["vault", "audit"] and method == "GET":
-            return await self._audit(request)
+            return await self._audit(request, issuer)
         elif parts == ["vault", "spend"] and method == "GET":
-            return await self._spend(request)
+            return await self._spend(request, issuer)
         else:
             return error(404, "not_found", f"no such endpoint: {request.path}")
         return error(405, "method_not_allowed", f"{method} is not allowed on {request.path}")
 
-    async def _issue(self, request: ApiRequest) -> ApiResponse:
+    async def _issue(self, request: ApiRequest, issuer: Issuer) -> ApiResponse:
         try:
             document = json.loads(request.body or b"null")
         except (ValueError, UnicodeDecodeError) as failure:
@@ -140,11 +145,15 @@ class VaultApi:
         idempotency = None
         if idempotency_key := request.headers.get("idempotency-key"):
             fingerprint = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
-            idempotency = IssuanceIdempotency(idempotency_key, fingerprint)
+            # Per token: another token's Idempotency-Key is another record, never this token's key.
+            idempotency = IssuanceIdempotency(idempotency_key, fingerprint, issuer.token_id,
+                                              replays_unattributed=issuer.unrestricted)
         installation = self._installation
         try:
             issued = await self._run_in_db(lambda: issue_key(installation.ledger, installation.master_key,
-                                                             key_request, idempotency=idempotency))
+                                                             key_request, idempotency=idempotency, issuer=issuer))
+        except OverCeiling as failure:
+            return error(403, "over_ceiling", str(failure), failure.field)
         except IssueError as failure:
             return error(400, "invalid_field", str(failure), failure.field)
         except IdempotencyMismatch:
@@ -154,43 +163,44 @@ class VaultApi:
         return ApiResponse(201 if issued.created else 200,
                            {"vault_key": issued.vault_key, **key_document(issued.record)}, headers)
 
-    async def _list_keys(self, request: ApiRequest) -> ApiResponse:
+    async def _list_keys(self, request: ApiRequest, issuer: Issuer) -> ApiResponse:
         active = _flag(request.query.get("active"))
         if isinstance(active, ApiResponse):
             return active
         records = await self._run_in_db(self._ledger.list_keys, request.query.get("label"),
-                                         utc_now() if active else None)
+                                         utc_now() if active else None, issuer.own_keys_only)
         return ApiResponse(200, {"data": [key_document(r) for r in records]})
 
-    async def _show_key(self, key_id: str) -> ApiResponse:
+    async def _show_key(self, key_id: str, issuer: Issuer) -> ApiResponse:
         record = await self._run_in_db(self._ledger.get_key, key_id)
-        if record is None:
+        if record is None or not issuer.sees(record):  # another token's key is no key at all to this one
             return error(404, "not_found", f"no vault key {key_id}")
         return ApiResponse(200, key_document(record))
 
-    async def _revoke_key(self, key_id: str) -> ApiResponse:
-        if not await self._run_in_db(self._ledger.revoke_key, key_id):
+    async def _revoke_key(self, key_id: str, issuer: Issuer) -> ApiResponse:
+        if not await self._run_in_db(self._ledger.revoke_key, key_id, issuer.own_keys_only):
             return error(404, "not_found", f"no vault key {key_id}")
         return ApiResponse(200, {"revoked": [key_id]})
 
-    async def _revoke_label(self, request: ApiRequest) -> ApiResponse:
+    async def _revoke_label(self, request: ApiRequest, issuer: Issuer) -> ApiResponse:
         label = request.query.get("label")
         if not label:
             return error(400, "invalid_field", "give ?label=... to revoke every key of one run", "label")
-        return ApiResponse(200, {"revoked": await self._run_in_db(self._ledger.revoke_label, label)})
+        return ApiResponse(200, {"revoked": await self._run_in_db(self._ledger.revoke_label, label,
+                                                                  issuer.own_keys_only)})
 
-    async def _audit(self, request: ApiRequest) -> ApiResponse:
-        where = _audit_filter(request.query)
+    async def _audit(self, request: ApiRequest, issuer: Issuer) -> ApiResponse:
+        where = _audit_filter(request.query, issuer)
         if isinstance(where, ApiResponse):
             return where
         rows = await self._run_in_db(self._ledger.audit_rows, where)
         return ApiResponse(200, {"data": [audit_document(row) for row in rows]})
 
-    async def _spend(self, request: ApiRequest) -> ApiResponse:
+    async def _spend(self, request: ApiRequest, issuer: Issuer) -> ApiResponse:
         by = request.query.get("by", "label")
         if by not in ("key", "label", "vendor", "day"):
             return error(400, "invalid_field", "by is one of key, label, vendor, day", "by")
-        where = _audit_filter(request.query)
+        where = _audit_filter(request.query, issuer)
         if isinstance(where, ApiResponse):
             return where
         rows = await self._run_in_db(self._ledger.spend, by, where)
@@ -205,7 +215,7 @@ def _flag(value: str | None) -> bool | ApiResponse:
     return error(400, "invalid_field", "active is true or false", "active")
 
 
-def _audit_filter(query: dict[str, str]) -> AuditFilter | ApiResponse:
+def _audit_filter(query: dict[str, str], issuer: Issuer) -> AuditFilter | ApiResponse:
     since = None
     if raw := query.get("since"):
         try:
@@ -217,4 +227,5 @@ def _audit_filter(query: dict[str, str]) -> AuditFilter | ApiResponse:
         if not raw.isdigit() or int(raw) == 0:
             return error(400, "invalid_field", "limit is a whole number above 0", "limit")
         limit = int(raw)
-    return AuditFilter(label=query.get("label"), key_id=query.get("key"), since=since, limit=limit)
+    return AuditFilter(label=query.get("label"), key_id=query.get("key"), since=since, limit=limit,
+                       minted_by=issuer.own_keys_only)

@@ -20,7 +20,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "reservations": ("id",),
     "audit": ("id",),
     "proxy_runs": ("run_id",),
-    "issuances": ("idempotency_key",),
+    "issuances": ("token_id", "idempotency_key"),
     "admin_tokens": ("token_id",),
     "worker_tokens": ("token_id",),
 }

@@ -157,6 +157,31 @@ CREATE TABLE IF NOT EXISTS worker_tokens (
 );
 """
 
+# Scoped issuers. An admin token's `scope` is JSON (vault/scopes.py reads it): NULL is an
+# unrestricted token, as every token made before this version stays. A key remembers the admin
+# token that minted it (NULL: the CLI, or minted before this version), so a scoped token sees
+# only its own keys. Issuance idempotency records belong to a token: the same Idempotency-Key
+# from another token is another record. A record made before this version names no token; it
+# gets the issuer 'unattributed', which only an unrestricted token replays (every token that
+# could have made it was unrestricted), never a scoped one.
+_SCOPED_ISSUERS = """
+ALTER TABLE admin_tokens ADD COLUMN scope TEXT;
+ALTER TABLE vault_keys ADD COLUMN minted_by TEXT;
+CREATE INDEX IF NOT EXISTS vault_keys_minted_by ON vault_keys (minted_by) WHERE minted_by IS NOT NULL;
+CREATE TABLE issuances_by_token (
+    token_id TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    request_fingerprint TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (token_id, idempotency_key)
+);
+INSERT INTO issuances_by_token (token_id, idempotency_key, request_fingerprint, key_id, created_at)
+    SELECT 'unattributed', idempotency_key, request_fingerprint, key_id, created_at FROM issuances;
+DROP TABLE issuances;
+ALTER TABLE issuances_by_token RENAME TO issuances;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "the baseline: secrets, vault keys, reservations, audit, proxy runs, admin tokens",
               _BASELINE.format(blob="BLOB", id="INTEGER", real="REAL"),
@@ -164,6 +189,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "reservations count their attempts in flight (a hold stays until every attempt answered)",
               _ATTEMPTS, _ATTEMPTS),
     Migration(5, "worker tokens: credentials for the forward proxy", _WORKER_TOKENS, _WORKER_TOKENS),
+    # 6 is nested budgets (another branch); the numbers are merged there.
+    Migration(7, "scoped issuers: admin token scopes, the token that minted each key, idempotency per token",
+              _SCOPED_ISSUERS, _SCOPED_ISSUERS),
 )
 LATEST = MIGRATIONS[-1].version
 

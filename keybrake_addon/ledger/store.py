@@ -33,6 +33,7 @@ from .base import (
     SealedSecret,
     SecretInfo,
     SettleRequest,
+    UNATTRIBUTED_ISSUER,
 )
 from .database import Database, Row, Tx, placeholders
 from .decisions import OPEN_STATES, KeyCounters, KeyState, ReservationState
@@ -51,7 +52,8 @@ _UNKNOWN = ("(r.state = 'unknown' OR (r.state = 'pending' AND (r.run_id IS NULL 
             "(SELECT run_id FROM proxy_runs WHERE stopped_at IS NOT NULL OR heartbeat_at < ?))))")
 _KEY_COLUMNS = ("k.key_id, k.key_hash, k.vendor, k.secret_name, k.label, k.daily_cap_micros, k.total_cap_micros, "
                 "k.max_calls, k.allowlist, k.allow_all, k.allow_unpriced, k.created_at, k.expires_at, k.revoked_at, "
-                "k.spent_micros, k.reserved_micros, k.calls, k.day, k.day_spent_micros, k.day_reserved_micros")
+                "k.spent_micros, k.reserved_micros, k.calls, k.day, k.day_spent_micros, k.day_reserved_micros, "
+                "k.minted_by")
 _RESERVATION_COLUMNS = ("id, key_id, idempotency_key, endpoint, created_at, state, day, reserved_micros, "
                         "attempts_open, released_attempts, actual_micros")
 
@@ -153,34 +155,52 @@ class SqlLedger:
         with self.database.transaction() as tx:
             now = tx.now()
             if idempotency is not None:
-                # Lock the issuance's slot first: two racing retries serialise here.
-                earlier = tx.row(
-                    "SELECT key_id, request_fingerprint, created_at FROM issuances WHERE idempotency_key = ?"
-                    + self.database.lock_rows, (idempotency.key,))
-                if earlier is not None and from_text(earlier["created_at"]) > now - ISSUANCE_MEMORY:
+                earlier = self._earlier_issuance(tx, idempotency, now)
+                if earlier is not None:
                     if earlier["request_fingerprint"] != idempotency.request_fingerprint:
                         raise IdempotencyMismatch(idempotency.key)
                     return self._key_record(tx, earlier["key_id"], now), False
-                tx.run("INSERT INTO issuances (idempotency_key, request_fingerprint, key_id, created_at) "
-                       "VALUES (?, ?, ?, ?) ON CONFLICT (idempotency_key) DO UPDATE SET "
+                tx.run("INSERT INTO issuances (token_id, idempotency_key, request_fingerprint, key_id, created_at) "
+                       "VALUES (?, ?, ?, ?, ?) ON CONFLICT (token_id, idempotency_key) DO UPDATE SET "
                        "request_fingerprint = excluded.request_fingerprint, key_id = excluded.key_id, "
                        "created_at = excluded.created_at",
-                       (idempotency.key, idempotency.request_fingerprint, key_id, to_text(now)))
+                       (idempotency.token_id, idempotency.key, idempotency.request_fingerprint, key_id,
+                        to_text(now)))
             tx.run(
                 "INSERT INTO vault_keys (key_id, key_hash, vendor, secret_name, label, daily_cap_micros, "
-                "total_cap_micros, max_calls, allowlist, allow_all, allow_unpriced, created_at, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "total_cap_micros, max_calls, allowlist, allow_all, allow_unpriced, created_at, expires_at, minted_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (key_id, key_hash, spec.vendor, spec.secret_name, spec.label, spec.daily_cap_micros,
                  spec.total_cap_micros, spec.max_calls, json.dumps(list(spec.allowlist)),
-                 int(spec.allow_all), int(spec.allow_unpriced), to_text(now), to_text(spec.expires_at)))
+                 int(spec.allow_all), int(spec.allow_unpriced), to_text(now), to_text(spec.expires_at),
+                 spec.minted_by))
             return self._key_record(tx, key_id, now), True
+
+    def _earlier_issuance(self, tx: Tx, idempotency: IssuanceIdempotency, now: datetime) -> Row | None:
+        """The issuance this token made with this Idempotency-Key in the last 24 hours, if any.
+
+        Only the asking token's own records answer (and, for an unrestricted token, records
+        older than scopes, which name no token). Their rows are locked first: two racing
+        retries serialise here.
+        """
+        issuers = [idempotency.token_id] + ([UNATTRIBUTED_ISSUER] if idempotency.replays_unattributed else [])
+        rows = tx.rows("SELECT token_id, key_id, request_fingerprint, created_at FROM issuances "
+                       f"WHERE idempotency_key = ? AND token_id IN {placeholders(issuers)}" + self.database.lock_rows,
+                       (idempotency.key, *issuers))
+        fresh = [r for r in rows if from_text(r["created_at"]) > now - ISSUANCE_MEMORY]
+        fresh.sort(key=lambda r: r["token_id"] != idempotency.token_id)  # the token's own record first
+        return fresh[0] if fresh else None
 
     def get_key(self, key_id: str) -> KeyRecord | None:
         with self.database.reading() as tx:
             return self._key_record(tx, key_id, tx.now())
 
-    def list_keys(self, label: str | None = None, active_at: datetime | None = None) -> list[KeyRecord]:
+    def list_keys(self, label: str | None = None, active_at: datetime | None = None,
+                  minted_by: str | None = None) -> list[KeyRecord]:
         clauses, params = [], []
+        if minted_by is not None:
+            clauses.append("k.minted_by = ?")
+            params.append(minted_by)
         if label is not None:
             clauses.append("k.label = ?")
             params.append(label)
@@ -195,18 +215,21 @@ class SqlLedger:
             window = decisions.window_of(now)
             return [_key_state(r).record(window, unknown.get(r["key_id"], 0)) for r in rows]
 
-    def revoke_key(self, key_id: str) -> bool:
-        """Revoke one key. Returns False when no such key exists; revoking twice is fine."""
+    def revoke_key(self, key_id: str, minted_by: str | None = None) -> bool:
+        """Revoke one key (with `minted_by`, only if that admin token minted it). Returns False
+        when no such key exists; revoking twice is fine."""
+        owned, params = _minted_by(minted_by)
         with self.database.transaction() as tx:
-            return tx.run("UPDATE vault_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?",
-                          (to_text(tx.now()), key_id)) > 0
+            return tx.run(f"UPDATE vault_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?{owned}",
+                          (to_text(tx.now()), key_id, *params)) > 0
 
-    def revoke_label(self, label: str) -> list[str]:
+    def revoke_label(self, label: str, minted_by: str | None = None) -> list[str]:
+        owned, params = _minted_by(minted_by)
         with self.database.transaction() as tx:
-            ids = [r["key_id"] for r in tx.rows("SELECT key_id FROM vault_keys WHERE label = ? ORDER BY created_at, key_id",
-                                                (label,))]
-            tx.run("UPDATE vault_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE label = ?",
-                   (to_text(tx.now()), label))
+            ids = [r["key_id"] for r in tx.rows(f"SELECT key_id FROM vault_keys WHERE label = ?{owned} "
+                                                "ORDER BY created_at, key_id", (label, *params))]
+            tx.run(f"UPDATE vault_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE label = ?{owned}",
+                   (to_text(tx.now()), label, *params))
             return ids
 
     def _key_record(self, tx: Tx, key_id: str, now: datetime) -> KeyRecord | None:
@@ -359,11 +382,23 @@ class SqlLedger:
 
     # --- admin and worker tokens: the same shape, each kind in its own table ------------------
 
-    def create_admin_token(self, token_id: str, name: str | None, token_hash: str) -> datetime:
-        return self._create_token("admin_tokens", token_id, name, token_hash)
+    def create_admin_token(self, token_id: str, name: str | None, token_hash: str,
+                           scope: str | None = None) -> datetime:
+        """`scope` is the token's ceilings as vault/scopes.py writes them; None: unrestricted."""
+        with self.database.transaction() as tx:
+            now = tx.now()
+            tx.run("INSERT INTO admin_tokens (token_id, name, token_hash, created_at, scope) VALUES (?, ?, ?, ?, ?)",
+                   (token_id, name, token_hash, to_text(now), scope))
+            return now
 
     def list_admin_tokens(self) -> list[dict]:
-        return self._list_tokens("admin_tokens")
+        return self._list_tokens("admin_tokens", extra=", scope")
+
+    def active_admin_tokens(self) -> list[tuple[str, str, str | None]]:
+        """(token_id, token_hash, scope) of every unrevoked admin token."""
+        with self.database.reading() as tx:
+            return [(r["token_id"], r["token_hash"], r["scope"])
+                    for r in tx.rows("SELECT token_id, token_hash, scope FROM admin_tokens WHERE revoked_at IS NULL")]
 
     def revoke_admin_token(self, token_id: str) -> bool:
         return self._revoke_token("admin_tokens", token_id)
@@ -400,9 +435,9 @@ class SqlLedger:
                    (token_id, name, token_hash, to_text(now)))
             return now
 
-    def _list_tokens(self, table: str) -> list[dict]:
+    def _list_tokens(self, table: str, extra: str = "") -> list[dict]:
         with self.database.reading() as tx:
-            rows = tx.rows(f"SELECT token_id, name, created_at, revoked_at FROM {_token_table(table)} "
+            rows = tx.rows(f"SELECT token_id, name, created_at, revoked_at{extra} FROM {_token_table(table)} "
                            "ORDER BY created_at, token_id")
         return [{**dict(r), "created_at": from_text(r["created_at"]), "revoked_at": from_text(r["revoked_at"])}
                 for r in rows]
@@ -739,7 +774,7 @@ def _key_state(row: Row) -> KeyState:
         daily_cap_micros=row["daily_cap_micros"], total_cap_micros=row["total_cap_micros"],
         max_calls=row["max_calls"], allowlist=_allowlist(row["allowlist"]),
         allow_all=bool(row["allow_all"]), allow_unpriced=bool(row["allow_unpriced"]),
-        expires_at=from_text(row["expires_at"]))
+        expires_at=from_text(row["expires_at"]), minted_by=row["minted_by"])
     counters = KeyCounters(row["spent_micros"], row["reserved_micros"], row["calls"], row["day"],
                            row["day_spent_micros"], row["day_reserved_micros"])
     return KeyState(row["key_id"], spec, from_text(row["created_at"]), from_text(row["revoked_at"]), counters)
@@ -763,7 +798,15 @@ def _audit_clauses(where: AuditFilter, *, key_column: str = "key_id", label_colu
     if where.since is not None:
         clauses.append(f"{time_column} >= ?")
         params.append(to_text(where.since))
+    if where.minted_by is not None:
+        clauses.append(f"{key_column} IN (SELECT v.key_id FROM vault_keys v WHERE v.minted_by = ?)")
+        params.append(where.minted_by)
     return clauses, params
+
+
+def _minted_by(token_id: str | None) -> tuple[str, tuple]:
+    """A WHERE clause's tail keeping only the keys one admin token minted (none: every key)."""
+    return ("", ()) if token_id is None else (" AND minted_by = ?", (token_id,))
 
 
 def _gone_before(now: datetime) -> str:

@@ -18,7 +18,7 @@ class EndpointPattern:
     regex: re.Pattern[str]
 
     def matches(self, method: str, path: str) -> bool:
-        return (self.method == "*" or self.method == method.upper()) and bool(self.regex.match(path))
+        return (self.method == "*" or self.method == method.upper()) and bool(self.regex.fullmatch(path))
 
 
 @lru_cache(maxsize=4096)
@@ -45,7 +45,9 @@ def parse_pattern(text: str) -> EndpointPattern:
             raise InvalidPattern(f"'*' must be a whole path segment, in {text!r}")
         else:
             pieces.append("/" + re.escape(segment))
-    return EndpointPattern(method, path, re.compile("^" + "".join(pieces) + "$"))
+    # fullmatch and DOTALL, so a path is matched whole (`$` would also match before a final
+    # newline) and `**` is the rest whatever it holds: what scopes.entry_inside reasons about.
+    return EndpointPattern(method, path, re.compile("".join(pieces), re.DOTALL))
 
 
 def validate_patterns(entries: list[str]) -> list[str]:

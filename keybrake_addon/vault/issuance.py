@@ -1,6 +1,6 @@
 """Issuing vault keys: validate the request, derive the key, store only its hash."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from ..durations import InvalidDuration, parse_duration
@@ -10,6 +10,7 @@ from ..vendors import VENDORS
 from ..text import has_control_characters
 from .allowlist import validate_patterns
 from .key_lifetimes import InvalidSetting, KeyLifetimes, read_lifetimes
+from .scopes import Issuer, OverCeiling, check_ceilings, check_source
 from .crypto import derive_subkey
 from .vault_keys import derive_vault_key, hash_vault_key, new_key_id
 
@@ -49,9 +50,24 @@ class IssuedKey:
 
 
 def issue_key(ledger: Ledger, master_key: bytes, request: KeyRequest, *, now: datetime | None = None,
-              idempotency: IssuanceIdempotency | None = None) -> IssuedKey:
-    """Issue a key. With `idempotency`, a repeat of the same request gets the same key back."""
-    spec = validate(ledger, request, now or utc_now())
+              idempotency: IssuanceIdempotency | None = None, issuer: Issuer | None = None) -> IssuedKey:
+    """Issue a key. With `idempotency`, a repeat of the same request gets the same key back.
+
+    `issuer` is the admin token asking (None: the CLI): the key records it, and a scoped
+    token's ceilings are checked, raising OverCeiling naming the field.
+    """
+    now = now or utc_now()
+    if issuer is not None and issuer.problem is not None:
+        raise OverCeiling("scope", f"this admin token's scope is unreadable ({issuer.problem}); it mints nothing")
+    if issuer is not None and issuer.scope is not None:
+        # Before validation, which names the stored secrets: a scoped token learns none outside its own.
+        check_source(issuer.scope, request.vendor, request.secret_name)
+    spec = validate(ledger, request, now)
+    if issuer is not None:
+        if issuer.scope is not None:
+            default_ttl = read_lifetimes(ledger).default_ttl if request.expires_in is None else None
+            check_ceilings(issuer.scope, spec, now=now, default_ttl=default_ttl)
+        spec = replace(spec, minted_by=issuer.token_id)
     derivation_key = derive_subkey(master_key, DERIVATION_PURPOSE)
     key_id = new_key_id()
     record, created = ledger.create_key(key_id, hash_vault_key(derive_vault_key(derivation_key, spec.vendor, key_id)),

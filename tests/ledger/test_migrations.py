@@ -9,6 +9,8 @@ import os
 import sqlite3
 import subprocess
 import sys
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,9 +18,10 @@ import pytest
 from keybrake_addon.home import KeybrakeHome
 from keybrake_addon.installation import open_installation
 from keybrake_addon.ledger import migrations
-from keybrake_addon.ledger.base import AuditFilter
+from keybrake_addon.ledger.base import AuditFilter, IssuanceIdempotency
 from keybrake_addon.ledger.opening import database_of, open_ledger, schema_version
-from keybrake_addon.ledger.urls import parse_database_url
+from keybrake_addon.ledger.times import to_text
+from keybrake_addon.ledger.urls import DatabaseUrl, parse_database_url
 
 from .homes import USD, admit, copy_home_v3, facts, key_hash, keybrake, raw_rows, settle
 
@@ -67,7 +70,8 @@ def test_status_lists_the_pending_migration(home):
     assert result.exit_code == 1
     status = json.loads(result.output)
     assert (status["version"], status["latest"]) == (3, migrations.LATEST)
-    assert [(m["version"], m["state"]) for m in status["migrations"]] == [(3, "applied"), (4, "pending"), (5, "pending")]
+    assert [(m["version"], m["state"]) for m in status["migrations"]] == [
+        (3, "applied"), (4, "pending"), (5, "pending"), (7, "pending")]
     text = keybrake(home, "db", "status", ok=False).output
     assert "4        pending" in text
 
@@ -76,12 +80,19 @@ def test_upgrade_keeps_every_row(home):
     database = home / "keybrake.db"
     before = {table: raw_rows(database, table) for table in TABLES}
     applied = json.loads(keybrake(home, "db", "upgrade", "--json").output)
-    assert applied == {"database": str(database), "applied": [4, 5], "version": migrations.LATEST}
+    assert applied == {"database": str(database), "applied": [4, 5, 7], "version": migrations.LATEST}
     after = {table: raw_rows(database, table) for table in TABLES}
     for table in TABLES:
-        if table in ("meta", "reservations"):
+        if table in ("meta", "reservations", "vault_keys", "admin_tokens", "issuances"):
             continue
         assert after[table] == before[table], table
+    # Version 7: every old admin token is unrestricted (no scope), no old key names a minting
+    # token, and the old issuance record is kept, answering unrestricted tokens only.
+    for table, added, value in (("admin_tokens", "scope", None), ("vault_keys", "minted_by", None),
+                                ("issuances", "token_id", "unattributed")):
+        assert [r[added] for r in after[table]] == [value] * len(before[table]), table
+        assert [{k: v for k, v in r.items() if k != added} for r in after[table]] == before[table], table
+    assert len(after["issuances"]) == 1
     assert {r["name"]: r["value"] for r in after["meta"]} == {
         **{r["name"]: r["value"] for r in before["meta"]}, "schema_version": str(migrations.LATEST)}
     # The reservations gained their attempt counters; every other column is as it was.
@@ -133,6 +144,61 @@ def test_after_upgrade_keys_secret_holds_audit_and_tokens_read_as_before(home):
         assert fresh.allowed and fresh.reservation_id > pending["reservation_id"]
     finally:
         kb.close()
+
+
+def test_an_issuance_record_from_before_scopes_replays_to_unrestricted_tokens_only(home):
+    """Records made before v7 name no token. Every token then was unrestricted, so an unrestricted
+    token may still replay one (a parent job retried across the upgrade gets its key back); a
+    scoped token never gets it: its Idempotency-Keys are its own."""
+    with sqlite3.connect(home / "keybrake.db") as db:  # made just now, so within the 24 h memory
+        db.execute("UPDATE issuances SET created_at = ?", (to_text(datetime.now(UTC)),))
+    db.close()
+    keybrake(home, "db", "upgrade")
+    earlier = facts()["issued_with_idempotency"]
+    ledger = open_ledger(database_of(None, home / "keybrake.db"))
+    try:
+        spec = ledger.get_key(earlier).spec
+        same = IssuanceIdempotency("fixture-issue-1", "f" * 64, facts()["admin_token_id"], replays_unattributed=True)
+        assert ledger.create_key("kbk_new_unrestricted", "u" * 64, spec, same)[0].key_id == earlier
+        # A scoped token's record is its own: the same Idempotency-Key and body mint a new key.
+        scoped = IssuanceIdempotency("fixture-issue-1", "f" * 64, "kbt_scoped")
+        record, created = ledger.create_key("kbk_new_scoped", "s" * 64, replace(spec, minted_by="kbt_scoped"), scoped)
+        assert (record.key_id, created) == ("kbk_new_scoped", True)
+        assert ledger.create_key("kbk_again", "a" * 64, spec, scoped)[0].key_id == "kbk_new_scoped"
+    finally:
+        ledger.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_version_7_upgrades_tokens_keys_and_issuances_in_both_dialects(backend, tmp_path, request):
+    url = (DatabaseUrl(backend="sqlite", path=tmp_path / "ledger.db") if backend == "sqlite"
+           else parse_database_url(request.getfixturevalue("pg_url")))
+    ledger = open_ledger(url, create=False, check=False)
+    try:
+        with ledger.database.transaction() as tx:
+            migrations.apply(tx, [m for m in migrations.MIGRATIONS if m.version <= 5])
+            tx.run("INSERT INTO admin_tokens (token_id, name, token_hash, created_at) "
+                   "VALUES ('kbt_old', 'ci', 'h', 't')")
+            tx.run("INSERT INTO vault_keys (key_id, key_hash, vendor, secret_name, allowlist, created_at) "
+                   "VALUES ('kbk_old', 'kh', 'stripe', 'default', '[]', 't')")
+            tx.run("INSERT INTO issuances (idempotency_key, request_fingerprint, key_id, created_at) "
+                   "VALUES ('run-1', 'f', 'kbk_old', 't')")
+        assert [m.version for m in migrations.upgrade(ledger.database)] == [7]
+        with ledger.database.reading() as tx:
+            assert dict(tx.row("SELECT token_id, scope FROM admin_tokens")) == {"token_id": "kbt_old", "scope": None}
+            assert dict(tx.row("SELECT key_id, minted_by FROM vault_keys")) == {"key_id": "kbk_old", "minted_by": None}
+            assert [dict(r) for r in tx.rows("SELECT * FROM issuances")] == [{
+                "token_id": "unattributed", "idempotency_key": "run-1", "request_fingerprint": "f",
+                "key_id": "kbk_old", "created_at": "t"}]
+        with pytest.raises(Exception):  # one record per token and Idempotency-Key
+            with ledger.database.transaction() as tx:
+                tx.run("INSERT INTO issuances (token_id, idempotency_key, request_fingerprint, key_id, created_at) "
+                       "VALUES ('unattributed', 'run-1', 'g', 'kbk_x', 't')")
+        with ledger.database.transaction() as tx:  # the same Idempotency-Key from a token is its own record
+            tx.run("INSERT INTO issuances (token_id, idempotency_key, request_fingerprint, key_id, created_at) "
+                   "VALUES ('kbt_old', 'run-1', 'g', 'kbk_x', 't')")
+    finally:
+        ledger.close()
 
 
 def test_a_second_upgrade_does_nothing(home):

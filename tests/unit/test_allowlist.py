@@ -36,6 +36,9 @@ from keybrake_addon.vault.allowlist import InvalidPattern, is_allowed, parse_pat
         ("GET /v1/**", "GET", "/v10", False),
         ("GET /v1/**", "GET", "/v2/customers", False),
         ("GET /**", "GET", "/anything/at/all", True),
+        # a path is matched whole, and `**` is the rest whatever it holds
+        ("GET /v1/customers", "GET", "/v1/customers\n", False),
+        ("GET /v1/**", "GET", "/v1/a\nb", True),
         # literal segments are literal, not regex
         ("GET /v1.0/x", "GET", "/v1a0/x", False),
         ("GET /v1.0/x", "GET", "/v1.0/x", True),
