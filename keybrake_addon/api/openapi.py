@@ -41,7 +41,7 @@ _KEY = {
         "expires_at": {"type": ["string", "null"], "format": "date-time"},
         "revoked_at": {"type": ["string", "null"], "format": "date-time"},
         "minted_by": {"type": ["string", "null"],
-                      "description": "the admin token (kbt_...) that minted the key; null: the CLI, or before v7"},
+                      "description": "the admin token (kbt_...) that minted the key; null: the CLI, or before schema 6"},
     },
 }
 

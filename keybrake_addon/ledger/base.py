@@ -26,7 +26,7 @@ class IdempotencyMismatch(Exception):
     """An Idempotency-Key was reused with a different request."""
 
 
-# The issuer of idempotency records made before admin tokens were recorded (schema 7): only an
+# The issuer of idempotency records made before admin tokens were recorded (schema 6): only an
 # unrestricted token replays them, since every token that could have made one was unrestricted.
 UNATTRIBUTED_ISSUER = "unattributed"
 
@@ -36,7 +36,7 @@ class IssuanceIdempotency:
     key: str
     request_fingerprint: str  # a hash of the request body: the same key must mean the same request
     token_id: str  # the admin token asking: its Idempotency-Keys are its own, never another token's
-    replays_unattributed: bool = False  # an unrestricted token also answers records older than schema 7
+    replays_unattributed: bool = False  # an unrestricted token also answers records older than schema 6
 
 
 class Resolution(Enum):
@@ -58,7 +58,7 @@ class KeySpec:
     allow_all: bool
     allow_unpriced: bool
     expires_at: datetime | None
-    minted_by: str | None = None  # the admin token that minted it; None: the CLI (or before schema 7)
+    minted_by: str | None = None  # the admin token that minted it; None: the CLI (or before schema 6)
 
 
 @dataclass(frozen=True)

@@ -189,8 +189,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "reservations count their attempts in flight (a hold stays until every attempt answered)",
               _ATTEMPTS, _ATTEMPTS),
     Migration(5, "worker tokens: credentials for the forward proxy", _WORKER_TOKENS, _WORKER_TOKENS),
-    # 6 is nested budgets (another branch); the numbers are merged there.
-    Migration(7, "scoped issuers: admin token scopes, the token that minted each key, idempotency per token",
+    Migration(6, "scoped issuers: admin token scopes, the token that minted each key, idempotency per token",
               _SCOPED_ISSUERS, _SCOPED_ISSUERS),
 )
 LATEST = MIGRATIONS[-1].version

@@ -71,7 +71,7 @@ def test_status_lists_the_pending_migration(home):
     status = json.loads(result.output)
     assert (status["version"], status["latest"]) == (3, migrations.LATEST)
     assert [(m["version"], m["state"]) for m in status["migrations"]] == [
-        (3, "applied"), (4, "pending"), (5, "pending"), (7, "pending")]
+        (3, "applied"), (4, "pending"), (5, "pending"), (6, "pending")]
     text = keybrake(home, "db", "status", ok=False).output
     assert "4        pending" in text
 
@@ -80,13 +80,13 @@ def test_upgrade_keeps_every_row(home):
     database = home / "keybrake.db"
     before = {table: raw_rows(database, table) for table in TABLES}
     applied = json.loads(keybrake(home, "db", "upgrade", "--json").output)
-    assert applied == {"database": str(database), "applied": [4, 5, 7], "version": migrations.LATEST}
+    assert applied == {"database": str(database), "applied": [4, 5, 6], "version": migrations.LATEST}
     after = {table: raw_rows(database, table) for table in TABLES}
     for table in TABLES:
         if table in ("meta", "reservations", "vault_keys", "admin_tokens", "issuances"):
             continue
         assert after[table] == before[table], table
-    # Version 7: every old admin token is unrestricted (no scope), no old key names a minting
+    # Version 6: every old admin token is unrestricted (no scope), no old key names a minting
     # token, and the old issuance record is kept, answering unrestricted tokens only.
     for table, added, value in (("admin_tokens", "scope", None), ("vault_keys", "minted_by", None),
                                 ("issuances", "token_id", "unattributed")):
@@ -147,7 +147,7 @@ def test_after_upgrade_keys_secret_holds_audit_and_tokens_read_as_before(home):
 
 
 def test_an_issuance_record_from_before_scopes_replays_to_unrestricted_tokens_only(home):
-    """Records made before v7 name no token. Every token then was unrestricted, so an unrestricted
+    """Records made before v6 name no token. Every token then was unrestricted, so an unrestricted
     token may still replay one (a parent job retried across the upgrade gets its key back); a
     scoped token never gets it: its Idempotency-Keys are its own."""
     with sqlite3.connect(home / "keybrake.db") as db:  # made just now, so within the 24 h memory
@@ -183,7 +183,7 @@ def test_version_7_upgrades_tokens_keys_and_issuances_in_both_dialects(backend, 
                    "VALUES ('kbk_old', 'kh', 'stripe', 'default', '[]', 't')")
             tx.run("INSERT INTO issuances (idempotency_key, request_fingerprint, key_id, created_at) "
                    "VALUES ('run-1', 'f', 'kbk_old', 't')")
-        assert [m.version for m in migrations.upgrade(ledger.database)] == [7]
+        assert [m.version for m in migrations.upgrade(ledger.database)] == [6]
         with ledger.database.reading() as tx:
             assert dict(tx.row("SELECT token_id, scope FROM admin_tokens")) == {"token_id": "kbt_old", "scope": None}
             assert dict(tx.row("SELECT key_id, minted_by FROM vault_keys")) == {"key_id": "kbk_old", "minted_by": None}
