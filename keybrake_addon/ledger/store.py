@@ -149,9 +149,19 @@ class SqlLedger:
                    idempotency: IssuanceIdempotency | None = None) -> tuple[KeyRecord, bool]:
         """Create a key, or with `idempotency` return the key an earlier identical request created.
 
-        Returns the key and whether it was created now. The check and the insert share one
-        transaction, so two retries racing each other still get one key.
+        Returns the key and whether it was created now. Two retries racing each other, on one
+        replica or on two, still get one key: the record's insert decides, and the loser reads
+        the winner's record.
         """
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                return self._create_key(key_id, key_hash, spec, idempotency)
+            except _IssuanceRaceLost:
+                continue  # the winner has committed: the next try finds its record
+        raise LedgerConflict("an issuance with this Idempotency-Key kept racing another; try again")
+
+    def _create_key(self, key_id: str, key_hash: str, spec: KeySpec,
+                    idempotency: IssuanceIdempotency | None) -> tuple[KeyRecord, bool]:
         with self.database.transaction() as tx:
             now = tx.now()
             if idempotency is not None:
@@ -160,12 +170,17 @@ class SqlLedger:
                     if earlier["request_fingerprint"] != idempotency.request_fingerprint:
                         raise IdempotencyMismatch(idempotency.key)
                     return self._key_record(tx, earlier["key_id"], now), False
-                tx.run("INSERT INTO issuances (token_id, idempotency_key, request_fingerprint, key_id, created_at) "
-                       "VALUES (?, ?, ?, ?, ?) ON CONFLICT (token_id, idempotency_key) DO UPDATE SET "
-                       "request_fingerprint = excluded.request_fingerprint, key_id = excluded.key_id, "
-                       "created_at = excluded.created_at",
-                       (idempotency.token_id, idempotency.key, idempotency.request_fingerprint, key_id,
-                        to_text(now)))
+                # A record past its memory is replaced; a fresh one (another replica's, committed
+                # while this transaction looked) is not: that replica minted the key.
+                inserted = tx.run(
+                    "INSERT INTO issuances (token_id, idempotency_key, request_fingerprint, key_id, created_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (token_id, idempotency_key) DO UPDATE SET "
+                    "request_fingerprint = excluded.request_fingerprint, key_id = excluded.key_id, "
+                    "created_at = excluded.created_at WHERE issuances.created_at <= ?",
+                    (idempotency.token_id, idempotency.key, idempotency.request_fingerprint, key_id,
+                     to_text(now), to_text(now - ISSUANCE_MEMORY)))
+                if inserted == 0:
+                    raise _IssuanceRaceLost()
             tx.run(
                 "INSERT INTO vault_keys (key_id, key_hash, vendor, secret_name, label, daily_cap_micros, "
                 "total_cap_micros, max_calls, allowlist, allow_all, allow_unpriced, created_at, expires_at, minted_by) "
@@ -475,6 +490,10 @@ class SqlLedger:
                 if not alive(row["pid"]):
                     tx.run("UPDATE proxy_runs SET stopped_at = ? WHERE run_id = ? AND stopped_at IS NULL",
                            (now, row["run_id"]))
+
+
+class _IssuanceRaceLost(Exception):
+    """Another transaction recorded the same issuance first: roll back, then read its record."""
 
 
 class _PendingAdmission:
