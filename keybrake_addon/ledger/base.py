@@ -51,6 +51,7 @@ class KeySpec:
     allow_all: bool
     allow_unpriced: bool
     expires_at: datetime | None
+    budget: str | None = None  # the budget the key spends from (and, through it, its ancestors')
 
 
 @dataclass(frozen=True)
