@@ -52,16 +52,9 @@ class BudgetRecord:
     today_spent_micros: int
     today_reserved_micros: int
     children: tuple[str, ...]
-
-    def remaining_micros(self) -> int | None:
-        """Headroom under the tightest of its own caps; None when it has none. (An ancestor's
-        cap may leave less: see each ancestor.)"""
-        limits = []
-        if self.total_cap_micros is not None:
-            limits.append(self.total_cap_micros - self.spent_micros - self.reserved_micros)
-        if self.daily_cap_micros is not None:
-            limits.append(self.daily_cap_micros - self.today_spent_micros - self.today_reserved_micros)
-        return max(0, min(limits)) if limits else None
+    # What a key in it may still spend: the headroom under the tightest cap of it and its
+    # ancestors (another child of an ancestor may have used theirs). None: no cap anywhere.
+    remaining_micros: int | None
 
 
 def budget_state(row: Row) -> BudgetState:
@@ -220,12 +213,26 @@ def _records(tx: Tx, now: datetime) -> dict[str, BudgetRecord]:
     records = {}
     for name, state in states.items():
         c = state.counters
-        frozen_by = next((b.name for b in chain_of(states, name) if b.frozen_at is not None), None)
+        chain = chain_of(states, name)
+        frozen_by = next((b.name for b in chain if b.frozen_at is not None), None)
+        limits = [limit for b in chain for limit in _headroom(b, window)]
         records[name] = BudgetRecord(
             name, state.parent, state.daily_cap_micros, state.total_cap_micros, created[name], state.frozen_at,
             frozen_by, c.spent, c.reserved, c.calls, c.day_spent if c.day == window else 0,
-            c.day_reserved if c.day == window else 0, tuple(children.get(name, ())))
+            c.day_reserved if c.day == window else 0, tuple(children.get(name, ())),
+            max(0, min(limits)) if limits else None)
     return records
+
+
+def _headroom(budget: BudgetState, window: str) -> list[int]:
+    c = budget.counters
+    today = c.day_spent + c.day_reserved if c.day == window else 0
+    limits = []
+    if budget.total_cap_micros is not None:
+        limits.append(budget.total_cap_micros - c.spent - c.reserved)
+    if budget.daily_cap_micros is not None:
+        limits.append(budget.daily_cap_micros - today)
+    return limits
 
 
 def _where(clauses: list[str]) -> str:

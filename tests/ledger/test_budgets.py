@@ -106,6 +106,9 @@ def test_nested_budgets_the_childs_cap_and_the_parents_cap_both_bind(ledger):
     assert budget_money(ledger, "team-b") == (0, 250)
     assert budget_money(ledger, "org") == (30, 400)
     assert ledger.get_budget("org").children == ("team-a", "team-b")
+    # what a key may still spend: team-a's own $20, team-b (no cap of its own) org's $70
+    assert (ledger.get_budget("team-a").remaining_micros, ledger.get_budget("team-b").remaining_micros) == (
+        20 * USD, 70 * USD)
     assert admit(ledger, 70, key_hash=key_hash(2)).allowed  # the freed $70 under org
     assert not admit(ledger, 1, key_hash=key_hash(2)).allowed
 
