@@ -198,13 +198,16 @@ def admit(view: AdmitView, request: AdmitRequest, now: datetime) -> AdmitPlan:
         return AdmitPlan(UNKNOWN_KEY, None)
     # A clock reading behind the key's window, or a budget's (another replica decided later),
     # decides in that window: the window never moves back, and the key and its budgets share it.
-    window = max(window_of(now), state.counters.day or "", *(b.counters.day or "" for b in view.budgets))
+    window = max(window_of(now), state.counters.day or "")
+    budgets = view.budgets
+    if budgets:  # (a key without a budget, the common case, pays for none of this)
+        window = max(window, *(b.counters.day or "" for b in budgets))
+        budgets = _each(budgets, lambda c: c.in_window(window))
     counters = state.counters.in_window(window)
-    budgets = _each(view.budgets, lambda c: c.in_window(window)) if view.budgets else ()
     key = state.record(window)
     call = request.call
     refusal = (policy.key_refusal(key, call.vendor, call.method, call.path, now)
-               or frozen_refusal(key, budgets)
+               or (budgets and frozen_refusal(key, budgets))
                or policy.account_refusal(key, view.secret, request.account_ref))
     estimate = request.estimate
     if refusal is None and request.pricing_refusal is not None:
