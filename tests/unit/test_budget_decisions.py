@@ -361,3 +361,18 @@ def test_no_budget_is_over_a_cap_and_each_is_the_sum_of_what_is_under_it(caps, o
     for operation in operations:
         getattr(store, operation[0])(*operation[1:])
         check_tree(store)
+
+
+# --- the refusal as each vendor renders it -----------------------------------------------------------
+
+def test_every_vendor_names_the_cap_hit_in_x_keybrake_cap():
+    from keybrake_addon.vendors import resend, stripe, twilio
+    from keybrake_addon.vendors.base import Refusal
+
+    for vendor in (stripe, twilio, resend):
+        budget_hit = vendor.render_refusal(Refusal(RefusalKind.CAP_EXCEEDED, "over", cap="budget:org"))
+        assert budget_hit.status == 429
+        assert (budget_hit.headers["x-keybrake-cap-hit"], budget_hit.headers["x-keybrake-cap"]) == ("true", "budget:org")
+        key_hit = vendor.render_refusal(Refusal(RefusalKind.MAX_CALLS_EXCEEDED, "over", cap="key"))
+        assert key_hit.headers["x-keybrake-cap"] == "key"
+        assert "x-keybrake-cap" not in vendor.render_refusal(Refusal(RefusalKind.KEY_REVOKED, "no")).headers
