@@ -354,7 +354,8 @@ class SqlLedger(BudgetLedger):
             now = tx.now()
             counters, columns, before, after, note = change(_reservation(row), dict(row), state.counters, now)
             _write_counters(tx, state.key_id, counters)
-            budgets.write_counters(tx, decisions.follow(chain, row["day"], state.counters, counters))
+            if chain:
+                budgets.write_counters(tx, decisions.follow(chain, row["day"], state.counters, counters))
             tx.run("UPDATE reservations SET " + ", ".join(f"{name} = ?" for name in columns) + " WHERE id = ?",
                    (*columns.values(), reservation_id))
             method, _, path = row["endpoint"].partition(" ")
