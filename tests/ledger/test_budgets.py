@@ -6,7 +6,7 @@ budget's cap holds however many keys and replicas race for it.
 
 import asyncio
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 
