@@ -34,6 +34,7 @@ _KEY = {
         "max_calls": {"type": ["integer", "null"]},
         "allowed_endpoints": {"type": "array", "items": {"type": "string"}},
         "allow_all": {"type": "boolean"}, "allow_unpriced": {"type": "boolean"},
+        "budget": {"type": ["string", "null"], "description": "the budget it spends from"},
         "spent_usd": _USD, "reserved_usd": _USD, "unknown_usd": _USD,
         "remaining_usd": {"type": "string", "description": "headroom under the tightest cap, or 'unlimited'"},
         "calls": {"type": "integer"},
@@ -44,6 +45,27 @@ _KEY = {
                       "description": "the admin token (kbt_...) that minted the key; null: the CLI, or before schema 6"},
     },
 }
+
+_BUDGET_NAME = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
+_BUDGET = {
+    "type": "object",
+    "required": ["name", "parent", "status", "spent_usd", "reserved_usd", "remaining_usd", "calls"],
+    "properties": {
+        "name": _BUDGET_NAME, "parent": {"type": ["string", "null"]},
+        "status": {"enum": ["active", "frozen"], "description": "frozen when it or an ancestor is"},
+        "frozen_by": {"type": ["string", "null"], "description": "the budget whose freeze stops its keys"},
+        "frozen_at": {"type": ["string", "null"], "format": "date-time", "description": "its own freeze"},
+        "daily_usd_cap": _USD, "total_usd_cap": _USD,
+        "spent_usd": _USD, "reserved_usd": _USD,
+        "today_usd": _USD,
+        "remaining_usd": {"type": "string", "description": "what a key in it may still spend: headroom under the tightest "
+                                                           "cap of it and its ancestors, or 'unlimited'"},
+        "calls": {"type": "integer"},
+        "children": {"type": "array", "items": {"type": "string"}},
+        "created_at": {"type": "string", "format": "date-time"},
+    },
+}
+_BUDGET_REF = {"$ref": "#/components/schemas/Budget"}
 
 OPENAPI: dict = {
     "openapi": "3.1.0",
@@ -60,6 +82,16 @@ OPENAPI: dict = {
                 "type": "object", "required": ["code", "message"],
                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}}}}},
             "Key": _KEY,
+            "Budget": _BUDGET,
+            "BudgetRequest": {
+                "type": "object", "additionalProperties": False, "required": ["name"],
+                "properties": {
+                    "name": _BUDGET_NAME,
+                    "parent": {**_BUDGET_NAME, "description": "the budget this one spends from; fixed once created"},
+                    "daily_usd_cap": {"type": ["number", "string"], "minimum": 0},
+                    "total_usd_cap": {"type": ["number", "string"], "minimum": 0},
+                },
+            },
             "IssuedKey": {"allOf": [{"$ref": "#/components/schemas/Key"}, {
                 "type": "object", "required": ["vault_key"],
                 "properties": {"vault_key": {"type": "string", "description": "shown once; send it as the vendor secret"}}}]},
@@ -86,6 +118,10 @@ OPENAPI: dict = {
                                                   "maximum (30d unless raised with `keybrake settings set "
                                                   "max-key-ttl`) is refused: 400 with error.field = expires_in"},
                     "agent_run_label": {"type": "string"},
+                    "budget": {"type": "string", "description": "the budget the key spends from: every call is "
+                                                                "checked against its caps and its ancestors' too. A "
+                                                                "capped budget stands in for the key's own cap. An "
+                                                                "unknown budget is 400 with error.field = budget"},
                 },
             },
             "AuditRow": {"type": "object", "required": ["ts", "vendor", "method", "path", "decision"], "properties": {
@@ -99,6 +135,7 @@ OPENAPI: dict = {
                 "replayed": {"type": "boolean"}}},
             "SpendRow": {"type": "object", "required": ["spent_usd", "reserved_usd", "calls"], "properties": {
                 "key": {"type": ["string", "null"]}, "label": {"type": ["string", "null"]},
+                "budget": {"type": ["string", "null"], "description": "includes its child budgets' figures"},
                 "vendor": {"type": "string"}, "day": {"type": "string"},
                 "spent_usd": _USD, "reserved_usd": _USD, "calls": {"type": "integer"},
                 "allowed": {"type": "integer"}, "refused": {"type": "integer"}, "cap_hits": {"type": "integer"}}},
@@ -145,6 +182,38 @@ OPENAPI: dict = {
                        "responses": {"200": _json({"$ref": "#/components/schemas/Revoked"}, "Revoked"),
                                      "404": _json(_ERROR, "No such key"), **_ERRORS}},
         },
+        "/vault/budgets": {
+            "get": {"summary": "List budgets",
+                    "responses": {"200": _json({"type": "object", "required": ["data"], "properties": {
+                        "data": {"type": "array", "items": _BUDGET_REF}}}, "Budgets"), **_ERRORS}},
+            "post": {
+                "summary": "Create a budget",
+                "description": "A budget caps what every key issued into it (`budget` on POST /vault/keys) spends "
+                               "together, and its parent's caps what all its children spend together. Each call is "
+                               "checked against the key's caps and every ancestor budget's in one transaction; a "
+                               "call over a budget's cap gets the vendor's 429 with `x-keybrake-cap: budget:NAME`.",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/BudgetRequest"}}}},
+                "responses": {"201": _json(_BUDGET_REF, "Created"),
+                              "409": _json(_ERROR, "A budget of that name exists"), **_ERRORS},
+            },
+        },
+        "/vault/budgets/{name}": {
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": _BUDGET_NAME}],
+            "get": {"summary": "One budget: caps, spent, reserved, today's figures, children",
+                    "responses": {"200": _json(_BUDGET_REF, "The budget"), **_ERRORS}},
+        },
+        "/vault/budgets/{name}/freeze": {
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": _BUDGET_NAME}],
+            "post": {"summary": "Freeze a budget: every key under it is refused from its next call, like a "
+                                "revoked key (idempotent)",
+                     "responses": {"200": _json(_BUDGET_REF, "Frozen"), **_ERRORS}},
+        },
+        "/vault/budgets/{name}/unfreeze": {
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": _BUDGET_NAME}],
+            "post": {"summary": "Unfreeze a budget (its keys stay refused while an ancestor is frozen)",
+                     "responses": {"200": _json(_BUDGET_REF, "Unfrozen"), **_ERRORS}},
+        },
         "/vault/audit": {"get": {
             "summary": "Audit rows, one per call, refused ones included",
             "parameters": [{"name": n, "in": "query", "schema": {"type": "string"}} for n in ("label", "key", "since", "limit")],
@@ -153,7 +222,7 @@ OPENAPI: dict = {
         "/vault/spend": {"get": {
             "summary": "Spend totals",
             "parameters": [*({"name": n, "in": "query", "schema": {"type": "string"}} for n in ("label", "key", "since", "limit")),
-                           {"name": "by", "in": "query", "schema": {"enum": ["key", "label", "vendor", "day"]},
+                           {"name": "by", "in": "query", "schema": {"enum": ["key", "label", "vendor", "day", "budget"]},
                             "description": "the grouping column each row carries (default label)"}],
             "responses": {"200": _json({"type": "object", "required": ["data"], "properties": {
                 "data": {"type": "array", "items": {"$ref": "#/components/schemas/SpendRow"}}}}, "Totals"), **_ERRORS}}},

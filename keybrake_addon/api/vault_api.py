@@ -19,6 +19,7 @@ from ..durations import parse_since
 from ..vault.issuance import IssueError, issue_key
 from ..vault.scopes import Issuer, OverCeiling
 from ..views import audit_document, key_document, spend_document
+from . import budgets
 from .key_requests import InvalidField, key_request_from_json
 from .openapi import OPENAPI
 from .tokens import AdminTokens
@@ -129,6 +130,8 @@ class VaultApi:
             return await self._audit(request, issuer)
         elif parts == ["vault", "spend"] and method == "GET":
             return await self._spend(request, issuer)
+        elif parts[:2] == ["vault", "budgets"]:
+            return await budgets.route(parts, request, self._ledger, self._run_in_db, ApiResponse, error)
         else:
             return error(404, "not_found", f"no such endpoint: {request.path}")
         return error(405, "method_not_allowed", f"{method} is not allowed on {request.path}")
@@ -198,8 +201,8 @@ class VaultApi:
 
     async def _spend(self, request: ApiRequest, issuer: Issuer) -> ApiResponse:
         by = request.query.get("by", "label")
-        if by not in ("key", "label", "vendor", "day"):
-            return error(400, "invalid_field", "by is one of key, label, vendor, day", "by")
+        if by not in ("key", "label", "vendor", "day", "budget"):
+            return error(400, "invalid_field", "by is one of key, label, vendor, day, budget", "by")
         where = _audit_filter(request.query, issuer)
         if isinstance(where, ApiResponse):
             return where

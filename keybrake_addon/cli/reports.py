@@ -42,8 +42,8 @@ def audit(ctx: click.Context, label, key_id, since, limit, fmt) -> None:
 
 @click.command()
 @click.option("--label", help="Only keys of this run label.")
-@click.option("--by", type=click.Choice(["key", "label", "vendor", "day"]), default="label", show_default=True,
-              help="How to group the totals.")
+@click.option("--by", type=click.Choice(["key", "label", "vendor", "day", "budget"]), default="label",
+              show_default=True, help="How to group the totals. By budget, each budget's include its children's.")
 @click.option("--since", callback=_since, help="Only calls since an ISO time or a duration ago (2h, 1d).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.pass_context

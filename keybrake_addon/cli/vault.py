@@ -139,10 +139,13 @@ def _usd(_ctx, param, value):
                                    "unless changed); at most its max-key-ttl (30d unless raised). "
                                    "See `keybrake settings`.")
 @click.option("--label", help="Run label for audit and spend, e.g. trigger.dev/billing-agent/run_123.")
+@click.option("--budget", metavar="NAME", help="Spend from this budget (`keybrake budget create`): its caps and its "
+                                               "ancestors' apply on top of the key's own. A capped budget "
+                                               "stands in for the key's own cap.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (key_id, vault_key, vendor, label, expires_at, ...).")
 @click.pass_context
 def issue(ctx: click.Context, vendor, secret_name, daily_usd_cap, total_usd_cap, max_calls, allowlist, allow_all,
-          no_cap, allow_unpriced, expires_in, label, as_json) -> None:
+          no_cap, allow_unpriced, expires_in, label, budget, as_json) -> None:
     """Issue a vault key: a capped, scoped stand-in for a real secret. Shown once.
 
     Every key expires: after --expires-in, else after the installation's default TTL (24h
@@ -150,7 +153,8 @@ def issue(ctx: click.Context, vendor, secret_name, daily_usd_cap, total_usd_cap,
     """
     request = KeyRequest(vendor=vendor, secret_name=secret_name, label=label, daily_cap_micros=daily_usd_cap,
                          total_cap_micros=total_usd_cap, max_calls=max_calls, allowlist=tuple(allowlist),
-                         allow_all=allow_all, no_cap=no_cap, allow_unpriced=allow_unpriced, expires_in=expires_in)
+                         allow_all=allow_all, no_cap=no_cap, allow_unpriced=allow_unpriced, expires_in=expires_in,
+                         budget=budget)
     with installation(ctx) as kb:
         try:
             issued = issue_key(kb.ledger, kb.master_key, request)
@@ -160,7 +164,8 @@ def issue(ctx: click.Context, vendor, secret_name, daily_usd_cap, total_usd_cap,
         print_json({"vault_key": issued.vault_key, **key_document(issued.record)})
         return
     click.echo(issued.vault_key)
-    click.echo(f"issued {issued.key_id} for {vendor}{' label ' + label if label else ''}; "
+    click.echo(f"issued {issued.key_id} for {vendor}{' label ' + label if label else ''}"
+               f"{' in budget ' + budget if budget else ''}; "
                f"{describe_limits(issued.record)}. The key is shown once: Keybrake keeps only its hash.", err=True)
 
 
@@ -240,7 +245,7 @@ def revoke(ctx: click.Context, key_id: str | None, label: str | None, as_json: b
 # The option of `keybrake issue` each issuance field comes from, so an error names what to change.
 ISSUE_FLAGS = {"expires_in": "--expires-in", "daily_usd_cap": "--daily-usd-cap", "total_usd_cap": "--total-usd-cap",
                "max_calls": "--max-calls", "no_cap": "--no-cap", "allowed_endpoints": "--allow",
-               "agent_run_label": "--label", "secret": "--secret", "vendor": "--vendor"}
+               "agent_run_label": "--label", "secret": "--secret", "vendor": "--vendor", "budget": "--budget"}
 
 
 def _naming_the_flag(error: IssueError) -> str:

@@ -59,6 +59,7 @@ class KeySpec:
     allow_unpriced: bool
     expires_at: datetime | None
     minted_by: str | None = None  # the admin token that minted it; None: the CLI (or before schema 6)
+    budget: str | None = None  # the budget the key spends from (and, through it, its ancestors')
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from .urls import DatabaseUrl
 TABLES: dict[str, tuple[str, ...]] = {
     "meta": ("name",),
     "secrets": ("vendor", "name"),
+    "budgets": ("name",),
     "vault_keys": ("key_id",),
     "reservations": ("id",),
     "audit": ("id",),

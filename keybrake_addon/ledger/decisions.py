@@ -17,6 +17,13 @@ The rules in one place:
   on a released hold past the cap.
 - "Already counted" belongs to a key: only a positive amount this key counted on a POST
   makes an object counted, and a refund without an amount costs what this key counted.
+- Budgets nest. A key may spend from a budget; the budget may have a parent, and so on. Every
+  admit checks the key's caps and each of those budgets' caps, and holds the same amount on
+  all of them; every settlement, release, retry top-up or correction moves the same amounts on
+  them as on the key. So a budget's counters are the sum of its keys' and child budgets'. One
+  decision decides in one window for the key and its budgets: the latest any of them is in.
+- A frozen budget refuses every call of every key under it (any ancestor frozen), like a
+  revoked key, until it is unfrozen.
 """
 
 from dataclasses import dataclass, replace
@@ -38,7 +45,8 @@ def window_of(now: datetime) -> str:
 
 @dataclass(frozen=True)
 class KeyCounters:
-    """The money columns of a key's row. A plan carries them whole, as they must be written."""
+    """The money columns of a key's row (and of a budget's: the same columns, the same rules). A
+    plan carries them whole, as they must be written."""
 
     spent: int = 0
     reserved: int = 0
@@ -88,6 +96,36 @@ class KeyState:
 
 
 @dataclass(frozen=True)
+class BudgetState:
+    """A budget's row: its caps, whether it is frozen, and its counters."""
+
+    name: str
+    parent: str | None
+    daily_cap_micros: int | None
+    total_cap_micros: int | None
+    frozen_at: datetime | None
+    counters: KeyCounters
+
+    def with_counters(self, counters: KeyCounters) -> "BudgetState":
+        return BudgetState(self.name, self.parent, self.daily_cap_micros, self.total_cap_micros, self.frozen_at,
+                           counters)
+
+
+def _each(budgets: tuple[BudgetState, ...], change) -> tuple[BudgetState, ...]:
+    """The budgets with `change(counters)` applied to each: the key's change, on every budget."""
+    return tuple(b.with_counters(change(b.counters)) for b in budgets)
+
+
+def follow(budgets: tuple[BudgetState, ...], day: str, before: KeyCounters,
+           after: KeyCounters) -> tuple[BudgetState, ...]:
+    """The budgets after the key moved money on a reservation of `day` from `before` to `after`
+    (a settlement, a release, a correction): the same amounts move on each budget, its daily
+    counters only while it is still in that window (as the key's)."""
+    spent, reserved = after.spent - before.spent, after.reserved - before.reserved
+    return _each(budgets, lambda c: c.move(day, spent=spent, reserved=reserved))
+
+
+@dataclass(frozen=True)
 class ReservationState:
     id: int
     key_id: str
@@ -109,6 +147,7 @@ class AdmitView:
     secret: SealedSecret | None
     existing: ReservationState | None  # this key's reservation with the same Idempotency-Key
     counted_micros: int | None  # the largest positive amount this key counted for estimate.object_ref
+    budgets: tuple[BudgetState, ...] = ()  # the key's budget and its ancestors, nearest first
 
 
 @dataclass(frozen=True)
@@ -144,6 +183,7 @@ class AdmitPlan:
     reserved_micros: int = 0  # what this call added to holds
     basis: PricingBasis | None = None
     secret: SealedSecret | None = None
+    budgets: tuple[BudgetState, ...] = ()  # write these budgets' counters (empty: unchanged)
 
 
 UNKNOWN_KEY = Refusal(RefusalKind.UNKNOWN_KEY,
@@ -156,13 +196,18 @@ def admit(view: AdmitView, request: AdmitRequest, now: datetime) -> AdmitPlan:
     state = view.key
     if state is None:
         return AdmitPlan(UNKNOWN_KEY, None)
-    # A clock reading behind the key's window (another replica decided later) decides in the
-    # key's window: the window never moves back.
+    # A clock reading behind the key's window, or a budget's (another replica decided later),
+    # decides in that window: the window never moves back, and the key and its budgets share it.
     window = max(window_of(now), state.counters.day or "")
+    budgets = view.budgets
+    if budgets:  # (a key without a budget, the common case, pays for none of this)
+        window = max(window, *(b.counters.day or "" for b in budgets))
+        budgets = _each(budgets, lambda c: c.in_window(window))
     counters = state.counters.in_window(window)
     key = state.record(window)
     call = request.call
     refusal = (policy.key_refusal(key, call.vendor, call.method, call.path, now)
+               or (budgets and frozen_refusal(key, budgets))
                or policy.account_refusal(key, view.secret, request.account_ref))
     estimate = request.estimate
     if refusal is None and request.pricing_refusal is not None:
@@ -177,16 +222,17 @@ def admit(view: AdmitView, request: AdmitRequest, now: datetime) -> AdmitPlan:
     if existing is not None and not same_attempt(existing, f"{call.method} {call.path}", now):
         existing = None
     if existing is not None:
-        return _admit_retry(view, existing, key, counters, estimate, window)
+        return _admit_retry(view, existing, key, counters, budgets, estimate, window)
 
     cost, basis, refusal = resolve_cost(key, estimate, view.counted_micros)
-    refusal = refusal or cap_refusal(key, total_extra=cost, daily_extra=cost, new_call=True)
+    refusal = refusal or caps_refusal(key, budgets, total_extra=cost, daily_extra=cost, new_call=True)
     if refusal is not None:
         return AdmitPlan(refusal, key)
     return AdmitPlan(
         None, key, counters=counters.hold(cost, cost, new_call=True),
         new_reservation=NewReservation(_idempotency_key(request, view), f"{call.method} {call.path}", window, cost),
-        opened=True, reserved_micros=cost, basis=basis, secret=view.secret)
+        opened=True, reserved_micros=cost, basis=basis, secret=view.secret,
+        budgets=_each(budgets, lambda c: c.hold(cost, cost, new_call=True)) if budgets else ())
 
 
 def _idempotency_key(request: AdmitRequest, view: AdmitView) -> str | None:
@@ -207,7 +253,7 @@ def same_attempt(reservation: ReservationState, endpoint: str, now: datetime) ->
 
 
 def _admit_retry(view: AdmitView, existing: ReservationState, key: KeyRecord, counters: KeyCounters,
-                 estimate: CostEstimate | None, window: str) -> AdmitPlan:
+                 budgets: tuple[BudgetState, ...], estimate: CostEstimate | None, window: str) -> AdmitPlan:
     """A retry of a call already reserved (same key, endpoint and Idempotency-Key).
 
     - settled: attached for nothing (the vendor replays the saved result, or refuses other
@@ -220,31 +266,33 @@ def _admit_retry(view: AdmitView, existing: ReservationState, key: KeyRecord, co
         return AdmitPlan(None, key, reservation_id=existing.id, secret=view.secret)
     cost, basis, refusal = resolve_cost(key, estimate, view.counted_micros)
     if existing.state == "released":
-        refusal = refusal or cap_refusal(key, total_extra=cost, daily_extra=cost, new_call=False)
+        refusal = refusal or caps_refusal(key, budgets, total_extra=cost, daily_extra=cost, new_call=False)
         if refusal is not None:
             return AdmitPlan(refusal, key)
         change = ReservationChange(existing.id, "pending", window, cost, attempts_open=1, released_attempts=0,
                                    reopened=True)
         return AdmitPlan(None, key, counters=counters.hold(cost, cost, new_call=False), change=change,
                          reservation_id=existing.id, opened=True, reserved_micros=cost, basis=basis,
-                         secret=view.secret)
+                         secret=view.secret, budgets=_each(budgets, lambda c: c.hold(cost, cost, new_call=False)))
     extra = max(0, cost - existing.reserved)
     held = existing.reserved + extra
     moves_window = existing.day != window
     daily_extra = held if moves_window else extra
     if refusal is None and (extra or daily_extra):
-        refusal = cap_refusal(key, total_extra=extra, daily_extra=daily_extra, new_call=False)
+        refusal = caps_refusal(key, budgets, total_extra=extra, daily_extra=daily_extra, new_call=False)
     if refusal is not None:
         return AdmitPlan(refusal, key)
-    if moves_window:  # the old window no longer counts it; the current one counts all of it
-        counters = counters.move(existing.day, spent=0, reserved=-existing.reserved)
-        counters = counters.hold(held, held, new_call=False)
-    else:
-        counters = counters.hold(extra, extra, new_call=False)
+
+    def top_up(counters: KeyCounters) -> KeyCounters:
+        if moves_window:  # the old window no longer counts it; the current one counts all of it
+            counters = counters.move(existing.day, spent=0, reserved=-existing.reserved)
+            return counters.hold(held, held, new_call=False)
+        return counters.hold(extra, extra, new_call=False)
+
     change = ReservationChange(existing.id, existing.state, window, held, existing.attempts_open + 1,
                                existing.released_attempts, reopened=False)
-    return AdmitPlan(None, key, counters=counters, change=change, reservation_id=existing.id,
-                     reserved_micros=extra, secret=view.secret)
+    return AdmitPlan(None, key, counters=top_up(counters), change=change, reservation_id=existing.id,
+                     reserved_micros=extra, secret=view.secret, budgets=_each(budgets, top_up))
 
 
 def resolve_cost(key: KeyRecord, estimate: CostEstimate | None,
@@ -270,6 +318,20 @@ def resolve_cost(key: KeyRecord, estimate: CostEstimate | None,
         "anyway and counts it from the response.")
 
 
+KEY_CAP = "key"  # the `x-keybrake-cap` value of a key's own cap; a budget's is "budget:NAME"
+
+
+def caps_refusal(key: KeyRecord, budgets: tuple[BudgetState, ...], *, total_extra: int, daily_extra: int,
+                 new_call: bool) -> Refusal | None:
+    """Whether adding these holds would break the key's caps or any of its budgets' (nearest first)."""
+    refusal = cap_refusal(key, total_extra=total_extra, daily_extra=daily_extra, new_call=new_call)
+    for budget in budgets:
+        if refusal is not None:
+            break
+        refusal = budget_cap_refusal(key, budget, total_extra=total_extra, daily_extra=daily_extra)
+    return refusal
+
+
 def cap_refusal(key: KeyRecord, *, total_extra: int, daily_extra: int, new_call: bool) -> Refusal | None:
     """Whether adding these holds would break a cap. `key` holds the current totals.
 
@@ -279,17 +341,49 @@ def cap_refusal(key: KeyRecord, *, total_extra: int, daily_extra: int, new_call:
     if new_call and spec.max_calls is not None and key.calls + 1 > spec.max_calls:
         return Refusal(RefusalKind.MAX_CALLS_EXCEEDED,
                        f"Keybrake cap reached for vault key {key.key_id}{_label(key)}: "
-                       f"it allows {spec.max_calls} calls and has made {key.calls}.")
-    checks = (
-        ("total", spec.total_cap_micros, key.spent_micros, key.reserved_micros, total_extra),
-        ("daily", spec.daily_cap_micros, key.today_spent_micros, key.today_reserved_micros, daily_extra),
-    )
-    for which, cap, spent, reserved, extra in checks:
-        if cap is not None and spent + reserved + extra > cap:
-            return Refusal(RefusalKind.CAP_EXCEEDED,
-                           f"Keybrake cap reached for vault key {key.key_id}{_label(key)}: "
-                           f"{which} cap ${format_usd(cap)}, spent ${format_usd(spent)}, "
-                           f"reserved ${format_usd(reserved)}, this call ${format_usd(extra)}.")
+                       f"it allows {spec.max_calls} calls and has made {key.calls}.", cap=KEY_CAP)
+    broken = _broken_cap(spec.total_cap_micros, spec.daily_cap_micros, key.spent_micros, key.reserved_micros,
+                         key.today_spent_micros, key.today_reserved_micros, total_extra, daily_extra)
+    if broken is None:
+        return None
+    return Refusal(RefusalKind.CAP_EXCEEDED, f"Keybrake cap reached for vault key {key.key_id}{_label(key)}: "
+                                             f"{broken}.", cap=KEY_CAP)
+
+
+def budget_cap_refusal(key: KeyRecord, budget: BudgetState, *, total_extra: int,
+                       daily_extra: int) -> Refusal | None:
+    """Whether adding these holds would break one of the budget's caps. Its counters are in the
+    decision's window."""
+    c = budget.counters
+    broken = _broken_cap(budget.total_cap_micros, budget.daily_cap_micros, c.spent, c.reserved, c.day_spent,
+                         c.day_reserved, total_extra, daily_extra)
+    if broken is None:
+        return None
+    return Refusal(RefusalKind.CAP_EXCEEDED,
+                   f"Keybrake cap reached for budget {budget.name}, which vault key {key.key_id}{_label(key)} "
+                   f"spends from: {broken}.", cap=f"budget:{budget.name}")
+
+
+def _broken_cap(total_cap: int | None, daily_cap: int | None, spent: int, reserved: int, day_spent: int,
+                day_reserved: int, total_extra: int, daily_extra: int) -> str | None:
+    """The first cap these holds would break, described; None when both hold."""
+    checks = (("total", total_cap, spent, reserved, total_extra),
+              ("daily", daily_cap, day_spent, day_reserved, daily_extra))
+    for which, cap, spent_so_far, reserved_so_far, extra in checks:
+        if cap is not None and spent_so_far + reserved_so_far + extra > cap:
+            return (f"{which} cap ${format_usd(cap)}, spent ${format_usd(spent_so_far)}, "
+                    f"reserved ${format_usd(reserved_so_far)}, this call ${format_usd(extra)}")
+    return None
+
+
+def frozen_refusal(key: KeyRecord, budgets: tuple[BudgetState, ...]) -> Refusal | None:
+    """A key under a frozen budget (its own or any ancestor) is refused, like a revoked key."""
+    for budget in budgets:
+        if budget.frozen_at is not None:
+            return Refusal(RefusalKind.BUDGET_FROZEN,
+                           f"Keybrake budget {budget.name} was frozen at {policy.iso(budget.frozen_at)}, so vault "
+                           f"key {key.key_id} under it is refused. Ask the operator (`keybrake budget unfreeze "
+                           f"{budget.name}`).")
     return None
 
 
@@ -310,14 +404,23 @@ class SettlePlan:
     estimated: bool  # settled at the estimate: the vendor had no price yet
     outcome: str  # for the audit row
     counted: int  # what this answer added to spent, for the audit row
+    budgets: tuple[BudgetState, ...] = ()  # write these budgets' counters (empty: unchanged)
 
 
-def settle(reservation: ReservationState, counters: KeyCounters, request: SettleRequest) -> SettlePlan:
-    """Apply one attempt's answer to its reservation.
+def settle(reservation: ReservationState, counters: KeyCounters, request: SettleRequest,
+           budgets: tuple[BudgetState, ...] = ()) -> SettlePlan:
+    """Apply one attempt's answer to its reservation, and the same money moves on its budgets.
 
     The caller settles each audit row once: a settlement retried after a commit whose answer
     was lost must not come here again.
     """
+    plan = _settle_key(reservation, counters, request)
+    if plan.counters is None or not budgets:
+        return plan
+    return replace(plan, budgets=follow(budgets, reservation.day, counters, plan.counters))
+
+
+def _settle_key(reservation: ReservationState, counters: KeyCounters, request: SettleRequest) -> SettlePlan:
     resolution = request.resolution
     attempts = max(0, reservation.attempts_open - 1)
     released_attempts = reservation.released_attempts

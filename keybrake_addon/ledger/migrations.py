@@ -182,6 +182,30 @@ DROP TABLE issuances;
 ALTER TABLE issuances_by_token RENAME TO issuances;
 """
 
+# Budgets that nest: a key may spend from a budget, a budget from its parent. Each budget row
+# carries the same counters as a key's (the sum of its keys' and child budgets'), so an admit
+# checks a budget's caps by reading one row. No foreign keys: budgets are never deleted and a
+# parent never changes (the code checks both exist), and `keybrake db copy` writes tables in any order.
+_BUDGETS = """
+CREATE TABLE IF NOT EXISTS budgets (
+    name TEXT PRIMARY KEY,
+    parent TEXT,
+    daily_cap_micros BIGINT,
+    total_cap_micros BIGINT,
+    created_at TEXT NOT NULL,
+    frozen_at TEXT,
+    spent_micros BIGINT NOT NULL DEFAULT 0,
+    reserved_micros BIGINT NOT NULL DEFAULT 0,
+    calls BIGINT NOT NULL DEFAULT 0,
+    day TEXT,
+    day_spent_micros BIGINT NOT NULL DEFAULT 0,
+    day_reserved_micros BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS budgets_parent ON budgets (parent) WHERE parent IS NOT NULL;
+ALTER TABLE vault_keys ADD COLUMN budget TEXT;
+CREATE INDEX IF NOT EXISTS vault_keys_budget ON vault_keys (budget) WHERE budget IS NOT NULL;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "the baseline: secrets, vault keys, reservations, audit, proxy runs, admin tokens",
               _BASELINE.format(blob="BLOB", id="INTEGER", real="REAL"),
@@ -191,6 +215,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "worker tokens: credentials for the forward proxy", _WORKER_TOKENS, _WORKER_TOKENS),
     Migration(6, "scoped issuers: admin token scopes, the token that minted each key, idempotency per token",
               _SCOPED_ISSUERS, _SCOPED_ISSUERS),
+    Migration(7, "budgets that nest: caps shared by many keys, checked in the same transaction",
+              _BUDGETS, _BUDGETS),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -3,8 +3,9 @@
 Money is decided in `decisions.py`; this module reads the state a decision needs, under the
 locks its transaction holds, and writes the plan back in the same transaction. A batch of
 admits, settlements and refusals shares one transaction: the key rows it touches are locked
-once (in key order, so two replicas' batches never deadlock), the database's clock is read
-once after the locks, and each decision sees the state the ones before it left.
+once (in key order, then the budgets those keys spend from in name order, so two replicas'
+batches never deadlock), the database's clock is read once after the locks, and each decision
+sees the state the ones before it left.
 
 Amounts are integer USD micros; times are ISO 8601 UTC text (sortable, the same in both
 backends, readable in a raw dump).
@@ -19,7 +20,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 
 from ..vendors.base import PricingBasis, Refusal, RefusalKind
-from . import decisions
+from . import budgets, decisions
 from .base import (
     AdmitRequest,
     Admission,
@@ -35,6 +36,7 @@ from .base import (
     SettleRequest,
     UNATTRIBUTED_ISSUER,
 )
+from .budgets import BudgetLedger
 from .database import Database, Row, Tx, placeholders
 from .decisions import OPEN_STATES, KeyCounters, KeyState, ReservationState
 from .times import from_text, to_text, utc_now
@@ -53,7 +55,7 @@ _UNKNOWN = ("(r.state = 'unknown' OR (r.state = 'pending' AND (r.run_id IS NULL 
 _KEY_COLUMNS = ("k.key_id, k.key_hash, k.vendor, k.secret_name, k.label, k.daily_cap_micros, k.total_cap_micros, "
                 "k.max_calls, k.allowlist, k.allow_all, k.allow_unpriced, k.created_at, k.expires_at, k.revoked_at, "
                 "k.spent_micros, k.reserved_micros, k.calls, k.day, k.day_spent_micros, k.day_reserved_micros, "
-                "k.minted_by")
+                "k.minted_by, k.budget")
 _RESERVATION_COLUMNS = ("id, key_id, idempotency_key, endpoint, created_at, state, day, reserved_micros, "
                         "attempts_open, released_attempts, actual_micros")
 
@@ -66,7 +68,7 @@ class Refused:
     refusal: Refusal
 
 
-class SqlLedger:
+class SqlLedger(BudgetLedger):
     def __init__(self, database: Database) -> None:
         self.database = database
 
@@ -183,12 +185,13 @@ class SqlLedger:
                     raise _IssuanceRaceLost()
             tx.run(
                 "INSERT INTO vault_keys (key_id, key_hash, vendor, secret_name, label, daily_cap_micros, "
-                "total_cap_micros, max_calls, allowlist, allow_all, allow_unpriced, created_at, expires_at, minted_by) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "total_cap_micros, max_calls, allowlist, allow_all, allow_unpriced, created_at, expires_at, minted_by, "
+                "budget) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (key_id, key_hash, spec.vendor, spec.secret_name, spec.label, spec.daily_cap_micros,
                  spec.total_cap_micros, spec.max_calls, json.dumps(list(spec.allowlist)),
                  int(spec.allow_all), int(spec.allow_unpriced), to_text(now), to_text(spec.expires_at),
-                 spec.minted_by))
+                 spec.minted_by, spec.budget))
             return self._key_record(tx, key_id, now), True
 
     def _earlier_issuance(self, tx: Tx, idempotency: IssuanceIdempotency, now: datetime) -> Row | None:
@@ -308,6 +311,10 @@ class SqlLedger:
 
     def spend(self, by: str, where: AuditFilter) -> list[dict]:
         """Totals per group: calls and refusals from the audit, money from the reservations."""
+        if by == "budget":  # grouped by the key's budget, then counted in each ancestor too
+            return self.spend_by_budget(
+                _audit_clauses(where, key_column="a.key_id", label_column="a.label", time_column="a.ts"),
+                _audit_clauses(where, key_column="r.key_id", label_column="k.label", time_column="r.created_at"))
         audit_group = {"key": "key_id", "label": "label", "vendor": "vendor", "day": "substr(ts, 1, 10)"}[by]
         clauses, params = _audit_clauses(where)
         cap_hits = ", ".join(f"'{code}'" for code in CAP_HIT_DECISIONS)
@@ -377,10 +384,16 @@ class SqlLedger:
                 raise LookupError(f"no reservation {reservation_id}")
             key_row = tx.row(f"SELECT {_KEY_COLUMNS} FROM vault_keys k WHERE k.key_id = ?" + self.database.lock_rows,
                              (row["key_id"],))
-            now = tx.now()
             state = _key_state(key_row)
+            chain = ()
+            if state.spec.budget is not None:  # after the key's lock, as a batch takes them
+                chain = budgets.chain_of(budgets.lock_chains(tx, self.database.lock_rows, [state.spec.budget]),
+                                         state.spec.budget)
+            now = tx.now()
             counters, columns, before, after, note = change(_reservation(row), dict(row), state.counters, now)
             _write_counters(tx, state.key_id, counters)
+            if chain:
+                budgets.write_counters(tx, decisions.follow(chain, row["day"], state.counters, counters))
             tx.run("UPDATE reservations SET " + ", ".join(f"{name} = ?" for name in columns) + " WHERE id = ?",
                    (*columns.values(), reservation_id))
             method, _, path = row["endpoint"].partition(" ")
@@ -526,6 +539,12 @@ class _Batch:
         self.secrets: dict[str, SealedSecret | None] = {}
         self.touched: set[str] = set()
         self._lock_keys(lock_rows, [r.key_hash for r in admits], [r.reservation_id for r in settles])
+        # Then the budgets of those keys, with their ancestors. A batch of keys without a budget
+        # (the common case) asks nothing more.
+        self.budgets: dict[str, decisions.BudgetState] = {}
+        self.touched_budgets: set[str] = set()
+        if spending_from := sorted({k.spec.budget for k in self.keys.values() if k.spec.budget is not None}):
+            self.budgets = budgets.lock_chains(tx, lock_rows, spending_from)
         self.now = tx.now()  # after the locks: the clock of the moment these decisions hold them
         self.now_text = to_text(self.now)
         self.idempotency_keys: dict[int, tuple[str, str]] = {}  # reservation id -> (key_id, Idempotency-Key)
@@ -619,12 +638,14 @@ class _Batch:
         counted = None
         if state is not None and estimate is not None and estimate.basis is not PricingBasis.FIXED:
             counted = self._counted(key_id, estimate.object_ref)
-        plan = decisions.admit(decisions.AdmitView(state, self.secrets.get(key_id), existing, counted),
+        chain = budgets.chain_of(self.budgets, state.spec.budget) if state is not None and state.spec.budget else ()
+        plan = decisions.admit(decisions.AdmitView(state, self.secrets.get(key_id), existing, counted, chain),
                                request, self.now)
         call = request.call
         if plan.refusal is not None:
             return _PendingAdmission(self.refuse(call, plan.refusal, plan.key), plan, None)
         self._set_counters(key_id, plan.counters)
+        self._set_budgets(plan.budgets)
         reservation_slot = None
         if plan.new_reservation is not None:
             reservation_slot = self._slot()
@@ -678,8 +699,10 @@ class _Batch:
         if state is None or request.audit_id in self.settled_audit_rows:
             return  # settled before (a retried settlement whose first commit went through)
         self.settled_audit_rows.add(request.audit_id)
-        plan = decisions.settle(reservation, state.counters, request)
+        chain = budgets.chain_of(self.budgets, state.spec.budget) if state.spec.budget else ()
+        plan = decisions.settle(reservation, state.counters, request, chain)
         self._set_counters(reservation.key_id, plan.counters)
+        self._set_budgets(plan.budgets)
         object_id = request.object_ids[0] if request.object_ids else None
         updated = ReservationState(reservation.id, reservation.key_id, reservation.endpoint, reservation.created_at,
                                    plan.state, reservation.day, reservation.reserved, plan.attempts_open,
@@ -715,6 +738,11 @@ class _Batch:
             if known.key_id == key_id:
                 self.keys_by_hash[key_hash] = self.keys[key_id]
         self.touched.add(key_id)
+
+    def _set_budgets(self, changed: tuple[decisions.BudgetState, ...]) -> None:
+        for budget in changed:
+            self.budgets[budget.name] = budget
+            self.touched_budgets.add(budget.name)
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -752,6 +780,8 @@ class _Batch:
                 "duration_ms = ?, message = ? WHERE id = ?", self.audit_updates)
         for key_id in sorted(self.touched):
             _write_counters(tx, key_id, self.keys[key_id].counters)
+        if self.touched_budgets:
+            budgets.write_counters(tx, [self.budgets[name] for name in sorted(self.touched_budgets)])
 
 
 def _write_counters(tx: Tx, key_id: str, counters: KeyCounters) -> None:
@@ -793,7 +823,7 @@ def _key_state(row: Row) -> KeyState:
         daily_cap_micros=row["daily_cap_micros"], total_cap_micros=row["total_cap_micros"],
         max_calls=row["max_calls"], allowlist=_allowlist(row["allowlist"]),
         allow_all=bool(row["allow_all"]), allow_unpriced=bool(row["allow_unpriced"]),
-        expires_at=from_text(row["expires_at"]), minted_by=row["minted_by"])
+        expires_at=from_text(row["expires_at"]), minted_by=row["minted_by"], budget=row["budget"])
     counters = KeyCounters(row["spent_micros"], row["reserved_micros"], row["calls"], row["day"],
                            row["day_spent_micros"], row["day_reserved_micros"])
     return KeyState(row["key_id"], spec, from_text(row["created_at"]), from_text(row["revoked_at"]), counters)

@@ -9,6 +9,7 @@ from ..ledger.times import utc_now
 from ..vendors import VENDORS
 from ..text import has_control_characters
 from .allowlist import validate_patterns
+from .budgets import BudgetError, budget_caps, check_name
 from .key_lifetimes import InvalidSetting, KeyLifetimes, read_lifetimes
 from .scopes import Issuer, OverCeiling, check_ceilings, check_source
 from .crypto import derive_subkey
@@ -39,6 +40,7 @@ class KeyRequest:
     no_cap: bool = False
     allow_unpriced: bool = False
     expires_in: str | None = None
+    budget: str | None = None  # the budget it spends from (its caps, and its ancestors', apply too)
 
 
 @dataclass(frozen=True)
@@ -91,9 +93,11 @@ def validate(ledger: Ledger, request: KeyRequest, now: datetime) -> KeySpec:
                          ("max_calls", request.max_calls)):
         if value is not None and value < 0:
             raise IssueError(field, "must not be negative")
+    budget_capped = _budget_capped(ledger, request.budget)  # also refuses a budget that does not exist
     has_cap = request.daily_cap_micros is not None or request.total_cap_micros is not None
-    if not has_cap and not request.no_cap:
-        raise IssueError("daily_usd_cap", "a key needs a daily or total USD cap (or, knowingly, --no-cap)")
+    if not has_cap and not request.no_cap and not budget_capped:
+        raise IssueError("daily_usd_cap", "a key needs a daily or total USD cap, of its own or from a capped "
+                                          "--budget (or, knowingly, --no-cap)")
     if has_cap and request.no_cap:
         raise IssueError("no_cap", "--no-cap contradicts the cap given")
     if not request.allowlist and not request.allow_all:
@@ -109,8 +113,22 @@ def validate(ledger: Ledger, request: KeyRequest, now: datetime) -> KeySpec:
         vendor=request.vendor, secret_name=request.secret_name, label=request.label,
         daily_cap_micros=request.daily_cap_micros, total_cap_micros=request.total_cap_micros,
         max_calls=request.max_calls, allowlist=allowlist, allow_all=request.allow_all,
-        allow_unpriced=request.allow_unpriced, expires_at=expires_at,
+        allow_unpriced=request.allow_unpriced, expires_at=expires_at, budget=request.budget,
     )
+
+
+def _budget_capped(ledger: Ledger, budget: str | None) -> bool:
+    """Whether the key's budget (or an ancestor) has a dollar cap. Refuses a budget that does not exist."""
+    if budget is None:
+        return False
+    try:
+        check_name(budget, "budget")
+    except BudgetError as failure:
+        raise IssueError("budget", failure.reason) from None
+    lineage = budget_caps(ledger, budget)
+    if lineage is None:
+        raise IssueError("budget", f"no budget named {budget!r}; create it with `keybrake budget create {budget}`")
+    return any(b.daily_cap_micros is not None or b.total_cap_micros is not None for b in lineage)
 
 
 def _lifetime(ledger: Ledger, expires_in: str | None) -> timedelta:

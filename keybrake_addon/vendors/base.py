@@ -111,6 +111,7 @@ class RefusalKind(Enum):
     UNKNOWN_KEY = ("keybrake_unknown_key", 401)
     KEY_EXPIRED = ("keybrake_key_expired", 401)
     KEY_REVOKED = ("keybrake_key_revoked", 401)
+    BUDGET_FROZEN = ("keybrake_budget_frozen", 401)  # like a revoked key, until the budget is unfrozen
     WRONG_VENDOR = ("keybrake_wrong_vendor", 401)
     REAL_SECRET = ("keybrake_real_secret_refused", 401)
     ACCOUNT_MISMATCH = ("keybrake_account_mismatch", 403)
@@ -142,6 +143,7 @@ class Refusal:
     kind: RefusalKind
     message: str  # must never contain a secret or a vault key
     retry_after_s: int | None = None
+    cap: str | None = None  # the cap hit, for `x-keybrake-cap`: "key" or "budget:NAME"
 
 
 @dataclass(frozen=True)

@@ -190,6 +190,8 @@ def render_refusal(refusal: Refusal) -> RenderedResponse:
     headers = {"content-type": "application/json", "x-keybrake-refusal": kind.code}
     if kind.is_cap_hit:
         headers["x-keybrake-cap-hit"] = "true"
+    if refusal.cap is not None:
+        headers["x-keybrake-cap"] = refusal.cap
     if refusal.retry_after_s is not None:
         headers["retry-after"] = str(refusal.retry_after_s)
     status = refusal_status(kind)

@@ -328,6 +328,8 @@ def render_refusal(refusal: Refusal) -> RenderedResponse:
     }
     if kind.is_cap_hit:
         headers["x-keybrake-cap-hit"] = "true"
+    if refusal.cap is not None:
+        headers["x-keybrake-cap"] = refusal.cap
     if refusal.retry_after_s is not None:
         headers["retry-after"] = str(refusal.retry_after_s)
     error_type = "api_error" if kind.status >= 500 else "invalid_request_error"

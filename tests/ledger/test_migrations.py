@@ -71,7 +71,7 @@ def test_status_lists_the_pending_migration(home):
     status = json.loads(result.output)
     assert (status["version"], status["latest"]) == (3, migrations.LATEST)
     assert [(m["version"], m["state"]) for m in status["migrations"]] == [
-        (3, "applied"), (4, "pending"), (5, "pending"), (6, "pending")]
+        (3, "applied"), (4, "pending"), (5, "pending"), (6, "pending"), (7, "pending")]
     text = keybrake(home, "db", "status", ok=False).output
     assert "4        pending" in text
 
@@ -80,7 +80,7 @@ def test_upgrade_keeps_every_row(home):
     database = home / "keybrake.db"
     before = {table: raw_rows(database, table) for table in TABLES}
     applied = json.loads(keybrake(home, "db", "upgrade", "--json").output)
-    assert applied == {"database": str(database), "applied": [4, 5, 6], "version": migrations.LATEST}
+    assert applied == {"database": str(database), "applied": [4, 5, 6, 7], "version": migrations.LATEST}
     after = {table: raw_rows(database, table) for table in TABLES}
     for table in TABLES:
         if table in ("meta", "reservations", "vault_keys", "admin_tokens", "issuances"):
@@ -91,8 +91,12 @@ def test_upgrade_keeps_every_row(home):
     for table, added, value in (("admin_tokens", "scope", None), ("vault_keys", "minted_by", None),
                                 ("issuances", "token_id", "unattributed")):
         assert [r[added] for r in after[table]] == [value] * len(before[table]), table
-        assert [{k: v for k, v in r.items() if k != added} for r in after[table]] == before[table], table
+        new_columns = {added, "budget"}  # the keys also gained their budget (version 7)
+        assert [{k: v for k, v in r.items() if k not in new_columns} for r in after[table]] == before[table], table
     assert len(after["issuances"]) == 1
+    # The keys gained a budget column, empty: every key spends from no budget, as before.
+    assert {r["budget"] for r in after["vault_keys"]} == {None}
+    assert raw_rows(database, "budgets") == []
     assert {r["name"]: r["value"] for r in after["meta"]} == {
         **{r["name"]: r["value"] for r in before["meta"]}, "schema_version": str(migrations.LATEST)}
     # The reservations gained their attempt counters; every other column is as it was.
@@ -170,7 +174,7 @@ def test_an_issuance_record_from_before_scopes_replays_to_unrestricted_tokens_on
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_version_7_upgrades_tokens_keys_and_issuances_in_both_dialects(backend, tmp_path, request):
+def test_version_6_upgrades_tokens_keys_and_issuances_in_both_dialects(backend, tmp_path, request):
     url = (DatabaseUrl(backend="sqlite", path=tmp_path / "ledger.db") if backend == "sqlite"
            else parse_database_url(request.getfixturevalue("pg_url")))
     ledger = open_ledger(url, create=False, check=False)
@@ -183,7 +187,7 @@ def test_version_7_upgrades_tokens_keys_and_issuances_in_both_dialects(backend, 
                    "VALUES ('kbk_old', 'kh', 'stripe', 'default', '[]', 't')")
             tx.run("INSERT INTO issuances (idempotency_key, request_fingerprint, key_id, created_at) "
                    "VALUES ('run-1', 'f', 'kbk_old', 't')")
-        assert [m.version for m in migrations.upgrade(ledger.database)] == [6]
+        assert [m.version for m in migrations.upgrade(ledger.database)] == [6, 7]
         with ledger.database.reading() as tx:
             assert dict(tx.row("SELECT token_id, scope FROM admin_tokens")) == {"token_id": "kbt_old", "scope": None}
             assert dict(tx.row("SELECT key_id, minted_by FROM vault_keys")) == {"key_id": "kbk_old", "minted_by": None}

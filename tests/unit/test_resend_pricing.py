@@ -275,6 +275,7 @@ REFUSALS = [
     (RefusalKind.UNKNOWN_KEY, 403, "invalid_api_key", InvalidApiKeyError, True),
     (RefusalKind.KEY_EXPIRED, 403, "invalid_api_key", InvalidApiKeyError, True),
     (RefusalKind.KEY_REVOKED, 403, "invalid_api_key", InvalidApiKeyError, True),
+    (RefusalKind.BUDGET_FROZEN, 403, "invalid_api_key", InvalidApiKeyError, True),
     (RefusalKind.WRONG_VENDOR, 403, "invalid_api_key", InvalidApiKeyError, True),
     (RefusalKind.REAL_SECRET, 403, "invalid_api_key", InvalidApiKeyError, True),
     (RefusalKind.ACCOUNT_MISMATCH, 403, "invalid_api_key", InvalidApiKeyError, True),

@@ -180,7 +180,7 @@ def test_cap_refusal_one_micro_over_the_total_cap():
     got = cap_refusal(record(spent=400 * USD, reserved=50 * USD), 50 * USD + 1)
     assert got == Refusal(RefusalKind.CAP_EXCEEDED,
                           "Keybrake cap reached for vault key kbk_1 (label job-7): total cap $500.00, "
-                          "spent $400.00, reserved $50.00, this call $50.000001.")
+                          "spent $400.00, reserved $50.00, this call $50.000001.", cap="key")
 
 
 def test_cap_refusal_daily_uses_today_totals():
@@ -192,7 +192,7 @@ def test_cap_refusal_daily_uses_today_totals():
                              10 * USD + 10_000)
     assert got == Refusal(RefusalKind.CAP_EXCEEDED,
                           "Keybrake cap reached for vault key kbk_1: daily cap $100.00, spent $80.00, "
-                          "reserved $10.00, this call $10.01.")
+                          "reserved $10.00, this call $10.01.", cap="key")
 
 
 def test_cap_refusal_daily_hit_while_total_has_room():
@@ -215,7 +215,7 @@ def test_cap_refusal_max_calls(max_calls, calls, refused):
     if refused:
         assert got == Refusal(RefusalKind.MAX_CALLS_EXCEEDED,
                               f"Keybrake cap reached for vault key kbk_1 (label job-7): "
-                              f"it allows {max_calls} calls and has made {calls}.")
+                              f"it allows {max_calls} calls and has made {calls}.", cap="key")
     else:
         assert got is None
 
