@@ -170,6 +170,10 @@ class AuditFilter:
     key_id: str | None = None
     since: datetime | None = None
     limit: int | None = None
+    label_prefix: str | None = None  # labels starting with it, taken literally (no wildcards)
+    newest_first: bool = False  # with limit: the newest rows, newest first
+    after_id: int | None = None  # only rows with a larger id...
+    also_ids: tuple[int, ...] = ()  # ...or one of these ids (a follower waiting for a late commit)
 
 
 class Ledger(Protocol):

@@ -157,6 +157,25 @@ CREATE TABLE IF NOT EXISTS worker_tokens (
 );
 """
 
+# What `keybrake audit prune` keeps of the rows it deletes: per UTC day, vendor and key ('' for
+# calls made with no known key), the counts and settled spend `keybrake spend` reports. Label and
+# vendor are the key's, so a total still groups by them once the key's rows are gone.
+_DAILY_TOTALS = """
+CREATE TABLE IF NOT EXISTS daily_totals (
+    day TEXT NOT NULL,
+    vendor TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    label TEXT,
+    calls BIGINT NOT NULL DEFAULT 0,
+    allowed BIGINT NOT NULL DEFAULT 0,
+    refused BIGINT NOT NULL DEFAULT 0,
+    cap_hits BIGINT NOT NULL DEFAULT 0,
+    spent_micros BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (day, vendor, key_id)
+);
+CREATE INDEX IF NOT EXISTS daily_totals_label ON daily_totals (label, day);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "the baseline: secrets, vault keys, reservations, audit, proxy runs, admin tokens",
               _BASELINE.format(blob="BLOB", id="INTEGER", real="REAL"),
@@ -164,6 +183,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "reservations count their attempts in flight (a hold stays until every attempt answered)",
               _ATTEMPTS, _ATTEMPTS),
     Migration(5, "worker tokens: credentials for the forward proxy", _WORKER_TOKENS, _WORKER_TOKENS),
+    # 6, 7 and 8 belong to other branches (budgets, scoped admin tokens, ...); numbers need not be contiguous.
+    Migration(9, "daily totals: what `keybrake audit prune` keeps of the rows it deletes", _DAILY_TOTALS,
+              _DAILY_TOTALS),
 )
 LATEST = MIGRATIONS[-1].version
 
