@@ -19,7 +19,7 @@ from .reports import since_option
 
 AUDIT_COLUMNS = ["ts", "key_id", "label", "vendor", "method", "path", "status", "decision", "outcome",
                  "reserved_usd", "actual_usd", "amount_minor", "currency", "object_id", "idempotency_key",
-                 "vendor_request_id", "duration_ms"]
+                 "vendor_request_id", "duration_ms", "id"]  # id last: CSV readers may count columns
 AUDIT_TABLE_COLUMNS = ["ts", "key_id", "label", "method", "path", "status", "decision", "reserved_usd",
                        "actual_usd", "object_id"]
 FOLLOW_FIRST_ROWS = 10  # like tail -f: the last few rows first
@@ -151,7 +151,7 @@ class _FollowPrinter:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def prune(ctx: click.Context, older_than: str, dry_run: bool, as_json: bool) -> None:
-    """Delete old audit rows and settled reservations, keeping their daily totals.
+    """Delete old audit rows and closed (settled or released) reservations, keeping their daily totals.
 
     Whole UTC days before the cutoff are pruned. What `keybrake spend` counts from them (calls,
     allowed, refused, cap hits, settled spend) is rolled up per day, vendor and key first, in the
@@ -174,14 +174,18 @@ def prune(ctx: click.Context, older_than: str, dry_run: bool, as_json: bool) -> 
     if as_json:
         print_json(document)
         return
-    verb = "Would delete" if dry_run else "Deleted"
-    span = f" ({document['first_day']} to {document['last_day']})" if document["days_rolled_up"] else ""
-    click.echo(f"{verb} {document['audit_rows_deleted']:,} audit rows and {document['reservations_deleted']:,} "
-               f"settled reservations from before {document['before']} (UTC); "
-               f"{document['days_rolled_up']:,} days{span} {'would be' if dry_run else 'were'} rolled up into "
-               "daily totals.")
+    days = document["days_rolled_up"]
+    span = f" ({document['first_day']} to {document['last_day']})" if days else ""
+    click.echo(f"{'Would delete' if dry_run else 'Deleted'} {_count(document['audit_rows_deleted'], 'audit row')} "
+               f"and {_count(document['reservations_deleted'], 'closed reservation')} from before "
+               f"{document['before']} (UTC); {_count(days, 'day')}{span} {'would be' if dry_run else 'were'} "
+               "rolled up into daily totals, which `keybrake spend` keeps counting.")
     if dry_run:
         click.echo("Nothing was changed (--dry-run).")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 COMMANDS = (audit,)
