@@ -175,3 +175,26 @@ def test_a_failing_write_never_raises_and_is_reported_once(tmp_path, caplog):
             log._write(lambda: CALL)
     assert [r.getMessage() for r in caplog.records] == [
         "keybrake: cannot write the access log (OSError); lines are dropped until it can"]
+
+
+@pytest.mark.parametrize(("chosen", "path", "terminal", "expected"), [
+    (None, None, True, "text"),  # a person reads it
+    (None, None, False, "json"),  # a log shipper reads it
+    (None, "/var/log/keybrake.log", True, "json"),
+    ("text", "/var/log/keybrake.log", False, "text"),
+    ("off", None, True, "off"),
+])
+def test_the_default_format_follows_who_reads_it(monkeypatch, chosen, path, terminal, expected):
+    from keybrake_addon.cli import setup
+
+    monkeypatch.setattr(setup.sys.stderr, "isatty", lambda: terminal)
+    assert setup._access_log_format(chosen, path) == expected
+
+
+def test_off_with_a_file_is_a_usage_error():
+    import click
+
+    from keybrake_addon.cli import setup
+
+    with pytest.raises(click.UsageError, match="needs --access-log json or text"):
+        setup._access_log_format("off", "/tmp/x.log")
