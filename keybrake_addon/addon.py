@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 
+from .access_log import AccessLog
 from .api.vault_api import MAX_BODY_BYTES, ApiRequest, VaultApi
 from .draining import DEFAULT_DRAIN_TIMEOUT_S, DrainReport, InFlight
 from .gate import UNAVAILABLE_RETRY_AFTER_S, Decision, Gate, Ticket
@@ -68,7 +69,8 @@ class LedgerNotOpen(Exception):
 
 
 class Keybrake:
-    def __init__(self) -> None:
+    def __init__(self, access_log: AccessLog | None = None) -> None:
+        self.access_log = access_log or AccessLog()  # configured by the AccessLogAddon, if the proxy runs one
         self.gate: Gate | None = None
         self.api: VaultApi | None = None
         self._opener: GateOpener | None = None
@@ -110,6 +112,8 @@ class Keybrake:
 
     def _use(self, gate: Gate | None) -> None:
         self.gate = gate
+        if gate is not None:
+            gate.access_log = self.access_log
         self.api = VaultApi(gate.installation, gate.run_in_db) if gate is not None else None
 
     async def _ready_gate(self) -> Gate | None:
@@ -269,20 +273,25 @@ class Keybrake:
         for name in [n for n in flow.request.headers if n.lower().startswith(KEYBRAKE_HEADER_PREFIX)]:
             del flow.request.headers[name]
         if self.draining:  # a new call on a connection opened before the drain began
-            self._refuse(flow, vendor.render_refusal(Refusal(
-                RefusalKind.UNAVAILABLE, "Keybrake is shutting down, so it forwarded nothing. Retrying is safe.",
-                retry_after_s=UNAVAILABLE_RETRY_AFTER_S)))
+            self._refuse_unchecked(flow, vendor,
+                                   "Keybrake is shutting down, so it forwarded nothing. Retrying is safe.")
             return
         gate = self.gate or await self._ready_gate()  # the await only while the ledger is not open yet
         if gate is None:
-            self._refuse(flow, vendor.render_refusal(Refusal(RefusalKind.UNAVAILABLE, self._not_ready_reason(),
-                                                             retry_after_s=UNAVAILABLE_RETRY_AFTER_S)))
+            self._refuse_unchecked(flow, vendor, self._not_ready_reason())
             return
         decision = await gate.check(vendor, _vendor_request(flow))
         if decision.refusal is not None:
             self._refuse(flow, decision.refusal)
             return
         self._forward(flow, vendor, decision)
+
+    def _refuse_unchecked(self, flow: http.HTTPFlow, vendor, reason: str) -> None:
+        """A 503 for a call the gate never saw (draining, no ledger yet): the access log's line is written here."""
+        rendered = vendor.render_refusal(Refusal(RefusalKind.UNAVAILABLE, reason,
+                                                 retry_after_s=UNAVAILABLE_RETRY_AFTER_S))
+        self.access_log.refused(vendor.NAME, flow.request.method.upper(), flow.request.path.partition("?")[0], rendered)
+        self._refuse(flow, rendered)
 
     def _not_ready_reason(self) -> str:
         if self._opener is None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from . import settlement
+from .access_log import ACCESS_LOG_OFF, AccessLog
 from .installation import Installation
 from .ledger import decisions
 from .ledger.base import AdmitRequest, CallFacts, KeyRecord, LedgerUnavailable, SettleRequest
@@ -72,9 +73,12 @@ class Decision:
     authorization: str | None = None  # the real credential header: set it, then drop this object
     ticket: Ticket | None = None
     forward_body: bytes | None = None  # the body to send instead of the client's (CostEstimate.forward_body)
+    key: KeyRecord | None = None  # the key a refusal was decided for, when it was found (the access log's)
 
 
 class Gate:
+    access_log: AccessLog = ACCESS_LOG_OFF  # the proxy hands over its own (access_log.py)
+
     def __init__(self, installation: Installation, pricing: Pricing) -> None:
         self._installation = installation
         self._vault = installation.vault
@@ -110,13 +114,17 @@ class Gate:
         call = CallFacts(vendor.NAME, request.method, request.path, vendor.idempotency_key(request.headers),
                          utc_now(), started, vendor.refusal_status)
         try:
-            return await self._check(vendor, request, call, started)
+            decision = await self._check(vendor, request, call, started)
         except LedgerUnavailable as error:
             logger.error("keybrake: refusing %s %s: %s", loggable(request.method), loggable(request.path), error)
-            return Decision(refusal=vendor.render_refusal(Refusal(
+            decision = Decision(refusal=vendor.render_refusal(Refusal(
                 RefusalKind.UNAVAILABLE,
                 "Keybrake cannot reach its ledger, so it forwarded nothing. Retrying is safe.",
                 retry_after_s=UNAVAILABLE_RETRY_AFTER_S)))
+        if decision.refusal is not None:
+            self.access_log.refused(vendor.NAME, request.method, request.path, decision.refusal, decision.key,
+                                    (time.monotonic() - started) * 1000)
+        return decision
 
     async def _check(self, vendor: ModuleType, request: VendorRequest, call: CallFacts, started: float) -> Decision:
         credential = vendor.presented_credential(request.headers)
@@ -138,7 +146,7 @@ class Gate:
             hash_vault_key(credential.token), call, estimate, pricing_refusal, vendor.account_ref(request),
             self._housekeeper.run_id))
         if admission.refusal is not None:
-            return Decision(refusal=vendor.render_refusal(admission.refusal))
+            return Decision(refusal=vendor.render_refusal(admission.refusal), key=admission.key)
 
         ticket = Ticket(vendor, request.method, request.path, admission.audit_id, admission.reservation_id,
                         admission.opened, admission.basis, admission.key, admission.reserved_micros,
@@ -154,13 +162,15 @@ class Gate:
             return Decision(refusal=vendor.render_refusal(Refusal(
                 RefusalKind.UNAVAILABLE, f"Keybrake cannot open the vendor secret for vault key "
                 f"{admission.key.key_id}; nothing was forwarded. Check `keybrake secret list`.",
-                retry_after_s=UNAVAILABLE_RETRY_AFTER_S)))
+                retry_after_s=UNAVAILABLE_RETRY_AFTER_S)), key=admission.key)
         return Decision(authorization=authorization, ticket=ticket,
                         forward_body=estimate.forward_body if estimate is not None else None)
 
     def settle_without_reply(self, ticket: Ticket, *, request_sent: bool, error: str) -> None:
         """Settle a call that got no vendor response (in the background, retried while needed)."""
-        self._ledger.settle(self._settle_request(ticket, None, request_sent, error))
+        request = self._settle_request(ticket, None, request_sent, error)
+        self._ledger.settle(request)
+        self.access_log.call(ticket, request)
 
     def settle_after_reply(self, ticket: Ticket, response: VendorResponse) -> dict[str, str]:
         """Settle once the reply is on its way; returns the balance headers for that reply.
@@ -172,6 +182,7 @@ class Gate:
         request = self._settle_request(ticket, response, True, None)
         # call_soon: after this hook returns and mitmproxy has written the reply.
         asyncio.get_running_loop().call_soon(self._ledger.settle, request)
+        self.access_log.call(ticket, request)
         return balance_headers(decisions.balance_after(
             ticket.key, opened=ticket.opened, reserved_micros=ticket.reserved_micros,
             resolution=request.resolution, actual_micros=request.actual_micros))

@@ -20,6 +20,8 @@ from mitmproxy import ctx, options
 from mitmproxy.proxy import mode_specs
 from mitmproxy.tools.dump import DumpMaster
 
+from .access_log import AccessLog
+from .access_log_addon import AccessLogAddon
 from .addon import Keybrake
 from .draining import DEFAULT_DRAIN_TIMEOUT_S
 from .bounds import Bounds, raise_open_files_limit
@@ -57,6 +59,8 @@ class ProxySettings:
     bounds: dict[str, object] = field(default_factory=dict)  # keybrake_max_* options of the Bounds addon
     proxy_auth: str | None = None  # "required" | "off"; None: required unless the listen host is loopback
     insecure_open_proxy: bool = False  # allow proxy_auth "off" on a non-loopback listen host
+    access_log: str = "off"  # json, text or off: one line per vendor call and per refusal
+    access_log_file: str = ""  # empty: stderr
 
     def proxy_auth_mode(self) -> str:
         if self.proxy_auth is not None:
@@ -135,13 +139,15 @@ class _Shutdown:
 async def run_proxy(settings: ProxySettings) -> None:
     raise_open_files_limit()
     master = DumpMaster(options.Options(), with_termlog=not settings.quiet, with_dumper=False)
-    keybrake = Keybrake()
+    access_log = AccessLog()
+    keybrake = Keybrake(access_log)
     # Bounds first: its hooks meter a connection before Keybrake's (which may wait on the ledger) run.
     # KeybrakeProxyAuth next: nothing else runs for a forward-proxy request that is not authenticated
     # (not even the egress policy, whose answer would tell a stranger what it allows).
     # Egress before Keybrake: a destination it refuses is answered before the gate sees the flow.
+    # AccessLogAddon after Keybrake: its `done` closes the log once the gate has drained.
     master.addons.add(Bounds(), KeybrakeProxyAuth(keybrake.proxy_credential_active), Egress(), keybrake,
-                      _ReadyLine(settings, keybrake))
+                      AccessLogAddon(access_log), _ReadyLine(settings, keybrake))
     # Options of mitmproxy's own addons exist only once the master has loaded them.
     master.options.update(
         confdir=str(settings.home.mitmproxy_confdir),
@@ -162,6 +168,8 @@ async def run_proxy(settings: ProxySettings) -> None:
         keybrake_health_port=settings.health_port,
         keybrake_proxy_auth=settings.proxy_auth_mode(),
         keybrake_insecure_open_proxy=settings.insecure_open_proxy,
+        keybrake_access_log=settings.access_log,
+        keybrake_access_log_file=settings.access_log_file,
         **settings.bounds,
     )
     loop = asyncio.get_running_loop()

@@ -318,8 +318,9 @@ def start_keybrake(procs: Processes, upstream_port: int) -> tuple[Target, Target
     keybrake_cli(home, "secret", "set", "stripe", stdin=UPSTREAM_SECRET + "\n")
     issued = json.loads(keybrake_cli(home, "issue", "--vendor", "stripe", "--no-cap", "--allow-all",
                                      "--label", "bench", "--json"))
+    # --access-log off: bare mitmdump runs with -q, so neither writes a line per request.
     cmd = [PY, "-m", "keybrake_addon", "--home", str(home), "proxy", "--listen-port", "0", "--api-port", "0",
-           "--upstream", f"stripe=http://127.0.0.1:{upstream_port}"]
+           "--upstream", f"stripe=http://127.0.0.1:{upstream_port}", "--access-log", "off"]
     # The API listener's line comes right after the forward listener's, from the same callback.
     process, api_port = procs.start("keybrake", cmd, KEYBRAKE_API_READY)
     forward_port = int(KEYBRAKE_READY.search((procs.workdir / "keybrake.log").read_text())[1])
@@ -346,7 +347,7 @@ def start_keybrake_pg(procs: Processes, home: Path, upstream_port: int, database
     issued = json.loads(keybrake_cli(home, *database, "issue", "--vendor", "stripe", "--no-cap", "--allow-all",
                                      "--label", "bench-pg", "--json"))
     cmd = [PY, "-m", "keybrake_addon", "--home", str(home), *database, "proxy", "--listen-port", "0",
-           "--upstream", f"stripe=http://127.0.0.1:{upstream_port}"]
+           "--upstream", f"stripe=http://127.0.0.1:{upstream_port}", "--access-log", "off"]
     process, port = procs.start(PG_PATH, cmd, KEYBRAKE_READY)
     return Target(PG_PATH, STRIPE_BASE, issued["vault_key"], f"http://127.0.0.1:{port}",
                   str(home / "certs" / "keybrake-ca.pem"), process.pid)

@@ -171,7 +171,9 @@ def run_load_soak(workdir: Path, requests: int, concurrency: int) -> dict:
         clearer = threading.Thread(target=clear_received, name="clear-received", daemon=True)
         clearer.start()
         try:
-            proxy = ProxyProcess(home=home, upstreams=(f"stripe={fake.url}",), log_path=workdir / "proxy.log").start()
+            # No access log: a line per request would make the log the soak reads back grow without bound.
+            proxy = ProxyProcess(home=home, upstreams=(f"stripe={fake.url}",), log_path=workdir / "proxy.log",
+                                 extra_args=("--access-log", "off")).start()
             pid = proxy.process.pid
             rss_start = vm_kib(pid)
             cfg = {"proxy": proxy.url, "cafile": str(home / "certs" / "keybrake-ca.pem"),

@@ -13,7 +13,7 @@ from .target import Target
 COMMAND_MODULES = {
     "init": "setup", "env": "setup", "proxy": "setup", "demo": "setup",
     "secret": "vault", "issue": "vault", "keys": "vault", "revoke": "vault",
-    "audit": "reports", "spend": "reports",
+    "audit": "audit", "spend": "reports",
     "pricing": "pricing",
     "admin-token": "admin", "worker-token": "admin",
     "reconcile": "reconcile",

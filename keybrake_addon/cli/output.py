@@ -25,14 +25,14 @@ def emit(rows: Sequence[dict], columns: Sequence[str], fmt: str) -> None:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
-        writer.writerows({c: _csv_cell(row.get(c)) for c in columns} for row in rows)
+        writer.writerows({c: csv_cell(row.get(c)) for c in columns} for row in rows)
         click.echo(buffer.getvalue(), nl=False)
     else:
         click.echo(table(rows, columns))
 
 
 def table(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
@@ -40,7 +40,7 @@ def table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def _cell(value) -> str:
+def cell(value) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -48,7 +48,7 @@ def _cell(value) -> str:
     return visible(str(value))
 
 
-def _csv_cell(value):
+def csv_cell(value):
     """A cell a spreadsheet shows as text: one that could start a formula gets a leading '."""
     if isinstance(value, str) and value.startswith(FORMULA_START) and not PLAIN_NUMBER.fullmatch(value):
         return "'" + value

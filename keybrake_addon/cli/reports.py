@@ -1,20 +1,14 @@
-"""Commands that read the audit trail: audit, spend."""
+"""Commands that read the audit trail: spend (audit has its own module, audit.py)."""
 
 from datetime import datetime
 
 import click
 
 from ..ledger.base import AuditFilter
-from ..views import audit_document, spend_document
+from ..views import spend_document
 from ..durations import parse_since
 from .context import installation
-from .output import FORMATS, emit
-
-AUDIT_COLUMNS = ["ts", "key_id", "label", "vendor", "method", "path", "status", "decision", "outcome",
-                 "reserved_usd", "actual_usd", "amount_minor", "currency", "object_id", "idempotency_key",
-                 "vendor_request_id", "duration_ms"]
-AUDIT_TABLE_COLUMNS = ["ts", "key_id", "label", "method", "path", "status", "decision", "reserved_usd",
-                       "actual_usd", "object_id"]
+from .output import emit
 
 
 def _since(_ctx, param, value: str | None) -> datetime | None:
@@ -26,32 +20,30 @@ def _since(_ctx, param, value: str | None) -> datetime | None:
         raise click.BadParameter(str(failure), param=param) from None
 
 
-@click.command()
-@click.option("--label", help="Only calls made with keys of this run label.")
-@click.option("--key", "key_id", help="Only calls made with this key_id.")
-@click.option("--since", callback=_since, help="Only calls since an ISO time or a duration ago (2h, 1d).")
-@click.option("--limit", type=click.IntRange(1), help="At most this many rows (oldest first).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-@click.pass_context
-def audit(ctx: click.Context, label, key_id, since, limit, fmt) -> None:
-    """Print the audit trail: one row per call, refused ones included."""
-    with installation(ctx) as kb:
-        rows = kb.ledger.audit_rows(AuditFilter(label=label, key_id=key_id, since=since, limit=limit))
-    emit([audit_document(row) for row in rows], AUDIT_TABLE_COLUMNS if fmt == "table" else AUDIT_COLUMNS, fmt)
+since_option = click.option("--since", callback=_since,
+                            help="Only calls since an ISO time or a duration ago (2h, 1d).")
 
 
 @click.command()
 @click.option("--label", help="Only keys of this run label.")
+@click.option("--label-prefix", metavar="PREFIX",
+              help="Only keys whose label starts with PREFIX (taken literally: % and _ are not wildcards).")
 @click.option("--by", type=click.Choice(["key", "label", "vendor", "day", "budget"]), default="label",
               show_default=True, help="How to group the totals. By budget, each budget's include its children's.")
-@click.option("--since", callback=_since, help="Only calls since an ISO time or a duration ago (2h, 1d).")
+@since_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="The same as --format json.")
 @click.pass_context
-def spend(ctx: click.Context, label, by, since, fmt) -> None:
-    """Print spend totals: settled spend, open reservations, calls, refusals and cap hits."""
+def spend(ctx: click.Context, label, label_prefix, by, since, fmt, as_json) -> None:
+    """Print spend totals: settled spend, open reservations, calls, refusals and cap hits.
+
+    Days pruned by `keybrake audit prune` count from their daily totals; over such a day --since
+    counts the whole day.
+    """
     with installation(ctx) as kb:
-        rows = kb.ledger.spend(by, AuditFilter(label=label, since=since))
-    emit([spend_document(row) for row in rows], [by, "spent_usd", "reserved_usd", "calls", "allowed", "refused", "cap_hits"], fmt)
+        rows = kb.ledger.spend(by, AuditFilter(label=label, label_prefix=label_prefix, since=since))
+    emit([spend_document(row) for row in rows],
+         [by, "spent_usd", "reserved_usd", "calls", "allowed", "refused", "cap_hits"], "json" if as_json else fmt)
 
 
-COMMANDS = (audit, spend)
+COMMANDS = (spend,)

@@ -1,5 +1,6 @@
 """Commands that set an installation up and run it: init, env, proxy, demo."""
 
+import sys
 from urllib.parse import urlsplit
 
 import click
@@ -115,13 +116,21 @@ def env(ctx: click.Context, proxy_url: str, proxy_auth: str | None) -> None:
 @click.option("--insecure-open-proxy", is_flag=True,
               help="Allow --proxy-auth off on a non-loopback address: anyone who reaches the port can tunnel "
                    "anywhere through it.")
+@click.option("--access-log", type=click.Choice(["json", "text", "off"]),
+              help="One line per vendor call and per refusal (key id, label, vendor, method, path, decision, "
+                   "status, amounts, object id, duration; never a secret or a vault key). text is logfmt. "
+                   "Default: text when stderr is a terminal, else json (for a log shipper); json with "
+                   "--access-log-file.")
+@click.option("--access-log-file", type=click.Path(dir_okay=False), metavar="PATH",
+              help="Append the access log to this file instead of stderr; it is reopened when logrotate "
+                   "moves it.")
 @click.pass_context
 def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tuple[str, ...],
           egress: str | None, egress_allow: tuple[str, ...], egress_allow_private: tuple[str, ...],
           strict_egress: bool, db_busy_timeout: float, api_port: int | None, api_tls_cert: str | None,
           api_tls_key: str | None, health_port: int | None, drain_timeout: float, max_vendor_body: str,
           header_timeout: float, max_conns_per_address: int, max_conns: int, proxy_auth: str | None,
-          insecure_open_proxy: bool) -> None:
+          insecure_open_proxy: bool, access_log: str | None, access_log_file: str | None) -> None:
     """Run the forward proxy. Initialises the home first if it is new.
 
     Workers set HTTPS_PROXY to it and trust the Keybrake CA (see `keybrake env`). Only
@@ -152,6 +161,7 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
             f"--proxy-auth off on {listen_host or 'every interface'} would make an open proxy: anyone who reaches "
             "the port could tunnel anywhere through it. Keep --proxy-auth required (workers put a worker token in "
             "the proxy URL, see `keybrake worker-token create`), or add --insecure-open-proxy if that is really meant.")
+    access_log = _access_log_format(access_log, access_log_file)
     if bool(api_tls_cert) != bool(api_tls_key):
         raise click.UsageError("--api-tls-cert and --api-tls-key go together")
     if api_tls_cert and api_port is None:
@@ -198,6 +208,7 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
                              database_url=ctx.find_root().obj.database_url or "",
                              api_tls_certs=tls_certs, health_port=health_port, drain_timeout_s=drain_timeout,
                              on_listening=[announce], proxy_auth=proxy_auth, insecure_open_proxy=insecure_open_proxy,
+                             access_log=access_log, access_log_file=access_log_file or "",
                              bounds={"keybrake_max_vendor_body": max_vendor_body,
                                      "keybrake_header_timeout": header_timeout,
                                      "keybrake_max_conns_per_address": max_conns_per_address,
@@ -206,6 +217,15 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
         serve(settings)
     except OptionsError as error:
         raise click.ClickException(str(error)) from None
+
+
+def _access_log_format(chosen: str | None, path: str | None) -> str:
+    """A person at a terminal reads logfmt; a pipe or a file is read by a log shipper, which parses JSON."""
+    if chosen == "off" and path:
+        raise click.UsageError("--access-log-file needs --access-log json or text, not off")
+    if chosen is not None:
+        return chosen
+    return "json" if path or not sys.stderr.isatty() else "text"
 
 
 def _egress_mode(egress: str | None, strict_egress: bool, listen_host: str, listing: bool) -> str:

@@ -180,6 +180,10 @@ class AuditFilter:
     since: datetime | None = None
     limit: int | None = None
     minted_by: str | None = None  # only keys this admin token minted (a scoped token's view)
+    label_prefix: str | None = None  # labels starting with it, taken literally (no wildcards)
+    newest_first: bool = False  # with limit: the newest rows, newest first
+    after_id: int | None = None  # only rows with a larger id...
+    also_ids: tuple[int, ...] = ()  # ...or one of these ids (a follower waiting for a late commit)
 
 
 class Ledger(Protocol):

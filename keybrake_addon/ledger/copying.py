@@ -24,6 +24,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "issuances": ("token_id", "idempotency_key"),
     "admin_tokens": ("token_id",),
     "worker_tokens": ("token_id",),
+    "daily_totals": ("day", "vendor", "key_id"),
 }
 # Tables whose ids PostgreSQL takes from a sequence: it must start past the copied ids.
 SEQUENCES = {"reservations": "reservations_id_seq", "audit": "audit_id_seq"}

@@ -206,6 +206,25 @@ ALTER TABLE vault_keys ADD COLUMN budget TEXT;
 CREATE INDEX IF NOT EXISTS vault_keys_budget ON vault_keys (budget) WHERE budget IS NOT NULL;
 """
 
+# What `keybrake audit prune` keeps of the rows it deletes: per UTC day, vendor and key ('' for
+# calls made with no known key), the counts and settled spend `keybrake spend` reports. Label and
+# vendor are the key's, so a total still groups by them once the key's rows are gone.
+_DAILY_TOTALS = """
+CREATE TABLE IF NOT EXISTS daily_totals (
+    day TEXT NOT NULL,
+    vendor TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    label TEXT,
+    calls BIGINT NOT NULL DEFAULT 0,
+    allowed BIGINT NOT NULL DEFAULT 0,
+    refused BIGINT NOT NULL DEFAULT 0,
+    cap_hits BIGINT NOT NULL DEFAULT 0,
+    spent_micros BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (day, vendor, key_id)
+);
+CREATE INDEX IF NOT EXISTS daily_totals_label ON daily_totals (label, day);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "the baseline: secrets, vault keys, reservations, audit, proxy runs, admin tokens",
               _BASELINE.format(blob="BLOB", id="INTEGER", real="REAL"),
@@ -217,6 +236,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               _SCOPED_ISSUERS, _SCOPED_ISSUERS),
     Migration(7, "budgets that nest: caps shared by many keys, checked in the same transaction",
               _BUDGETS, _BUDGETS),
+    Migration(8, "daily totals: what `keybrake audit prune` keeps of the rows it deletes", _DAILY_TOTALS,
+              _DAILY_TOTALS),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -39,6 +39,7 @@ from .base import (
 from .budgets import BudgetLedger
 from .database import Database, Row, Tx, placeholders
 from .decisions import OPEN_STATES, KeyCounters, KeyState, ReservationState
+from .retention import one_snapshot, rolled_up_totals, rollup_since
 from .times import from_text, to_text, utc_now
 
 ISSUANCE_MEMORY = timedelta(hours=24)  # how long an Idempotency-Key returns the same vault key
@@ -303,7 +304,10 @@ class SqlLedger(BudgetLedger):
 
     def audit_rows(self, where: AuditFilter) -> list[dict]:
         clauses, params = _audit_clauses(where)
-        sql = "SELECT * FROM audit" + _where(clauses) + " ORDER BY id"
+        if where.after_id is not None:
+            clauses.append(f"(id > ? OR id IN {placeholders(where.also_ids)})")
+            params += [where.after_id, *where.also_ids]
+        sql = "SELECT * FROM audit" + _where(clauses) + (" ORDER BY id DESC" if where.newest_first else " ORDER BY id")
         if where.limit:
             sql += f" LIMIT {int(where.limit)}"
         with self.database.reading() as tx:
@@ -321,7 +325,8 @@ class SqlLedger(BudgetLedger):
         money_group = {"key": "r.key_id", "label": "k.label", "vendor": "k.vendor", "day": "r.day"}[by]
         money_clauses, money_params = _audit_clauses(where, key_column="r.key_id", label_column="k.label",
                                                      time_column="r.created_at")
-        with self.database.reading() as tx:
+        rollup_clauses, rollup_params = _audit_clauses(where, time_column="day", since=rollup_since(where.since))
+        with one_snapshot(self.database) as tx:
             calls = tx.rows(
                 f"SELECT {audit_group} AS grp, COUNT(*) AS calls, "
                 "SUM(CASE WHEN decision = 'allowed' THEN 1 ELSE 0 END) AS allowed, "
@@ -336,6 +341,7 @@ class SqlLedger(BudgetLedger):
                 "AS BIGINT) AS reserved_micros "
                 "FROM reservations r JOIN vault_keys k ON k.key_id = r.key_id" + _where(money_clauses)
                 + f" GROUP BY {money_group}", money_params)
+            rolled_up = rolled_up_totals(tx, by, rollup_clauses, rollup_params)
         totals: dict = {}
         empty = {"calls": 0, "allowed": 0, "refused": 0, "cap_hits": 0, "spent_micros": 0, "reserved_micros": 0}
         for row in calls:
@@ -345,6 +351,10 @@ class SqlLedger(BudgetLedger):
             entry = totals.setdefault(row["grp"], {by: row["grp"], **empty})
             entry["spent_micros"] = int(row["spent_micros"])
             entry["reserved_micros"] = int(row["reserved_micros"])
+        for row in rolled_up:  # days `keybrake audit prune` rolled up: their rows are gone, their totals not
+            entry = totals.setdefault(row["grp"], {by: row["grp"], **empty})
+            for name in ("calls", "allowed", "refused", "cap_hits", "spent_micros"):
+                entry[name] += int(row[name])
         return [totals[group] for group in sorted(totals, key=lambda g: (g is None, g or ""))]
 
     def open_reservations(self, key_id: str) -> list[dict]:
@@ -836,17 +846,22 @@ def _reservation(row: Row) -> ReservationState:
 
 
 def _audit_clauses(where: AuditFilter, *, key_column: str = "key_id", label_column: str = "label",
-                   time_column: str = "ts") -> tuple[list[str], list]:
+                   time_column: str = "ts", since: str | None = None) -> tuple[list[str], list]:
+    """WHERE clauses for a filter; `since` is the time as the time column's text (default: to_text)."""
     clauses, params = [], []
     if where.label is not None:
         clauses.append(f"{label_column} = ?")
         params.append(where.label)
+    if where.label_prefix is not None:
+        # substr, not LIKE: SQLite's LIKE ignores case, and a prefix's % or _ must match only itself.
+        clauses.append(f"substr({label_column}, 1, {len(where.label_prefix)}) = ?")
+        params.append(where.label_prefix)
     if where.key_id is not None:
         clauses.append(f"{key_column} = ?")
         params.append(where.key_id)
     if where.since is not None:
         clauses.append(f"{time_column} >= ?")
-        params.append(to_text(where.since))
+        params.append(since or to_text(where.since))
     if where.minted_by is not None:
         clauses.append(f"{key_column} IN (SELECT v.key_id FROM vault_keys v WHERE v.minted_by = ?)")
         params.append(where.minted_by)
