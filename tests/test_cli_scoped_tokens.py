@@ -42,7 +42,8 @@ def test_ceilings_are_stored_and_listed(run):
     assert scope == {"vendors": ["stripe", "twilio"], "secret": "team-a",
                      "allow": ["POST /v1/payment_intents/**", "POST /v1/refunds"],
                      "max_daily_usd_cap": "50.00", "max_total_usd_cap": "500.00", "max_calls": 100, "max_ttl": "2h",
-                     "may_mint_uncapped": False, "may_mint_allow_all": False, "may_mint_unpriced": True}
+                     "may_mint_uncapped": False, "may_mint_allow_all": False, "may_mint_unpriced": True,
+                     "budget": None}
     (listed,) = json.loads(run("admin-token", "list", "--json").stdout)
     assert listed["unrestricted"] is False and listed["scope"] == scope
     table = run("admin-token", "list").stdout
@@ -64,3 +65,12 @@ def test_contradictory_or_malformed_ceilings_are_refused_naming_the_flag(run, fl
     refused = run("admin-token", "create", *flags, ok=False)
     assert refused.exit_code == 2 and says in refused.output
     assert json.loads(run("admin-token", "list", "--json").stdout) == []
+
+
+def test_a_budget_ceiling_names_a_budget_that_exists(run):
+    refused = run("admin-token", "create", "--budget", "team-a", ok=False)
+    assert refused.exit_code != 0 and "no budget named 'team-a'" in refused.output
+    run("budget", "create", "team-a", "--total-usd-cap", "300")
+    created = json.loads(run("admin-token", "create", "--budget", "team-a", "--json").stdout)
+    assert created["scope"]["budget"] == "team-a"
+    assert "budget=team-a" in run("admin-token", "list").stdout

@@ -131,10 +131,31 @@ class VaultApi:
         elif parts == ["vault", "spend"] and method == "GET":
             return await self._spend(request, issuer)
         elif parts[:2] == ["vault", "budgets"]:
+            if not issuer.unrestricted:
+                return await self._scoped_budgets(parts, request, issuer)
             return await budgets.route(parts, request, self._ledger, self._run_in_db, ApiResponse, error)
         else:
             return error(404, "not_found", f"no such endpoint: {request.path}")
         return error(405, "method_not_allowed", f"{method} is not allowed on {request.path}")
+
+    async def _scoped_budgets(self, parts: list[str], request: ApiRequest, issuer: Issuer) -> ApiResponse:
+        """A scoped token reads the budgets it mints into (its budget and those under it), and
+        changes none: creating, freezing and unfreezing take an unrestricted token."""
+        if request.method != "GET":
+            return error(403, "scoped_token", "budgets are created, frozen and unfrozen with an unrestricted "
+                                              "admin token; this one is scoped")
+        ceiling = issuer.scope.budget if issuer.scope is not None else None
+
+        def visible(name: str) -> bool:
+            return ceiling is not None and ceiling in self._ledger.budget_lineage(name)
+
+        if len(parts) == 2:
+            records = await self._run_in_db(self._ledger.list_budgets)
+            shown = [r for r in records if await self._run_in_db(visible, r.name)]
+            return ApiResponse(200, {"data": [budgets.budget_document(r) for r in shown]})
+        if len(parts) == 3 and not await self._run_in_db(visible, parts[2]):
+            return error(404, "not_found", f"no budget {parts[2]}")
+        return await budgets.route(parts, request, self._ledger, self._run_in_db, ApiResponse, error)
 
     async def _issue(self, request: ApiRequest, issuer: Issuer) -> ApiResponse:
         try:

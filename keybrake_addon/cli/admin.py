@@ -24,6 +24,9 @@ def token_group(name: str, kind: type, what: str, use: str, revoked_means: str, 
     def create(ctx: click.Context, name: str | None, as_json: bool, **ceilings) -> None:
         scope = scope_from_options(**ceilings) if scoped else None
         with installation(ctx) as kb:
+            if scope is not None and scope.budget is not None and kb.ledger.get_budget(scope.budget) is None:
+                raise click.UsageError(f"--budget: no budget named {scope.budget!r}; create it with "
+                                       f"`keybrake budget create {scope.budget}`")
             tokens = kind(kb.ledger)
             token, secret = tokens.create(name, scope) if scoped else tokens.create(name)
             warning = default_ttl_warning(kb.ledger, scope)

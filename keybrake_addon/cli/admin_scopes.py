@@ -31,6 +31,9 @@ _OPTIONS = (
     click.option("--vendor", "vendors", multiple=True, type=click.Choice(sorted(VENDORS)),
                  help="A vendor its keys may be for. Repeatable. Default: any."),
     click.option("--secret", help="The one stored secret name its keys may use. Default: any."),
+    click.option("--budget", metavar="NAME",
+                 help="The budget its keys must spend from: NAME or a budget under it (`keybrake budget create`). "
+                      "A key without its own USD cap counts as capped when a budget above it has one. Default: any."),
     click.option("--allow", "allow", multiple=True, metavar='"METHOD /path"',
                  help="An endpoint pattern its keys' allowlists must lie inside: each key entry inside one of "
                       "these (`POST /v1/refunds` is inside `POST /v1/**` and `* /v1/refunds`; `* /x` only inside "
@@ -57,7 +60,7 @@ _OPTIONS = (
 _FLAGS = {"vendor": "--vendor", "secret": "--secret", "allow": "--allow", "max_ttl": "--max-ttl",
           "max_daily_usd_cap": "--max-daily-usd-cap", "max_total_usd_cap": "--max-total-usd-cap",
           "max_calls": "--max-calls", "may_mint_uncapped": "--may-mint-uncapped",
-          "may_mint_allow_all": "--may-mint-allow-all", "may_mint": "--may-mint-*"}
+          "may_mint_allow_all": "--may-mint-allow-all", "may_mint": "--may-mint-*", "budget": "--budget"}
 
 
 def ceiling_options(command: Callable) -> Callable:
@@ -67,12 +70,12 @@ def ceiling_options(command: Callable) -> Callable:
 
 
 def scope_from_options(*, vendors, secret, allow, max_daily_usd_cap, max_total_usd_cap, max_calls, max_ttl,
-                       may_mint_uncapped, may_mint_allow_all, may_mint_unpriced) -> Scope | None:
+                       may_mint_uncapped, may_mint_allow_all, may_mint_unpriced, budget=None) -> Scope | None:
     try:
         return make_scope(vendors=vendors, secret=secret, allow=allow, max_daily_cap_micros=max_daily_usd_cap,
                           max_total_cap_micros=max_total_usd_cap, max_calls=max_calls, max_ttl=max_ttl,
                           may_mint_uncapped=may_mint_uncapped, may_mint_allow_all=may_mint_allow_all,
-                          may_mint_unpriced=may_mint_unpriced)
+                          may_mint_unpriced=may_mint_unpriced, budget=budget)
     except InvalidScope as failure:
         raise click.UsageError(f"{_FLAGS.get(failure.field, failure.field)}: {failure.reason}") from None
 

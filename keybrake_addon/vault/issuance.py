@@ -68,7 +68,11 @@ def issue_key(ledger: Ledger, master_key: bytes, request: KeyRequest, *, now: da
     if issuer is not None:
         if issuer.scope is not None:
             default_ttl = read_lifetimes(ledger).default_ttl if request.expires_in is None else None
-            check_ceilings(issuer.scope, spec, now=now, default_ttl=default_ttl)
+            lineage = budget_caps(ledger, spec.budget) if spec.budget is not None else None
+            check_ceilings(issuer.scope, spec, now=now, default_ttl=default_ttl,
+                           budget_lineage=[b.name for b in lineage or ()],
+                           budget_capped=any(b.daily_cap_micros is not None or b.total_cap_micros is not None
+                                             for b in lineage or ()))
         spec = replace(spec, minted_by=issuer.token_id)
     derivation_key = derive_subkey(master_key, DERIVATION_PURPOSE)
     key_id = new_key_id()

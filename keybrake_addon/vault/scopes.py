@@ -12,6 +12,7 @@ unreadable, and an unreadable scope mints nothing: it fails closed.
 """
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 
@@ -54,6 +55,7 @@ class Scope:
     may_mint_uncapped: bool = False  # a key with neither a daily nor a total USD cap
     may_mint_allow_all: bool = False  # a key without an allowlist
     may_mint_unpriced: bool = False  # a key that forwards calls Keybrake cannot price
+    budget: str | None = None  # its keys spend from this budget or one under it
 
     def has_ceilings(self) -> bool:
         return any(_is_set(getattr(self, f.name)) for f in fields(self) if not f.name.startswith("may_"))
@@ -89,7 +91,7 @@ class Issuer:
 
 def make_scope(*, vendors=(), secret=None, allow=(), max_daily_cap_micros=None, max_total_cap_micros=None,
                max_calls=None, max_ttl=None, may_mint_uncapped=False, may_mint_allow_all=False,
-               may_mint_unpriced=False) -> Scope | None:
+               may_mint_unpriced=False, budget=None) -> Scope | None:
     """A checked scope from the ceilings asked for; None when none is given (unrestricted).
 
     Raises InvalidScope naming the ceiling: contradictions are refused here, where the
@@ -100,6 +102,8 @@ def make_scope(*, vendors=(), secret=None, allow=(), max_daily_cap_micros=None, 
             raise InvalidScope("vendor", f"unknown vendor {vendor!r}; choose from {', '.join(sorted(VENDORS))}")
     if secret is not None and (not secret or has_control_characters(secret)):
         raise InvalidScope("secret", "a secret name, without control characters")
+    if budget is not None and (not budget or has_control_characters(budget)):
+        raise InvalidScope("budget", "a budget name, without control characters")
     try:
         allow = tuple(validate_patterns(list(allow)))
     except InvalidPattern as failure:
@@ -119,7 +123,7 @@ def make_scope(*, vendors=(), secret=None, allow=(), max_daily_cap_micros=None, 
         if value is not None and value < 0:
             raise InvalidScope(name, "must not be negative")
     scope = Scope(tuple(dict.fromkeys(vendors)), secret, allow, max_daily_cap_micros, max_total_cap_micros,
-                  max_calls, max_ttl, may_mint_uncapped, may_mint_allow_all, may_mint_unpriced)
+                  max_calls, max_ttl, may_mint_uncapped, may_mint_allow_all, may_mint_unpriced, budget)
     if may_mint_uncapped and (max_daily_cap_micros is not None or max_total_cap_micros is not None):
         raise InvalidScope("may_mint_uncapped", "contradicts the USD cap ceiling given: an uncapped key is over it")
     if may_mint_allow_all and allow:
@@ -144,7 +148,7 @@ def scope_text(scope: Scope | None) -> str | None:
 # What each stored name holds; the names are Scope's fields.
 _KINDS = {"vendors": list, "secret": str, "allow": list, "max_daily_cap_micros": int, "max_total_cap_micros": int,
           "max_calls": int, "max_ttl": str, "may_mint_uncapped": bool, "may_mint_allow_all": bool,
-          "may_mint_unpriced": bool}
+          "may_mint_unpriced": bool, "budget": str}
 assert set(_KINDS) == {f.name for f in fields(Scope)}
 
 
@@ -181,6 +185,7 @@ def scope_document(scope: Scope | None) -> dict | None:
         "max_daily_usd_cap": _usd(scope.max_daily_cap_micros), "max_total_usd_cap": _usd(scope.max_total_cap_micros),
         "max_calls": scope.max_calls, "max_ttl": scope.max_ttl, "may_mint_uncapped": scope.may_mint_uncapped,
         "may_mint_allow_all": scope.may_mint_allow_all, "may_mint_unpriced": scope.may_mint_unpriced,
+        "budget": scope.budget,
     }
 
 
@@ -193,6 +198,8 @@ def describe_scope(scope: Scope | None) -> str:
         parts.append("vendor=" + ",".join(scope.vendors))
     if scope.secret is not None:
         parts.append(f"secret={scope.secret}")
+    if scope.budget is not None:
+        parts.append(f"budget={scope.budget}")
     if scope.allow:
         parts.append("allow=" + ",".join(scope.allow))
     for label, micros in (("daily", scope.max_daily_cap_micros), ("total", scope.max_total_cap_micros)):
@@ -215,14 +222,20 @@ def _usd(micros: int | None) -> str | None:
 
 # --- the ceilings, checked against one validated key ------------------------------------------
 
-def check_ceilings(scope: Scope, spec: KeySpec, *, now: datetime, default_ttl: str | None = None) -> None:
+def check_ceilings(scope: Scope, spec: KeySpec, *, now: datetime, default_ttl: str | None = None,
+                   budget_lineage: Sequence[str] = (), budget_capped: bool = False) -> None:
     """Raise OverCeiling, naming the key request's field, for the first ceiling `spec` is over.
 
     `default_ttl` is the installation's default when the request gave no lifetime (the key got it).
+    `budget_lineage` is the key's budget and its ancestors, nearest first; `budget_capped` whether
+    one of them has a dollar cap (then the key is capped, through it).
     """
     check_source(scope, spec.vendor, spec.secret_name)
+    if scope.budget is not None and scope.budget not in budget_lineage:
+        raise OverCeiling("budget", f"this admin token mints keys into the budget {scope.budget!r} or one under it "
+                                    f"only; give budget: {scope.budget!r} (or a child of it)")
     _check_endpoints(scope, spec)
-    _check_money(scope, spec)
+    _check_money(scope, spec, budget_capped)
     if scope.max_calls is not None and (spec.max_calls is None or spec.max_calls > scope.max_calls):
         raise OverCeiling("max_calls", f"this admin token mints keys of at most {scope.max_calls} calls; "
                                        f"give max_calls <= {scope.max_calls}")
@@ -261,9 +274,9 @@ def _check_endpoints(scope: Scope, spec: KeySpec) -> None:
                                                    f"({', '.join(scope.allow)})")
 
 
-def _check_money(scope: Scope, spec: KeySpec) -> None:
+def _check_money(scope: Scope, spec: KeySpec, budget_capped: bool) -> None:
     daily, total = spec.daily_cap_micros, spec.total_cap_micros
-    if daily is None and total is None and not scope.may_mint_uncapped:
+    if daily is None and total is None and not budget_capped and not scope.may_mint_uncapped:
         raise OverCeiling("no_cap", "this admin token may not mint a key without a USD cap "
                                     "(it was not created with --may-mint-uncapped)")
     if scope.max_daily_cap_micros is not None:

@@ -146,7 +146,7 @@ def test_contradictory_or_malformed_ceilings_are_refused_at_creation(ceilings, f
 
 
 @pytest.mark.parametrize("stored", [
-    '{"budget": "team-a"}',  # a ceiling from a newer release: never read as "no ceiling"
+    '{"owner_team": "a"}',  # a ceiling from a newer release: never read as "no ceiling"
     '{"max_calls": "50"}', '{"max_calls": true}', '{"max_calls": -1}', '{"vendors": "stripe"}',
     '{"may_mint_uncapped": 1}', "[]", "not json",
 ])
@@ -244,3 +244,12 @@ def test_a_zero_ceiling_is_a_ceiling_not_unrestricted(ceiling):
     scope = make_scope(**ceiling)
     assert scope is not None and read_scope(scope_text(scope)) == scope
     assert refused_field(scope, key(daily_cap_micros=USD, total_cap_micros=USD, max_calls=1)) is not None
+
+
+def test_a_budget_ceiling_survives_storage_and_shows_in_the_list():
+    from keybrake_addon.vault.scopes import describe_scope, read_scope, scope_document, scope_text
+
+    scope = make_scope(budget="team-a")
+    assert read_scope(scope_text(scope)) == scope
+    assert scope_document(scope)["budget"] == "team-a"
+    assert "budget=team-a" in describe_scope(scope)

@@ -201,14 +201,14 @@ def test_idempotency_keys_are_per_token(api):
 def test_a_scope_this_release_cannot_read_fails_closed(api):
     token = api.token(TEAM_A)
     with api.ledger.database.transaction() as tx:  # a ceiling from a newer release, say
-        tx.run("UPDATE admin_tokens SET scope = ?", ('{"budget": "team-a"}',))
+        tx.run("UPDATE admin_tokens SET scope = ?", ('{"owner_team": "a"}',))
     for method, path, body in (("POST", "/vault/keys", ISSUE), ("GET", "/vault/keys", None),
                                ("GET", "/vault/audit", None)):
         response = api.call(token, method, path, body)
         assert (response.status, response.document["error"]["code"]) == (403, "scope_unreadable")
     assert api.ledger.list_keys() == []
     (listed,) = AdminTokens(api.ledger).list()
-    assert listed.scope is not None and "budget" in listed.scope_problem
+    assert listed.scope is not None and "owner_team" in listed.scope_problem
 
 
 def test_a_token_made_without_ceilings_is_unrestricted(api):
@@ -216,3 +216,44 @@ def test_a_token_made_without_ceilings_is_unrestricted(api):
     body = {"vendor": "stripe", "secret": "team-b", "no_cap": True, "allow_all": True, "allow_unpriced": True,
             "expires_in": "30d"}
     assert api.issue(token, body).status == 201
+
+
+# --- a token bound to a budget ----------------------------------------------------------------
+
+def _budgets(api):
+    from keybrake_addon.vault.budgets import BudgetRequest, create_budget
+
+    create_budget(api.ledger, BudgetRequest("team-a", total_cap_micros=300 * USD))
+    create_budget(api.ledger, BudgetRequest("team-a-nightly", parent="team-a"))
+    create_budget(api.ledger, BudgetRequest("team-b", total_cap_micros=300 * USD))
+
+
+BUDGET_BOUND = make_scope(vendors=["stripe"], budget="team-a")
+
+
+def test_a_token_bound_to_a_budget_mints_only_into_it_or_a_child(api):
+    _budgets(api)
+    token = api.token(BUDGET_BOUND)
+    uncapped = {k: v for k, v in ISSUE.items() if k not in ("daily_usd_cap", "total_usd_cap")}
+    assert api.issue(token, {**uncapped, "budget": "team-a"}).status == 201
+    assert api.issue(token, {**uncapped, "budget": "team-a-nightly"}).status == 201  # capped through its parent
+    for elsewhere in ({**ISSUE, "budget": "team-b"}, ISSUE):  # another team's budget, or none at all
+        refused = api.issue(token, elsewhere)
+        assert refused.status == 403
+        assert refused.document["error"]["field"] == "budget"
+
+
+def test_a_token_bound_to_a_budget_reads_its_budgets_and_changes_none(api):
+    _budgets(api)
+    token = api.token(BUDGET_BOUND)
+    listed = api.call(token, "GET", "/vault/budgets")
+    assert listed.status == 200
+    assert sorted(b["name"] for b in listed.document["data"]) == ["team-a", "team-a-nightly"]
+    assert api.call(token, "GET", "/vault/budgets/team-b").status == 404
+    assert api.call(token, "GET", "/vault/budgets/team-a").status == 200
+    for path in ("/vault/budgets/team-a/freeze", "/vault/budgets/team-b/freeze"):
+        assert api.call(token, "POST", path).status == 403
+    assert api.call(token, "POST", "/vault/budgets", {"name": "mine", "parent": "team-a"}).status == 403
+    assert api.ledger.get_budget("team-a").frozen_at is None
+    other = api.token(make_scope(vendors=["stripe"]))  # scoped, bound to no budget: sees none
+    assert api.call(other, "GET", "/vault/budgets").document["data"] == []
