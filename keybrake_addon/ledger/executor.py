@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .base import AdmitRequest, Admission, CallFacts, LedgerBusy, LedgerUnavailable, Resolution, SettleRequest
@@ -77,6 +78,8 @@ class AsyncLedger:
         self._down_because: LedgerUnavailable | None = None
         self._stopping = False
         self._committed_settles = 0
+        # (mode, seconds) of each write transaction, "inline" or "batch": the proxy's metrics.
+        self.on_transaction: Callable[[str, float], None] | None = None
         self._thread = threading.Thread(target=self._run, name="keybrake-ledger", daemon=True)
         self._thread.start()
 
@@ -88,11 +91,13 @@ class AsyncLedger:
 
     async def admit(self, request: AdmitRequest) -> Admission:
         if self._inline is not None and self._idle():
+            started = time.perf_counter()
             try:
                 admission = self._inline.admit(request)
             except LedgerBusy:
                 pass  # another writer holds the lock: wait for it on the ledger thread
             else:
+                self._observe("inline", started)
                 self._down_until = 0.0  # it answers again: queued admits need not fail fast
                 return admission
         if time.monotonic() < self._down_until:
@@ -112,17 +117,29 @@ class AsyncLedger:
 
     def settle(self, request: SettleRequest) -> None:
         if self._inline is not None and self._idle():
+            started = time.perf_counter()
             try:
                 self._inline.settle(request)
-                return
             except Exception:  # noqa: BLE001 - busy, failing or worse: the ledger thread retries it
                 pass
+            else:
+                self._observe("inline", started)
+                return
         self._queue_settle(_Settle(0.0, request))
 
     def record_refusal(self, call: CallFacts, refusal) -> None:
         with self._condition:
             self._refusals.append((Refused(call, refusal), 0))
             self._condition.notify()
+
+    def _observe(self, mode: str, started: float) -> None:
+        """A committed transaction's time, for the metrics (failed ones are not timed). Called
+        after the commit and outside its error handling: a metric can never undo or redo money."""
+        if self.on_transaction is not None:
+            try:
+                self.on_transaction(mode, time.perf_counter() - started)
+            except Exception:  # noqa: BLE001 - a metric that fails is a metric missed, nothing more
+                pass
 
     def _known_down(self) -> LedgerUnavailable:
         failure = self._down_because
@@ -222,6 +239,7 @@ class AsyncLedger:
         if admits and time.monotonic() < self._down_until:
             self._deliver([(item, self._known_down()) for item in admits])
             admits = []
+        started = time.perf_counter()
         try:
             admissions, _ = self._store.apply_batch([a.request for a in admits], [s.request for s in settles],
                                                     [r for r, _ in refusals])
@@ -243,6 +261,7 @@ class AsyncLedger:
                              "hold stays counted")
             self._deliver([(item, LedgerUnavailable("the ledger failed on this call")) for item in admits])
             return
+        self._observe("batch", started)
         self._committed_settles += len(settles)
         self._down_until = 0.0
         self._deliver(list(zip(admits, admissions)))
