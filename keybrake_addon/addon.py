@@ -1,30 +1,41 @@
 """The mitmproxy addon: thin glue between flows and the gate.
 
+On the API listener (reverse mode) only the vendor routes are the addon's; every other request
+there is handed, in-process, to the listener's ASGI app (listener/app.py: the vault API, health,
+metrics, later the dashboard).
+
 Only the vendor hosts are intercepted (`allow_hosts`, set by the proxy runner); every other
 CONNECT is tunnelled untouched, if the egress addon (egress.py) lets it through. A vendor request is checked before any upstream connection
 exists (lazy connection strategy), so a refused call never reaches the vendor.
 """
 
 import asyncio
+import ipaddress
 import json
 import logging
 import time
 import traceback
 from collections.abc import Sequence
+from types import ModuleType
 from urllib.parse import urlsplit
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 
 from .access_log import AccessLog
-from .api.vault_api import MAX_BODY_BYTES, ApiRequest, VaultApi
+from .api.vault_api import MAX_BODY_BYTES, VaultApi
+from .asgi_flow import serve as serve_asgi
 from .draining import DEFAULT_DRAIN_TIMEOUT_S, DrainReport, InFlight
 from .gate import UNAVAILABLE_RETRY_AFTER_S, Decision, Gate, Ticket
 from .gate_opener import GateOpener
-from .health import HealthServer, health_answer, is_health_path
+from .health import HealthServer, OneRequestServer, is_health_path
 from .home import KeybrakeHome
 from .ledger.migrations import SchemaMismatch
 from .ledger.opening import database_of
+from .listener.app import build_listener_app
+from .listener.metrics_page import MetricsPage
+from .listener.services import LedgerAccess, ListenerServices
+from .metrics.registry import Metrics
 from .pricing import PricingError, load_pricing
 from .vault.crypto import MasterKeyError
 from .vendors import VENDORS, vendor_for_host
@@ -42,9 +53,10 @@ logger = logging.getLogger("keybrake")
 TICKET = "keybrake_ticket"
 VENDOR = "keybrake_vendor"
 STRIPE_VERSION_PREFIX = "v1"
-UNREADABLE_BODY_BYTES = 1024 * 1024  # a vault API body this big is not read, let alone parsed
+UNREADABLE_BODY_BYTES = 1024 * 1024  # a body to the listener's app this big is not read, let alone parsed
 KEYBRAKE_HEADER_PREFIX = "x-keybrake-"
 READY_PROBE_TIMEOUT_S = 2.0
+DEFAULT_METRICS_HOST = "127.0.0.1"  # the unauthenticated metrics stay on this host unless told otherwise
 ANSWER_FLUSH_S = 0.1  # after the last response hook of a drain, for mitmproxy to write that answer
 
 
@@ -79,6 +91,16 @@ class Keybrake:
         self.draining = False
         self._health_server: HealthServer | None = None
         self.health_port: int | None = None  # bound, once running
+        self._metrics_server: OneRequestServer | None = None
+        self.metrics_port: int | None = None  # bound, once running
+        self.metrics = Metrics()  # this process's own registry
+        self.metrics.watch(in_flight=lambda: len(self.in_flight),
+                           settlements_queued=lambda: self.gate.ledger.unsettled if self.gate is not None else 0)
+        self.metrics_page = MetricsPage(self.metrics, self._ledger_access)
+        # The dashboard joins here: build_listener_app(..., extra_routes=[Mount("/ui", ...)]).
+        self.listener_app = build_listener_app(ListenerServices(
+            ledger=self._ledger_access, vault_api=self._vault_api, not_ready_reason=self._not_ready_reason,
+            is_ready=self.is_ready), self.metrics_page)
 
     def load(self, loader) -> None:
         loader.add_option("keybrake_home", str, "", "The Keybrake home (database, master key, CA).")
@@ -92,8 +114,19 @@ class Keybrake:
                           "On SIGTERM, seconds to let vendor calls in flight and their settlements finish.")
         loader.add_option("keybrake_health_port", int | None, None,
                           "Also serve /healthz and /readyz on this port of the listen host (0 picks a free one).")
+        loader.add_option("keybrake_metrics_port", int | None, None,
+                          "Also serve GET /metrics, without a token, on this port of keybrake_metrics_host "
+                          "(0 picks a free one).")
+        loader.add_option("keybrake_metrics_host", str, DEFAULT_METRICS_HOST,
+                          "The address keybrake_metrics_port listens on: keep it on a private scrape network.")
 
     def configure(self, updated) -> None:
+        if "keybrake_metrics_port" in updated:
+            port = ctx.options.keybrake_metrics_port
+            if port is not None and not 0 <= port <= 65535:
+                raise exceptions.OptionsError(f"--metrics-port takes a port from 0 to 65535; got {port}")
+        if "keybrake_metrics_host" in updated:
+            _check_listen_address(ctx.options.keybrake_metrics_host)
         if "keybrake_upstreams" in updated:
             self.upstreams = parse_upstreams(ctx.options.keybrake_upstreams)
         if updated & {"keybrake_home", "keybrake_db_busy_timeout", "keybrake_database"} and ctx.options.keybrake_home:
@@ -115,6 +148,15 @@ class Keybrake:
         if gate is not None:
             gate.access_log = self.access_log
         self.api = VaultApi(gate.installation, gate.run_in_db) if gate is not None else None
+        if gate is not None:
+            gate.ledger.on_transaction = self.metrics.ledger_transaction
+
+    async def _vault_api(self) -> VaultApi | None:
+        return self.api if await self._ready_gate() is not None else None
+
+    async def _ledger_access(self) -> LedgerAccess | None:
+        gate = self.gate or await self._ready_gate()
+        return LedgerAccess(gate.installation.ledger, gate.run_in_db) if gate is not None else None
 
     async def _ready_gate(self) -> Gate | None:
         """The gate, opening it first if the ledger could not be opened so far."""
@@ -135,14 +177,14 @@ class Keybrake:
     async def running(self) -> None:
         port = ctx.options.keybrake_health_port
         if port is not None:
-            server, host = HealthServer(self.is_ready), _listen_host()
-            try:
-                self.health_port = await server.start(host, port)
-            except OSError as failure:
-                # An error logged during start-up makes mitmproxy exit (status 1) right after.
-                logger.error("keybrake: --health-port %d: cannot listen on %s: %s", port, host, failure.strerror)
-                return
-            self._health_server = server
+            server = HealthServer(self.is_ready)
+            self.health_port = await _start(server, "--health-port", _listen_host(), port)
+            self._health_server = server if self.health_port is not None else None
+        port = ctx.options.keybrake_metrics_port
+        if port is not None:
+            server = OneRequestServer(self.metrics_page.unauthenticated_answer)
+            self.metrics_port = await _start(server, "--metrics-port", ctx.options.keybrake_metrics_host, port)
+            self._metrics_server = server if self.metrics_port is not None else None
 
     async def is_ready(self) -> bool:
         """Whether this proxy can take vendor calls now: what /readyz answers."""
@@ -180,24 +222,26 @@ class Keybrake:
         return report
 
     async def done(self) -> None:
-        if self._health_server is not None:
-            self._health_server.close()
-            self._health_server = None
+        for server in (self._health_server, self._metrics_server):
+            if server is not None:
+                server.close()
+        self._health_server = self._metrics_server = None
         if self.gate is not None:
             await self.gate.drain()
             self.gate.close()
             self.gate = None
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        """Refuse a vault API body over the limit before mitmproxy reads it, when its size is declared.
+        """Refuse a body to the listener's app (the vault API, /metrics...) over the limit before
+        mitmproxy reads it, when its size is declared.
 
         A response set here is sent only once mitmproxy has read the body, so a body far over the
         limit is not read at all: the connection is closed instead of answered.
         """
         if not isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
             return
-        if not is_vault_api_path(flow.request.path):
-            return
+        if listener_vendor_route(flow.request.path) is not None:
+            return  # a vendor call: the Bounds addon holds it to the vendor body limit
         length = flow.request.headers.get("content-length", "0")
         declared = int(length) if length.isdigit() else UNREADABLE_BODY_BYTES + 1
         if declared > UNREADABLE_BODY_BYTES:
@@ -223,64 +267,44 @@ class Keybrake:
             self._refuse(flow, _unexpected_error_answer(flow.metadata.get(VENDOR)))
 
     async def _api_listener_request(self, flow: http.HTTPFlow) -> None:
-        """The API listener serves /vault/* itself and routes /stripe/*, /twilio/*, /resend/*.
+        """The API listener: /stripe/*, /twilio/*, /resend/* and /v1/* go to the gate; every other
+        path to the listener's app (the vault API, health, metrics).
 
         The vendor comes from the path prefix, never from the Host header. Nothing else is
         forwarded: the listener's reverse target is a placeholder that is never connected to.
         """
-        if is_health_path(flow.request.path):
-            # Before the TLS check: a health answer carries nothing secret, and probers often speak plain HTTP.
-            self._refuse(flow, await health_answer(flow.request.method.upper(), flow.request.path, self.is_ready))
-            return
-        if ctx.options.certs and not flow.client_conn.tls_established:
+        path = flow.request.path
+        # Health before the TLS check: its answer carries nothing secret, and probers often speak plain HTTP.
+        if not is_health_path(path) and ctx.options.certs and not flow.client_conn.tls_established:
             # mitmproxy's reverse mode also accepts plain HTTP on a TLS port: an admin token or a
             # vault key must not cross it in the clear when the operator asked for TLS.
             self._refuse(flow, _api_error(403, "tls_required", "this listener takes HTTPS only"))
             return
-        path = flow.request.path
-        if is_vault_api_path(path):
-            await self._serve_vault_api(flow)
+        route = listener_vendor_route(path)
+        if route is None:
+            await serve_asgi(self.listener_app, flow)
             return
-        prefix, _, rest = path[1:].partition("/")
-        vendor = VENDORS.get(prefix)
-        if vendor is None and prefix == STRIPE_VERSION_PREFIX:
-            # stripe-node takes host/port/protocol but no base path, so it sends /v1/... as is:
-            # Stripe's version prefix names the vendor, still by path and never by Host.
-            vendor, rest = VENDORS["stripe"], path[1:]
-        if vendor is None:
-            self._refuse(flow, _api_error(404, "not_found", f"no route for {path.split('?')[0]}: use /vault/..., "
-                                          f"{', '.join('/' + name + '/...' for name in VENDORS)} or /v1/... (Stripe)"))
-            return
+        vendor, rest = route
         flow.request.path = "/" + rest
         await self._gate(flow, vendor)
 
-    async def _serve_vault_api(self, flow: http.HTTPFlow) -> None:
-        if await self._ready_gate() is None:
-            self._refuse(flow, _api_error(503, "unavailable", self._not_ready_reason(),
-                                          {"retry-after": str(UNAVAILABLE_RETRY_AFTER_S)}))
-            return
-        request = flow.request
-        path, _, _ = request.path.partition("?")
-        answer = await self.api.handle(ApiRequest(
-            method=request.method.upper(), path=path, query=dict(request.query.items()),
-            headers=_lowered(request.headers),
-            body=request.get_content(strict=False) or b"", client_ip=flow.client_conn.peername[0]))
-        self._refuse(flow, RenderedResponse(answer.status, {"content-type": "application/json", **answer.headers},
-                                            answer.body()))
-
     async def _gate(self, flow: http.HTTPFlow, vendor) -> None:
+        started = time.perf_counter()
         flow.metadata[VENDOR] = vendor  # for the shape of an unexpected error's answer
         for name in [n for n in flow.request.headers if n.lower().startswith(KEYBRAKE_HEADER_PREFIX)]:
             del flow.request.headers[name]
         if self.draining:  # a new call on a connection opened before the drain began
             self._refuse_unchecked(flow, vendor,
                                    "Keybrake is shutting down, so it forwarded nothing. Retrying is safe.")
+            self.metrics.vendor_call(vendor.NAME, RefusalKind.UNAVAILABLE, time.perf_counter() - started)
             return
         gate = self.gate or await self._ready_gate()  # the await only while the ledger is not open yet
         if gate is None:
             self._refuse_unchecked(flow, vendor, self._not_ready_reason())
+            self.metrics.vendor_call(vendor.NAME, RefusalKind.UNAVAILABLE, time.perf_counter() - started)
             return
         decision = await gate.check(vendor, _vendor_request(flow))
+        self.metrics.vendor_call(vendor.NAME, decision.refused_as, time.perf_counter() - started)
         if decision.refusal is not None:
             self._refuse(flow, decision.refusal)
             return
@@ -397,8 +421,34 @@ def _api_error(status: int, code: str, message: str, headers: dict[str, str] | N
                             json.dumps({"error": {"code": code, "message": message}}).encode())
 
 
-def is_vault_api_path(path: str) -> bool:
-    return path == "/vault" or path.startswith("/vault/")
+def listener_vendor_route(path: str) -> tuple[ModuleType, str] | None:
+    """(vendor, path after its prefix) for a base-URL vendor route of the API listener, else None."""
+    prefix, _, rest = path[1:].partition("/")
+    vendor = VENDORS.get(prefix)
+    if vendor is None and prefix == STRIPE_VERSION_PREFIX:
+        # stripe-node takes host/port/protocol but no base path, so it sends /v1/... as is:
+        # Stripe's version prefix names the vendor, still by path and never by Host.
+        vendor, rest = VENDORS["stripe"], path[1:]
+    return (vendor, rest) if vendor is not None else None
+
+
+async def _start(server: OneRequestServer, flag: str, host: str, port: int) -> int | None:
+    """Listen; the bound port, or None after logging why not."""
+    try:
+        return await server.start(host, port)
+    except OSError as failure:
+        # An error logged during start-up makes mitmproxy exit (status 1) right after.
+        logger.error("keybrake: %s %d: cannot listen on %s: %s", flag, port, host, failure.strerror)
+        return None
+
+
+def _check_listen_address(host: str) -> None:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise exceptions.OptionsError(
+            f"--metrics-host takes an IP address to listen on ({DEFAULT_METRICS_HOST} by default, 0.0.0.0 for "
+            f"every interface); got {host!r}") from None
 
 
 def _log_unexpected(hook: str, failure: Exception) -> None:

@@ -30,7 +30,7 @@ from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 from mitmproxy.utils import human
 
-from .addon import UNREADABLE_BODY_BYTES, is_vault_api_path
+from .addon import UNREADABLE_BODY_BYTES, listener_vendor_route
 from .api.vault_api import MAX_BODY_BYTES
 from .text import loggable
 from .bound_defaults import (DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNS, DEFAULT_MAX_CONNS_PER_ADDRESS,
@@ -248,8 +248,10 @@ class Bounds:
 
     def _body_limits(self, flow: http.HTTPFlow) -> tuple[int, int]:
         """(bound of a body of unknown length, bound of a declared one) for this request's route."""
-        if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode) and is_vault_api_path(flow.request.path):
-            # Keybrake answers a declared body up to UNREADABLE_BODY_BYTES with a 413 of its own.
+        if (isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode)
+                and listener_vendor_route(flow.request.path) is None):
+            # The listener's own app (the vault API, metrics...): Keybrake answers a declared body
+            # up to UNREADABLE_BODY_BYTES with a 413 of its own.
             return MAX_BODY_BYTES, UNREADABLE_BODY_BYTES
         vendor_limit = self._size("keybrake_max_vendor_body")
         return vendor_limit, vendor_limit

@@ -74,6 +74,7 @@ class Decision:
     ticket: Ticket | None = None
     forward_body: bytes | None = None  # the body to send instead of the client's (CostEstimate.forward_body)
     key: KeyRecord | None = None  # the key a refusal was decided for, when it was found (the access log's)
+    refused_as: RefusalKind | None = None  # why it was refused: the metrics count by it
 
 
 class Gate:
@@ -117,10 +118,10 @@ class Gate:
             decision = await self._check(vendor, request, call, started)
         except LedgerUnavailable as error:
             logger.error("keybrake: refusing %s %s: %s", loggable(request.method), loggable(request.path), error)
-            decision = Decision(refusal=vendor.render_refusal(Refusal(
+            decision = _refused(vendor, Refusal(
                 RefusalKind.UNAVAILABLE,
                 "Keybrake cannot reach its ledger, so it forwarded nothing. Retrying is safe.",
-                retry_after_s=UNAVAILABLE_RETRY_AFTER_S)))
+                retry_after_s=UNAVAILABLE_RETRY_AFTER_S))
         if decision.refusal is not None:
             self.access_log.refused(vendor.NAME, request.method, request.path, decision.refusal, decision.key,
                                     (time.monotonic() - started) * 1000)
@@ -139,14 +140,14 @@ class Gate:
                             "the vendor could read another value than the one checked.")
         if early is not None:
             self._ledger.record_refusal(call, early)
-            return Decision(refusal=vendor.render_refusal(early))
+            return _refused(vendor, early)
 
         estimate, pricing_refusal = _estimate(vendor, request, self._pricing)
         admission = await self._ledger.admit(AdmitRequest(
             hash_vault_key(credential.token), call, estimate, pricing_refusal, vendor.account_ref(request),
             self._housekeeper.run_id))
         if admission.refusal is not None:
-            return Decision(refusal=vendor.render_refusal(admission.refusal), key=admission.key)
+            return _refused(vendor, admission.refusal, admission.key)
 
         ticket = Ticket(vendor, request.method, request.path, admission.audit_id, admission.reservation_id,
                         admission.opened, admission.basis, admission.key, admission.reserved_micros,
@@ -159,10 +160,10 @@ class Gate:
         except (MasterKeyError, ValueError) as error:  # ValueError: the secret lacks what the vendor needs
             logger.error("keybrake: cannot open the secret for key %s: %s", admission.key.key_id, error)
             self.settle_without_reply(ticket, request_sent=False, error=str(error))
-            return Decision(refusal=vendor.render_refusal(Refusal(
+            return _refused(vendor, Refusal(
                 RefusalKind.UNAVAILABLE, f"Keybrake cannot open the vendor secret for vault key "
                 f"{admission.key.key_id}; nothing was forwarded. Check `keybrake secret list`.",
-                retry_after_s=UNAVAILABLE_RETRY_AFTER_S)), key=admission.key)
+                retry_after_s=UNAVAILABLE_RETRY_AFTER_S), admission.key)
         return Decision(authorization=authorization, ticket=ticket,
                         forward_body=estimate.forward_body if estimate is not None else None)
 
@@ -221,6 +222,10 @@ def balance_headers(key: KeyRecord) -> dict[str, str]:
         "x-keybrake-spent-usd": format_usd(key.spent_micros),
         "x-keybrake-remaining-usd": "unlimited" if remaining is None else format_usd(remaining),
     }
+
+
+def _refused(vendor: ModuleType, refusal: Refusal, key: KeyRecord | None = None) -> Decision:
+    return Decision(refusal=vendor.render_refusal(refusal), refused_as=refusal.kind, key=key)
 
 
 def _credential_refusal(vendor: ModuleType, token: str | None) -> Refusal | None:

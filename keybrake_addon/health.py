@@ -4,8 +4,9 @@
 is loaded, no drain under way). Neither takes a token, so neither says more than a fixed word:
 no version, no path, no error text (a prober on the network learns nothing else).
 
-The API listener answers them itself; `--health-port` serves them from HealthServer below, for
-deployments that run only the forward proxy.
+The API listener answers them itself (listener/app.py); `--health-port` serves them from
+HealthServer below, for deployments that run only the forward proxy. `--metrics-port` reuses its
+one-request server for /metrics.
 """
 
 import asyncio
@@ -21,6 +22,7 @@ DEADLINE_S = 2.0  # to read the head, and again to write the answer
 MAX_CONNECTIONS = 32  # beyond this many at once, a connection is closed unanswered
 
 Readiness = Callable[[], Awaitable[bool]]
+Answer = Callable[[str, str], Awaitable[RenderedResponse]]  # (method, path) -> the answer
 
 
 def is_health_path(path: str) -> bool:
@@ -46,15 +48,12 @@ def _answer(status: int, word: str, headers: dict[str, str] | None = None) -> Re
                             json.dumps({"status": word}, separators=(",", ":")).encode())
 
 
-class HealthServer:
-    """A minimal HTTP/1.1 listener for /healthz and /readyz: one request per connection.
+class OneRequestServer:
+    """A minimal HTTP/1.1 listener: one request per connection, its head bounded in size and time,
+    its body never read (GET and HEAD are all it serves)."""
 
-    It keeps answering while the proxy drains (readyz then says 503), so a load balancer sees
-    the drain instead of a refused connection it might retry elsewhere on the same host.
-    """
-
-    def __init__(self, ready: Readiness) -> None:
-        self._ready = ready
+    def __init__(self, answer: Answer) -> None:
+        self._answer = answer
         self._server: asyncio.Server | None = None
         self._open = 0
 
@@ -88,10 +87,19 @@ class HealthServer:
             method = "GET"
         else:
             method, path = request_line
-            answer = await health_answer(method, path, self._ready)
+            answer = await self._answer(method, path)
         writer.write(_serialize(answer, with_body=method != "HEAD"))
         async with asyncio.timeout(DEADLINE_S):
             await writer.drain()
+
+
+class HealthServer(OneRequestServer):
+    """/healthz and /readyz. It keeps answering while the proxy drains (readyz then says 503), so a
+    load balancer sees the drain instead of a refused connection it might retry elsewhere on the
+    same host."""
+
+    def __init__(self, ready: Readiness) -> None:
+        super().__init__(lambda method, path: health_answer(method, path, ready))
 
 
 def _request_line(head: bytes) -> tuple[str, str] | None:
@@ -101,7 +109,8 @@ def _request_line(head: bytes) -> tuple[str, str] | None:
     return parts[0], parts[1]
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 def _serialize(answer: RenderedResponse, *, with_body: bool) -> bytes:

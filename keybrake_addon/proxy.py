@@ -1,8 +1,9 @@
 """Run mitmproxy with the Keybrake addon and the home's CA.
 
 The forward listener (regular mode) is what HTTPS_PROXY points at. The optional API listener
-(reverse mode, `--api-port`) serves the vault API and the base-URL vendor routes. The optional
-health listener (`--health-port`) serves only /healthz and /readyz.
+(reverse mode, `--api-port`) serves the vault API, health, metrics and the base-URL vendor routes.
+The optional health listener (`--health-port`) serves only /healthz and /readyz, the optional
+metrics listener (`--metrics-port`, loopback unless `--metrics-host`) only /metrics, without a token.
 
 SIGTERM (or Ctrl-C) drains: listeners close, calls in flight finish and settle for up to the drain
 timeout, then the proxy exits. A second signal stops without waiting for them.
@@ -22,7 +23,7 @@ from mitmproxy.tools.dump import DumpMaster
 
 from .access_log import AccessLog
 from .access_log_addon import AccessLogAddon
-from .addon import Keybrake
+from .addon import DEFAULT_METRICS_HOST, Keybrake
 from .draining import DEFAULT_DRAIN_TIMEOUT_S
 from .bounds import Bounds, raise_open_files_limit
 from .egress import Egress
@@ -53,9 +54,10 @@ class ProxySettings:
     quiet: bool = False
     api_tls_certs: Sequence[str] = ()  # mitmproxy `certs` entries for the API listener's own certificate
     health_port: int | None = None
+    metrics_port: int | None = None
+    metrics_host: str = DEFAULT_METRICS_HOST
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
-    # (forward, api or None, health or None), once every listener is bound
-    on_listening: list[Callable[[Address, Address | None, Address | None], None]] = field(default_factory=list)
+    on_listening: list[Callable[["Listening"], None]] = field(default_factory=list)
     bounds: dict[str, object] = field(default_factory=dict)  # keybrake_max_* options of the Bounds addon
     proxy_auth: str | None = None  # "required" | "off"; None: required unless the listen host is loopback
     insecure_open_proxy: bool = False  # allow proxy_auth "off" on a non-loopback listen host
@@ -93,12 +95,22 @@ def free_port(host: str) -> int:
         return probe.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Listening:
+    """Where each listener is, once every one is bound (a port may have been 0)."""
+
+    forward: Address
+    api: Address | None = None
+    health: Address | None = None
+    metrics: Address | None = None
+
+
 class _ReadyLine:
     """Reports where each listener is once its sockets are bound (a port may have been 0)."""
 
     def __init__(self, settings: ProxySettings, keybrake: Keybrake) -> None:
         self.settings = settings
-        self.keybrake = keybrake  # added before this addon, so its health listener is bound by now
+        self.keybrake = keybrake  # added before this addon, so its health and metrics listeners are bound by now
 
     def running(self) -> None:
         forward = api = None
@@ -108,11 +120,13 @@ class _ReadyLine:
                 api = (host, port)
             else:
                 forward = (host, port)
-        health = None
+        health = metrics = None
         if self.keybrake.health_port is not None:
             health = (self.settings.listen_host, self.keybrake.health_port)
+        if self.keybrake.metrics_port is not None:
+            metrics = (self.settings.metrics_host, self.keybrake.metrics_port)
         for callback in self.settings.on_listening:
-            callback(forward, api, health)
+            callback(Listening(forward, api, health, metrics))
 
 
 class _Shutdown:
@@ -166,6 +180,8 @@ async def run_proxy(settings: ProxySettings) -> None:
         keybrake_database=settings.database_url,
         keybrake_drain_timeout=settings.drain_timeout_s,
         keybrake_health_port=settings.health_port,
+        keybrake_metrics_port=settings.metrics_port,
+        keybrake_metrics_host=settings.metrics_host,
         keybrake_proxy_auth=settings.proxy_auth_mode(),
         keybrake_insecure_open_proxy=settings.insecure_open_proxy,
         keybrake_access_log=settings.access_log,

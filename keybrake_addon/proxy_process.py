@@ -12,6 +12,7 @@ from pathlib import Path
 READY = re.compile(r"Keybrake proxy listening on (http://[\d.]+:(\d+))")
 API_READY = re.compile(r"Keybrake vault API and base-URL routes on (https?://[\d.]+:(\d+))")
 HEALTH_READY = re.compile(r"Keybrake health checks on (http://[\d.]+:(\d+))")
+METRICS_READY = re.compile(r"Keybrake metrics on (http://[\d.]+:(\d+))/metrics")
 
 
 def keybrake(home: Path, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -41,6 +42,7 @@ class ProxyProcess:
     port: int = 0
     api_url: str = ""  # set when extra_args ask for --api-port
     health_url: str = ""  # set when extra_args ask for --health-port
+    metrics_url: str = ""  # set when extra_args ask for --metrics-port (without /metrics)
     _log: object = field(default=None, repr=False)
 
     def start(self, timeout_s: float = 30.0) -> "ProxyProcess":
@@ -61,6 +63,8 @@ class ProxyProcess:
                     self.api_url = api[1]
                 if health := HEALTH_READY.search(log):
                     self.health_url = health[1]
+                if metrics := METRICS_READY.search(log):
+                    self.metrics_url = metrics[1]
                 return self
             time.sleep(0.05)
         self.stop()

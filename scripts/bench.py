@@ -14,6 +14,12 @@ its own process) with one load generator (its own process, httpx.AsyncClient, HT
              listener's base-URL route {api_url}/stripe/v1/payment_intents: plain HTTP keep-alive,
              no CONNECT, no TLS, the same gate. (Cheaper for the client than the forward path, so its
              ratio to bare mitmproxy is not like for like: it shows what skipping TLS buys.)
+  keybrake-metrics
+             only with --metrics: a second `keybrake proxy` (its own home, the same options) started with
+             --metrics-port 0, reached like `keybrake`, while this script scrapes its /metrics every
+             --scrape-interval seconds (1 s by default: far more often than Prometheus's usual 15 s) for the
+             whole measurement. Its CPU per request includes rendering the scrapes. Compared with `keybrake`
+             run for run: the issue's "metrics cost the vendor-call path nothing measurable".
   keybrake-pg
              only with --database URL: one `keybrake --database URL proxy` replica (its own home, made
              with `keybrake --database URL init`), the same CONNECT + TLS as keybrake, its ledger in
@@ -54,6 +60,7 @@ pairs/s on SQLite and >= 3,000 on PostgreSQL.
 Run:
     python scripts/bench.py [--quick] [--concurrency 1,16] [--requests N] [--repeats R] [--json out.json]
                             [--database postgresql://postgres@127.0.0.1:5432/kb_bench_SCRATCH]
+                            [--metrics [--scrape-interval S]]
 
 Everything listens on 127.0.0.1; every subprocess is stopped on exit.
 """
@@ -86,7 +93,8 @@ ENDPOINT = "/v1/payment_intents"
 FORM_BODY = "amount=100&currency=usd"
 PATHS = ("direct", "mitmproxy", "keybrake", "keybrake-baseurl")
 PG_PATH = "keybrake-pg"  # only with --database
-GATED_PATHS = ("keybrake", "keybrake-baseurl", PG_PATH)  # every 200 must carry the gate's balance headers
+METRICS_PATH = "keybrake-metrics"  # only with --metrics
+GATED_PATHS = ("keybrake", "keybrake-baseurl", PG_PATH, METRICS_PATH)  # every 200 must carry the gate's balance headers
 DATABASE_ENV = "KEYBRAKE_DATABASE_URL"  # never inherited by the SQLite paths' processes
 TYPICAL_STRIPE_CALL_MS = 300.0
 STRIPE_LIVE_WRITES_PER_S = 100.0
@@ -106,6 +114,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 FAKE_READY = re.compile(r"fake stripe listening on http://127\.0\.0\.1:(\d+)")
 KEYBRAKE_READY = re.compile(r"Keybrake proxy listening on http://127\.0\.0\.1:(\d+)")
 KEYBRAKE_API_READY = re.compile(r"Keybrake vault API and base-URL routes on http://127\.0\.0\.1:(\d+)")
+KEYBRAKE_METRICS_READY = re.compile(r"Keybrake metrics on http://127\.0\.0\.1:(\d+)/metrics")
 MITM_READY = re.compile(r"bench mitmdump listening on 127\.0\.0\.1:(\d+)")
 
 REDIRECT_ADDON = '''
@@ -311,25 +320,60 @@ def start_bare_mitmproxy(procs: Processes, upstream_port: int) -> Target:
     return Target("mitmproxy", STRIPE_BASE, UPSTREAM_SECRET, f"http://127.0.0.1:{port}", str(cafile), process.pid)
 
 
-def start_keybrake(procs: Processes, upstream_port: int) -> tuple[Target, Target]:
-    """One `keybrake proxy` process serving both the forward path and the base-URL path."""
-    home = procs.workdir / "keybrake-home"
+def start_keybrake(procs: Processes, upstream_port: int, name: str = "keybrake",
+                   metrics: bool = False) -> tuple[Target, Target, str | None]:
+    """One `keybrake proxy` process serving both the forward path and the base-URL path; with
+    `metrics`, also --metrics-port 0 (returned: its /metrics URL)."""
+    home = procs.workdir / f"{name}-home"
     keybrake_cli(home, "init")
     keybrake_cli(home, "secret", "set", "stripe", stdin=UPSTREAM_SECRET + "\n")
     issued = json.loads(keybrake_cli(home, "issue", "--vendor", "stripe", "--no-cap", "--allow-all",
                                      "--label", "bench", "--json"))
     # --access-log off: bare mitmdump runs with -q, so neither writes a line per request.
     cmd = [PY, "-m", "keybrake_addon", "--home", str(home), "proxy", "--listen-port", "0", "--api-port", "0",
-           "--upstream", f"stripe=http://127.0.0.1:{upstream_port}", "--access-log", "off"]
-    # The API listener's line comes right after the forward listener's, from the same callback.
-    process, api_port = procs.start("keybrake", cmd, KEYBRAKE_API_READY)
-    forward_port = int(KEYBRAKE_READY.search((procs.workdir / "keybrake.log").read_text())[1])
-    forward = Target("keybrake", STRIPE_BASE, issued["vault_key"], f"http://127.0.0.1:{forward_port}",
+           "--upstream", f"stripe=http://127.0.0.1:{upstream_port}", "--access-log", "off",
+           *(["--metrics-port", "0"] if metrics else [])]
+    # The listeners' lines come from one callback, forward first, then API, health and metrics:
+    # waiting for the last one asked for means every one above it is written.
+    process, last_port = procs.start(name, cmd, KEYBRAKE_METRICS_READY if metrics else KEYBRAKE_API_READY)
+    log = (procs.workdir / f"{name}.log").read_text()
+    forward_port, api_port = int(KEYBRAKE_READY.search(log)[1]), int(KEYBRAKE_API_READY.search(log)[1])
+    forward = Target(name, STRIPE_BASE, issued["vault_key"], f"http://127.0.0.1:{forward_port}",
                      str(home / "certs" / "keybrake-ca.pem"), process.pid)
     # httpx joins base_url ".../stripe" and "/v1/payment_intents" into ".../stripe/v1/payment_intents".
-    baseurl = Target("keybrake-baseurl", f"http://127.0.0.1:{api_port}/stripe", issued["vault_key"],
+    baseurl = Target(f"{name}-baseurl", f"http://127.0.0.1:{api_port}/stripe", issued["vault_key"],
                      pid=process.pid)
-    return forward, baseurl
+    return forward, baseurl, f"http://127.0.0.1:{last_port}/metrics" if metrics else None
+
+
+class Scraper:
+    """Scrapes a /metrics URL every `interval_s` on a thread, as Prometheus would, for as long as it runs."""
+
+    def __init__(self, url: str, interval_s: float) -> None:
+        import threading
+
+        self.url, self.interval_s = url, interval_s
+        self.scrapes, self.failures, self.bytes = 0, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-scraper", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import urllib.request
+
+        while not self._stop.wait(self.interval_s):
+            try:
+                with urllib.request.urlopen(self.url, timeout=10) as answer:
+                    self.bytes += len(answer.read())
+                self.scrapes += 1
+            except OSError:
+                self.failures += 1
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join(timeout=15)
+        return {"interval_s": self.interval_s, "scrapes": self.scrapes, "failures": self.failures,
+                "mean_bytes": self.bytes / self.scrapes if self.scrapes else 0}
 
 
 def init_pg_home(workdir: Path, database_url: str) -> Path:
@@ -433,8 +477,8 @@ def ratios(summary: dict) -> dict:
     for concurrency, paths in summary.items():
         mitm, direct = paths["mitmproxy"], paths["direct"]
         out[concurrency] = {**_versus(paths["keybrake"], mitm, direct),
-                            **{name: _versus(paths[name], mitm, direct) for name in ("keybrake-baseurl", PG_PATH)
-                               if name in paths}}
+                            **{name: _versus(paths[name], mitm, direct)
+                               for name in ("keybrake-baseurl", PG_PATH, METRICS_PATH) if name in paths}}
     return out
 
 
@@ -454,6 +498,29 @@ def paired_added_p50(runs: list[dict], concurrencies: list[int]) -> dict:
                     diffs.append(run["p50_ms"] - mitm["p50_ms"])
             out.setdefault(str(concurrency), {})[name] = {"median_ms": statistics.median(diffs),
                                                           "each_ms": [round(d, 2) for d in diffs]}
+    return out
+
+
+def metrics_cost(runs: list[dict], concurrencies: list[int]) -> dict:
+    """Per concurrency: keybrake-metrics against keybrake (metrics off), paired by repeat, next to
+    the spread of keybrake's own runs (the noise the difference must stand out of). Not judged."""
+    out = {}
+    for concurrency in concurrencies:
+        def mine(name):
+            return {r["repeat"]: r for r in runs if r["path"] == name and r["concurrency"] == concurrency}
+
+        off, on = mine("keybrake"), mine(METRICS_PATH)
+        pairs = [(off[repeat], on[repeat]) for repeat in sorted(off) if repeat in on]
+        if not pairs:
+            continue
+        throughputs = [r["throughput"] for r in off.values()]
+        out[str(concurrency)] = {
+            "throughput_ratio_on_vs_off": statistics.median(b["throughput"] / a["throughput"] for a, b in pairs),
+            "added_p50_ms": statistics.median(b["p50_ms"] - a["p50_ms"] for a, b in pairs),
+            "added_cpu_us_per_req": statistics.median(b["cpu_us_per_req"] - a["cpu_us_per_req"] for a, b in pairs),
+            "off_throughput_spread_pct": 100 * (max(throughputs) - min(throughputs)) / statistics.median(throughputs),
+            "pairs": len(pairs),
+        }
     return out
 
 
@@ -783,7 +850,7 @@ def print_report(result: dict) -> None:
     print("\nVs bare mitmproxy (keybrake: the same CONNECT + TLS; keybrake-baseurl: plain http, no CONNECT/TLS; "
           "keybrake-pg: CONNECT + TLS, ledger in PostgreSQL, one replica)")
     for concurrency, forward in ratio.items():
-        others = [(name, forward[name]) for name in ("keybrake-baseurl", PG_PATH) if name in forward]
+        others = [(name, forward[name]) for name in ("keybrake-baseurl", PG_PATH, METRICS_PATH) if name in forward]
         for name, figures in [("keybrake", forward), *others]:
             paired = result["paired_added_p50_ms"][concurrency][name]
             print(f"  c={concurrency:<3} {name:<16} throughput x{figures['throughput_ratio']:.3f}  "
@@ -793,6 +860,14 @@ def print_report(result: dict) -> None:
                   f"(proxy CPU x{figures['proxy_cpu_ratio']:.2f})")
     if PG_PATH not in next(iter(summary.values())):
         print(f"\nkeybrake-pg: skipped ({SKIPPED_PG})")
+    if result.get("metrics_cost"):
+        scraper = result["metrics_scraper"]
+        print(f"\nMetrics on (keybrake-metrics, scraped every {scraper['interval_s']:g} s: {scraper['scrapes']} scrapes, "
+              f"{scraper['failures']} failed, {scraper['mean_bytes'] / 1024:.0f} KiB each) vs off (keybrake), paired:")
+        for concurrency, cost in result["metrics_cost"].items():
+            print(f"  c={concurrency:<3} throughput x{cost['throughput_ratio_on_vs_off']:.3f} (off's own spread "
+                  f"{cost['off_throughput_spread_pct']:.1f}%)  p50 {cost['added_p50_ms']:+.2f} ms  "
+                  f"CPU {cost['added_cpu_us_per_req']:+.0f} us/req  ({cost['pairs']} pairs)")
     print("\nTargets")
     for check in result["targets"]:
         print(f"  {'PASS' if check['pass'] else 'MISS'}  [{check['source']}] {check['target']}: {check['value']:.3f}")
@@ -844,6 +919,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a throwaway PostgreSQL database (postgresql://...) for keybrake-pg and the PostgreSQL "
                              "ledger figures; the benchmark fills it with keys and audit rows. Without it, they are "
                              "skipped.")
+    parser.add_argument("--metrics", action="store_true",
+                        help="also measure keybrake-metrics: a second keybrake proxy with --metrics-port, scraped "
+                             "all along, compared with metrics off")
+    parser.add_argument("--scrape-interval", type=float, default=1.0, metavar="S",
+                        help="with --metrics: seconds between scrapes (default 1; Prometheus usually waits 15)")
     parser.add_argument("--json", dest="json_path", help="write every figure as JSON here")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--loadgen", help=argparse.SUPPRESS)  # internal: run as the load generator
@@ -885,7 +965,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         pg_home = init_pg_home(workdir, args.database) if args.database else None
         batched = ledger_batched(workdir, (pg_home, args.database) if pg_home else None, args.batched_pairs)
         fake, fake_port = start_fake_stripe(procs)
-        keybrake_forward, keybrake_baseurl = start_keybrake(procs, fake_port)
+        keybrake_forward, keybrake_baseurl, _ = start_keybrake(procs, fake_port)
         targets = {
             "direct": Target("direct", f"http://127.0.0.1:{fake_port}", UPSTREAM_SECRET),
             "mitmproxy": start_bare_mitmproxy(procs, fake_port),
@@ -894,14 +974,22 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         }
         if args.database:
             targets[PG_PATH] = start_keybrake_pg(procs, pg_home, fake_port, args.database)
+        scraper = None
+        if args.metrics:
+            targets[METRICS_PATH], _, metrics_url = start_keybrake(procs, fake_port, METRICS_PATH, metrics=True)
+            scraper = Scraper(metrics_url, args.scrape_interval)
         print(f"fake stripe :{fake_port}, mitmdump {targets['mitmproxy'].proxy}, keybrake {keybrake_forward.proxy} "
               f"(base URL {keybrake_baseurl.base_url}); {args.repeats} repeats x c={args.concurrency_list} x "
               f"{args.requests} requests (+{args.warmup} warm-up)", flush=True)
-        runs = measure_all(targets, args.concurrency_list, args.repeats, args.requests, args.warmup, fake.pid)
+        try:
+            runs = measure_all(targets, args.concurrency_list, args.repeats, args.requests, args.warmup, fake.pid)
+        finally:
+            scraped = scraper.stop() if scraper is not None else None
         rss = {"mitmdump": rss_mib(targets["mitmproxy"].pid), "keybrake": rss_mib(targets["keybrake"].pid),
                "fake_stripe": rss_mib(fake.pid)}
-        if PG_PATH in targets:
-            rss[PG_PATH] = rss_mib(targets[PG_PATH].pid)
+        for name in (PG_PATH, METRICS_PATH):
+            if name in targets:
+                rss[name] = rss_mib(targets[name].pid)
         wal = workdir / "keybrake-home" / "keybrake.db-wal"
         keybrake_wal_mib = wal.stat().st_size / 2**20 if wal.exists() else 0.0
     finally:
@@ -920,6 +1008,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "user_figures": user_figures(summary, ratio, args.concurrency_list),
         "paired_added_p50_ms": paired_added_p50(runs, args.concurrency_list),
         "ledger_alone": ledger, "ledger_batched": batched, "rss_mib": rss, "keybrake_wal_mib": keybrake_wal_mib, "runs": runs,
+        "metrics_cost": metrics_cost(runs, args.concurrency_list) if scraped else None, "metrics_scraper": scraped,
     }
 
 

@@ -99,6 +99,13 @@ def env(ctx: click.Context, proxy_url: str, proxy_auth: str | None) -> None:
 @click.option("--health-port", type=click.IntRange(0, 65535),
               help="Also serve GET /healthz and GET /readyz (no token) on this port of the listen host "
                    "(0 picks a free one). The API listener serves them too.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535),
+              help="Also serve GET /metrics (Prometheus text format) without a token on this port of "
+                   "--metrics-host (0 picks a free one). The API listener serves /metrics too, behind an "
+                   "admin token.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, metavar="ADDRESS",
+              help="The IP address --metrics-port listens on. Anyone who reaches it reads the metrics: "
+                   "keep it on loopback or a private scrape network.")
 @click.option("--drain-timeout", default=DEFAULT_DRAIN_TIMEOUT_S, show_default=True, type=click.FloatRange(0),
               help="On SIGTERM, seconds to let calls in flight finish and settle before exiting.")
 @click.option("--max-vendor-body", default=DEFAULT_MAX_VENDOR_BODY, show_default=True, metavar="SIZE",
@@ -128,7 +135,8 @@ def env(ctx: click.Context, proxy_url: str, proxy_auth: str | None) -> None:
 def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tuple[str, ...],
           egress: str | None, egress_allow: tuple[str, ...], egress_allow_private: tuple[str, ...],
           strict_egress: bool, db_busy_timeout: float, api_port: int | None, api_tls_cert: str | None,
-          api_tls_key: str | None, health_port: int | None, drain_timeout: float, max_vendor_body: str,
+          api_tls_key: str | None, health_port: int | None, metrics_port: int | None, metrics_host: str,
+          drain_timeout: float, max_vendor_body: str,
           header_timeout: float, max_conns_per_address: int, max_conns: int, proxy_auth: str | None,
           insecure_open_proxy: bool, access_log: str | None, access_log_file: str | None) -> None:
     """Run the forward proxy. Initialises the home first if it is new.
@@ -140,7 +148,7 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
     SIGTERM drains: new connections are refused, /readyz answers 503, calls in flight finish
     and settle for up to --drain-timeout seconds, then the proxy exits.
     """
-    from ..proxy import ProxySettings, serve
+    from ..proxy import Listening, ProxySettings, serve
 
     home = home_of(ctx)
     database = database_of_ctx(ctx)
@@ -172,14 +180,20 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
     except ValueError as failure:
         raise click.ClickException(f"--api-tls-cert: {failure}") from None
 
-    def announce(forward: tuple[str, int], api: tuple[str, int] | None, health: tuple[str, int] | None) -> None:
+    def announce(listening: Listening) -> None:
+        forward, api, health = listening.forward, listening.api, listening.health
         click.echo(f"Keybrake proxy listening on http://{forward[0]}:{forward[1]} (home {home.root}, "
                    f"ledger {database.redacted()})")
         if api is not None:
             click.echo(f"Keybrake vault API and base-URL routes on {scheme}://{api[0]}:{api[1]} "
-                       "(/vault/..., /stripe/..., /twilio/..., /resend/...)")
+                       "(/vault/..., /stripe/..., /twilio/..., /resend/...; /metrics with an admin token)")
         if health is not None:
             click.echo(f"Keybrake health checks on http://{health[0]}:{health[1]} (/healthz, /readyz)")
+        if listening.metrics is not None:
+            host, port = listening.metrics
+            shown = f"[{host}]" if ":" in host else host
+            click.echo(f"Keybrake metrics on http://{shown}:{port}/metrics (no token"
+                       + ("" if is_loopback(host) else f"; anyone who reaches {host} can read them") + ")")
         click.echo(f"Keybrake egress policy for other hosts: {egress}"
                    + (f" ({len(egress_allow)} pattern{'' if len(egress_allow) == 1 else 's'})"
                       if egress == EgressMode.ALLOWLIST else ""))
@@ -206,7 +220,8 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
                              upstreams=upstreams, egress=egress, egress_allow=egress_allow,
                              egress_allow_private=egress_allow_private, db_busy_timeout_s=db_busy_timeout,
                              database_url=ctx.find_root().obj.database_url or "",
-                             api_tls_certs=tls_certs, health_port=health_port, drain_timeout_s=drain_timeout,
+                             api_tls_certs=tls_certs, health_port=health_port, metrics_port=metrics_port,
+                             metrics_host=metrics_host, drain_timeout_s=drain_timeout,
                              on_listening=[announce], proxy_auth=proxy_auth, insecure_open_proxy=insecure_open_proxy,
                              access_log=access_log, access_log_file=access_log_file or "",
                              bounds={"keybrake_max_vendor_body": max_vendor_body,

@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .base import AdmitRequest, Admission, CallFacts, LedgerBusy, LedgerUnavailable, Resolution, SettleRequest
@@ -82,6 +83,8 @@ class AsyncLedger:
         self._down_because: LedgerUnavailable | None = None
         self._stopping = False
         self._committed_settles = 0
+        # (mode, seconds) of each write transaction, "inline" or "batch": the proxy's metrics.
+        self.on_transaction: Callable[[str, float], None] | None = None
         self._thread = threading.Thread(target=self._run, name="keybrake-ledger", daemon=True)
         self._thread.start()
 
@@ -128,6 +131,15 @@ class AsyncLedger:
             self._refusals.append((Refused(call, refusal), 0))
             self._condition.notify()
 
+    def _observe(self, mode: str, started: float) -> None:
+        """A committed transaction's time, for the metrics (failed ones are not timed). Called
+        after the commit and outside its error handling: a metric can never undo or redo money."""
+        if self.on_transaction is not None:
+            try:
+                self.on_transaction(mode, time.perf_counter() - started)
+            except Exception:  # noqa: BLE001 - a metric that fails is a metric missed, nothing more
+                pass
+
     def _known_down(self) -> LedgerUnavailable:
         failure = self._down_because
         kind = LedgerBusy if isinstance(failure, LedgerBusy) else LedgerUnavailable
@@ -152,6 +164,7 @@ class AsyncLedger:
         """Apply admits and settlements in one transaction on the loop, or hand them to the ledger
         thread when the write lock is taken (or the thread has work of its own)."""
         if self._idle():
+            started = time.perf_counter()
             try:
                 admissions, _ = self._inline.apply_batch([a.request for a in admits], settles, [])
             except LedgerBusy:
@@ -165,6 +178,7 @@ class AsyncLedger:
             except Exception:  # noqa: BLE001 - the ledger thread applies them one by one
                 pass
             else:
+                self._observe("inline", started)
                 self._down_until = 0.0  # it answers again: queued admits need not fail fast
                 self._committed_settles += len(settles)
                 for item, admission in zip(admits, admissions):
@@ -283,6 +297,7 @@ class AsyncLedger:
         if admits and time.monotonic() < self._down_until:
             self._deliver([(item, self._known_down()) for item in admits])
             admits = []
+        started = time.perf_counter()
         try:
             admissions, _ = self._store.apply_batch([a.request for a in admits], [s.request for s in settles],
                                                     [r for r, _ in refusals])
@@ -304,6 +319,7 @@ class AsyncLedger:
                              "hold stays counted")
             self._deliver([(item, LedgerUnavailable("the ledger failed on this call")) for item in admits])
             return
+        self._observe("batch", started)
         self._committed_settles += len(settles)
         self._down_until = 0.0
         self._deliver(list(zip(admits, admissions)))

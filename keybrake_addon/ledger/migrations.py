@@ -225,6 +225,12 @@ CREATE TABLE IF NOT EXISTS daily_totals (
 CREATE INDEX IF NOT EXISTS daily_totals_label ON daily_totals (label, day);
 """
 
+# The holds not yet settled, and only those: the metrics read them at every scrape, and a key's
+# unknown holds are found through them, without scanning every reservation ever made.
+_OPEN_RESERVATIONS = """
+CREATE INDEX IF NOT EXISTS reservations_open ON reservations (key_id) WHERE state IN ('pending', 'unknown');
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "the baseline: secrets, vault keys, reservations, audit, proxy runs, admin tokens",
               _BASELINE.format(blob="BLOB", id="INTEGER", real="REAL"),
@@ -238,6 +244,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               _BUDGETS, _BUDGETS),
     Migration(8, "daily totals: what `keybrake audit prune` keeps of the rows it deletes", _DAILY_TOTALS,
               _DAILY_TOTALS),
+    Migration(9, "an index of the open reservations (metrics read them at every scrape)",
+              _OPEN_RESERVATIONS, _OPEN_RESERVATIONS),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -366,6 +366,41 @@ class SqlLedger(BudgetLedger):
                 (_gone_before(tx.now()), key_id))
         return [{**dict(row), "state": row["shown_state"]} for row in rows]
 
+    def metrics_totals(self) -> dict[str, dict[str, int]]:
+        """Per vendor, what the Prometheus metrics report: money and keys from the keys' own
+        counters (one row per key, never the audit trail), holds from the open reservations only
+        (the `reservations_open` index holds just those). Cheap on a ledger of millions of calls."""
+        with self.database.reading() as tx:
+            now = tx.now()
+            keys = tx.rows(
+                "SELECT vendor, "
+                "SUM(CASE WHEN revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?) THEN 1 ELSE 0 END) "
+                "AS active_keys, CAST(COALESCE(SUM(spent_micros), 0) AS BIGINT) AS spent_micros, "
+                "CAST(COALESCE(SUM(reserved_micros), 0) AS BIGINT) AS reserved_micros, "
+                "CAST(COALESCE(SUM(CASE WHEN day = ? THEN day_spent_micros ELSE 0 END), 0) AS BIGINT) "
+                "AS spent_today_micros FROM vault_keys GROUP BY vendor",
+                (to_text(now), decisions.window_of(now)))
+            holds = tx.rows(
+                "SELECT vendor, is_unknown, COUNT(*) AS holds, CAST(COALESCE(SUM(micros), 0) AS BIGINT) AS micros "
+                f"FROM (SELECT k.vendor AS vendor, CASE WHEN {_UNKNOWN} THEN 1 ELSE 0 END AS is_unknown, "
+                "r.reserved_micros AS micros FROM reservations r JOIN vault_keys k ON k.key_id = r.key_id "
+                "WHERE r.state IN ('pending', 'unknown')) open_holds GROUP BY vendor, is_unknown",
+                (_gone_before(now),))
+        empty = {"active_keys": 0, "spent_micros": 0, "reserved_micros": 0, "spent_today_micros": 0,
+                 "open_reservations": 0, "unknown_reservations": 0, "unknown_micros": 0}
+        totals: dict[str, dict[str, int]] = {}
+        for row in keys:
+            totals[row["vendor"]] = {**empty, **{name: int(row[name] or 0) for name in
+                                                 ("active_keys", "spent_micros", "reserved_micros",
+                                                  "spent_today_micros")}}
+        for row in holds:
+            entry = totals.setdefault(row["vendor"], dict(empty))
+            entry["open_reservations"] += int(row["holds"])
+            if row["is_unknown"]:
+                entry["unknown_reservations"] += int(row["holds"])
+                entry["unknown_micros"] += int(row["micros"])
+        return totals
+
     # --- corrections --------------------------------------------------------------------------
 
     def price_checks(self, *, vendor: str, label: str | None = None, key_id: str | None = None) -> list[dict]:

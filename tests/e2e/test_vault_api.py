@@ -196,3 +196,22 @@ def test_a_revoked_admin_token_is_refused_at_once(api, home):
         assert client.get("/vault/keys").status_code == 200
         keybrake(home, "admin-token", "revoke", created["token_id"])
         assert client.get("/vault/keys").status_code == 401
+
+
+def test_undeclared_methods_answer_405_with_allow(api):
+    for method, path, allow in (("PUT", "/vault/audit", "GET"), ("POST", "/vault/spend", "GET"),
+                                ("PATCH", "/vault/keys", "DELETE, GET, POST"),
+                                ("PUT", "/vault/keys/kbk_0123456789ab", "DELETE, GET"),
+                                ("DELETE", "/vault/openapi.json", "GET")):
+        answer = api.request(method, path)
+        assert (answer.status_code, answer.headers.get("allow")) == (405, allow), (method, path)
+        assert conforms(answer, "/vault/keys", "get")["error"]["code"] == "method_not_allowed"
+
+
+def test_a_compressed_body_is_refused_not_inflated(api):
+    import gzip
+
+    answer = api.post("/vault/keys", content=gzip.compress(json.dumps(ISSUE).encode()),
+                      headers={"content-encoding": "gzip", "content-type": "application/json"})
+    assert (answer.status_code, answer.json()["error"]["code"]) == (415, "unsupported_encoding")
+    assert api.get("/vault/keys").json()["data"] == []
