@@ -32,12 +32,15 @@ class AdminGate:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             try:
-                token_id = await access.run_in_db(AdminTokens(access.ledger).verify, token.strip())
+                issuer = await access.run_in_db(AdminTokens(access.ledger).authenticate, token.strip())
             except LedgerUnavailable:
                 return json_error(503, "unavailable", "the ledger cannot check the token now; retry",
                                   {"retry-after": str(NOT_READY_RETRY_AFTER_S)})
-            if token_id is not None:
+            if issuer is not None and issuer.unrestricted:
                 return None
+            if issuer is not None:  # the metrics are the whole installation's: more than its own keys
+                return json_error(403, "scoped_token", "a scoped admin token sees only its own keys; the metrics "
+                                                       "cover every key, so they take an unrestricted token")
         client = request.client.host if request.client else "?"
         await asyncio.sleep(self._throttle.record(client))
         return json_error(401, "unauthorized", UNAUTHORIZED, {"www-authenticate": "Bearer"})

@@ -105,3 +105,8 @@ def test_the_api_listener_serves_metrics_behind_an_admin_token(proxy, home):
     open_metrics = httpx.get(url, headers={"authorization": f"Bearer {token}",
                                            "accept": "application/openmetrics-text; version=1.0.0"}, timeout=10)
     assert open_metrics.headers["content-type"].startswith("application/openmetrics-text")
+    # A scoped token sees only its own keys; the metrics cover every key.
+    scoped = json.loads(keybrake(home, "admin-token", "create", "--name", "team-a", "--vendor", "stripe",
+                                 "--json").stdout)["token"]
+    refused = httpx.get(url, headers={"authorization": f"Bearer {scoped}"}, timeout=10)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "scoped_token")
