@@ -127,10 +127,14 @@ class Overview:
 
 
 @dataclass(frozen=True)
-class LabelTotals:
-    """One run label's keys, summed (label None: keys issued without one)."""
+class RunNode:
+    """One row of the runs tree under a prefix: a run (a whole label) or a group (a longer prefix,
+    ending with "/") whose totals roll up every run under it."""
 
-    label: str | None
+    name: str  # the part after the parent's prefix: "run_1", or "billing-agent/" for a group
+    label: str | None  # a run's whole label; None for a group, and for keys issued without a label
+    is_group: bool
+    runs: int  # distinct labels under it
     keys: int
     active: int
     revoked: int
@@ -141,10 +145,31 @@ class LabelTotals:
     total_cap: int  # the sum of those caps
     capped_spent: int  # spent + reserved of those keys: what the bar compares to total_cap
     cap_hits: int
-    first_created: str
     last_created: str
     vendor_count: int
     vendors: tuple[str, ...]  # the first and last by name: every one when vendor_count <= 2
+
+    @property
+    def prefix(self) -> str | None:
+        return None if not self.is_group else self.label
+
+    @property
+    def unlabelled(self) -> bool:
+        return not self.is_group and self.label is None
+
+    @property
+    def status(self) -> str:
+        if self.active:
+            return "active"
+        if self.revoked == self.keys:
+            return "revoked"
+        return "expired" if self.revoked == 0 else "ended"
+
+
+@dataclass(frozen=True)
+class RunNodes:
+    nodes: list[RunNode]  # one page, the most recently issued first
+    total: int  # rows under the prefix, on every page
 
 
 @dataclass(frozen=True)
@@ -300,40 +325,63 @@ class DashboardReads:
 
     # --- runs ---------------------------------------------------------------------------------
 
-    def labels(self, scope: ReadScope, prefix: str = "") -> list[LabelTotals]:
-        """Every visible label starting with `prefix` (and, for an empty prefix, keys without one)."""
+    def run_nodes(self, scope: ReadScope, prefix: str = "", *, limit: int = 50, offset: int = 0) -> RunNodes:
+        """The rows of the runs tree under `prefix` ("" is the top: it also holds keys issued
+        without a label), summed in SQL per row, so a page reads a few rows whatever the label count."""
+        position = "instr" if self._database.backend == "sqlite" else "strpos"  # the only dialect difference
+        start = len(prefix) + 1
+        # The row a label falls under: everything up to the first "/" after the prefix (a group),
+        # else the whole rest (a run). A rest starting with "/" is a run too: a group needs a name.
+        def node(column: str) -> str:
+            rest = f"substr({column}, {start})"
+            return f"(CASE WHEN {position}({rest}, '/') > 1 THEN substr({rest}, 1, {position}({rest}, '/')) ELSE {rest} END)"
+
+        def under(column: str) -> tuple[list[str], list]:
+            clauses, params = scope.clauses(label=column, vendor=column.replace("label", "vendor"))
+            if prefix:
+                clauses.append(f"substr({column}, 1, {len(prefix)}) = ?")
+                params.append(prefix)
+            return clauses, params
+
         with self._database.reading() as tx:
             now = tx.now()
-            clauses, params = scope.clauses(label="k.label", vendor="k.vendor")
-            if prefix:
-                clauses.append(f"substr(k.label, 1, {len(prefix)}) = ?")
-                params.append(prefix)
+            clauses, params = under("k.label")
             rows = tx.rows(
-                "SELECT k.label, COUNT(*) AS keys, "
-                f"SUM(CASE WHEN {_ACTIVE} THEN 1 ELSE 0 END) AS active, "
+                f"SELECT {node('k.label')} AS node, COUNT(DISTINCT k.label) AS runs, "
+                f"COUNT(*) AS keys, SUM(CASE WHEN {_ACTIVE} THEN 1 ELSE 0 END) AS active, "
                 "SUM(CASE WHEN k.revoked_at IS NOT NULL THEN 1 ELSE 0 END) AS revoked, "
-                "CAST(SUM(k.spent_micros) AS BIGINT) AS spent, CAST(SUM(k.reserved_micros) AS BIGINT) AS reserved, "
-                "CAST(SUM(k.calls) AS BIGINT) AS calls, "
+                "SUM(k.spent_micros) AS spent, SUM(k.reserved_micros) AS reserved, SUM(k.calls) AS calls, "
                 "SUM(CASE WHEN k.total_cap_micros IS NOT NULL THEN 1 ELSE 0 END) AS capped_keys, "
-                "CAST(COALESCE(SUM(k.total_cap_micros), 0) AS BIGINT) AS total_cap, "
-                "CAST(COALESCE(SUM(CASE WHEN k.total_cap_micros IS NOT NULL "
-                "THEN k.spent_micros + k.reserved_micros END), 0) AS BIGINT) AS capped_spent, "
-                "MIN(k.created_at) AS first_created, MAX(k.created_at) AS last_created, "
-                "COUNT(DISTINCT k.vendor) AS vendor_count, MIN(k.vendor) AS first_vendor, MAX(k.vendor) AS last_vendor "
-                "FROM vault_keys k" + _where(clauses) + " GROUP BY k.label", (to_text(now), *params))
-            audit_clauses, audit_params = scope.clauses(label="label", vendor="vendor")
-            if prefix:
-                audit_clauses.append(f"substr(label, 1, {len(prefix)}) = ?")
-                audit_params.append(prefix)
-            hits = tx.rows(f"SELECT label, COUNT(*) AS n FROM audit WHERE {_REFUSED} AND decision IN {_CAP_HITS}"
-                           + "".join(" AND " + c for c in audit_clauses) + " GROUP BY label", audit_params)
-        cap_hits = {row["label"]: int(row["n"]) for row in hits}
-        return [LabelTotals(row["label"], int(row["keys"]), int(row["active"]), int(row["revoked"]),
-                            int(row["spent"]), int(row["reserved"]), int(row["calls"]), int(row["capped_keys"]),
-                            int(row["total_cap"]), int(row["capped_spent"]), cap_hits.get(row["label"], 0),
-                            row["first_created"], row["last_created"], int(row["vendor_count"]),
-                            tuple(dict.fromkeys((row["first_vendor"], row["last_vendor"]))))
-                for row in rows]
+                "COALESCE(SUM(k.total_cap_micros), 0) AS total_cap, "
+                "COALESCE(SUM(CASE WHEN k.total_cap_micros IS NOT NULL THEN k.spent_micros + k.reserved_micros END), 0) "
+                "AS capped_spent, MAX(k.created_at) AS last_created, COUNT(DISTINCT k.vendor) AS vendor_count, "
+                "MIN(k.vendor) AS first_vendor, MAX(k.vendor) AS last_vendor, COUNT(*) OVER () AS total "
+                "FROM vault_keys k" + _where(clauses) + f" GROUP BY {node('k.label')} "
+                "ORDER BY last_created DESC, MAX(CASE WHEN k.label IS NULL THEN 1 ELSE 0 END), node DESC "  # NULL last in both
+                f"LIMIT {int(limit)} OFFSET {int(offset)}",
+                (to_text(now), *params))
+            names = [row["node"] for row in rows]
+            hits: dict = {}
+            if rows:
+                audit_clauses, audit_params = under("label")
+                for row in tx.rows(
+                        f"SELECT {node('label')} AS node, COUNT(*) AS n FROM audit WHERE {_REFUSED} AND decision IN "
+                        f"{_CAP_HITS}" + "".join(" AND " + c for c in audit_clauses) + f" GROUP BY {node('label')}",
+                        audit_params):
+                    hits[row["node"]] = int(row["n"])
+        nodes = []
+        for row, name in zip(rows, names):
+            is_group = name is not None and name.endswith("/")
+            nodes.append(RunNode(
+                name=name or (prefix if name == "" else "(no label)"),
+                label=(prefix + name) if name is not None else None, is_group=is_group,
+                runs=int(row["runs"]) if name is not None else 1, keys=int(row["keys"]), active=int(row["active"]),
+                revoked=int(row["revoked"]), spent=int(row["spent"]), reserved=int(row["reserved"]),
+                calls=int(row["calls"]), capped_keys=int(row["capped_keys"]), total_cap=int(row["total_cap"]),
+                capped_spent=int(row["capped_spent"]), cap_hits=hits.get(name, 0), last_created=row["last_created"],
+                vendor_count=int(row["vendor_count"]),
+                vendors=tuple(dict.fromkeys((row["first_vendor"], row["last_vendor"])))))
+        return RunNodes(nodes, int(rows[0]["total"]) if rows else 0)
 
     def run_keys(self, scope: ReadScope, label: str) -> list[KeyRecord]:
         """A run's visible keys, oldest first (label "" reads the keys issued without a label)."""

@@ -115,24 +115,39 @@ def test_spend_per_hour_and_vendor_over_seven_days(ledger, clock):
         ("2026-12-01T09", "stripe", 5 * USD), ("2026-12-02T14", "stripe", 7 * USD), ("2026-12-02T14", "twilio", 2 * USD)]
 
 
-def test_labels_total_each_run_with_its_cap_hits(ledger):
+def test_runs_roll_up_under_their_label_prefixes(ledger, clock):
+    clock.set(NOW - timedelta(hours=3))
     first = key(ledger, "kbk_a1", label="trigger.dev/billing/run_1", total=10 * USD)
     key(ledger, "kbk_a2", label="trigger.dev/billing/run_1", vendor="twilio")
     charge(ledger, first, 8)
     assert not charge(ledger, first, 5).allowed
-    other = key(ledger, "kbk_b", label="cron/nightly", total=100 * USD)
-    charge(ledger, other, 1)
+    clock.set(NOW - timedelta(hours=2))
+    second = key(ledger, "kbk_a3", label="trigger.dev/billing/run_2", total=20 * USD)
+    charge(ledger, second, 2)
+    key(ledger, "kbk_c", label="trigger.dev/charge/run_9")
+    ledger.revoke_key("kbk_c")
+    clock.set(NOW - timedelta(hours=1))
+    key(ledger, "kbk_n", label="nightly")
     key(ledger, "kbk_none", label=None)
-    ledger.revoke_key("kbk_b")
+    clock.set(NOW)
     reads = DashboardReads(ledger)
-    by_label = {t.label: t for t in reads.labels(EVERYTHING)}
-    run = by_label["trigger.dev/billing/run_1"]
-    assert (run.keys, run.active, run.spent, run.calls, run.cap_hits) == (2, 2, 8 * USD, 1, 1)
-    assert (run.capped_keys, run.total_cap, run.capped_spent, run.vendors, run.vendor_count) == (
-        1, 10 * USD, 8 * USD, ("stripe", "twilio"), 2)
-    assert (by_label["cron/nightly"].revoked, by_label["cron/nightly"].active) == (1, 0)
-    assert by_label[None].keys == 1
-    assert [t.label for t in reads.labels(EVERYTHING, "trigger.dev/")] == ["trigger.dev/billing/run_1"]
+    top = reads.run_nodes(EVERYTHING)
+    assert [(n.name, n.is_group, n.runs, n.keys) for n in top.nodes] == [
+        ("nightly", False, 1, 1), ("(no label)", False, 1, 1), ("trigger.dev/", True, 3, 4)]
+    assert (top.nodes[1].unlabelled, top.nodes[2].prefix, top.total) == (True, "trigger.dev/", 3)
+    group = top.nodes[2]
+    assert (group.spent, group.calls, group.cap_hits, group.active, group.revoked) == (10 * USD, 2, 1, 3, 1)
+    assert (group.capped_keys, group.total_cap, group.capped_spent) == (2, 30 * USD, 10 * USD)
+    assert (group.vendor_count, group.vendors) == (2, ("stripe", "twilio"))
+    nested = reads.run_nodes(EVERYTHING, "trigger.dev/")
+    assert [(n.name, n.prefix, n.status) for n in nested.nodes] == [
+        ("charge/", "trigger.dev/charge/", "revoked"), ("billing/", "trigger.dev/billing/", "active")]
+    runs = reads.run_nodes(EVERYTHING, "trigger.dev/billing/")
+    assert [(n.name, n.label, n.spent, n.cap_hits, n.keys) for n in runs.nodes] == [
+        ("run_2", "trigger.dev/billing/run_2", 2 * USD, 0, 1), ("run_1", "trigger.dev/billing/run_1", 8 * USD, 1, 2)]
+    page_two = reads.run_nodes(EVERYTHING, limit=2, offset=2)
+    assert ([n.name for n in page_two.nodes], page_two.total) == (["trigger.dev/"], 3)
+    assert reads.run_nodes(EVERYTHING, "nothing/").nodes == []
     assert reads.run_cap_hits(EVERYTHING, "trigger.dev/billing/run_1") == 1
     assert [k.key_id for k in reads.run_keys(EVERYTHING, "")] == ["kbk_none"]
 
@@ -196,7 +211,9 @@ def test_a_scope_narrows_every_read_to_its_labels_and_vendors(ledger):
     overview = reads.overview(team_a)
     assert {v.vendor: v.today_spent for v in overview.vendors} == {"stripe": 10 * USD, "twilio": 0}
     assert (overview.refused_today, overview.near_cap_count) == (0, 0)
-    assert {t.label for t in reads.labels(team_a)} == {"team-a/run_1", "team-a/run_2"}
+    assert [n.name for n in reads.run_nodes(team_a).nodes] == ["team-a/"]
+    assert {n.label for n in reads.run_nodes(team_a, "team-a/").nodes} == {"team-a/run_1", "team-a/run_2"}
+    assert reads.run_nodes(team_a, "team-b/").nodes == []
     assert {r["key_id"] for r in reads.audit_page(team_a, AuditQuery()).rows} == {"kbk_mine"}
     assert reads.key(team_a, "kbk_theirs") is None and reads.key(team_a, "kbk_mine") is not None
     stripe_only = ReadScope(label_prefixes=("team-a/",), vendors=("stripe",))

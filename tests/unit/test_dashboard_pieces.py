@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 import pytest
 
 from keybrake_addon.cli.reports import AUDIT_COLUMNS
-from keybrake_addon.ledger.dashboard_reads import LabelTotals, SpendPoint
+from keybrake_addon.ledger.dashboard_reads import SpendPoint
 from keybrake_addon.listener.dashboard import charts
 from keybrake_addon.listener.dashboard.audit_filters import CSV_COLUMNS, csv_header, csv_rows, parse_filters
 from keybrake_addon.listener.dashboard.formatting import cents, usd, utc
-from keybrake_addon.listener.dashboard.runs_tree import breadcrumbs, children
+from keybrake_addon.listener.dashboard.runs_tree import breadcrumbs
 
 
 @pytest.mark.parametrize(("micros", "exact", "rounded"), [
@@ -28,28 +28,8 @@ def test_times_are_shown_in_utc():
     assert utc(datetime(2026, 12, 2, 15, 3, tzinfo=UTC).astimezone(), seconds=False) == "2026-12-02 15:03"
 
 
-def totals(label, spent=0, *, keys=1, active=1, revoked=0, cap=0, hits=0, created="2026-12-01T00:00:00Z",
-           vendors=("stripe",)):
-    return LabelTotals(label, keys, active, revoked, spent, 0, 1, 1 if cap else 0, cap, spent if cap else 0,
-                       hits, created, created, len(vendors), vendors)
-
-
-def test_label_prefixes_roll_up_as_a_tree():
-    labels = [totals("trigger.dev/billing-agent/run_1", 5, cap=10, created="2026-12-01T00:00:00Z"),
-              totals("trigger.dev/billing-agent/run_2", 7, cap=10, hits=2, created="2026-12-02T00:00:00Z"),
-              totals("trigger.dev/charge/run_9", 1, active=0, created="2026-11-01T00:00:00Z"),
-              totals("nightly", 3), totals(None, 4)]
-    top = {n.name: n for n in children(labels, "")}
-    assert set(top) == {"trigger.dev/", "nightly", "(no label)"}
-    group = top["trigger.dev/"]
-    assert (group.is_group, group.prefix, group.runs, group.spent, group.cap_hits) == (True, "trigger.dev/", 3, 13, 2)
-    nested = children(labels, "trigger.dev/")
-    assert [(n.name, n.runs, n.spent, n.total_cap) for n in nested] == [("billing-agent/", 2, 12, 20), ("charge/", 1, 1, 0)]
-    assert nested[1].status == "expired"
-    leaves = children(labels, "trigger.dev/billing-agent/")
-    assert [(n.name, n.label, n.is_group) for n in leaves] == [
-        ("run_2", "trigger.dev/billing-agent/run_2", False), ("run_1", "trigger.dev/billing-agent/run_1", False)]
-    assert top["(no label)"].unlabelled
+def test_breadcrumbs_walk_back_up_a_label_prefix():
+    assert breadcrumbs("") == []
     assert breadcrumbs("trigger.dev/billing-agent/") == [("trigger.dev/", "trigger.dev/"),
                                                           ("billing-agent/", "trigger.dev/billing-agent/")]
 

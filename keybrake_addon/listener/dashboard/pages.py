@@ -19,7 +19,7 @@ from . import charts
 from .audit_filters import DECISIONS, csv_header, csv_rows, parse_filters
 from .auth import RunInDb, Viewer
 from .rendering import Renderer
-from .runs_tree import breadcrumbs, children
+from .runs_tree import breadcrumbs
 
 BASE = "/ui"
 RUNS_PER_PAGE = 50
@@ -69,13 +69,11 @@ class Pages:
     async def runs(self, request: Request, viewer: Viewer) -> Response:
         prefix = request.query_params.get("prefix", "")[:MAX_LABEL_CHARS]
         page = _page_number(request)
-        labels = await self._db(self._reads.labels, viewer.scope, prefix)
-        nodes = children(labels, prefix)
-        pages = max(1, -(-len(nodes) // RUNS_PER_PAGE))
-        page = min(page, pages)
-        shown = nodes[(page - 1) * RUNS_PER_PAGE:page * RUNS_PER_PAGE]
-        context = {"nav": "runs", "prefix": prefix, "crumbs": breadcrumbs(prefix), "nodes": shown,
-                   "page": page, "pages": pages, "total": len(nodes),
+        found = await self._db(lambda: self._reads.run_nodes(viewer.scope, prefix, limit=RUNS_PER_PAGE,
+                                                               offset=(page - 1) * RUNS_PER_PAGE))
+        pages = max(1, -(-found.total // RUNS_PER_PAGE))
+        context = {"nav": "runs", "prefix": prefix, "crumbs": breadcrumbs(prefix), "nodes": found.nodes,
+                   "page": page, "pages": pages, "total": found.total,
                    "page_link": lambda n: "?" + urlencode({k: v for k, v in (("prefix", prefix), ("page", n)) if v})}
         return self._page(request, viewer, "runs.html", context)
 
