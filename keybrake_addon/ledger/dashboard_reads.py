@@ -26,6 +26,7 @@ NEAR_CAP_PERCENT = 80
 AUDIT_PAGE_ROWS = 50
 EXPORT_CHUNK_ROWS = 2000
 MAX_CHART_POINTS = 2000  # a chart of a key's spend: per-minute points, hourly past this many
+UNLABELLED_KEYS = 200  # the keys issued without a label that their page lists
 
 _CAP_HITS = "(" + ", ".join(f"'{code}'" for code in CAP_HIT_DECISIONS) + ")"
 # The partial indexes' own conditions, written as the indexes write them: SQLite uses a partial
@@ -384,12 +385,19 @@ class DashboardReads:
         return RunNodes(nodes, int(rows[0]["total"]) if rows else 0)
 
     def run_keys(self, scope: ReadScope, label: str) -> list[KeyRecord]:
-        """A run's visible keys, oldest first (label "" reads the keys issued without a label)."""
-        keys = self._ledger.list_keys(label=label) if label else self._unlabelled_keys()
+        """A run's visible keys, oldest first (label "": the newest UNLABELLED_KEYS keys issued
+        without a label, a bucket that can hold every key of an installation)."""
+        keys = self._ledger.list_keys(label=label) if label else self._unlabelled_keys(scope)
         return [k for k in keys if scope.allows(k.spec.label, k.spec.vendor)]
 
-    def _unlabelled_keys(self) -> list[KeyRecord]:
-        return [k for k in self._ledger.list_keys() if k.spec.label is None]
+    def _unlabelled_keys(self, scope: ReadScope) -> list[KeyRecord]:
+        clauses, params = scope.clauses(label="label", vendor="vendor")
+        with self._database.reading() as tx:
+            ids = [row["key_id"] for row in tx.rows(
+                "SELECT key_id FROM vault_keys WHERE label IS NULL" + "".join(" AND " + c for c in clauses)
+                + f" ORDER BY created_at DESC, key_id DESC LIMIT {UNLABELLED_KEYS}", params)]
+        found = [self._ledger.get_key(key_id) for key_id in reversed(ids)]
+        return [k for k in found if k is not None]
 
     def run_spend_series(self, scope: ReadScope, label: str) -> list[SpendPoint]:
         """A run's spend per minute (per hour when there are too many minutes), for its chart."""
@@ -448,8 +456,8 @@ class DashboardReads:
 
     def _audit_sql(self, scope: ReadScope, query: AuditQuery, after: AuditCursor | None) -> tuple[str, list]:
         clauses, params = scope.clauses(label="label", vendor="vendor")
-        if query.unlabelled:
-            clauses.append("label IS NULL")
+        if query.unlabelled:  # keys issued without a label (not refusals of no key at all)
+            clauses.append("label IS NULL AND key_id IS NOT NULL")
         for column, value in (("label", query.label), ("key_id", query.key_id), ("vendor", query.vendor)):
             if value is not None:
                 clauses.append(f"{column} = ?")

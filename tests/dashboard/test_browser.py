@@ -86,7 +86,7 @@ def test_revoke_from_the_key_page_marks_the_key_revoked_in_the_ledger(page, serv
     expect(page.locator("td .badge-unknown")).to_have_count(2)  # the hold, and the call whose answer was lost
     page.click("#revoke-run")
     page.click("#confirm-revoke-run")
-    expect(page.locator(".flash-done")).to_contain_text("run is revoked (1 keys)")
+    expect(page.locator(".flash-done")).to_contain_text("run is revoked (1 key)")
     assert served.ledger.get_key(facts.unknown_key).revoked_at is not None
 
 

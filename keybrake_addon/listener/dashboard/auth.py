@@ -63,7 +63,8 @@ class FormTooLarge(Exception):
 
 async def read_form(request: Request) -> dict[str, str]:
     """A url-encoded form, read up to MAX_FORM_BYTES (one value per name: the first)."""
-    if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
+    declared = request.headers.get("content-length", "0")
+    if not declared.isdigit() or int(declared) > MAX_FORM_BYTES:
         raise FormTooLarge()
     body = bytearray()
     async for chunk in request.stream():

@@ -218,6 +218,7 @@ def _flash(request: Request) -> str | None:
         return "The key is revoked: its next call is refused."
     if done == "run_revoked":
         count = request.query_params.get("count", "")
-        return f"The run is revoked ({count if count.isdigit() else 'its'} keys): their next calls are refused."
+        keys = f"{count} key" + ("" if count == "1" else "s") if count.isdigit() else "its keys"
+        return f"The run is revoked ({keys}): every next call is refused."
     return None
 
