@@ -33,6 +33,7 @@ from .home import KeybrakeHome
 from .ledger.migrations import SchemaMismatch
 from .ledger.opening import database_of
 from .listener.app import build_listener_app
+from .listener.dashboard_mount import dashboard_mount
 from .listener.metrics_page import MetricsPage
 from .listener.services import LedgerAccess, ListenerServices
 from .metrics.registry import Metrics
@@ -97,10 +98,11 @@ class Keybrake:
         self.metrics.watch(in_flight=lambda: len(self.in_flight),
                            settlements_queued=lambda: self.gate.ledger.unsettled if self.gate is not None else 0)
         self.metrics_page = MetricsPage(self.metrics, self._ledger_access)
-        # The dashboard joins here: build_listener_app(..., extra_routes=[Mount("/ui", ...)]).
-        self.listener_app = build_listener_app(ListenerServices(
+        self._listener_services = ListenerServices(
             ledger=self._ledger_access, vault_api=self._vault_api, not_ready_reason=self._not_ready_reason,
-            is_ready=self.is_ready), self.metrics_page)
+            is_ready=self.is_ready)
+        self.listener_app = build_listener_app(self._listener_services, self.metrics_page,
+                                               extra_routes=dashboard_mount(None, tls=False))
 
     def load(self, loader) -> None:
         loader.add_option("keybrake_home", str, "", "The Keybrake home (database, master key, CA).")
@@ -150,6 +152,10 @@ class Keybrake:
         self.api = VaultApi(gate.installation, gate.run_in_db) if gate is not None else None
         if gate is not None:
             gate.ledger.on_transaction = self.metrics.ledger_transaction
+            # The dashboard needs the open ledger: the listener's app is rebuilt with it mounted.
+            access = LedgerAccess(gate.installation.ledger, gate.run_in_db)
+            self.listener_app = build_listener_app(self._listener_services, self.metrics_page,
+                                                   extra_routes=dashboard_mount(access, tls=_api_tls_configured()))
 
     async def _vault_api(self) -> VaultApi | None:
         return self.api if await self._ready_gate() is not None else None
@@ -379,6 +385,13 @@ async def ledger_answers(gate: Gate) -> bool:
     except Exception:  # noqa: BLE001 - any failure means "not ready"
         return False
     return True
+
+
+def _api_tls_configured() -> bool:
+    try:
+        return bool(ctx.options.certs)
+    except (AttributeError, KeyError):  # no master yet (in-process tests): no TLS
+        return False
 
 
 def _listen_host() -> str:

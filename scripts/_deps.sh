@@ -45,3 +45,30 @@ ensure_faketime() {
   fi
   rm -f "$log"
 }
+
+have_chromium() {
+  [ -x "${KEYBRAKE_CHROMIUM:-/usr/bin/chromium}" ]
+}
+
+# The dashboard's browser tests drive Debian's chromium through Playwright (tests/dashboard/): a
+# system browser, never one Playwright downloads. With its recommended packages: the fonts the
+# screenshots need.
+ensure_chromium() {
+  have_chromium && return 0
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "keybrake: no chromium at ${KEYBRAKE_CHROMIUM:-/usr/bin/chromium}; the dashboard's browser tests will fail." >&2
+    echo "keybrake: install it (Debian: apt-get install -y chromium), or point KEYBRAKE_CHROMIUM at one." >&2
+    return 0
+  fi
+  local log
+  log="$(mktemp -t keybrake-apt.XXXXXX)"
+  echo "keybrake: installing chromium (apt-get install chromium)" >&2
+  if ! { DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
+         || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }; } >"$log" 2>&1 \
+     || ! have_chromium; then
+    cat "$log" >&2
+    echo "keybrake: installing chromium failed (log above, also in $log)" >&2
+    exit 1
+  fi
+  rm -f "$log"
+}

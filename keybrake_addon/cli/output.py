@@ -3,19 +3,14 @@
 import csv
 import io
 import json
-import re
 from collections.abc import Sequence
 
 import click
 
+from ..spreadsheet import csv_cell
 from ..text import visible
 
 FORMATS = ("table", "json", "csv")
-
-# A spreadsheet runs a cell starting with these as a formula (OWASP, CSV injection); audit rows carry
-# strangers' text (paths, Idempotency-Keys, labels). A plain number cannot be a formula.
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-PLAIN_NUMBER = re.compile(r"-?\d+(\.\d+)?")
 
 
 def emit(rows: Sequence[dict], columns: Sequence[str], fmt: str) -> None:
@@ -46,13 +41,6 @@ def cell(value) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     return visible(str(value))
-
-
-def csv_cell(value):
-    """A cell a spreadsheet shows as text: one that could start a formula gets a leading '."""
-    if isinstance(value, str) and value.startswith(FORMULA_START) and not PLAIN_NUMBER.fullmatch(value):
-        return "'" + value
-    return value
 
 
 def print_json(document) -> None:

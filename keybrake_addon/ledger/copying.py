@@ -25,6 +25,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "admin_tokens": ("token_id",),
     "worker_tokens": ("token_id",),
     "daily_totals": ("day", "vendor", "key_id"),
+    "dashboard_sessions": ("session_hash",),  # copied too: whoever is signed in stays signed in
 }
 # Tables whose ids PostgreSQL takes from a sequence: it must start past the copied ids.
 SEQUENCES = {"reservations": "reservations_id_seq", "audit": "audit_id_seq"}

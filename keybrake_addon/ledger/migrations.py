@@ -231,6 +231,35 @@ _OPEN_RESERVATIONS = """
 CREATE INDEX IF NOT EXISTS reservations_open ON reservations (key_id) WHERE state IN ('pending', 'unknown');
 """
 
+# The dashboard's sign-ins, shared by every replica (so a sign-out or a revoked admin token ends a
+# session everywhere), and the indexes its pages read through. Most are partial, so the vendor
+# call's path writes little more: refused rows only; open holds only (a hold leaves that index
+# when it settles); priced answers only; settled holds only.
+_DASHBOARD = """
+CREATE TABLE IF NOT EXISTS dashboard_sessions (
+    session_hash TEXT PRIMARY KEY,  -- SHA-256 of the cookie's secret: the cookie itself is never stored
+    token_id TEXT NOT NULL,  -- the admin token that signed in: revoking it ends the session
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dashboard_sessions_expiry ON dashboard_sessions (expires_at);
+-- The audit page, newest first, and its time filters.
+CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
+-- Refusals and cap hits: today's, and per run label.
+CREATE INDEX IF NOT EXISTS audit_refused_ts ON audit (ts, decision) WHERE decision <> 'allowed';
+CREATE INDEX IF NOT EXISTS audit_refused_label ON audit (label, decision) WHERE decision <> 'allowed';
+-- Spend per hour and vendor, summed in the index's own order (ts too, so SQLite reads the index
+-- alone: before 3.41 it does not cover a query with an expression index lacking the column).
+CREATE INDEX IF NOT EXISTS audit_spend ON audit ((substr(ts, 1, 13)), vendor, actual_micros, ts)
+    WHERE actual_micros <> 0;
+-- Open holds, and which of them nobody will settle.
+DROP INDEX IF EXISTS reservations_open;  -- version 9's, on key_id alone: this one serves its readers too
+CREATE INDEX reservations_open ON reservations (key_id, state, run_id, reserved_micros)
+    WHERE state IN ('pending', 'unknown');
+-- A key's settled spend from one day on (this month's, for keys made before the month).
+CREATE INDEX IF NOT EXISTS reservations_settled ON reservations (key_id, day, actual_micros) WHERE state = 'settled';
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "the baseline: secrets, vault keys, reservations, audit, proxy runs, admin tokens",
               _BASELINE.format(blob="BLOB", id="INTEGER", real="REAL"),
@@ -246,6 +275,7 @@ MIGRATIONS: tuple[Migration, ...] = (
               _DAILY_TOTALS),
     Migration(9, "an index of the open reservations (metrics read them at every scrape)",
               _OPEN_RESERVATIONS, _OPEN_RESERVATIONS),
+    Migration(10, "the dashboard: sign-in sessions, and indexes for its pages", _DASHBOARD, _DASHBOARD),
 )
 LATEST = MIGRATIONS[-1].version
 
