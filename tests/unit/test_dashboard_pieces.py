@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from keybrake_addon.cli.reports import AUDIT_COLUMNS
+from keybrake_addon.cli.audit import AUDIT_COLUMNS
 from keybrake_addon.ledger.dashboard_reads import SpendPoint
 from keybrake_addon.listener.dashboard import charts
 from keybrake_addon.listener.dashboard.audit_filters import CSV_COLUMNS, csv_header, csv_rows, parse_filters

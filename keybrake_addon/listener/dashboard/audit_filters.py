@@ -20,7 +20,7 @@ from ...views import audit_document
 # The same columns, in the same order, as `keybrake audit --format csv` (tests hold them equal).
 CSV_COLUMNS = ["ts", "key_id", "label", "vendor", "method", "path", "status", "decision", "outcome",
                "reserved_usd", "actual_usd", "amount_minor", "currency", "object_id", "idempotency_key",
-               "vendor_request_id", "duration_ms"]
+               "vendor_request_id", "duration_ms", "id"]  # as `keybrake audit --format csv`
 MAX_FILTER_CHARS = 512
 
 # What the decision filter offers: groups first, then each decision the ledger writes.
