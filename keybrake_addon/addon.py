@@ -278,7 +278,7 @@ class Keybrake:
             self._refuse(flow, vendor.render_refusal(Refusal(RefusalKind.UNAVAILABLE, self._not_ready_reason(),
                                                              retry_after_s=UNAVAILABLE_RETRY_AFTER_S)))
             return
-        decision = await gate.check(vendor, _vendor_request(flow))
+        decision = await gate.check(vendor, _vendor_request(flow), flow.client_conn.peername[0])
         if decision.refusal is not None:
             self._refuse(flow, decision.refusal)
             return

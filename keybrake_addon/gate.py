@@ -14,8 +14,10 @@ from types import ModuleType
 
 from . import settlement
 from .installation import Installation
+from .keyless_audit import KeylessAudit
+from .keyless_refusals import LogBudget
 from .ledger import decisions
-from .ledger.base import AdmitRequest, CallFacts, KeyRecord, LedgerUnavailable, SettleRequest
+from .ledger.base import NO_VALID_KEY, AdmitRequest, CallFacts, KeyRecord, LedgerUnavailable, SettleRequest
 from .ledger.executor import AsyncLedger
 from .ledger.housekeeping import Housekeeper
 from .ledger.times import utc_now
@@ -44,6 +46,9 @@ logger = logging.getLogger("keybrake")
 
 UNAVAILABLE_RETRY_AFTER_S = 2
 DRAIN_TIMEOUT_S = 5.0
+# A request with a key-shaped token reaches the ledger, so while the ledger is down each one would
+# log a line: bounded, like the audit rows of such requests.
+_UNAVAILABLE_LOG = LogBudget()
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,7 @@ class Gate:
             self._ledger.close()
             raise
         self._db_thread = ThreadPoolExecutor(max_workers=2, thread_name_prefix="keybrake-reads")
+        self._keyless = KeylessAudit(self._ledger)
 
     @property
     def installation(self) -> Installation:
@@ -96,6 +102,7 @@ class Gate:
         return self._ledger
 
     def close(self) -> None:
+        self._keyless.close()
         self._db_thread.shutdown(wait=True)
         self._housekeeper.stop()
         self._ledger.close()
@@ -105,39 +112,44 @@ class Gate:
         """Run blocking ledger work (the vault API, reports) on a thread, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, function, *args)
 
-    async def check(self, vendor: ModuleType, request: VendorRequest) -> Decision:
+    async def check(self, vendor: ModuleType, request: VendorRequest, client_address: str | None = None) -> Decision:
+        """`client_address`: who sent it, to bound what a client without a valid key gets audited."""
         started = time.monotonic()
         call = CallFacts(vendor.NAME, request.method, request.path, vendor.idempotency_key(request.headers),
                          utc_now(), started, vendor.refusal_status)
         try:
-            return await self._check(vendor, request, call, started)
+            return await self._check(vendor, request, call, started, client_address)
         except LedgerUnavailable as error:
-            logger.error("keybrake: refusing %s %s: %s", loggable(request.method), loggable(request.path), error)
+            _UNAVAILABLE_LOG.log(logger, logging.ERROR, "keybrake: refusing %s %s: %s", loggable(request.method),
+                                 loggable(request.path), error)
             return Decision(refusal=vendor.render_refusal(Refusal(
                 RefusalKind.UNAVAILABLE,
                 "Keybrake cannot reach its ledger, so it forwarded nothing. Retrying is safe.",
                 retry_after_s=UNAVAILABLE_RETRY_AFTER_S)))
 
-    async def _check(self, vendor: ModuleType, request: VendorRequest, call: CallFacts, started: float) -> Decision:
+    async def _check(self, vendor: ModuleType, request: VendorRequest, call: CallFacts, started: float,
+                     client_address: str | None) -> Decision:
         credential = vendor.presented_credential(request.headers)
         early = _credential_refusal(vendor, credential.token if credential else None)
         if early is None and is_ambiguous(request.path):
             early = Refusal(RefusalKind.INVALID_REQUEST,
-                            f"Keybrake refuses {request.path!r}: dot segments, empty segments or escaped "
+                            f"Keybrake refuses {loggable(request.path)!r}: dot segments, empty segments or escaped "
                             "separators could reach another endpoint than the one checked.")
         if early is None and request.repeated_headers:
             early = Refusal(RefusalKind.INVALID_REQUEST,
                             f"Keybrake refuses more than one {', '.join(request.repeated_headers)} header line: "
                             "the vendor could read another value than the one checked.")
-        if early is not None:
-            self._ledger.record_refusal(call, early)
+        if early is not None:  # no key known yet: audited within the bounds of keyless_refusals.py
+            self._keyless.refused(call, early, client_address)
             return Decision(refusal=vendor.render_refusal(early))
 
         estimate, pricing_refusal = _estimate(vendor, request, self._pricing)
         admission = await self._ledger.admit(AdmitRequest(
             hash_vault_key(credential.token), call, estimate, pricing_refusal, vendor.account_ref(request),
-            self._housekeeper.run_id))
+            self._housekeeper.run_id, audit_invalid_key=False))
         if admission.refusal is not None:
+            if admission.refusal.kind in NO_VALID_KEY:  # its row is ours to write, within the bounds
+                self._keyless.refused(call, admission.refusal, client_address, admission.key)
             return Decision(refusal=vendor.render_refusal(admission.refusal))
 
         ticket = Ticket(vendor, request.method, request.path, admission.audit_id, admission.reservation_id,
@@ -181,6 +193,7 @@ class Gate:
 
         Returns how many were left unwritten (the ledger logs each at close).
         """
+        self._keyless.flush(final=True)  # the refusals counted but not yet summarised
         return (await self._ledger.drain(timeout_s)).left
 
     def _settle_request(self, ticket: Ticket, response: VendorResponse | None, request_sent: bool,

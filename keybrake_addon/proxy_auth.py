@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 
+from .keyless_refusals import LogBudget
 from .vault.vault_keys import hash_vault_key
 
 logger = logging.getLogger("keybrake")
@@ -39,6 +40,8 @@ MAX_CACHED_CREDENTIALS = 4_096
 MAX_AUTHORIZATION_CHARS = 1_024  # a Proxy-Authorization longer than any real credential is not decoded
 
 CredentialCheck = Callable[[str], Awaitable[bool]]  # credential hash -> active?
+# One line per refused attempt is one line per stranger's request: bounded a minute.
+_REFUSED_LOG, _UNCHECKED_LOG = LogBudget(), LogBudget()
 
 
 def proxy_password(header: str) -> str | None:
@@ -200,13 +203,15 @@ class KeybrakeProxyAuth:
             if credential_hash is not None and await self._is_active(credential_hash):
                 return credential_hash
         except Exception as failure:  # noqa: BLE001 - cannot decide: refuse, never let through
-            logger.error("keybrake: cannot check a proxy credential: %s", type(failure).__name__)
+            _UNCHECKED_LOG.log(logger, logging.ERROR, "keybrake: cannot check a proxy credential: %s",
+                               type(failure).__name__)
             flow.response = credentials_unchecked()
             return None
         address = flow.client_conn.peername[0]
         if self.failures.record(address):
             await asyncio.sleep(SLOW_DOWN_S)
-        logger.info("keybrake: refused a %s from %s: no valid proxy credential", flow.request.method, address)
+        _REFUSED_LOG.log(logger, logging.INFO, "keybrake: refused a %s from %s: no valid proxy credential",
+                         flow.request.method[:16], address)
         flow.response = proxy_auth_required()
         return None
 

@@ -9,6 +9,10 @@ from typing import Protocol
 from ..vendors.base import CostEstimate, PricingBasis, Refusal, RefusalKind
 
 
+# Refusals of a request that holds no valid vault key: whoever sent it need not be anyone we know.
+NO_VALID_KEY = frozenset({RefusalKind.UNKNOWN_KEY, RefusalKind.KEY_REVOKED, RefusalKind.KEY_EXPIRED})
+
+
 class LedgerUnavailable(Exception):
     """The store cannot answer (locked, full, read-only, corrupt). Nothing may be forwarded."""
 
@@ -130,11 +134,14 @@ class AdmitRequest:
     pricing_refusal: Refusal | None = None
     account_ref: str | None = None  # the vendor account the request names; must be the secret's
     run_id: str | None = None  # the proxy run reserving, whose heartbeat says it may still settle
+    # False: a refusal in NO_VALID_KEY writes no audit row, and the caller records it (the gate
+    # bounds how many rows a client without a valid key gets: keyless_refusals.py).
+    audit_invalid_key: bool = True
 
 
 @dataclass(frozen=True)
 class Admission:
-    audit_id: int
+    audit_id: int | None  # None for a refusal whose row the caller records (AdmitRequest.audit_invalid_key)
     refusal: Refusal | None
     key: KeyRecord | None = None
     reservation_id: int | None = None

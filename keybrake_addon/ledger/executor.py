@@ -119,9 +119,9 @@ class AsyncLedger:
                 pass
         self._queue_settle(_Settle(0.0, request))
 
-    def record_refusal(self, call: CallFacts, refusal) -> None:
+    def record_refusal(self, call: CallFacts, refusal, key=None, *, summary: bool = False) -> None:
         with self._condition:
-            self._refusals.append((Refused(call, refusal), 0))
+            self._refusals.append((Refused(call, refusal, key, summary), 0))
             self._condition.notify()
 
     def _known_down(self) -> LedgerUnavailable:

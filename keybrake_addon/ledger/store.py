@@ -29,6 +29,7 @@ from .base import (
     IssuanceIdempotency,
     KeyRecord,
     KeySpec,
+    NO_VALID_KEY,
     LedgerConflict,
     SealedSecret,
     SecretInfo,
@@ -58,10 +59,16 @@ _RESERVATION_COLUMNS = ("id, key_id, idempotency_key, endpoint, created_at, stat
 
 @dataclass(frozen=True)
 class Refused:
-    """A refusal decided before any key was read (no key sent, a malformed path...)."""
+    """A refusal the caller records itself: decided before any key was read (no key sent, a
+    malformed path...), or for a key that is not valid (see AdmitRequest.audit_invalid_key)."""
 
     call: CallFacts
     refusal: Refusal
+    key: KeyRecord | None = None
+    summary: bool = False  # a row standing for many refusals (keyless_refusals.py): no status of its own
+
+
+SUMMARY_DECISION = "keybrake_refusals_summarised"
 
 
 class SqlLedger:
@@ -250,7 +257,8 @@ class SqlLedger:
                     for request in settles:
                         batch.settle(request)
                     admissions = [batch.admit(request) for request in admits]
-                    refused = [batch.refuse(item.call, item.refusal, None) for item in refusals]
+                    refused = [batch.refuse(item.call, item.refusal, item.key, summary=item.summary)
+                               for item in refusals]
                     batch.write()
                     return [a.finish(batch.ids) for a in admissions], [batch.ids[i] for i in refused]
             except LedgerConflict:
@@ -445,13 +453,13 @@ class SqlLedger:
 class _PendingAdmission:
     """An admission whose new rows get their ids when the batch writes them."""
 
-    def __init__(self, audit_slot: int, plan: decisions.AdmitPlan, reservation_slot: int | None) -> None:
+    def __init__(self, audit_slot: int | None, plan: decisions.AdmitPlan, reservation_slot: int | None) -> None:
         self.audit_slot, self.plan, self.reservation_slot = audit_slot, plan, reservation_slot
 
     def finish(self, ids: dict[int, int]) -> Admission:
         plan = self.plan
         if plan.refusal is not None:
-            return Admission(ids[self.audit_slot], plan.refusal, key=plan.key)
+            return Admission(ids.get(self.audit_slot), plan.refusal, key=plan.key)
         reservation_id = ids[self.reservation_slot] if self.reservation_slot is not None else plan.reservation_id
         return Admission(ids[self.audit_slot], None, key=plan.key, reservation_id=reservation_id,
                          opened=plan.opened, reserved_micros=plan.reserved_micros,
@@ -568,6 +576,8 @@ class _Batch:
         plan = decisions.admit(decisions.AdmitView(state, self.secrets.get(key_id), existing, counted),
                                request, self.now)
         call = request.call
+        if plan.refusal is not None and plan.refusal.kind in NO_VALID_KEY and not request.audit_invalid_key:
+            return _PendingAdmission(None, plan, None)  # the caller records it, or counts it in a summary
         if plan.refusal is not None:
             return _PendingAdmission(self.refuse(call, plan.refusal, plan.key), plan, None)
         self._set_counters(key_id, plan.counters)
@@ -645,11 +655,12 @@ class _Batch:
             _bounded(request.vendor_request_id), request.amount_minor, request.currency, int(request.replayed),
             round(request.duration_ms, 3), _bounded(request.error), request.audit_id))
 
-    def refuse(self, call: CallFacts, refusal: Refusal, key: KeyRecord | None) -> int:
+    def refuse(self, call: CallFacts, refusal: Refusal, key: KeyRecord | None, *, summary: bool = False) -> int:
         slot = self._slot()
+        decision, status = (SUMMARY_DECISION, None) if summary else (refusal.kind.code, call.status_of(refusal.kind))
         self.audit_rows.append((slot, _audit_values(
-            self.now_text, call, key, refusal.kind.code, 0, None, call.status_of(refusal.kind),
-            message=refusal.message, duration_ms=_elapsed_ms(call))))
+            self.now_text, call, key, decision, 0, None, status, message=refusal.message,
+            duration_ms=None if summary else _elapsed_ms(call))))
         return slot
 
     def _set_counters(self, key_id: str | None, counters: KeyCounters | None) -> None:
