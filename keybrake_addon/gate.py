@@ -146,7 +146,8 @@ class Gate:
         estimate, pricing_refusal = _estimate(vendor, request, self._pricing)
         admission = await self._ledger.admit(AdmitRequest(
             hash_vault_key(credential.token), call, estimate, pricing_refusal, vendor.account_ref(request),
-            self._housekeeper.run_id, audit_invalid_key=False))
+            run_id=self._housekeeper.run_id, audit_invalid_key=False,
+            connected_account=vendor.connected_account(request)))
         if admission.refusal is not None:
             if admission.refusal.kind in NO_VALID_KEY:  # its row is ours to write, within the bounds
                 self._keyless.refused(call, admission.refusal, client_address, admission.key)

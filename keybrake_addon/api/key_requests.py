@@ -6,7 +6,7 @@ from ..vault.issuance import KeyRequest
 FIELDS = {
     "vendor": str, "secret": str, "daily_usd_cap": "usd", "total_usd_cap": "usd", "max_calls": int,
     "allowed_endpoints": list, "allow_all": bool, "no_cap": bool, "allow_unpriced": bool, "expires_in": str,
-    "agent_run_label": str,
+    "agent_run_label": str, "stripe_account": str,
 }
 
 
@@ -40,6 +40,7 @@ def key_request_from_json(document) -> KeyRequest:
         no_cap=values.get("no_cap", False),
         allow_unpriced=values.get("allow_unpriced", False),
         expires_in=values.get("expires_in"),
+        stripe_account=values.get("stripe_account"),
     )
 
 

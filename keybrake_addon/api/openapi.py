@@ -33,6 +33,7 @@ _KEY = {
         "max_calls": {"type": ["integer", "null"]},
         "allowed_endpoints": {"type": "array", "items": {"type": "string"}},
         "allow_all": {"type": "boolean"}, "allow_unpriced": {"type": "boolean"},
+        "stripe_account": {"type": ["string", "null"], "description": "the Connect account it acts for"},
         "spent_usd": _USD, "reserved_usd": _USD, "unknown_usd": _USD,
         "remaining_usd": {"type": "string", "description": "headroom under the tightest cap, or 'unlimited'"},
         "calls": {"type": "integer"},
@@ -80,6 +81,13 @@ OPENAPI: dict = {
                                                   "maximum (30d unless raised with `keybrake settings set "
                                                   "max-key-ttl`) is refused: 400 with error.field = expires_in"},
                     "agent_run_label": {"type": "string"},
+                    "stripe_account": {
+                        "type": "string", "pattern": "^acct_[A-Za-z0-9]{1,64}$",
+                        "description": "Stripe keys only: the Connect connected account every call acts for. "
+                                       "A call must then send `Stripe-Account` with this value; a call without "
+                                       "it (the platform account) or with another is refused, 403 "
+                                       "keybrake_account_mismatch. Without this field, any Stripe-Account "
+                                       "header is refused"},
                 },
             },
             "AuditRow": {"type": "object", "required": ["ts", "vendor", "method", "path", "decision"], "properties": {

@@ -55,6 +55,9 @@ class KeySpec:
     allow_all: bool
     allow_unpriced: bool
     expires_at: datetime | None
+    # Stripe Connect: the connected account (acct_...) every call of this key acts for, through the
+    # Stripe-Account header; None: the platform account itself, and no Stripe-Account at all.
+    stripe_account: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,7 @@ class AdmitRequest:
     # False: a refusal in NO_VALID_KEY writes no audit row, and the caller records it (the gate
     # bounds how many rows a client without a valid key gets: keyless_refusals.py).
     audit_invalid_key: bool = True
+    connected_account: str | None = None  # Stripe-Account's value, if sent; must be the key's stripe_account
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,8 @@ def admit(view: AdmitView, request: AdmitRequest, now: datetime) -> AdmitPlan:
     key = state.record(window)
     call = request.call
     refusal = (policy.key_refusal(key, call.vendor, call.method, call.path, now)
-               or policy.account_refusal(key, view.secret, request.account_ref))
+               or policy.account_refusal(key, view.secret, request.account_ref)
+               or policy.connected_account_refusal(key, request.connected_account))
     estimate = request.estimate
     if refusal is None and request.pricing_refusal is not None:
         if request.pricing_refusal.kind is RefusalKind.UNPRICED and key.spec.allow_unpriced:

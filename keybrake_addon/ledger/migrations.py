@@ -157,6 +157,11 @@ CREATE TABLE IF NOT EXISTS worker_tokens (
 );
 """
 
+# A Stripe key may act for one Connect connected account: requests must carry that Stripe-Account.
+_STRIPE_ACCOUNT = """
+ALTER TABLE vault_keys ADD COLUMN stripe_account TEXT;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "the baseline: secrets, vault keys, reservations, audit, proxy runs, admin tokens",
               _BASELINE.format(blob="BLOB", id="INTEGER", real="REAL"),
@@ -164,6 +169,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "reservations count their attempts in flight (a hold stays until every attempt answered)",
               _ATTEMPTS, _ATTEMPTS),
     Migration(5, "worker tokens: credentials for the forward proxy", _WORKER_TOKENS, _WORKER_TOKENS),
+    Migration(8, "vault keys may act for one Stripe Connect account (Stripe-Account)", _STRIPE_ACCOUNT,
+              _STRIPE_ACCOUNT),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -52,6 +52,7 @@ _UNKNOWN = ("(r.state = 'unknown' OR (r.state = 'pending' AND (r.run_id IS NULL 
             "(SELECT run_id FROM proxy_runs WHERE stopped_at IS NOT NULL OR heartbeat_at < ?))))")
 _KEY_COLUMNS = ("k.key_id, k.key_hash, k.vendor, k.secret_name, k.label, k.daily_cap_micros, k.total_cap_micros, "
                 "k.max_calls, k.allowlist, k.allow_all, k.allow_unpriced, k.created_at, k.expires_at, k.revoked_at, "
+                "k.stripe_account, "
                 "k.spent_micros, k.reserved_micros, k.calls, k.day, k.day_spent_micros, k.day_reserved_micros")
 _RESERVATION_COLUMNS = ("id, key_id, idempotency_key, endpoint, created_at, state, day, reserved_micros, "
                         "attempts_open, released_attempts, actual_micros")
@@ -175,11 +176,12 @@ class SqlLedger:
                        (idempotency.key, idempotency.request_fingerprint, key_id, to_text(now)))
             tx.run(
                 "INSERT INTO vault_keys (key_id, key_hash, vendor, secret_name, label, daily_cap_micros, "
-                "total_cap_micros, max_calls, allowlist, allow_all, allow_unpriced, created_at, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "total_cap_micros, max_calls, allowlist, allow_all, allow_unpriced, created_at, expires_at, "
+                "stripe_account) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (key_id, key_hash, spec.vendor, spec.secret_name, spec.label, spec.daily_cap_micros,
                  spec.total_cap_micros, spec.max_calls, json.dumps(list(spec.allowlist)),
-                 int(spec.allow_all), int(spec.allow_unpriced), to_text(now), to_text(spec.expires_at)))
+                 int(spec.allow_all), int(spec.allow_unpriced), to_text(now), to_text(spec.expires_at),
+                 spec.stripe_account))
             return self._key_record(tx, key_id, now), True
 
     def get_key(self, key_id: str) -> KeyRecord | None:
@@ -750,7 +752,7 @@ def _key_state(row: Row) -> KeyState:
         daily_cap_micros=row["daily_cap_micros"], total_cap_micros=row["total_cap_micros"],
         max_calls=row["max_calls"], allowlist=_allowlist(row["allowlist"]),
         allow_all=bool(row["allow_all"]), allow_unpriced=bool(row["allow_unpriced"]),
-        expires_at=from_text(row["expires_at"]))
+        expires_at=from_text(row["expires_at"]), stripe_account=row["stripe_account"])
     counters = KeyCounters(row["spent_micros"], row["reserved_micros"], row["calls"], row["day"],
                            row["day_spent_micros"], row["day_reserved_micros"])
     return KeyState(row["key_id"], spec, from_text(row["created_at"]), from_text(row["revoked_at"]), counters)

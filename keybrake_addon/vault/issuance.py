@@ -7,6 +7,7 @@ from ..durations import InvalidDuration, parse_duration
 from ..ledger.base import IssuanceIdempotency, KeyRecord, KeySpec, Ledger
 from ..ledger.times import utc_now
 from ..vendors import VENDORS
+from ..vendors.stripe import CONNECTED_ACCOUNT_ID
 from ..text import has_control_characters
 from .allowlist import validate_patterns
 from .key_lifetimes import InvalidSetting, KeyLifetimes, read_lifetimes
@@ -38,6 +39,7 @@ class KeyRequest:
     no_cap: bool = False
     allow_unpriced: bool = False
     expires_in: str | None = None
+    stripe_account: str | None = None  # Stripe Connect: the one connected account the key acts for
 
 
 @dataclass(frozen=True)
@@ -87,14 +89,25 @@ def validate(ledger: Ledger, request: KeyRequest, now: datetime) -> KeySpec:
         allowlist = tuple(validate_patterns(list(request.allowlist)))
     except ValueError as error:
         raise IssueError("allowed_endpoints", str(error)) from None
+    _check_stripe_account(request)
     # Whole seconds, rounded down: the expiry shown (ISO to the second) is the one enforced.
     expires_at = (now + _lifetime(ledger, request.expires_in)).replace(microsecond=0)
     return KeySpec(
         vendor=request.vendor, secret_name=request.secret_name, label=request.label,
         daily_cap_micros=request.daily_cap_micros, total_cap_micros=request.total_cap_micros,
         max_calls=request.max_calls, allowlist=allowlist, allow_all=request.allow_all,
-        allow_unpriced=request.allow_unpriced, expires_at=expires_at,
+        allow_unpriced=request.allow_unpriced, expires_at=expires_at, stripe_account=request.stripe_account,
     )
+
+
+def _check_stripe_account(request: KeyRequest) -> None:
+    account = request.stripe_account
+    if account is None:
+        return
+    if request.vendor != "stripe":
+        raise IssueError("stripe_account", f"only Stripe keys act for a connected account, not {request.vendor} keys")
+    if not CONNECTED_ACCOUNT_ID.fullmatch(account):
+        raise IssueError("stripe_account", "expected a Stripe account id: acct_ and up to 64 letters and digits")
 
 
 def _lifetime(ledger: Ledger, expires_in: str | None) -> timedelta:

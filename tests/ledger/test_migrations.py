@@ -67,7 +67,8 @@ def test_status_lists_the_pending_migration(home):
     assert result.exit_code == 1
     status = json.loads(result.output)
     assert (status["version"], status["latest"]) == (3, migrations.LATEST)
-    assert [(m["version"], m["state"]) for m in status["migrations"]] == [(3, "applied"), (4, "pending"), (5, "pending")]
+    assert [(m["version"], m["state"]) for m in status["migrations"]] == [
+        (3, "applied"), *((m.version, "pending") for m in migrations.MIGRATIONS[1:])]
     text = keybrake(home, "db", "status", ok=False).output
     assert "4        pending" in text
 
@@ -76,12 +77,16 @@ def test_upgrade_keeps_every_row(home):
     database = home / "keybrake.db"
     before = {table: raw_rows(database, table) for table in TABLES}
     applied = json.loads(keybrake(home, "db", "upgrade", "--json").output)
-    assert applied == {"database": str(database), "applied": [4, 5], "version": migrations.LATEST}
+    assert applied == {"database": str(database), "applied": [m.version for m in migrations.MIGRATIONS[1:]],
+                       "version": migrations.LATEST}
     after = {table: raw_rows(database, table) for table in TABLES}
     for table in TABLES:
-        if table in ("meta", "reservations"):
+        if table in ("meta", "reservations", "vault_keys"):
             continue
         assert after[table] == before[table], table
+    # The keys gained the Connect account they act for: none, for every key made before.
+    assert [{k: v for k, v in r.items() if k != "stripe_account"} for r in after["vault_keys"]] == before["vault_keys"]
+    assert {r["stripe_account"] for r in after["vault_keys"]} == {None}
     assert {r["name"]: r["value"] for r in after["meta"]} == {
         **{r["name"]: r["value"] for r in before["meta"]}, "schema_version": str(migrations.LATEST)}
     # The reservations gained their attempt counters; every other column is as it was.
