@@ -37,6 +37,7 @@ FAILURE_WINDOW_S = 60.0
 SLOW_DOWN_S = 1.0
 MAX_TRACKED_ADDRESSES = 10_000  # the failure table forgets the least recent address beyond this
 MAX_CACHED_CREDENTIALS = 4_096
+HINT_HEADER = "x-keybrake-hint"  # what a refusal of a proxy request would say in its body (see without_body)
 MAX_AUTHORIZATION_CHARS = 1_024  # a Proxy-Authorization longer than any real credential is not decoded
 
 CredentialCheck = Callable[[str], Awaitable[bool]]  # credential hash -> active?
@@ -136,17 +137,25 @@ def exposed_forward_hosts(modes: Sequence[str], default_host: str = "") -> list[
 def proxy_auth_required() -> http.Response:
     # Connection: close, so each attempt costs a new connection and the connection's byte meter
     # (the Bounds addon) never carries on after a refused CONNECT.
-    return http.Response.make(
-        407, "Keybrake proxy: authentication required. Put a worker token or a vault key as the password "
-             "of the proxy URL: http://worker:TOKEN@host:port\n",
-        {"Proxy-Authenticate": f'Basic realm="{REALM}"', "content-type": "text/plain", "connection": "close"})
+    return without_body(407, "Keybrake proxy: authentication required. Put a worker token or a vault key as the "
+                             "password of the proxy URL: http://worker:TOKEN@host:port",
+                        {"Proxy-Authenticate": f'Basic realm="{REALM}"', "connection": "close"})
 
 
 def credentials_unchecked() -> http.Response:
-    return http.Response.make(
-        503, "Keybrake proxy cannot check proxy credentials now (its ledger does not answer); "
-             "nothing was forwarded. Retrying is safe.\n",
-        {"content-type": "text/plain", "retry-after": "1", "connection": "close"})
+    return without_body(503, "Keybrake proxy cannot check proxy credentials now (its ledger does not answer); "
+                             "nothing was forwarded. Retrying is safe.", {"retry-after": "1", "connection": "close"})
+
+
+def without_body(status: int, hint: str, headers: dict[str, str]) -> http.Response:
+    """An answer to a proxy request (a CONNECT above all) with its explanation in a header, no body.
+
+    https-proxy-agent (stripe-node's proxy, and many Node clients') replays a failed CONNECT's
+    answer from what it read with the head: a body arriving after it never comes, and the request
+    hangs for ever (seen with stripe-node: tests/e2e/test_proxy_auth_sdks.py). Without a body the
+    client gets the status at once.
+    """
+    return http.Response.make(status, b"", {**headers, HINT_HEADER: hint})
 
 
 class KeybrakeProxyAuth:
