@@ -25,6 +25,7 @@ from .home import KeybrakeHome
 from .ledger.migrations import SchemaMismatch
 from .ledger.opening import database_of
 from .pricing import PricingError, load_pricing
+from .vendor_errors import UnreachableVendors
 from .vault.crypto import MasterKeyError
 from .vendors import VENDORS, vendor_for_host
 from .vendors.base import (
@@ -77,6 +78,7 @@ class Keybrake:
         self.draining = False
         self._health_server: HealthServer | None = None
         self.health_port: int | None = None  # bound, once running
+        self.unreachable = UnreachableVendors()
 
     def load(self, loader) -> None:
         loader.add_option("keybrake_home", str, "", "The Keybrake home (database, master key, CA).")
@@ -326,13 +328,22 @@ class Keybrake:
             headers = {"x-keybrake-key-id": ticket.key_id, "x-keybrake-settled": "false"}
         response.headers.update(headers)
 
+    def server_connect_error(self, data) -> None:
+        """The vendor could not be reached (DNS, refused, timeout): the error hook says so (vendor_errors.py)."""
+        self.unreachable.failed(data.client, data.server)
+
     async def error(self, flow: http.HTTPFlow) -> None:
         ticket = self._take_ticket(flow)
+        unreachable = self.unreachable.take(flow.client_conn)
         if ticket is None or self.gate is None:
             return
         # If a connection to the vendor was made, the request may have reached it: keep the hold.
         request_sent = flow.server_conn is not None and flow.server_conn.timestamp_tcp_setup is not None
-        self.gate.settle_without_reply(ticket, request_sent=request_sent, error=str(flow.error)[:200])
+        client_status = None
+        if unreachable is not None and not request_sent:
+            client_status = self.unreachable.report(ticket, unreachable)
+        self.gate.settle_without_reply(ticket, request_sent=request_sent, error=str(flow.error)[:200],
+                                       client_status=client_status)
 
 
 async def ledger_answers(gate: Gate) -> bool:

@@ -6,6 +6,7 @@ money rules themselves live in ledger/decisions.py.
 """
 
 import asyncio
+import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -171,9 +172,16 @@ class Gate:
         return Decision(authorization=authorization, ticket=ticket,
                         forward_body=estimate.forward_body if estimate is not None else None)
 
-    def settle_without_reply(self, ticket: Ticket, *, request_sent: bool, error: str) -> None:
-        """Settle a call that got no vendor response (in the background, retried while needed)."""
-        self._ledger.settle(self._settle_request(ticket, None, request_sent, error))
+    def settle_without_reply(self, ticket: Ticket, *, request_sent: bool, error: str,
+                             client_status: int | None = None) -> None:
+        """Settle a call that got no vendor response (in the background, retried while needed).
+
+        `client_status`: what the client got instead (the proxy's own 502), for the audit row only.
+        """
+        request = self._settle_request(ticket, None, request_sent, error)
+        if client_status is not None:
+            request = dataclasses.replace(request, status=client_status)
+        self._ledger.settle(request)
 
     def settle_after_reply(self, ticket: Ticket, response: VendorResponse) -> dict[str, str]:
         """Settle once the reply is on its way; returns the balance headers for that reply.
