@@ -38,6 +38,7 @@ from .listener.metrics_page import MetricsPage
 from .listener.services import LedgerAccess, ListenerServices
 from .metrics.registry import Metrics
 from .pricing import PricingError, load_pricing
+from .vendor_errors import UnreachableVendors
 from .vault.crypto import MasterKeyError
 from .vendors import VENDORS, vendor_for_host
 from .vendors.base import (
@@ -103,6 +104,7 @@ class Keybrake:
             is_ready=self.is_ready)
         self.listener_app = build_listener_app(self._listener_services, self.metrics_page,
                                                extra_routes=dashboard_mount(None, tls=False))
+        self.unreachable = UnreachableVendors()
 
     def load(self, loader) -> None:
         loader.add_option("keybrake_home", str, "", "The Keybrake home (database, master key, CA).")
@@ -309,7 +311,7 @@ class Keybrake:
             self._refuse_unchecked(flow, vendor, self._not_ready_reason())
             self.metrics.vendor_call(vendor.NAME, RefusalKind.UNAVAILABLE, time.perf_counter() - started)
             return
-        decision = await gate.check(vendor, _vendor_request(flow))
+        decision = await gate.check(vendor, _vendor_request(flow), flow.client_conn.peername[0])
         self.metrics.vendor_call(vendor.NAME, decision.refused_as, time.perf_counter() - started)
         if decision.refusal is not None:
             self._refuse(flow, decision.refusal)
@@ -365,13 +367,22 @@ class Keybrake:
             headers = {"x-keybrake-key-id": ticket.key_id, "x-keybrake-settled": "false"}
         response.headers.update(headers)
 
+    def server_connect_error(self, data) -> None:
+        """The vendor could not be reached (DNS, refused, timeout): the error hook says so (vendor_errors.py)."""
+        self.unreachable.failed(data.client, data.server)
+
     async def error(self, flow: http.HTTPFlow) -> None:
         ticket = self._take_ticket(flow)
+        unreachable = self.unreachable.take(flow.client_conn)
         if ticket is None or self.gate is None:
             return
         # If a connection to the vendor was made, the request may have reached it: keep the hold.
         request_sent = flow.server_conn is not None and flow.server_conn.timestamp_tcp_setup is not None
-        self.gate.settle_without_reply(ticket, request_sent=request_sent, error=str(flow.error)[:200])
+        client_status = None
+        if unreachable is not None and not request_sent:
+            client_status = self.unreachable.report(ticket, unreachable)
+        self.gate.settle_without_reply(ticket, request_sent=request_sent, error=str(flow.error)[:200],
+                                       client_status=client_status)
 
 
 async def ledger_answers(gate: Gate) -> bool:

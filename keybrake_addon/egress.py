@@ -16,12 +16,15 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 
 from .egress_policy import EgressMode, EgressPolicy, IPAddress, Verdict, shown
+from .keyless_refusals import LogBudget
+from .proxy_auth import without_body
 from .vendors import vendor_for_host
 from .vendors.base import RefusalKind
 
 logger = logging.getLogger("keybrake")
 
 RESOLVE_TIMEOUT_S = 5.0
+_REFUSAL_LOG = LogBudget()  # with --insecure-open-proxy, anyone's request can be refused: bounded a minute
 
 
 class Egress:
@@ -94,8 +97,11 @@ def pin(flow: http.HTTPFlow, address: IPAddress) -> None:
 
 def refuse(flow: http.HTTPFlow, verdict: Verdict) -> None:
     """One bounded log line and a 403 naming the policy; never the resolved address (internal topology)."""
-    logger.warning("keybrake: egress refused: %s %s:%d: %s", flow.request.method[:10], shown(flow.request.host),
-                   flow.request.port, verdict.reason)
-    flow.response = http.Response.make(403, f"Keybrake refused this destination: {verdict.reason}.\n",
-                                       {"content-type": "text/plain",
-                                        "x-keybrake-refusal": RefusalKind.EGRESS_DENIED.code})
+    _REFUSAL_LOG.log(logger, logging.WARNING, "keybrake: egress refused: %s %s:%d: %s", flow.request.method[:10],
+                     shown(flow.request.host), flow.request.port, verdict.reason)
+    text = f"Keybrake refused this destination: {verdict.reason}."
+    if flow.request.method == "CONNECT":  # no body: Node proxy agents would hang on one (proxy_auth.without_body)
+        flow.response = without_body(403, text, {"x-keybrake-refusal": RefusalKind.EGRESS_DENIED.code})
+        return
+    flow.response = http.Response.make(403, text + "\n", {"content-type": "text/plain",
+                                                          "x-keybrake-refusal": RefusalKind.EGRESS_DENIED.code})

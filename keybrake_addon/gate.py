@@ -6,6 +6,7 @@ money rules themselves live in ledger/decisions.py.
 """
 
 import asyncio
+import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,8 +16,10 @@ from types import ModuleType
 from . import settlement
 from .access_log import ACCESS_LOG_OFF, AccessLog
 from .installation import Installation
+from .keyless_audit import KeylessAudit
+from .keyless_refusals import LogBudget
 from .ledger import decisions
-from .ledger.base import AdmitRequest, CallFacts, KeyRecord, LedgerUnavailable, SettleRequest
+from .ledger.base import NO_VALID_KEY, AdmitRequest, CallFacts, KeyRecord, LedgerUnavailable, SettleRequest
 from .ledger.executor import AsyncLedger
 from .ledger.housekeeping import Housekeeper
 from .ledger.times import utc_now
@@ -45,6 +48,9 @@ logger = logging.getLogger("keybrake")
 
 UNAVAILABLE_RETRY_AFTER_S = 2
 DRAIN_TIMEOUT_S = 5.0
+# A request with a key-shaped token reaches the ledger, so while the ledger is down each one would
+# log a line: bounded, like the audit rows of such requests.
+_UNAVAILABLE_LOG = LogBudget()
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,9 @@ class Decision:
     forward_body: bytes | None = None  # the body to send instead of the client's (CostEstimate.forward_body)
     key: KeyRecord | None = None  # the key a refusal was decided for, when it was found (the access log's)
     refused_as: RefusalKind | None = None  # why it was refused: the metrics count by it
+    # False for a keyless refusal past its bound (keyless_refusals.py): no audit row, and no
+    # access-log line either, or the log would reopen what the bound closes.
+    recorded: bool = True
 
 
 class Gate:
@@ -91,6 +100,7 @@ class Gate:
             self._ledger.close()
             raise
         self._db_thread = ThreadPoolExecutor(max_workers=2, thread_name_prefix="keybrake-reads")
+        self._keyless = KeylessAudit(self._ledger)
 
     @property
     def installation(self) -> Installation:
@@ -101,6 +111,7 @@ class Gate:
         return self._ledger
 
     def close(self) -> None:
+        self._keyless.close()
         self._db_thread.shutdown(wait=True)
         self._housekeeper.stop()
         self._ledger.close()
@@ -110,44 +121,51 @@ class Gate:
         """Run blocking ledger work (the vault API, reports) on a thread, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._db_thread, function, *args)
 
-    async def check(self, vendor: ModuleType, request: VendorRequest) -> Decision:
+    async def check(self, vendor: ModuleType, request: VendorRequest, client_address: str | None = None) -> Decision:
+        """`client_address`: who sent it, to bound what a client without a valid key gets audited."""
         started = time.monotonic()
         call = CallFacts(vendor.NAME, request.method, request.path, vendor.idempotency_key(request.headers),
                          utc_now(), started, vendor.refusal_status)
         try:
-            decision = await self._check(vendor, request, call, started)
+            decision = await self._check(vendor, request, call, started, client_address)
         except LedgerUnavailable as error:
-            logger.error("keybrake: refusing %s %s: %s", loggable(request.method), loggable(request.path), error)
+            _UNAVAILABLE_LOG.log(logger, logging.ERROR, "keybrake: refusing %s %s: %s", loggable(request.method),
+                                 loggable(request.path), error)
             decision = _refused(vendor, Refusal(
                 RefusalKind.UNAVAILABLE,
                 "Keybrake cannot reach its ledger, so it forwarded nothing. Retrying is safe.",
                 retry_after_s=UNAVAILABLE_RETRY_AFTER_S))
-        if decision.refusal is not None:
+        if decision.refusal is not None and decision.recorded:
             self.access_log.refused(vendor.NAME, request.method, request.path, decision.refusal, decision.key,
                                     (time.monotonic() - started) * 1000)
         return decision
 
-    async def _check(self, vendor: ModuleType, request: VendorRequest, call: CallFacts, started: float) -> Decision:
+    async def _check(self, vendor: ModuleType, request: VendorRequest, call: CallFacts, started: float,
+                     client_address: str | None) -> Decision:
         credential = vendor.presented_credential(request.headers)
         early = _credential_refusal(vendor, credential.token if credential else None)
         if early is None and is_ambiguous(request.path):
             early = Refusal(RefusalKind.INVALID_REQUEST,
-                            f"Keybrake refuses {request.path!r}: dot segments, empty segments or escaped "
+                            f"Keybrake refuses {loggable(request.path)!r}: dot segments, empty segments or escaped "
                             "separators could reach another endpoint than the one checked.")
         if early is None and request.repeated_headers:
             early = Refusal(RefusalKind.INVALID_REQUEST,
                             f"Keybrake refuses more than one {', '.join(request.repeated_headers)} header line: "
                             "the vendor could read another value than the one checked.")
-        if early is not None:
-            self._ledger.record_refusal(call, early)
-            return _refused(vendor, early)
+        if early is not None:  # no key known yet: audited within the bounds of keyless_refusals.py
+            recorded = self._keyless.refused(call, early, client_address)
+            return _refused(vendor, early, recorded=recorded)
 
         estimate, pricing_refusal = _estimate(vendor, request, self._pricing)
         admission = await self._ledger.admit(AdmitRequest(
             hash_vault_key(credential.token), call, estimate, pricing_refusal, vendor.account_ref(request),
-            self._housekeeper.run_id))
+            run_id=self._housekeeper.run_id, audit_invalid_key=False,
+            connected_account=vendor.connected_account(request)))
         if admission.refusal is not None:
-            return _refused(vendor, admission.refusal, admission.key)
+            recorded = True
+            if admission.refusal.kind in NO_VALID_KEY:  # its row is ours to write, within the bounds
+                recorded = self._keyless.refused(call, admission.refusal, client_address, admission.key)
+            return _refused(vendor, admission.refusal, admission.key, recorded=recorded)
 
         ticket = Ticket(vendor, request.method, request.path, admission.audit_id, admission.reservation_id,
                         admission.opened, admission.basis, admission.key, admission.reserved_micros,
@@ -167,9 +185,15 @@ class Gate:
         return Decision(authorization=authorization, ticket=ticket,
                         forward_body=estimate.forward_body if estimate is not None else None)
 
-    def settle_without_reply(self, ticket: Ticket, *, request_sent: bool, error: str) -> None:
-        """Settle a call that got no vendor response (in the background, retried while needed)."""
+    def settle_without_reply(self, ticket: Ticket, *, request_sent: bool, error: str,
+                             client_status: int | None = None) -> None:
+        """Settle a call that got no vendor response (in the background, retried while needed).
+
+        `client_status`: what the client got instead (the proxy's own 502), for the audit row only.
+        """
         request = self._settle_request(ticket, None, request_sent, error)
+        if client_status is not None:
+            request = dataclasses.replace(request, status=client_status)
         self._ledger.settle(request)
         self.access_log.call(ticket, request)
 
@@ -193,6 +217,7 @@ class Gate:
 
         Returns how many were left unwritten (the ledger logs each at close).
         """
+        self._keyless.flush(final=True)  # the refusals counted but not yet summarised
         return (await self._ledger.drain(timeout_s)).left
 
     def _settle_request(self, ticket: Ticket, response: VendorResponse | None, request_sent: bool,
@@ -224,8 +249,8 @@ def balance_headers(key: KeyRecord) -> dict[str, str]:
     }
 
 
-def _refused(vendor: ModuleType, refusal: Refusal, key: KeyRecord | None = None) -> Decision:
-    return Decision(refusal=vendor.render_refusal(refusal), refused_as=refusal.kind, key=key)
+def _refused(vendor: ModuleType, refusal: Refusal, key: KeyRecord | None = None, *, recorded: bool = True) -> Decision:
+    return Decision(refusal=vendor.render_refusal(refusal), refused_as=refusal.kind, key=key, recorded=recorded)
 
 
 def _credential_refusal(vendor: ModuleType, token: str | None) -> Refusal | None:

@@ -4,6 +4,7 @@ from datetime import datetime
 
 from .ledger.base import KeyRecord, SealedSecret
 from .vault.allowlist import is_allowed
+from .text import visible
 from .vendors.base import Refusal, RefusalKind
 
 
@@ -37,6 +38,29 @@ def account_refusal(key: KeyRecord, secret: SealedSecret | None, account_ref: st
     return Refusal(RefusalKind.ACCOUNT_MISMATCH,
                    f"Keybrake vault key {key.key_id} is for {key.spec.vendor} account "
                    f"{secret.account_sid if secret else 'unknown'}, not {account_ref}.")
+
+
+def connected_account_refusal(key: KeyRecord, connected: str | None) -> Refusal | None:
+    """Stripe Connect: a call acts for the key's connected account, named in Stripe-Account, or for
+    no connected account at all. A key bound to one refuses a call without the header: forwarded,
+    it would act for the platform account instead, which the key was not issued for."""
+    bound = key.spec.stripe_account
+    if connected == bound:
+        return None
+    named = visible(connected[:80]) if connected is not None else None
+    if bound is None:
+        return Refusal(RefusalKind.ACCOUNT_MISMATCH,
+                       f"Keybrake vault key {key.key_id} acts for no connected account, and this request names "
+                       f"'{named}' in Stripe-Account. Send it without Stripe-Account, or use a key issued with "
+                       f"--stripe-account (API: stripe_account) for that account.")
+    if connected is None:
+        return Refusal(RefusalKind.ACCOUNT_MISMATCH,
+                       f"Keybrake vault key {key.key_id} acts for connected account {bound} only, and this request "
+                       f"has no Stripe-Account header (it would act for the platform account). Send "
+                       f"Stripe-Account: {bound} (stripe-python: stripe_account=..., stripe-node: stripeAccount).")
+    return Refusal(RefusalKind.ACCOUNT_MISMATCH,
+                   f"Keybrake vault key {key.key_id} acts for connected account {bound} only, not '{named}' "
+                   f"(Stripe-Account).")
 
 
 def iso(moment: datetime) -> str:

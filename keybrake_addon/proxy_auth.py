@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 
+from .keyless_refusals import LogBudget
 from .vault.vault_keys import hash_vault_key
 
 logger = logging.getLogger("keybrake")
@@ -36,9 +37,12 @@ FAILURE_WINDOW_S = 60.0
 SLOW_DOWN_S = 1.0
 MAX_TRACKED_ADDRESSES = 10_000  # the failure table forgets the least recent address beyond this
 MAX_CACHED_CREDENTIALS = 4_096
+HINT_HEADER = "x-keybrake-hint"  # what a refusal of a proxy request would say in its body (see without_body)
 MAX_AUTHORIZATION_CHARS = 1_024  # a Proxy-Authorization longer than any real credential is not decoded
 
 CredentialCheck = Callable[[str], Awaitable[bool]]  # credential hash -> active?
+# One line per refused attempt is one line per stranger's request: bounded a minute.
+_REFUSED_LOG, _UNCHECKED_LOG = LogBudget(), LogBudget()
 
 
 def proxy_password(header: str) -> str | None:
@@ -133,17 +137,25 @@ def exposed_forward_hosts(modes: Sequence[str], default_host: str = "") -> list[
 def proxy_auth_required() -> http.Response:
     # Connection: close, so each attempt costs a new connection and the connection's byte meter
     # (the Bounds addon) never carries on after a refused CONNECT.
-    return http.Response.make(
-        407, "Keybrake proxy: authentication required. Put a worker token or a vault key as the password "
-             "of the proxy URL: http://worker:TOKEN@host:port\n",
-        {"Proxy-Authenticate": f'Basic realm="{REALM}"', "content-type": "text/plain", "connection": "close"})
+    return without_body(407, "Keybrake proxy: authentication required. Put a worker token or a vault key as the "
+                             "password of the proxy URL: http://worker:TOKEN@host:port",
+                        {"Proxy-Authenticate": f'Basic realm="{REALM}"', "connection": "close"})
 
 
 def credentials_unchecked() -> http.Response:
-    return http.Response.make(
-        503, "Keybrake proxy cannot check proxy credentials now (its ledger does not answer); "
-             "nothing was forwarded. Retrying is safe.\n",
-        {"content-type": "text/plain", "retry-after": "1", "connection": "close"})
+    return without_body(503, "Keybrake proxy cannot check proxy credentials now (its ledger does not answer); "
+                             "nothing was forwarded. Retrying is safe.", {"retry-after": "1", "connection": "close"})
+
+
+def without_body(status: int, hint: str, headers: dict[str, str]) -> http.Response:
+    """An answer to a proxy request (a CONNECT above all) with its explanation in a header, no body.
+
+    https-proxy-agent (stripe-node's proxy, and many Node clients') replays a failed CONNECT's
+    answer from what it read with the head: a body arriving after it never comes, and the request
+    hangs for ever (seen with stripe-node: tests/e2e/test_proxy_auth_sdks.py). Without a body the
+    client gets the status at once.
+    """
+    return http.Response.make(status, b"", {**headers, HINT_HEADER: hint})
 
 
 class KeybrakeProxyAuth:
@@ -200,13 +212,15 @@ class KeybrakeProxyAuth:
             if credential_hash is not None and await self._is_active(credential_hash):
                 return credential_hash
         except Exception as failure:  # noqa: BLE001 - cannot decide: refuse, never let through
-            logger.error("keybrake: cannot check a proxy credential: %s", type(failure).__name__)
+            _UNCHECKED_LOG.log(logger, logging.ERROR, "keybrake: cannot check a proxy credential: %s",
+                               type(failure).__name__)
             flow.response = credentials_unchecked()
             return None
         address = flow.client_conn.peername[0]
         if self.failures.record(address):
             await asyncio.sleep(SLOW_DOWN_S)
-        logger.info("keybrake: refused a %s from %s: no valid proxy credential", flow.request.method, address)
+        _REFUSED_LOG.log(logger, logging.INFO, "keybrake: refused a %s from %s: no valid proxy credential",
+                         flow.request.method[:16], address)
         flow.response = proxy_auth_required()
         return None
 

@@ -14,7 +14,7 @@ def key_document(record: KeyRecord) -> dict:
         "status": record.status(utc_now()),
         "daily_usd_cap": _usd_or_none(spec.daily_cap_micros), "total_usd_cap": _usd_or_none(spec.total_cap_micros),
         "max_calls": spec.max_calls, "allowed_endpoints": list(spec.allowlist), "allow_all": spec.allow_all,
-        "allow_unpriced": spec.allow_unpriced, "budget": spec.budget,
+        "allow_unpriced": spec.allow_unpriced, "budget": spec.budget, "stripe_account": spec.stripe_account,
         "spent_usd": format_usd(record.spent_micros), "reserved_usd": format_usd(record.reserved_micros),
         "unknown_usd": format_usd(record.unknown_micros),
         "remaining_usd": "unlimited" if remaining is None else format_usd(remaining),

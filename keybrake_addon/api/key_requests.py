@@ -6,7 +6,7 @@ from ..vault.issuance import KeyRequest
 FIELDS = {
     "vendor": str, "secret": str, "daily_usd_cap": "usd", "total_usd_cap": "usd", "max_calls": int,
     "allowed_endpoints": list, "allow_all": bool, "no_cap": bool, "allow_unpriced": bool, "expires_in": str,
-    "agent_run_label": str, "budget": str,
+    "agent_run_label": str, "budget": str, "stripe_account": str,
 }
 
 
@@ -41,6 +41,7 @@ def key_request_from_json(document) -> KeyRequest:
         allow_unpriced=values.get("allow_unpriced", False),
         expires_in=values.get("expires_in"),
         budget=values.get("budget"),
+        stripe_account=values.get("stripe_account"),
     )
 
 

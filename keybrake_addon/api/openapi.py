@@ -35,6 +35,7 @@ _KEY = {
         "allowed_endpoints": {"type": "array", "items": {"type": "string"}},
         "allow_all": {"type": "boolean"}, "allow_unpriced": {"type": "boolean"},
         "budget": {"type": ["string", "null"], "description": "the budget it spends from"},
+        "stripe_account": {"type": ["string", "null"], "description": "the Connect account it acts for"},
         "spent_usd": _USD, "reserved_usd": _USD, "unknown_usd": _USD,
         "remaining_usd": {"type": "string", "description": "headroom under the tightest cap, or 'unlimited'"},
         "calls": {"type": "integer"},
@@ -122,6 +123,13 @@ OPENAPI: dict = {
                                                                 "checked against its caps and its ancestors' too. A "
                                                                 "capped budget stands in for the key's own cap. An "
                                                                 "unknown budget is 400 with error.field = budget"},
+                    "stripe_account": {
+                        "type": "string", "pattern": "^acct_[A-Za-z0-9]{1,64}$",
+                        "description": "Stripe keys only: the Connect connected account every call acts for. "
+                                       "A call must then send `Stripe-Account` with this value; a call without "
+                                       "it (the platform account) or with another is refused, 403 "
+                                       "keybrake_account_mismatch. Without this field, any Stripe-Account "
+                                       "header is refused"},
                 },
             },
             "AuditRow": {"type": "object", "required": ["ts", "vendor", "method", "path", "decision"], "properties": {

@@ -142,10 +142,14 @@ def _usd(_ctx, param, value):
 @click.option("--budget", metavar="NAME", help="Spend from this budget (`keybrake budget create`): its caps and its "
                                                "ancestors' apply on top of the key's own. A capped budget "
                                                "stands in for the key's own cap.")
+@click.option("--stripe-account", metavar="acct_...",
+              help="Stripe Connect: every call acts for this connected account and must send it as "
+                   "Stripe-Account (a call without it, or with another, is refused). Without it, any "
+                   "Stripe-Account is refused.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (key_id, vault_key, vendor, label, expires_at, ...).")
 @click.pass_context
 def issue(ctx: click.Context, vendor, secret_name, daily_usd_cap, total_usd_cap, max_calls, allowlist, allow_all,
-          no_cap, allow_unpriced, expires_in, label, budget, as_json) -> None:
+          no_cap, allow_unpriced, expires_in, label, budget, stripe_account, as_json) -> None:
     """Issue a vault key: a capped, scoped stand-in for a real secret. Shown once.
 
     Every key expires: after --expires-in, else after the installation's default TTL (24h
@@ -154,7 +158,7 @@ def issue(ctx: click.Context, vendor, secret_name, daily_usd_cap, total_usd_cap,
     request = KeyRequest(vendor=vendor, secret_name=secret_name, label=label, daily_cap_micros=daily_usd_cap,
                          total_cap_micros=total_usd_cap, max_calls=max_calls, allowlist=tuple(allowlist),
                          allow_all=allow_all, no_cap=no_cap, allow_unpriced=allow_unpriced, expires_in=expires_in,
-                         budget=budget)
+                         budget=budget, stripe_account=stripe_account)
     with installation(ctx) as kb:
         try:
             issued = issue_key(kb.ledger, kb.master_key, request)
@@ -174,7 +178,8 @@ def keys() -> None:
     """List and inspect vault keys."""
 
 
-KEY_COLUMNS = ["key_id", "vendor", "label", "status", "spent_usd", "reserved_usd", "remaining_usd", "calls", "expires_at"]
+KEY_COLUMNS = ["key_id", "vendor", "label", "status", "spent_usd", "reserved_usd", "remaining_usd", "calls", "expires_at",
+               "stripe_account"]
 
 
 @keys.command("list")
@@ -245,7 +250,8 @@ def revoke(ctx: click.Context, key_id: str | None, label: str | None, as_json: b
 # The option of `keybrake issue` each issuance field comes from, so an error names what to change.
 ISSUE_FLAGS = {"expires_in": "--expires-in", "daily_usd_cap": "--daily-usd-cap", "total_usd_cap": "--total-usd-cap",
                "max_calls": "--max-calls", "no_cap": "--no-cap", "allowed_endpoints": "--allow",
-               "agent_run_label": "--label", "secret": "--secret", "vendor": "--vendor", "budget": "--budget"}
+               "agent_run_label": "--label", "secret": "--secret", "vendor": "--vendor", "budget": "--budget",
+               "stripe_account": "--stripe-account"}
 
 
 def _naming_the_flag(error: IssueError) -> str:
@@ -263,6 +269,8 @@ def describe_limits(record: KeyRecord) -> str:
     if spec.max_calls is not None:
         parts.append(f"max {spec.max_calls} calls")
     parts.append("any endpoint" if spec.allow_all else f"{len(spec.allowlist)} allowed endpoint(s)")
+    if spec.stripe_account:
+        parts.append(f"for connected account {spec.stripe_account}")
     if spec.expires_at:
         parts.append(f"expires {iso(spec.expires_at)}")
     return ", ".join(parts)

@@ -9,6 +9,10 @@ from typing import Protocol
 from ..vendors.base import CostEstimate, PricingBasis, Refusal, RefusalKind
 
 
+# Refusals of a request that holds no valid vault key: whoever sent it need not be anyone we know.
+NO_VALID_KEY = frozenset({RefusalKind.UNKNOWN_KEY, RefusalKind.KEY_REVOKED, RefusalKind.KEY_EXPIRED})
+
+
 class LedgerUnavailable(Exception):
     """The store cannot answer (locked, full, read-only, corrupt). Nothing may be forwarded."""
 
@@ -60,6 +64,9 @@ class KeySpec:
     expires_at: datetime | None
     minted_by: str | None = None  # the admin token that minted it; None: the CLI (or before schema 6)
     budget: str | None = None  # the budget the key spends from (and, through it, its ancestors')
+    # Stripe Connect: the connected account (acct_...) every call of this key acts for, through the
+    # Stripe-Account header; None: the platform account itself, and no Stripe-Account at all.
+    stripe_account: str | None = None
 
 
 @dataclass(frozen=True)
@@ -139,11 +146,15 @@ class AdmitRequest:
     pricing_refusal: Refusal | None = None
     account_ref: str | None = None  # the vendor account the request names; must be the secret's
     run_id: str | None = None  # the proxy run reserving, whose heartbeat says it may still settle
+    # False: a refusal in NO_VALID_KEY writes no audit row, and the caller records it (the gate
+    # bounds how many rows a client without a valid key gets: keyless_refusals.py).
+    audit_invalid_key: bool = True
+    connected_account: str | None = None  # Stripe-Account's value, if sent; must be the key's stripe_account
 
 
 @dataclass(frozen=True)
 class Admission:
-    audit_id: int
+    audit_id: int | None  # None for a refusal whose row the caller records (AdmitRequest.audit_invalid_key)
     refusal: Refusal | None
     key: KeyRecord | None = None
     reservation_id: int | None = None

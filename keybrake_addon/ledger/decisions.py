@@ -208,7 +208,8 @@ def admit(view: AdmitView, request: AdmitRequest, now: datetime) -> AdmitPlan:
     call = request.call
     refusal = (policy.key_refusal(key, call.vendor, call.method, call.path, now)
                or (budgets and frozen_refusal(key, budgets))
-               or policy.account_refusal(key, view.secret, request.account_ref))
+               or policy.account_refusal(key, view.secret, request.account_ref)
+               or policy.connected_account_refusal(key, request.connected_account))
     estimate = request.estimate
     if refusal is None and request.pricing_refusal is not None:
         if request.pricing_refusal.kind is RefusalKind.UNPRICED and key.spec.allow_unpriced:

@@ -126,9 +126,9 @@ class AsyncLedger:
                 return
         self._queue_settle(_Settle(0.0, request))
 
-    def record_refusal(self, call: CallFacts, refusal) -> None:
+    def record_refusal(self, call: CallFacts, refusal, key=None, *, summary: bool = False) -> None:
         with self._condition:
-            self._refusals.append((Refused(call, refusal), 0))
+            self._refusals.append((Refused(call, refusal, key, summary), 0))
             self._condition.notify()
 
     def _observe(self, mode: str, started: float) -> None:

@@ -260,6 +260,11 @@ CREATE INDEX reservations_open ON reservations (key_id, state, run_id, reserved_
 CREATE INDEX IF NOT EXISTS reservations_settled ON reservations (key_id, day, actual_micros) WHERE state = 'settled';
 """
 
+# A Stripe key may act for one Connect connected account: requests must carry that Stripe-Account.
+_STRIPE_ACCOUNT = """
+ALTER TABLE vault_keys ADD COLUMN stripe_account TEXT;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "the baseline: secrets, vault keys, reservations, audit, proxy runs, admin tokens",
               _BASELINE.format(blob="BLOB", id="INTEGER", real="REAL"),
@@ -276,6 +281,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(9, "an index of the open reservations (metrics read them at every scrape)",
               _OPEN_RESERVATIONS, _OPEN_RESERVATIONS),
     Migration(10, "the dashboard: sign-in sessions, and indexes for its pages", _DASHBOARD, _DASHBOARD),
+    Migration(11, "vault keys may act for one Stripe Connect account (Stripe-Account)", _STRIPE_ACCOUNT,
+              _STRIPE_ACCOUNT),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -30,6 +30,7 @@ from .base import (
     IssuanceIdempotency,
     KeyRecord,
     KeySpec,
+    NO_VALID_KEY,
     LedgerConflict,
     SealedSecret,
     SecretInfo,
@@ -55,6 +56,7 @@ _UNKNOWN = ("(r.state = 'unknown' OR (r.state = 'pending' AND (r.run_id IS NULL 
             "(SELECT run_id FROM proxy_runs WHERE stopped_at IS NOT NULL OR heartbeat_at < ?))))")
 _KEY_COLUMNS = ("k.key_id, k.key_hash, k.vendor, k.secret_name, k.label, k.daily_cap_micros, k.total_cap_micros, "
                 "k.max_calls, k.allowlist, k.allow_all, k.allow_unpriced, k.created_at, k.expires_at, k.revoked_at, "
+                "k.stripe_account, "
                 "k.spent_micros, k.reserved_micros, k.calls, k.day, k.day_spent_micros, k.day_reserved_micros, "
                 "k.minted_by, k.budget")
 _RESERVATION_COLUMNS = ("id, key_id, idempotency_key, endpoint, created_at, state, day, reserved_micros, "
@@ -63,10 +65,16 @@ _RESERVATION_COLUMNS = ("id, key_id, idempotency_key, endpoint, created_at, stat
 
 @dataclass(frozen=True)
 class Refused:
-    """A refusal decided before any key was read (no key sent, a malformed path...)."""
+    """A refusal the caller records itself: decided before any key was read (no key sent, a
+    malformed path...), or for a key that is not valid (see AdmitRequest.audit_invalid_key)."""
 
     call: CallFacts
     refusal: Refusal
+    key: KeyRecord | None = None
+    summary: bool = False  # a row standing for many refusals (keyless_refusals.py): no status of its own
+
+
+SUMMARY_DECISION = "keybrake_refusals_summarised"
 
 
 class SqlLedger(BudgetLedger):
@@ -187,12 +195,12 @@ class SqlLedger(BudgetLedger):
             tx.run(
                 "INSERT INTO vault_keys (key_id, key_hash, vendor, secret_name, label, daily_cap_micros, "
                 "total_cap_micros, max_calls, allowlist, allow_all, allow_unpriced, created_at, expires_at, minted_by, "
-                "budget) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "budget, stripe_account) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (key_id, key_hash, spec.vendor, spec.secret_name, spec.label, spec.daily_cap_micros,
                  spec.total_cap_micros, spec.max_calls, json.dumps(list(spec.allowlist)),
                  int(spec.allow_all), int(spec.allow_unpriced), to_text(now), to_text(spec.expires_at),
-                 spec.minted_by, spec.budget))
+                 spec.minted_by, spec.budget, spec.stripe_account))
             return self._key_record(tx, key_id, now), True
 
     def _earlier_issuance(self, tx: Tx, idempotency: IssuanceIdempotency, now: datetime) -> Row | None:
@@ -292,7 +300,8 @@ class SqlLedger(BudgetLedger):
                     for request in settles:
                         batch.settle(request)
                     admissions = [batch.admit(request) for request in admits]
-                    refused = [batch.refuse(item.call, item.refusal, None) for item in refusals]
+                    refused = [batch.refuse(item.call, item.refusal, item.key, summary=item.summary)
+                               for item in refusals]
                     batch.write()
                     return [a.finish(batch.ids) for a in admissions], [batch.ids[i] for i in refused]
             except LedgerConflict:
@@ -557,13 +566,13 @@ class _IssuanceRaceLost(Exception):
 class _PendingAdmission:
     """An admission whose new rows get their ids when the batch writes them."""
 
-    def __init__(self, audit_slot: int, plan: decisions.AdmitPlan, reservation_slot: int | None) -> None:
+    def __init__(self, audit_slot: int | None, plan: decisions.AdmitPlan, reservation_slot: int | None) -> None:
         self.audit_slot, self.plan, self.reservation_slot = audit_slot, plan, reservation_slot
 
     def finish(self, ids: dict[int, int]) -> Admission:
         plan = self.plan
         if plan.refusal is not None:
-            return Admission(ids[self.audit_slot], plan.refusal, key=plan.key)
+            return Admission(ids.get(self.audit_slot), plan.refusal, key=plan.key)
         reservation_id = ids[self.reservation_slot] if self.reservation_slot is not None else plan.reservation_id
         return Admission(ids[self.audit_slot], None, key=plan.key, reservation_id=reservation_id,
                          opened=plan.opened, reserved_micros=plan.reserved_micros,
@@ -687,6 +696,8 @@ class _Batch:
         plan = decisions.admit(decisions.AdmitView(state, self.secrets.get(key_id), existing, counted, chain),
                                request, self.now)
         call = request.call
+        if plan.refusal is not None and plan.refusal.kind in NO_VALID_KEY and not request.audit_invalid_key:
+            return _PendingAdmission(None, plan, None)  # the caller records it, or counts it in a summary
         if plan.refusal is not None:
             return _PendingAdmission(self.refuse(call, plan.refusal, plan.key), plan, None)
         self._set_counters(key_id, plan.counters)
@@ -767,11 +778,12 @@ class _Batch:
             _bounded(request.vendor_request_id), request.amount_minor, request.currency, int(request.replayed),
             round(request.duration_ms, 3), _bounded(request.error), request.audit_id))
 
-    def refuse(self, call: CallFacts, refusal: Refusal, key: KeyRecord | None) -> int:
+    def refuse(self, call: CallFacts, refusal: Refusal, key: KeyRecord | None, *, summary: bool = False) -> int:
         slot = self._slot()
+        decision, status = (SUMMARY_DECISION, None) if summary else (refusal.kind.code, call.status_of(refusal.kind))
         self.audit_rows.append((slot, _audit_values(
-            self.now_text, call, key, refusal.kind.code, 0, None, call.status_of(refusal.kind),
-            message=refusal.message, duration_ms=_elapsed_ms(call))))
+            self.now_text, call, key, decision, 0, None, status, message=refusal.message,
+            duration_ms=None if summary else _elapsed_ms(call))))
         return slot
 
     def _set_counters(self, key_id: str | None, counters: KeyCounters | None) -> None:
@@ -868,7 +880,8 @@ def _key_state(row: Row) -> KeyState:
         daily_cap_micros=row["daily_cap_micros"], total_cap_micros=row["total_cap_micros"],
         max_calls=row["max_calls"], allowlist=_allowlist(row["allowlist"]),
         allow_all=bool(row["allow_all"]), allow_unpriced=bool(row["allow_unpriced"]),
-        expires_at=from_text(row["expires_at"]), minted_by=row["minted_by"], budget=row["budget"])
+        expires_at=from_text(row["expires_at"]), minted_by=row["minted_by"], budget=row["budget"],
+        stripe_account=row["stripe_account"])
     counters = KeyCounters(row["spent_micros"], row["reserved_micros"], row["calls"], row["day"],
                            row["day_spent_micros"], row["day_reserved_micros"])
     return KeyState(row["key_id"], spec, from_text(row["created_at"]), from_text(row["revoked_at"]), counters)

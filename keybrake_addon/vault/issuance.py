@@ -7,6 +7,7 @@ from ..durations import InvalidDuration, parse_duration
 from ..ledger.base import IssuanceIdempotency, KeyRecord, KeySpec, Ledger
 from ..ledger.times import utc_now
 from ..vendors import VENDORS
+from ..vendors.stripe import CONNECTED_ACCOUNT_ID
 from ..text import has_control_characters
 from .allowlist import validate_patterns
 from .budgets import BudgetError, budget_caps, check_name
@@ -41,6 +42,7 @@ class KeyRequest:
     allow_unpriced: bool = False
     expires_in: str | None = None
     budget: str | None = None  # the budget it spends from (its caps, and its ancestors', apply too)
+    stripe_account: str | None = None  # Stripe Connect: the one connected account the key acts for
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ def validate(ledger: Ledger, request: KeyRequest, now: datetime) -> KeySpec:
         allowlist = tuple(validate_patterns(list(request.allowlist)))
     except ValueError as error:
         raise IssueError("allowed_endpoints", str(error)) from None
+    _check_stripe_account(request)
     # Whole seconds, rounded down: the expiry shown (ISO to the second) is the one enforced.
     expires_at = (now + _lifetime(ledger, request.expires_in)).replace(microsecond=0)
     return KeySpec(
@@ -118,6 +121,7 @@ def validate(ledger: Ledger, request: KeyRequest, now: datetime) -> KeySpec:
         daily_cap_micros=request.daily_cap_micros, total_cap_micros=request.total_cap_micros,
         max_calls=request.max_calls, allowlist=allowlist, allow_all=request.allow_all,
         allow_unpriced=request.allow_unpriced, expires_at=expires_at, budget=request.budget,
+        stripe_account=request.stripe_account,
     )
 
 
@@ -133,6 +137,16 @@ def _budget_capped(ledger: Ledger, budget: str | None) -> bool:
     if lineage is None:
         raise IssueError("budget", f"no budget named {budget!r}; create it with `keybrake budget create {budget}`")
     return any(b.daily_cap_micros is not None or b.total_cap_micros is not None for b in lineage)
+
+
+def _check_stripe_account(request: KeyRequest) -> None:
+    account = request.stripe_account
+    if account is None:
+        return
+    if request.vendor != "stripe":
+        raise IssueError("stripe_account", f"only Stripe keys act for a connected account, not {request.vendor} keys")
+    if not CONNECTED_ACCOUNT_ID.fullmatch(account):
+        raise IssueError("stripe_account", "expected a Stripe account id: acct_ and up to 64 letters and digits")
 
 
 def _lifetime(ledger: Ledger, expires_in: str | None) -> timedelta:

@@ -97,8 +97,8 @@ class MalformedRequest(Exception):
 
 
 class OtherAccount(Exception):
-    """The request acts for another account than the stored secret's own (Stripe Connect's
-    `Stripe-Account`), which no vault key can name yet."""
+    """The request names an account in a way no vault key can be checked against (Stripe's
+    Stripe-Context, which can name any account of a platform or an organisation)."""
 
 
 class CredentialEndpoint(Exception):

@@ -83,6 +83,11 @@ def account_ref(request: VendorRequest) -> str | None:
     return None
 
 
+def connected_account(request: VendorRequest) -> str | None:
+    """Resend has no connected accounts."""
+    return None
+
+
 def idempotency_key(headers: Mapping[str, str]) -> str | None:
     """Resend honours Idempotency-Key on /emails and /emails/batch (kept 24 hours)."""
     return headers.get("idempotency-key") or None

@@ -11,7 +11,10 @@ Facts about Stripe's API this relies on (Stripe's API reference; stripe-python a
   clients escaped. The SDKs put parameters in the query string for GET and DELETE only; Stripe
   also reads the query parameters of a POST, as if they were in its body.
 - Amounts are integers in the currency's smallest unit (see currency.py).
-- `Stripe-Account: acct_...` makes the call act for a Connect connected account.
+- `Stripe-Account: acct_...` makes the call act for a Connect connected account (stripe-python's
+  `stripe_account=`, stripe-node's `stripeAccount`). Account ids are `acct_` and letters and digits.
+  `Stripe-Context` (newer SDKs' `stripe_context`) supersedes it and can also name accounts of an
+  organisation, as a path of account ids (https://docs.stripe.com/context).
 - `Idempotency-Key` (both SDKs send one on every POST): a replay returns the saved answer with
   `Idempotent-Replayed: true` and moves no money again.
 - SDKs obey `Stripe-Should-Retry` before their own rules, and otherwise retry 409 and 5xx.
@@ -44,6 +47,7 @@ from .forms import parse_form, parse_json_object
 NAME = "stripe"
 HOSTS = ("api.stripe.com",)
 _REAL_SECRET_PREFIXES = ("sk_live_", "sk_test_", "rk_live_", "rk_test_")
+CONNECTED_ACCOUNT_ID = re.compile(r"acct_[A-Za-z0-9]{1,64}")
 
 UsdRates = Mapping[str, Decimal]
 
@@ -65,8 +69,14 @@ def authorization_header(secret: str, auth_user: str | None = None) -> str:
 
 
 def account_ref(request: VendorRequest) -> str | None:
-    """Stripe keys are per account and the path names none (Connect's Stripe-Account is the key's own)."""
+    """Stripe keys are per account and the path names none (Connect's Stripe-Account: connected_account)."""
     return None
+
+
+def connected_account(request: VendorRequest) -> str | None:
+    """The connected account a Stripe-Account header makes the call act for, as sent (empty too);
+    None without the header. The ledger compares it with the key's own (policy.py)."""
+    return request.headers.get("stripe-account")
 
 
 def idempotency_key(headers: Mapping[str, str]) -> str | None:
@@ -238,9 +248,10 @@ def _post_route(path: str) -> tuple[_Route, re.Match[str]] | None:
 
 def estimate(request: VendorRequest, usd_rates: UsdRates) -> CostEstimate:
     """The most this call can move, in USD micros, or why it cannot be told."""
-    if "stripe-account" in request.headers:  # before the free reads: they would read another account
-        raise OtherAccount("the Stripe-Account header acts for a connected account, and no Keybrake vault key "
-                           "can name one yet; send the request without it")
+    if "stripe-context" in request.headers:  # before the free reads: they would read another account
+        raise OtherAccount("the Stripe-Context header can name any account of the platform or organisation, which "
+                           "Keybrake cannot check; a key issued with --stripe-account acts for a connected account "
+                           "through Stripe-Account")
     if request.method in _READ_ONLY_METHODS:
         return CostEstimate()
     if request.method != "POST":

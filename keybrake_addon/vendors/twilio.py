@@ -135,6 +135,11 @@ def account_ref(request: VendorRequest) -> str | None:
     return match[1] if match else None
 
 
+def connected_account(request: VendorRequest) -> str | None:
+    """Twilio has no such header: a subaccount is named in the path (account_ref)."""
+    return None
+
+
 def idempotency_key(headers: Mapping[str, str]) -> str | None:
     """Twilio's REST API has no request idempotency header: every call is its own reservation."""
     return None

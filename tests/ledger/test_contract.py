@@ -331,3 +331,30 @@ def test_the_same_settlement_twice_in_one_batch_counts_once(ledger):
                           None, None, False, 1.0)
     ledger.apply_batch([], [twice, twice], [])
     assert money(ledger) == (50, 0)
+
+
+def test_a_caller_that_bounds_its_keyless_rows_gets_no_row_for_an_invalid_key(ledger, clock):
+    """The gate records those refusals itself, within keyless_refusals.py's bounds."""
+    from keybrake_addon.ledger.store import SUMMARY_DECISION, Refused
+    from keybrake_addon.vendors.base import Refusal
+
+    with_key(ledger, total=10 * USD, expires_at=clock.now + timedelta(hours=1))
+    call = CallFacts("stripe", "POST", "/v1/payment_intents", None, MIDNIGHT)
+
+    def admit_deferring(key_hash=KEY_HASH, usd=1):
+        return ledger.admit(AdmitRequest(key_hash, call, CostEstimate(usd_micros=usd * USD), audit_invalid_key=False))
+
+    unknown = admit_deferring(key_hash="x" * 64)
+    assert unknown.refusal.kind is RefusalKind.UNKNOWN_KEY and unknown.audit_id is None
+    assert admit_deferring(usd=11).refusal.kind is RefusalKind.CAP_EXCEEDED  # a valid key's refusal: its row as ever
+    clock.advance(hours=2)
+    expired = admit_deferring()
+    assert expired.refusal.kind is RefusalKind.KEY_EXPIRED and expired.audit_id is None
+    assert [r["decision"] for r in ledger.audit_rows(AuditFilter())] == ["keybrake_cap_exceeded"]
+
+    # What the gate writes instead: the row (with the key, when there is one) or a summary row.
+    ledger.apply_batch([], [], [Refused(call, expired.refusal, expired.key),
+                                Refused(call, Refusal(RefusalKind.UNKNOWN_KEY, "990 more refusals"), summary=True)])
+    rows = ledger.audit_rows(AuditFilter())
+    assert [(r["decision"], r["key_id"], r["status"]) for r in rows[1:]] == [
+        ("keybrake_key_expired", "kbk_test", 401), (SUMMARY_DECISION, None, None)]

@@ -92,12 +92,14 @@ def test_upgrade_keeps_every_row(home):
     for table, added, value in (("admin_tokens", "scope", None), ("vault_keys", "minted_by", None),
                                 ("issuances", "token_id", "unattributed")):
         assert [r[added] for r in after[table]] == [value] * len(before[table]), table
-        new_columns = {added, "budget"}  # the keys also gained their budget (version 7)
+        new_columns = {added, "budget", "stripe_account"}  # the keys also gained their budget and Connect account
         assert [{k: v for k, v in r.items() if k not in new_columns} for r in after[table]] == before[table], table
     assert len(after["issuances"]) == 1
     # The keys gained a budget column, empty: every key spends from no budget, as before.
     assert {r["budget"] for r in after["vault_keys"]} == {None}
     assert raw_rows(database, "budgets") == []
+    # The keys gained the Connect account they act for: none, for every key made before.
+    assert {r["stripe_account"] for r in after["vault_keys"]} == {None}
     assert {r["name"]: r["value"] for r in after["meta"]} == {
         **{r["name"]: r["value"] for r in before["meta"]}, "schema_version": str(migrations.LATEST)}
     # The reservations gained their attempt counters; every other column is as it was.

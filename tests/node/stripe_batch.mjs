@@ -99,9 +99,11 @@ const { vault_key: vaultKey, key_id: keyId } = issued.json;
 
 // Children: N parallel charges, each with its own client as a separate task run would have.
 let attempts = 0; // every HTTP attempt stripe-node makes, retries included
+const responseStatuses = new Set(); // the HTTP status of every answer stripe-node read (a proxy's 407 too)
 const outcomes = await Promise.all(Array.from({ length: N }, async (_, i) => {
   const stripe = stripeFor(vaultKey);
   stripe.on("request", () => { attempts += 1; });
+  stripe.on("response", (response) => { responseStatuses.add(response.status); });
   try {
     const intent = await stripe.paymentIntents.create({
       amount: AMOUNT,
@@ -142,6 +144,7 @@ console.log(JSON.stringify({
   replay_same_key: replay.json.vault_key === vaultKey,
   n: N,
   attempts,
+  response_statuses: [...responseStatuses].sort(),
   succeeded: of("succeeded").length,
   succeeded_statuses: [...new Set(of("succeeded").map((o) => o.status))],
   cap_hits: capHits.length,

@@ -131,6 +131,28 @@ def test_key_refusals(state, req, now, kind):
         assert plan.key is not None and plan.key.key_id == "kb_1"
 
 
+@pytest.mark.parametrize("bound, sent, refused_because", [
+    (None, None, None),  # the platform account, as ever
+    (None, "acct_1Connected", "acts for no connected account"),
+    (None, "", "acts for no connected account"),  # an empty header is still a header
+    ("acct_1Connected", "acct_1Connected", None),
+    ("acct_1Connected", None, "has no Stripe-Account header"),  # would act for the platform account
+    ("acct_1Connected", "acct_1Other", "not 'acct_1Other'"),
+    ("acct_1Connected", "acct_1connected", "not 'acct_1connected'"),  # ids are case-sensitive
+    ("acct_1Connected", "acct_1Connected\x1b[2J", "not 'acct_1Connected\\x1b[2J'"),  # shown inert
+])
+def test_a_stripe_key_acts_for_its_connected_account_only(bound, sent, refused_because):
+    """Stripe Connect: the Stripe-Account header must be the key's own account, or absent for a key with none."""
+    plan = admit(key_state(stripe_account=bound, total_cap_micros=1000),
+                 replace(request(), connected_account=sent))
+    if refused_because is None:
+        assert plan.refusal is None and plan.opened
+    else:
+        assert refusal_kind(plan) is RefusalKind.ACCOUNT_MISMATCH and plan.new_reservation is None
+        assert refused_because in plan.refusal.message, plan.refusal.message
+        assert "\x1b" not in plan.refusal.message
+
+
 UNPRICED = Refusal(RefusalKind.UNPRICED, "cannot price")
 
 

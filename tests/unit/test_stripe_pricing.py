@@ -503,7 +503,23 @@ def test_a_compressed_body_is_refused():
     ("GET", "/v1/balance", b""),
     ("DELETE", "/v1/customers/cus_1", b""),
 ])
-def test_stripe_account_header_is_refused_for_every_call(method, path, body):
+def test_the_connected_account_is_read_from_stripe_account_for_every_call(method, path, body):
+    """The ledger compares it with the key's own (tests/unit/test_decisions.py); pricing ignores it."""
     headers = {**(FORM if method == "POST" else {}), "stripe-account": "acct_1Connected"}
-    with pytest.raises(OtherAccount, match="Stripe-Account"):
+    assert stripe.connected_account(req(method, path, body, headers=headers)) == "acct_1Connected"
+    assert stripe.estimate(req(method, path, body, headers=headers), RATES) == \
+        stripe.estimate(req(method, path, body, headers=FORM if method == "POST" else {}), RATES)
+    assert stripe.connected_account(req(method, path, body, headers={"stripe-account": ""})) == ""  # sent, empty
+    assert stripe.connected_account(req(method, path, body)) is None
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("POST", "/v1/payment_intents", b"amount=5000&currency=usd"),
+    ("GET", "/v1/balance", b""),
+])
+@pytest.mark.parametrize("context", ["acct_1Connected", "acct_1Platform/acct_1Connected", ""])
+def test_stripe_context_is_refused_for_every_call(method, path, body, context):
+    """Stripe-Context supersedes Stripe-Account and can name any account of a platform or an organisation."""
+    headers = {**(FORM if method == "POST" else {}), "stripe-context": context}
+    with pytest.raises(OtherAccount, match="Stripe-Context"):
         stripe.estimate(req(method, path, body, headers=headers), RATES)
