@@ -23,6 +23,10 @@ TABLES: dict[str, tuple[str, ...]] = {
     "issuances": ("idempotency_key",),
     "admin_tokens": ("token_id",),
     "worker_tokens": ("token_id",),
+    "alert_subscriptions": ("id",),
+    "alert_events": ("id",),
+    "alert_deliveries": ("id",),
+    "alert_swept_runs": ("run_id",),
 }
 # Tables whose ids PostgreSQL takes from a sequence: it must start past the copied ids.
 SEQUENCES = {"reservations": "reservations_id_seq", "audit": "audit_id_seq"}

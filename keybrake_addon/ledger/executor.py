@@ -26,6 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .base import AdmitRequest, Admission, CallFacts, LedgerBusy, LedgerUnavailable, Resolution, SettleRequest
+from .outages import OutageWatch
 from .store import Refused, SqlLedger
 
 logger = logging.getLogger("keybrake")
@@ -82,6 +83,7 @@ class AsyncLedger:
         self._down_because: LedgerUnavailable | None = None
         self._stopping = False
         self._committed_settles = 0
+        self.outages = OutageWatch()  # for the ledger.unavailable/recovered alerts
         self._thread = threading.Thread(target=self._run, name="keybrake-ledger", daemon=True)
         self._thread.start()
 
@@ -157,6 +159,7 @@ class AsyncLedger:
             except LedgerBusy:
                 pass  # another writer holds the lock: wait for it on the ledger thread
             except LedgerUnavailable as failure:
+                self.outages.failed(failure)
                 for item in admits:
                     _answer(item, failure, self._release_late)
                 for request in settles:
@@ -166,6 +169,7 @@ class AsyncLedger:
                 pass
             else:
                 self._down_until = 0.0  # it answers again: queued admits need not fail fast
+                self.outages.answered()
                 self._committed_settles += len(settles)
                 for item, admission in zip(admits, admissions):
                     _answer(item, admission, self._release_late)
@@ -288,6 +292,7 @@ class AsyncLedger:
                                                     [r for r, _ in refusals])
         except LedgerUnavailable as failure:
             self._down_until, self._down_because = time.monotonic() + KNOWN_DOWN_S, failure
+            self.outages.failed(failure)
             self._deliver([(item, failure) for item in admits])
             self._retry_later(settles, refusals, failure)
             return
@@ -306,6 +311,7 @@ class AsyncLedger:
             return
         self._committed_settles += len(settles)
         self._down_until = 0.0
+        self.outages.answered()
         self._deliver(list(zip(admits, admissions)))
 
     def _retry_later(self, settles: list[_Settle], refusals: list[tuple[Refused, int]],

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 
 from ..vendors.base import PricingBasis, Refusal, RefusalKind
-from . import decisions
+from . import alert_store, decisions
 from .base import (
     AdmitRequest,
     Admission,
@@ -67,6 +67,7 @@ class Refused:
 class SqlLedger:
     def __init__(self, database: Database) -> None:
         self.database = database
+        self.alert_rules = alert_store.RulesCache()  # which alerts the batches derive (read every few s)
 
     @property
     def backend(self) -> str:
@@ -198,15 +199,19 @@ class SqlLedger:
     def revoke_key(self, key_id: str) -> bool:
         """Revoke one key. Returns False when no such key exists; revoking twice is fine."""
         with self.database.transaction() as tx:
-            return tx.run("UPDATE vault_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?",
-                          (to_text(tx.now()), key_id)) > 0
+            now = tx.now()
+            revoked = tx.run("UPDATE vault_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?",
+                             (to_text(now), key_id)) > 0
+            alert_store.key_revoked(tx, [key_id], now)
+            return revoked
 
     def revoke_label(self, label: str) -> list[str]:
         with self.database.transaction() as tx:
             ids = [r["key_id"] for r in tx.rows("SELECT key_id FROM vault_keys WHERE label = ? ORDER BY created_at, key_id",
                                                 (label,))]
-            tx.run("UPDATE vault_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE label = ?",
-                   (to_text(tx.now()), label))
+            now = tx.now()
+            tx.run("UPDATE vault_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE label = ?", (to_text(now), label))
+            alert_store.key_revoked(tx, ids, now)
             return ids
 
     def _key_record(self, tx: Tx, key_id: str, now: datetime) -> KeyRecord | None:
@@ -246,7 +251,7 @@ class SqlLedger:
         for attempt in range(CONFLICT_RETRIES):
             try:
                 with self.database.transaction() as tx:
-                    batch = _Batch(tx, self.database.lock_rows, admits, settles)
+                    batch = _Batch(tx, self.database.lock_rows, admits, settles, self.alert_rules.collector(tx))
                     for request in settles:
                         batch.settle(request)
                     admissions = [batch.admit(request) for request in admits]
@@ -343,6 +348,9 @@ class SqlLedger:
             state = _key_state(key_row)
             counters, columns, before, after, note = change(_reservation(row), dict(row), state.counters, now)
             _write_counters(tx, state.key_id, counters)
+            alerts = self.alert_rules.collector(tx)
+            alerts.counters_changed(state, counters, now)
+            alerts.write(tx, now)
             tx.run("UPDATE reservations SET " + ", ".join(f"{name} = ?" for name in columns) + " WHERE id = ?",
                    (*columns.values(), reservation_id))
             method, _, path = row["endpoint"].partition(" ")
@@ -465,8 +473,9 @@ class _Batch:
     """
 
     def __init__(self, tx: Tx, lock_rows: str, admits: Sequence[AdmitRequest],
-                 settles: Sequence[SettleRequest]) -> None:
+                 settles: Sequence[SettleRequest], alerts: alert_store.BatchAlerts) -> None:
         self.tx = tx
+        self.alerts = alerts  # the alert events these decisions cause, written with them
         self.keys_by_hash: dict[str, KeyState] = {}
         self.keys: dict[str, KeyState] = {}
         self.secrets: dict[str, SealedSecret | None] = {}
@@ -569,6 +578,7 @@ class _Batch:
                                request, self.now)
         call = request.call
         if plan.refusal is not None:
+            self.alerts.refused(plan.key, plan.refusal, self.now)
             return _PendingAdmission(self.refuse(call, plan.refusal, plan.key), plan, None)
         self._set_counters(key_id, plan.counters)
         reservation_slot = None
@@ -625,6 +635,7 @@ class _Batch:
             return  # settled before (a retried settlement whose first commit went through)
         self.settled_audit_rows.add(request.audit_id)
         plan = decisions.settle(reservation, state.counters, request)
+        self.alerts.settled(reservation, plan.state, state, self.now)
         self._set_counters(reservation.key_id, plan.counters)
         object_id = request.object_ids[0] if request.object_ids else None
         updated = ReservationState(reservation.id, reservation.key_id, reservation.endpoint, reservation.created_at,
@@ -656,6 +667,7 @@ class _Batch:
         if key_id is None or counters is None:
             return
         state = self.keys[key_id]
+        self.alerts.counters_changed(state, counters, self.now)
         self.keys[key_id] = KeyState(state.key_id, state.spec, state.created_at, state.revoked_at, counters)
         for key_hash, known in self.keys_by_hash.items():
             if known.key_id == key_id:
@@ -698,6 +710,7 @@ class _Batch:
                 "duration_ms = ?, message = ? WHERE id = ?", self.audit_updates)
         for key_id in sorted(self.touched):
             _write_counters(tx, key_id, self.keys[key_id].counters)
+        self.alerts.write(tx, self.now)
 
 
 def _write_counters(tx: Tx, key_id: str, counters: KeyCounters) -> None:
