@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from . import settlement
+from .alerts.deliverer import Deliverer
 from .installation import Installation
 from .ledger import decisions
 from .ledger.base import AdmitRequest, CallFacts, KeyRecord, LedgerUnavailable, SettleRequest
@@ -86,6 +87,9 @@ class Gate:
             self._ledger.close()
             raise
         self._db_thread = ThreadPoolExecutor(max_workers=2, thread_name_prefix="keybrake-reads")
+        # Alerts leave from their own thread: never on the vendor-call path.
+        self._alerts = Deliverer(installation.ledger, installation.master_key, run_id=self._housekeeper.run_id,
+                                 outages=self._ledger.outages)
 
     @property
     def installation(self) -> Installation:
@@ -96,6 +100,7 @@ class Gate:
         return self._ledger
 
     def close(self) -> None:
+        self._alerts.stop()
         self._db_thread.shutdown(wait=True)
         self._housekeeper.stop()
         self._ledger.close()
