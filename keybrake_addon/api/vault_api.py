@@ -81,6 +81,9 @@ class VaultApi:
         self._tokens = AdminTokens(installation.ledger)
         self._run_in_db = run_in_db
         self._throttle = FailureThrottle()
+        from .alerts import AlertsApi  # here, not at the top: api/alerts.py uses this module's ApiResponse
+
+        self._alerts = AlertsApi(installation, run_in_db)
 
     async def handle(self, request: ApiRequest) -> ApiResponse:
         if request.method == "GET" and request.path == "/vault/openapi.json":
@@ -124,6 +127,8 @@ class VaultApi:
             return await self._audit(request)
         elif parts == ["vault", "spend"] and method == "GET":
             return await self._spend(request)
+        elif parts[:2] == ["vault", "alerts"]:
+            return await self._alerts.handle(request, parts[2:])
         else:
             return error(404, "not_found", f"no such endpoint: {request.path}")
         return error(405, "method_not_allowed", f"{method} is not allowed on {request.path}")

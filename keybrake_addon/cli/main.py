@@ -19,6 +19,7 @@ COMMAND_MODULES = {
     "reconcile": "reconcile",
     "db": "database",
     "settings": "settings",
+    "alerts": "alerts",
 }
 
 
