@@ -30,6 +30,31 @@ logger = logging.getLogger("keybrake")
 
 POLL_INTERVAL_S = 1.0
 MOST_PER_ROUND = 50  # deliveries sent before the next poll (and outage check)
+RESULTS = ("delivered", "retrying", "failed", "cancelled")
+
+
+class DeliveryCounts:
+    """This process's delivery attempts by result, for metrics ("alert deliveries by result"):
+    delivered; retrying (failed, another attempt is scheduled); failed (gave up after 24 h);
+    cancelled (the subscription was removed). `listeners` are called with each result."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(RESULTS, 0)
+        self.listeners: list = []
+
+    def add(self, result: str) -> None:
+        with self._lock:
+            self._counts[result] += 1
+        for listener in self.listeners:
+            listener(result)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+DELIVERY_RESULTS = DeliveryCounts()
 
 
 def attempt(ledger, master_key: bytes, claimed: Claimed, **send_options) -> dict | None:
@@ -37,6 +62,7 @@ def attempt(ledger, master_key: bytes, claimed: Claimed, **send_options) -> dict
     subscription = claimed.subscription
     if subscription is None or subscription.removed_at is not None:
         alert_store.cancel_claimed(ledger, claimed, "the subscription was removed")
+        DELIVERY_RESULTS.add("cancelled")
         return None
     try:
         secret = signing_secret(master_key, subscription)
@@ -47,6 +73,8 @@ def attempt(ledger, master_key: bytes, claimed: Claimed, **send_options) -> dict
         result = send(subscription.url, allow_private=subscription.allow_private, secret=secret,
                       event_id=claimed.event_id, payload=claimed.payload, fmt=subscription.format, **send_options)
     recorded = alert_store.record_attempt(ledger, claimed, result)
+    if recorded is not None:
+        DELIVERY_RESULTS.add({"delivered": "delivered", "failed": "failed"}.get(recorded["state"], "retrying"))
     if not result.delivered:
         # The delivery's id only: the URL can carry a secret (a Slack webhook's path).
         logger.warning("keybrake: alert delivery %s (%s to %s) failed: %s", claimed.id, claimed.kind,

@@ -177,19 +177,27 @@ def _key_subject(key_id: str, spec: KeySpec) -> Subject:
 
 def key_thresholds(key_id: str, spec: KeySpec, before: KeyCounters, after: KeyCounters, thresholds: Sequence[int],
                    now: datetime) -> list[AlertEvent]:
-    """The thresholds a key's counters crossed in one change (an admit's hold, a settlement...)."""
-    if not thresholds:
-        return []
+    """The thresholds a key's counters crossed in one change (an admit's hold, a settlement...).
+
+    Called for every change while anyone subscribes: integer comparisons first, objects only for
+    the rare change that crosses something."""
     uses = []
-    if spec.daily_cap_micros is not None and after.day is not None:
+    daily, total = spec.daily_cap_micros, spec.total_cap_micros
+    if daily is not None and after.day is not None:
         # A change that moved the key into a new day starts that day's usage from 0.
         day_before = before.day_spent + before.day_reserved if before.day == after.day else 0
-        uses.append(CapUse("daily", spec.daily_cap_micros, after.day, day_before, after.day_spent,
-                           after.day_reserved))
-    if spec.total_cap_micros is not None:
-        uses.append(CapUse("total", spec.total_cap_micros, WHOLE_LIFE, before.spent + before.reserved, after.spent,
-                           after.reserved))
-    return crossings(THRESHOLD_CROSSED, _key_subject(key_id, spec), uses, thresholds, now)
+        if _crosses(day_before, after.day_spent + after.day_reserved, daily, thresholds):
+            uses.append(CapUse("daily", daily, after.day, day_before, after.day_spent, after.day_reserved))
+    if total is not None and _crosses(before.spent + before.reserved, after.spent + after.reserved, total, thresholds):
+        uses.append(CapUse("total", total, WHOLE_LIFE, before.spent + before.reserved, after.spent, after.reserved))
+    return crossings(THRESHOLD_CROSSED, _key_subject(key_id, spec), uses, thresholds, now) if uses else []
+
+
+def _crosses(before: int, after: int, cap: int, thresholds: Sequence[int]) -> bool:
+    if after <= before:
+        return False
+    before, after = before * 100, after * 100
+    return any(before < threshold * cap <= after for threshold in thresholds)
 
 
 def key_cap_hit(key: KeyRecord, refusal: Refusal, window: str, now: datetime) -> AlertEvent | None:

@@ -15,7 +15,14 @@ from datetime import timedelta
 
 import pytest
 
-from keybrake_addon.alerts.deliverer import Deliverer, deliver_due, retry_by_hand, send_test, write_outages
+from keybrake_addon.alerts.deliverer import (
+    DELIVERY_RESULTS,
+    Deliverer,
+    deliver_due,
+    retry_by_hand,
+    send_test,
+    write_outages,
+)
 from keybrake_addon.alerts.subscriptions import create, parse_request
 from keybrake_addon.ledger import alert_store
 from keybrake_addon.ledger.alert_events import (
@@ -105,6 +112,7 @@ def test_a_crash_between_commit_and_delivery_loses_nothing(open_ledger, ledger, 
 
 def test_a_failing_receiver_is_retried_with_backoff_listed_and_retried_by_hand(ledger, clock):
     with_key(ledger, daily=100 * USD)
+    counted_before = DELIVERY_RESULTS.snapshot()
     with Receiver(statuses=(500,)) as receiver:
         subscription, secret = subscribe(ledger, receiver.url, thresholds=[80])
         admit(ledger, 90)
@@ -135,6 +143,8 @@ def test_a_failing_receiver_is_retried_with_backoff_listed_and_retried_by_hand(l
             retry_by_hand(ledger, MASTER_KEY, given_up["id"])
         assert {r.id for r in receiver.received} == {given_up["event_id"]}
         assert receiver.received[-1].verified(secret)["type"] == THRESHOLD_CROSSED
+    counted = {name: n - counted_before[name] for name, n in DELIVERY_RESULTS.snapshot().items()}
+    assert counted == {"delivered": 1, "retrying": given_up["attempts"] - 1, "failed": 1, "cancelled": 0}
 
 
 def test_two_deliverers_deliver_each_event_once(open_ledger, ledger):
