@@ -23,6 +23,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
 
 from .access_log import AccessLog
+from .alerts.deliverer import DELIVERY_RESULTS
 from .api.vault_api import MAX_BODY_BYTES, VaultApi
 from .asgi_flow import serve as serve_asgi
 from .draining import DEFAULT_DRAIN_TIMEOUT_S, DrainReport, InFlight
@@ -99,12 +100,20 @@ class Keybrake:
         self.metrics.watch(in_flight=lambda: len(self.in_flight),
                            settlements_queued=lambda: self.gate.ledger.unsettled if self.gate is not None else 0)
         self.metrics_page = MetricsPage(self.metrics, self._ledger_access)
+        DELIVERY_RESULTS.listeners.append(self._count_alert_delivery)
         self._listener_services = ListenerServices(
             ledger=self._ledger_access, vault_api=self._vault_api, not_ready_reason=self._not_ready_reason,
             is_ready=self.is_ready)
         self.listener_app = build_listener_app(self._listener_services, self.metrics_page,
                                                extra_routes=dashboard_mount(None, tls=False))
         self.unreachable = UnreachableVendors()
+
+    def _count_alert_delivery(self, result: str) -> None:
+        # The deliverer's words to the metric's: an attempt that failed and will be retried is
+        # "failed"; one given up after its last retry is "abandoned"; a cancelled one is neither.
+        counted = {"delivered": "delivered", "retrying": "failed", "failed": "abandoned"}.get(result)
+        if counted is not None:
+            self.metrics.alert_delivery(counted)
 
     def load(self, loader) -> None:
         loader.add_option("keybrake_home", str, "", "The Keybrake home (database, master key, CA).")

@@ -15,6 +15,7 @@ from types import ModuleType
 
 from . import settlement
 from .access_log import ACCESS_LOG_OFF, AccessLog
+from .alerts.deliverer import Deliverer
 from .installation import Installation
 from .keyless_audit import KeylessAudit
 from .keyless_refusals import LogBudget
@@ -101,6 +102,9 @@ class Gate:
             raise
         self._db_thread = ThreadPoolExecutor(max_workers=2, thread_name_prefix="keybrake-reads")
         self._keyless = KeylessAudit(self._ledger)
+        # Alerts leave from their own thread: never on the vendor-call path.
+        self._alerts = Deliverer(installation.ledger, installation.master_key, run_id=self._housekeeper.run_id,
+                                 outages=self._ledger.outages)
 
     @property
     def installation(self) -> Installation:
@@ -112,6 +116,7 @@ class Gate:
 
     def close(self) -> None:
         self._keyless.close()
+        self._alerts.stop()
         self._db_thread.shutdown(wait=True)
         self._housekeeper.stop()
         self._ledger.close()

@@ -3,6 +3,8 @@
 The tests validate the running API's answers against these schemas.
 """
 
+from ..ledger.alert_events import KINDS
+
 _USD = {"type": ["string", "null"], "pattern": r"^\d+(\.\d+)?$", "description": "US dollars, as a decimal string"}
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -67,6 +69,39 @@ _BUDGET = {
     },
 }
 _BUDGET_REF = {"$ref": "#/components/schemas/Budget"}
+_EVENT_TYPES = list(KINDS)
+_SUBSCRIPTION = {
+    "type": "object",
+    "required": ["id", "url", "events", "thresholds", "format", "allow_private", "created_at"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^sub_"},
+        "url": {"type": "string", "description": "shown without its query and past two path segments (a Slack "
+                                                 "webhook's path is its secret)"},
+        "events": {"type": "array", "items": {"enum": _EVENT_TYPES}},
+        "thresholds": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 100}},
+        "label_prefix": {"type": ["string", "null"]},
+        "vendor": {"type": ["string", "null"]},
+        "format": {"enum": ["standard", "slack"]},
+        "allow_private": {"type": "boolean"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "removed_at": {"type": ["string", "null"], "format": "date-time"},
+    },
+}
+_DELIVERY = {
+    "type": "object",
+    "required": ["id", "event_id", "type", "subscription_id", "state", "attempts"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^dlv_"}, "event_id": {"type": "string", "pattern": "^evt_"},
+        "type": {"type": "string"}, "subscription_id": {"type": "string"}, "key_id": {"type": ["string", "null"]},
+        "state": {"enum": ["pending", "delivered", "failed", "cancelled"],
+                  "description": "failed: gave up after 24 h of retries (retry it by hand)"},
+        "attempts": {"type": "integer"}, "created_at": {"type": "string"},
+        "next_attempt_at": {"type": ["string", "null"]}, "last_attempt_at": {"type": ["string", "null"]},
+        "last_status": {"type": ["integer", "null"]}, "last_error": {"type": ["string", "null"]},
+        "delivered_at": {"type": ["string", "null"]},
+    },
+}
+_SUBSCRIPTION_ID = [{"name": "subscription_id", "in": "path", "required": True, "schema": {"type": "string"}}]
 
 OPENAPI: dict = {
     "openapi": "3.1.0",
@@ -141,6 +176,28 @@ OPENAPI: dict = {
                 "object_id": {"type": ["string", "null"]}, "idempotency_key": {"type": ["string", "null"]},
                 "vendor_request_id": {"type": ["string", "null"]}, "duration_ms": {"type": ["number", "null"]},
                 "replayed": {"type": "boolean"}}},
+            "AlertSubscription": _SUBSCRIPTION,
+            "NewAlertSubscription": {"allOf": [{"$ref": "#/components/schemas/AlertSubscription"}, {
+                "type": "object", "required": ["signing_secret"],
+                "properties": {"signing_secret": {"type": "string", "pattern": "^whsec_",
+                                                  "description": "shown once: verify each delivery with it"}}}]},
+            "AlertSubscriptionRequest": {
+                "type": "object", "additionalProperties": False, "required": ["url"],
+                "properties": {
+                    "url": {"type": "string", "description": "http(s); a private address needs allow_private"},
+                    "events": {"type": "array", "items": {"enum": _EVENT_TYPES},
+                               "description": "default: every event"},
+                    "thresholds": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 100},
+                                   "default": [50, 80, 100], "description": "percents of a cap"},
+                    "label_prefix": {"type": "string"}, "vendor": {"enum": ["stripe", "twilio", "resend"]},
+                    "format": {"enum": ["standard", "slack"], "default": "standard"},
+                    "allow_private": {"type": "boolean", "default": False},
+                },
+            },
+            "AlertDelivery": _DELIVERY,
+            "AlertAttempt": {"type": "object", "required": ["subscription_id", "event_id", "delivered"], "properties": {
+                "subscription_id": {"type": "string"}, "event_id": {"type": "string"}, "delivered": {"type": "boolean"},
+                "status": {"type": ["integer", "null"]}, "error": {"type": ["string", "null"]}}},
             "SpendRow": {"type": "object", "required": ["spent_usd", "reserved_usd", "calls"], "properties": {
                 "key": {"type": ["string", "null"]}, "label": {"type": ["string", "null"]},
                 "budget": {"type": ["string", "null"], "description": "includes its child budgets' figures"},
@@ -221,6 +278,50 @@ OPENAPI: dict = {
             "parameters": [{"name": "name", "in": "path", "required": True, "schema": _BUDGET_NAME}],
             "post": {"summary": "Unfreeze a budget (its keys stay refused while an ancestor is frozen)",
                      "responses": {"200": _json(_BUDGET_REF, "Unfrozen"), **_ERRORS}},
+        },
+        "/vault/alerts": {
+            "post": {
+                "summary": "Subscribe a URL to alerts",
+                "description": "Events are written to the ledger with the money movement that caused them and "
+                               "delivered by the running proxies, signed the Standard Webhooks way (webhook-id, "
+                               "webhook-timestamp, webhook-signature), retried 30 s doubling to 1 h for 24 h.",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/AlertSubscriptionRequest"}}}},
+                "responses": {"201": _json({"$ref": "#/components/schemas/NewAlertSubscription"}, "Subscribed"),
+                              **_ERRORS},
+            },
+            "get": {"summary": "Active alert subscriptions (never their secrets)",
+                    "responses": {"200": _json({"type": "object", "required": ["data"], "properties": {"data": {
+                        "type": "array", "items": {"$ref": "#/components/schemas/AlertSubscription"}}}},
+                        "Subscriptions"), **_ERRORS}},
+        },
+        "/vault/alerts/{subscription_id}": {
+            "parameters": _SUBSCRIPTION_ID,
+            "get": {"summary": "One alert subscription",
+                    "responses": {"200": _json({"$ref": "#/components/schemas/AlertSubscription"}, "It"), **_ERRORS}},
+            "delete": {"summary": "Remove a subscription; its deliveries not sent yet are cancelled",
+                       "responses": {"200": _json({"type": "object", "required": ["removed"], "properties": {
+                           "removed": {"type": "array", "items": {"type": "string"}},
+                           "cancelled_deliveries": {"type": "integer"}}}, "Removed"), **_ERRORS}},
+        },
+        "/vault/alerts/{subscription_id}/test": {
+            "parameters": _SUBSCRIPTION_ID,
+            "post": {"summary": "Send an alert.test event now (signed, not retried) and say how it went",
+                     "responses": {"200": _json({"$ref": "#/components/schemas/AlertAttempt"}, "Attempted"),
+                                   **_ERRORS}},
+        },
+        "/vault/alerts/deliveries": {"get": {
+            "summary": "Alert deliveries, newest first (200 at most)",
+            "parameters": [{"name": "failed", "in": "query", "schema": {"type": "boolean"},
+                            "description": "only those that failed at least once and were not delivered"}],
+            "responses": {"200": _json({"type": "object", "required": ["data"], "properties": {"data": {
+                "type": "array", "items": {"$ref": "#/components/schemas/AlertDelivery"}}}}, "Deliveries"),
+                **_ERRORS}}},
+        "/vault/alerts/deliveries/{delivery_id}/retry": {
+            "parameters": [{"name": "delivery_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "post": {"summary": "Send one delivery now (pending or failed)",
+                     "responses": {"200": _json({"$ref": "#/components/schemas/AlertDelivery"}, "Attempted"),
+                                   "409": _json(_ERROR, "Delivered or cancelled already"), **_ERRORS}},
         },
         "/vault/audit": {"get": {
             "summary": "Audit rows, one per call, refused ones included",

@@ -83,6 +83,9 @@ class VaultApi:
         self._tokens = AdminTokens(installation.ledger)
         self._run_in_db = run_in_db
         self._throttle = FailureThrottle()
+        from .alerts import AlertsApi  # here, not at the top: api/alerts.py uses this module's ApiResponse
+
+        self._alerts = AlertsApi(installation, run_in_db)
 
     async def handle(self, request: ApiRequest) -> ApiResponse:
         if request.method == "GET" and request.path == "/vault/openapi.json":
@@ -134,6 +137,11 @@ class VaultApi:
             if not issuer.unrestricted:
                 return await self._scoped_budgets(parts, request, issuer)
             return await budgets.route(parts, request, self._ledger, self._run_in_db, ApiResponse, error)
+        elif parts[:2] == ["vault", "alerts"]:
+            if not issuer.unrestricted:
+                return error(403, "scoped_token", "alert subscriptions cover every key, so they take an unrestricted "
+                                                  "admin token; this one is scoped")
+            return await self._alerts.handle(request, parts[2:])
         else:
             return error(404, "not_found", f"no such endpoint: {request.path}")
         return error(405, "method_not_allowed", f"{method} is not allowed on {request.path}")

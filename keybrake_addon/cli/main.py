@@ -20,6 +20,7 @@ COMMAND_MODULES = {
     "db": "database",
     "settings": "settings",
     "budget": "budgets",
+    "alerts": "alerts",
 }
 
 

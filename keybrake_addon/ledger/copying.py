@@ -26,6 +26,10 @@ TABLES: dict[str, tuple[str, ...]] = {
     "worker_tokens": ("token_id",),
     "daily_totals": ("day", "vendor", "key_id"),
     "dashboard_sessions": ("session_hash",),  # copied too: whoever is signed in stays signed in
+    "alert_subscriptions": ("id",),
+    "alert_events": ("id",),
+    "alert_deliveries": ("id",),
+    "alert_swept_runs": ("run_id",),
 }
 # Tables whose ids PostgreSQL takes from a sequence: it must start past the copied ids.
 SEQUENCES = {"reservations": "reservations_id_seq", "audit": "audit_id_seq"}

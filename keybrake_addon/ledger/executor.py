@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .base import AdmitRequest, Admission, CallFacts, LedgerBusy, LedgerUnavailable, Resolution, SettleRequest
+from .outages import OutageWatch
 from .store import Refused, SqlLedger
 
 logger = logging.getLogger("keybrake")
@@ -85,6 +86,7 @@ class AsyncLedger:
         self._committed_settles = 0
         # (mode, seconds) of each write transaction, "inline" or "batch": the proxy's metrics.
         self.on_transaction: Callable[[str, float], None] | None = None
+        self.outages = OutageWatch()  # for the ledger.unavailable/recovered alerts
         self._thread = threading.Thread(target=self._run, name="keybrake-ledger", daemon=True)
         self._thread.start()
 
@@ -170,6 +172,7 @@ class AsyncLedger:
             except LedgerBusy:
                 pass  # another writer holds the lock: wait for it on the ledger thread
             except LedgerUnavailable as failure:
+                self.outages.failed(failure)
                 for item in admits:
                     _answer(item, failure, self._release_late)
                 for request in settles:
@@ -180,6 +183,7 @@ class AsyncLedger:
             else:
                 self._observe("inline", started)
                 self._down_until = 0.0  # it answers again: queued admits need not fail fast
+                self.outages.answered()
                 self._committed_settles += len(settles)
                 for item, admission in zip(admits, admissions):
                     _answer(item, admission, self._release_late)
@@ -303,6 +307,7 @@ class AsyncLedger:
                                                     [r for r, _ in refusals])
         except LedgerUnavailable as failure:
             self._down_until, self._down_because = time.monotonic() + KNOWN_DOWN_S, failure
+            self.outages.failed(failure)
             self._deliver([(item, failure) for item in admits])
             self._retry_later(settles, refusals, failure)
             return
@@ -322,6 +327,7 @@ class AsyncLedger:
         self._observe("batch", started)
         self._committed_settles += len(settles)
         self._down_until = 0.0
+        self.outages.answered()
         self._deliver(list(zip(admits, admissions)))
 
     def _retry_later(self, settles: list[_Settle], refusals: list[tuple[Refused, int]],

@@ -7,6 +7,10 @@ run has stopped beating (killed, crashed, host gone) will never be settled by th
 Checkpoints (SQLite only): a commit that crosses SQLite's auto-checkpoint threshold copies the
 WAL into the database and fsyncs inside whatever request committed. PASSIVE checkpoints here,
 on their own connection, never wait for or block writers, and keep that work off the request path.
+
+Alert sweeps: keys that expired with money reserved, and pending holds of proxy runs that are
+gone, change state without any transaction saying so; every ALERT_SWEEP_INTERVAL_S this thread
+looks for them and writes their events (alert_store.Sweeper), if anyone subscribes to them.
 """
 
 import os
@@ -16,10 +20,12 @@ import threading
 import uuid
 from pathlib import Path
 
+from . import alert_store
 from .base import LedgerUnavailable
 
 CHECKPOINT_INTERVAL_S = 0.25
 HEARTBEAT_INTERVAL_S = 2.0
+ALERT_SWEEP_INTERVAL_S = 15.0
 # ~50 MB of WAL (2 KiB pages), under the 80 MB backstop. A RESTART stalls writers for its fsync
 # (5-25 ms here), so it should be rare; but it stalls only writers, off the event loop, where the
 # backstop's inline checkpoint stalls the whole loop.
@@ -38,6 +44,7 @@ class Housekeeper:
         except LedgerUnavailable as error:
             raise LedgerUnavailable(f"cannot register this proxy run: {error}") from error
         reap_dead_local_runs(self._ledger)
+        self._sweeper = alert_store.Sweeper(self._ledger)
         database = installation.database
         self._checkpoints = _Checkpoints(database.path) if database.backend == "sqlite" else None
         self._thread = threading.Thread(target=self._run, name="keybrake-housekeeping", daemon=True)
@@ -46,6 +53,7 @@ class Housekeeper:
     def _run(self) -> None:
         interval = CHECKPOINT_INTERVAL_S if self._checkpoints else HEARTBEAT_INTERVAL_S
         beats_every = max(1, round(HEARTBEAT_INTERVAL_S / interval))
+        sweeps_every = max(1, round(ALERT_SWEEP_INTERVAL_S / interval))
         tick = 0
         try:
             while not self._stopping.wait(interval):
@@ -58,6 +66,11 @@ class Housekeeper:
                     except LedgerUnavailable:
                         pass  # the next beat tries again; a long silence shows our holds as unknown
                     reap_dead_local_runs(self._ledger)
+                if tick % sweeps_every == 0:
+                    try:
+                        self._sweeper.sweep()
+                    except LedgerUnavailable:
+                        pass  # the next round looks again: nothing is lost, the sweep finds the same
         finally:
             if self._checkpoints:
                 self._checkpoints.close()

@@ -265,6 +265,60 @@ _STRIPE_ACCOUNT = """
 ALTER TABLE vault_keys ADD COLUMN stripe_account TEXT;
 """
 
+# Alerts (see ledger/alert_events.py and ledger/alert_store.py). An event is written to the outbox
+# in the transaction of the money movement that caused it; `identity` says which crossing, cap
+# hit or revocation it is, so the same one can never be written twice. Deliveries are the outbox's
+# work list: one row per event and subscription, claimed by one deliverer at a time.
+_ALERTS = """
+CREATE TABLE IF NOT EXISTS alert_subscriptions (
+    id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    events TEXT NOT NULL,  -- a JSON list of event types
+    thresholds TEXT NOT NULL,  -- a JSON list of percents of a cap
+    label_prefix TEXT,
+    vendor TEXT,
+    format TEXT NOT NULL CHECK (format IN ('standard', 'slack')),
+    secret_nonce {blob} NOT NULL,  -- the signing secret, sealed under the master key like vendor secrets
+    secret_ciphertext {blob} NOT NULL,
+    allow_private INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    removed_at TEXT
+);
+CREATE TABLE IF NOT EXISTS alert_events (
+    id TEXT PRIMARY KEY,  -- evt_ and a hash of identity: the webhook-id every delivery of it carries
+    kind TEXT NOT NULL,
+    identity TEXT NOT NULL UNIQUE,
+    key_id TEXT,
+    occurred_at TEXT NOT NULL,
+    payload TEXT NOT NULL  -- the exact body sent (and signed) on every attempt
+);
+CREATE TABLE IF NOT EXISTS alert_deliveries (
+    id TEXT PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    subscription_id TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed', 'cancelled')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    next_attempt_at TEXT NOT NULL,
+    give_up_at TEXT NOT NULL,
+    lease TEXT,  -- the claim of the deliverer sending it now; its result is recorded only under it
+    last_attempt_at TEXT,
+    last_status INTEGER,
+    last_error TEXT,
+    delivered_at TEXT,
+    UNIQUE (event_id, subscription_id)
+);
+CREATE INDEX IF NOT EXISTS alert_deliveries_due ON alert_deliveries (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS alert_events_occurred ON alert_events (occurred_at);
+-- The proxy runs whose pending holds were swept into reservation.unknown events.
+CREATE TABLE IF NOT EXISTS alert_swept_runs (
+    run_id TEXT PRIMARY KEY,
+    swept_at TEXT NOT NULL
+);
+-- The housekeeper looks for keys that expired with money reserved; only key creation writes it.
+CREATE INDEX IF NOT EXISTS vault_keys_expires ON vault_keys (expires_at);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "the baseline: secrets, vault keys, reservations, audit, proxy runs, admin tokens",
               _BASELINE.format(blob="BLOB", id="INTEGER", real="REAL"),
@@ -283,6 +337,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "the dashboard: sign-in sessions, and indexes for its pages", _DASHBOARD, _DASHBOARD),
     Migration(11, "vault keys may act for one Stripe Connect account (Stripe-Account)", _STRIPE_ACCOUNT,
               _STRIPE_ACCOUNT),
+    Migration(12, "alerts: subscriptions, the outbox of events and their deliveries",
+              _ALERTS.format(blob="BLOB"), _ALERTS.format(blob="BYTEA")),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 
 from ..vendors.base import PricingBasis, Refusal, RefusalKind
-from . import budgets, decisions
+from . import alert_store, budgets, decisions
 from .base import (
     AdmitRequest,
     Admission,
@@ -80,6 +80,7 @@ SUMMARY_DECISION = "keybrake_refusals_summarised"
 class SqlLedger(BudgetLedger):
     def __init__(self, database: Database) -> None:
         self.database = database
+        self.alert_rules = alert_store.RulesCache()  # which alerts the batches derive (read every few s)
 
     @property
     def backend(self) -> str:
@@ -247,16 +248,22 @@ class SqlLedger(BudgetLedger):
         when no such key exists; revoking twice is fine."""
         owned, params = _minted_by(minted_by)
         with self.database.transaction() as tx:
-            return tx.run(f"UPDATE vault_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?{owned}",
-                          (to_text(tx.now()), key_id, *params)) > 0
+            now = tx.now()
+            revoked = tx.run(f"UPDATE vault_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?{owned}",
+                             (to_text(now), key_id, *params)) > 0
+            if revoked:
+                alert_store.key_revoked(tx, [key_id], now)
+            return revoked
 
     def revoke_label(self, label: str, minted_by: str | None = None) -> list[str]:
         owned, params = _minted_by(minted_by)
         with self.database.transaction() as tx:
             ids = [r["key_id"] for r in tx.rows(f"SELECT key_id FROM vault_keys WHERE label = ?{owned} "
                                                 "ORDER BY created_at, key_id", (label, *params))]
+            now = tx.now()
             tx.run(f"UPDATE vault_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE label = ?{owned}",
-                   (to_text(tx.now()), label, *params))
+                   (to_text(now), label, *params))
+            alert_store.key_revoked(tx, ids, now)
             return ids
 
     def _key_record(self, tx: Tx, key_id: str, now: datetime) -> KeyRecord | None:
@@ -296,7 +303,7 @@ class SqlLedger(BudgetLedger):
         for attempt in range(CONFLICT_RETRIES):
             try:
                 with self.database.transaction() as tx:
-                    batch = _Batch(tx, self.database.lock_rows, admits, settles)
+                    batch = _Batch(tx, self.database.lock_rows, admits, settles, self.alert_rules.collector(tx))
                     for request in settles:
                         batch.settle(request)
                     admissions = [batch.admit(request) for request in admits]
@@ -448,6 +455,9 @@ class SqlLedger(BudgetLedger):
             _write_counters(tx, state.key_id, counters)
             if chain:
                 budgets.write_counters(tx, decisions.follow(chain, row["day"], state.counters, counters))
+            alerts = self.alert_rules.collector(tx)
+            alerts.counters_changed(state, counters, now)
+            alerts.write(tx, now)
             tx.run("UPDATE reservations SET " + ", ".join(f"{name} = ?" for name in columns) + " WHERE id = ?",
                    (*columns.values(), reservation_id))
             method, _, path = row["endpoint"].partition(" ")
@@ -586,8 +596,9 @@ class _Batch:
     """
 
     def __init__(self, tx: Tx, lock_rows: str, admits: Sequence[AdmitRequest],
-                 settles: Sequence[SettleRequest]) -> None:
+                 settles: Sequence[SettleRequest], alerts: alert_store.BatchAlerts) -> None:
         self.tx = tx
+        self.alerts = alerts  # the alert events these decisions cause, written with them
         self.keys_by_hash: dict[str, KeyState] = {}
         self.keys: dict[str, KeyState] = {}
         self.secrets: dict[str, SealedSecret | None] = {}
@@ -699,6 +710,7 @@ class _Batch:
         if plan.refusal is not None and plan.refusal.kind in NO_VALID_KEY and not request.audit_invalid_key:
             return _PendingAdmission(None, plan, None)  # the caller records it, or counts it in a summary
         if plan.refusal is not None:
+            self.alerts.refused(plan.key, plan.refusal, self.now)
             return _PendingAdmission(self.refuse(call, plan.refusal, plan.key), plan, None)
         self._set_counters(key_id, plan.counters)
         self._set_budgets(plan.budgets)
@@ -757,6 +769,7 @@ class _Batch:
         self.settled_audit_rows.add(request.audit_id)
         chain = budgets.chain_of(self.budgets, state.spec.budget) if state.spec.budget else ()
         plan = decisions.settle(reservation, state.counters, request, chain)
+        self.alerts.settled(reservation, plan.state, state, self.now)
         self._set_counters(reservation.key_id, plan.counters)
         self._set_budgets(plan.budgets)
         object_id = request.object_ids[0] if request.object_ids else None
@@ -790,6 +803,7 @@ class _Batch:
         if key_id is None or counters is None:
             return
         state = self.keys[key_id]
+        self.alerts.counters_changed(state, counters, self.now)
         self.keys[key_id] = KeyState(state.key_id, state.spec, state.created_at, state.revoked_at, counters)
         for key_hash, known in self.keys_by_hash.items():
             if known.key_id == key_id:
@@ -839,6 +853,7 @@ class _Batch:
             _write_counters(tx, key_id, self.keys[key_id].counters)
         if self.touched_budgets:
             budgets.write_counters(tx, [self.budgets[name] for name in sorted(self.touched_budgets)])
+        self.alerts.write(tx, self.now)
 
 
 def _write_counters(tx: Tx, key_id: str, counters: KeyCounters) -> None:

@@ -1,0 +1,1 @@
+"""Alerts: subscriptions, and the delivery of the outbox's events (ledger/alert_store.py) to them."""
