@@ -121,6 +121,12 @@ def slack_text(event: dict) -> str:
     elif kind == "key.cap_hit":
         limit = f"{data.get('max_calls')} calls" if data.get("cap") == "calls" else f"${data.get('cap_usd')}"
         text = f"{key} hit its {data.get('cap')} cap ({limit}): calls are refused until the cap allows them again"
+    elif kind == "budget.threshold_crossed":
+        text = (f"{_budget(data)} is at {data['threshold_percent']}% of its {data['cap']} cap: ${data['used_usd']} of "
+                f"${data['cap_usd']} (spent ${data['spent_usd']}, reserved ${data['reserved_usd']})")
+    elif kind == "budget.cap_hit":
+        text = (f"{_budget(data)} hit its {data.get('cap')} cap (${data.get('cap_usd')}): every key under it is refused "
+                f"until the cap allows them again (first refused: key `{data.get('refused_key_id')}`)")
     elif kind == "key.revoked":
         text = f"{key} was revoked (spent ${data['spent_usd']}, reserved ${data['reserved_usd']})"
     elif kind == "key.expired":
@@ -138,3 +144,7 @@ def slack_text(event: dict) -> str:
     else:
         text = data.get("message") or kind
     return f":rotating_light: Keybrake: {text}"
+
+
+def _budget(data: dict) -> str:
+    return f"budget `{data.get('budget')}`" + (f" (under `{data['parent']}`)" if data.get("parent") else "")

@@ -13,7 +13,7 @@ read per few seconds): a subscription added now sees events from at most that lo
 import json
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -22,7 +22,7 @@ from . import alert_events
 from .alert_events import AlertEvent, Rule, Rules
 from .base import KeyRecord
 from .database import Row, Tx, placeholders
-from .decisions import KeyCounters, KeyState, ReservationState, window_of
+from .decisions import BudgetState, KeyCounters, KeyState, ReservationState, window_of
 from .times import from_text, to_text
 
 RULES_TTL_S = 5.0
@@ -78,11 +78,26 @@ class BatchAlerts:
             self._add(alert_events.key_thresholds(state.key_id, state.spec, state.counters, counters,
                                                   self.rules.thresholds, now))
 
-    def refused(self, key: KeyRecord | None, refusal: Refusal, now: datetime) -> None:
-        if key is not None and alert_events.CAP_HIT in self.rules.kinds:
-            event = alert_events.key_cap_hit(key, refusal, window_of(now), now)
-            if event is not None:
-                self._add([event])
+    def budgets_changed(self, budgets: Mapping[str, BudgetState], changed: Sequence[BudgetState],
+                        now: datetime) -> None:
+        """`budgets`: every budget the transaction locked, as they were before `changed`."""
+        if self.rules.budget_thresholds:
+            for after in changed:
+                self._add(alert_events.budget_thresholds(
+                    budgets[after.name], after, alert_events.ancestors_of(budgets, after.name),
+                    self.rules.budget_thresholds, now))
+
+    def refused(self, key: KeyRecord | None, refusal: Refusal, now: datetime,
+                budgets: Mapping[str, BudgetState] | None = None) -> None:
+        """A refusal by a key's cap is the key's cap hit; by a budget's cap, the budget's."""
+        if key is None or not refusal.kind.is_cap_hit:
+            return
+        budget = alert_events.budget_refused(refusal)
+        if budget is None and alert_events.CAP_HIT in self.rules.kinds:
+            self._add([alert_events.key_cap_hit(key, refusal, window_of(now), now)])
+        elif budget is not None and alert_events.BUDGET_CAP_HIT in self.rules.kinds and budgets and budget in budgets:
+            self._add([alert_events.budget_cap_hit(budgets[budget], alert_events.ancestors_of(budgets, budget), key,
+                                                   refusal, window_of(now), now)])
 
     def settled(self, before: ReservationState, state_after: str, key: KeyState, now: datetime) -> None:
         if alert_events.RESERVATION_UNKNOWN in self.rules.kinds and alert_events.became_unknown(before, state_after):

@@ -446,17 +446,19 @@ class SqlLedger(BudgetLedger):
             key_row = tx.row(f"SELECT {_KEY_COLUMNS} FROM vault_keys k WHERE k.key_id = ?" + self.database.lock_rows,
                              (row["key_id"],))
             state = _key_state(key_row)
-            chain = ()
+            locked, chain = {}, ()
             if state.spec.budget is not None:  # after the key's lock, as a batch takes them
-                chain = budgets.chain_of(budgets.lock_chains(tx, self.database.lock_rows, [state.spec.budget]),
-                                         state.spec.budget)
+                locked = budgets.lock_chains(tx, self.database.lock_rows, [state.spec.budget])
+                chain = budgets.chain_of(locked, state.spec.budget)
             now = tx.now()
             counters, columns, before, after, note = change(_reservation(row), dict(row), state.counters, now)
             _write_counters(tx, state.key_id, counters)
-            if chain:
-                budgets.write_counters(tx, decisions.follow(chain, row["day"], state.counters, counters))
             alerts = self.alert_rules.collector(tx)
             alerts.counters_changed(state, counters, now)
+            if chain:
+                moved = decisions.follow(chain, row["day"], state.counters, counters)
+                budgets.write_counters(tx, moved)
+                alerts.budgets_changed(locked, moved, now)
             alerts.write(tx, now)
             tx.run("UPDATE reservations SET " + ", ".join(f"{name} = ?" for name in columns) + " WHERE id = ?",
                    (*columns.values(), reservation_id))
@@ -710,7 +712,7 @@ class _Batch:
         if plan.refusal is not None and plan.refusal.kind in NO_VALID_KEY and not request.audit_invalid_key:
             return _PendingAdmission(None, plan, None)  # the caller records it, or counts it in a summary
         if plan.refusal is not None:
-            self.alerts.refused(plan.key, plan.refusal, self.now)
+            self.alerts.refused(plan.key, plan.refusal, self.now, self.budgets)
             return _PendingAdmission(self.refuse(call, plan.refusal, plan.key), plan, None)
         self._set_counters(key_id, plan.counters)
         self._set_budgets(plan.budgets)
@@ -811,6 +813,8 @@ class _Batch:
         self.touched.add(key_id)
 
     def _set_budgets(self, changed: tuple[decisions.BudgetState, ...]) -> None:
+        if changed:  # (a key without a budget changes none: nothing to look at)
+            self.alerts.budgets_changed(self.budgets, changed, self.now)
         for budget in changed:
             self.budgets[budget.name] = budget
             self.touched_budgets.add(budget.name)

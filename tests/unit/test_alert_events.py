@@ -7,8 +7,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from keybrake_addon.alerts.sending import slack_text
 from keybrake_addon.ledger import alert_events
+from keybrake_addon.ledger.alert_store import BatchAlerts
 from keybrake_addon.ledger.alert_events import (
+    BUDGET_CAP_HIT,
+    BUDGET_THRESHOLD_CROSSED,
     CAP_HIT,
     LEDGER_RECOVERED,
     LEDGER_UNAVAILABLE,
@@ -16,11 +20,20 @@ from keybrake_addon.ledger.alert_events import (
     AlertEvent,
     Rule,
     Rules,
+    budget_cap_hit,
+    budget_thresholds,
     key_cap_hit,
     key_thresholds,
 )
 from keybrake_addon.ledger.base import KeyRecord, KeySpec
-from keybrake_addon.ledger.decisions import KeyCounters, ReservationState, cap_refusal
+from keybrake_addon.ledger.decisions import (
+    BudgetState,
+    KeyCounters,
+    ReservationState,
+    budget_cap_refusal,
+    cap_refusal,
+    caps_refusal,
+)
 from keybrake_addon.vendors.base import Refusal, RefusalKind
 
 USD = 1_000_000
@@ -179,3 +192,105 @@ def test_rules_derive_only_the_thresholds_someone_wants():
                       Rule("b", frozenset({CAP_HIT}), frozenset({50}))])
     assert rules.thresholds == (80, 100) and rules.kinds == {THRESHOLD_CROSSED, CAP_HIT}
     assert rules.subscribers(event(threshold=100)) == ["a"]
+
+
+# --- budgets --------------------------------------------------------------------------------------
+
+def budget(name="support", parent="org", *, daily=None, total=None, used=(0, 0), day=DAY) -> BudgetState:
+    """A budget whose day (first) and whole-life (second) usage is `used`, all of it spent."""
+    day_used, total_used = used
+    return BudgetState(name, parent, daily, total, None, KeyCounters(total_used, 0, 0, day, day_used, 0))
+
+
+def test_a_budget_crosses_its_thresholds_like_a_key_one_identity_per_budget_cap_threshold_and_window():
+    before = budget(daily=100 * USD, total=300 * USD, used=(70 * USD, 230 * USD))
+    after = budget(daily=100 * USD, total=300 * USD, used=(85 * USD, 245 * USD))
+    events = budget_thresholds(before, after, ("org",), (50, 80), NOW)
+    assert [e.identity for e in events] == [f"{BUDGET_THRESHOLD_CROSSED}/support/daily/80/{DAY}",
+                                            f"{BUDGET_THRESHOLD_CROSSED}/support/total/80/all"]
+    assert budget_thresholds(after, after, ("org",), (50, 80), NOW) == []  # no rise, no news
+    # A new day starts the daily usage from 0: yesterday's 90 % does not hide today's 85 %.
+    yesterday = budget(daily=100 * USD, used=(90 * USD, 90 * USD), day="2026-11-27")
+    (today,) = budget_thresholds(yesterday, budget(daily=100 * USD, used=(85 * USD, 175 * USD)), (), (80,), NOW)
+    assert today.data["window"] == DAY and today.data["used_usd"] == "85.00"
+
+
+def test_a_budget_event_names_the_budget_its_parent_and_ancestors_and_no_key():
+    (event,) = budget_thresholds(budget("team", "dept", total=300 * USD, used=(0, 200 * USD)),
+                                 budget("team", "dept", total=300 * USD, used=(0, 240 * USD)), ("dept", "org"),
+                                 (80,), NOW)
+    assert json.loads(event.payload()) == {"type": BUDGET_THRESHOLD_CROSSED, "timestamp": "2026-11-28T12:00:00.000000Z",
+                                           "data": {
+        "budget": "team", "parent": "dept", "ancestors": ["dept", "org"], "cap": "total", "cap_usd": "300.00",
+        "threshold_percent": 80, "used_usd": "240.00", "spent_usd": "240.00", "reserved_usd": "0.00",
+        "window": "all", "at": "2026-11-28T12:00:00.000000Z"}}
+    assert (event.key_id, event.label, event.vendor, event.threshold) == (None, None, None, 80)
+
+
+def test_a_refusal_by_a_budget_s_cap_is_the_budget_s_cap_hit_not_the_key_s():
+    key = record(spec(total=1000 * USD, label="daily cap $1 / total cap $2"), spent=10 * USD)
+    full = budget(daily=100 * USD, total=300 * USD, used=(90 * USD, 120 * USD))
+    refusal = budget_cap_refusal(key, full, total_extra=20 * USD, daily_extra=20 * USD)
+    assert key_cap_hit(key, refusal, DAY, NOW) is None
+    event = budget_cap_hit(full, ("org",), key, refusal, DAY, NOW)
+    assert (event.kind, event.identity, event.key_id) == (BUDGET_CAP_HIT, f"{BUDGET_CAP_HIT}/support/{DAY}", None)
+    data = event.data
+    # the cap is read from the end of the message: the key's label may say anything
+    assert (data["budget"], data["parent"], data["cap"], data["cap_usd"]) == ("support", "org", "daily", "100.00")
+    assert (data["today_spent_usd"], data["spent_usd"], data["refused_key_id"]) == ("90.00", "120.00", "kbk_a")
+    later = budget_cap_hit(full, ("org",), key, refusal, DAY, NOW + timedelta(minutes=5))
+    assert later.identity == event.identity  # every refusal of the window: one event in the outbox
+    assert budget_cap_hit(full, (), key, refusal, "2026-11-29", NOW).identity != event.identity
+
+
+def test_a_key_s_own_cap_is_named_from_the_end_of_its_message_whatever_its_label_says():
+    key = record(spec(daily=100 * USD, total=120 * USD, label="daily cap $5"), spent=115 * USD, today_spent=50 * USD)
+    refusal = cap_refusal(key, total_extra=10 * USD, daily_extra=10 * USD, new_call=True)
+    assert key_cap_hit(key, refusal, DAY, NOW).data["cap"] == "total"
+
+
+def test_a_batch_tells_each_budget_of_a_chain_once_and_a_budget_refusal_as_the_budget_s_only():
+    rules = Rules.of([Rule("sub_1", frozenset(alert_events.KINDS), frozenset({80}), "elsewhere/", "twilio")])
+    assert rules.budget_thresholds == (80,)
+    locked = {"org": budget("org", None, total=125 * USD), "team": budget("team", "org", total=100 * USD)}
+    alerts = BatchAlerts(rules)
+    # one hold of $100: 100 % of team and 80 % of org
+    alerts.budgets_changed(locked, (budget("team", "org", total=100 * USD, used=(100 * USD, 100 * USD)),
+                                    budget("org", None, total=125 * USD, used=(100 * USD, 100 * USD))), NOW)
+    assert sorted((e.data["budget"], e.data["ancestors"]) for e in alerts.events.values()) == [
+        ("org", []), ("team", ["org"])]
+    key = record(spec(total=1000 * USD))
+    refusal = caps_refusal(key, (locked["team"].with_counters(KeyCounters(100 * USD, 0, 1, DAY, 100 * USD, 0)),),
+                           total_extra=USD, daily_extra=USD, new_call=True)
+    for _ in range(3):
+        alerts.refused(key, refusal, NOW, locked)
+    kinds_ = sorted(e.kind for e in alerts.events.values())
+    assert kinds_ == [BUDGET_CAP_HIT, BUDGET_THRESHOLD_CROSSED, BUDGET_THRESHOLD_CROSSED]
+    # the key filters do not narrow budget events: a budget spans labels and vendors
+    assert all(rules.subscribers(e) == ["sub_1"] for e in alerts.events.values())
+
+
+def test_budget_thresholds_are_derived_only_for_subscriptions_that_list_budget_events():
+    rules = Rules.of([Rule("a", frozenset({THRESHOLD_CROSSED}), frozenset({80})),
+                      Rule("b", frozenset({BUDGET_THRESHOLD_CROSSED}), frozenset({50, 100}))])
+    assert (rules.thresholds, rules.budget_thresholds) == ((80,), (50, 100))
+    alerts = BatchAlerts(Rules.of([Rule("a", frozenset({THRESHOLD_CROSSED, CAP_HIT}), frozenset({80}))]))
+    alerts.budgets_changed({"org": budget("org", None, total=USD)}, (budget("org", None, total=USD, used=(USD, USD)),),
+                           NOW)
+    assert alerts.events == {}
+    budget_event = budget_thresholds(budget(total=100 * USD), budget(total=100 * USD, used=(0, 60 * USD)), (),
+                                     (50,), NOW)[0]
+    assert rules.subscribers(budget_event) == ["b"]  # the threshold filter still applies
+
+
+def test_ancestors_come_from_the_locked_budgets_nearest_first():
+    locked = {"org": budget("org", None), "dept": budget("dept", "org"), "team": budget("team", "dept")}
+    assert alert_events.ancestors_of(locked, "team") == ("dept", "org")
+    assert alert_events.ancestors_of(locked, "org") == ()
+
+
+def test_slack_says_which_budget_and_how_far():
+    (event,) = budget_thresholds(budget(total=100 * USD), budget(total=100 * USD, used=(0, 80 * USD)), ("org",),
+                                 (80,), NOW)
+    text = slack_text(json.loads(event.payload()))
+    assert "budget `support` (under `org`) is at 80% of its total cap: $80.00 of $100.00" in text
