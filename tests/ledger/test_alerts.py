@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -26,7 +27,10 @@ from keybrake_addon.alerts.deliverer import (
 from keybrake_addon.alerts.subscriptions import create, parse_request
 from keybrake_addon.ledger import alert_store
 from keybrake_addon.ledger.alert_events import (
+    BUDGET_CAP_HIT,
+    BUDGET_THRESHOLD_CROSSED,
     CAP_HIT,
+    KINDS,
     EXPIRED,
     LEDGER_RECOVERED,
     LEDGER_UNAVAILABLE,
@@ -34,16 +38,17 @@ from keybrake_addon.ledger.alert_events import (
     REVOKED,
     THRESHOLD_CROSSED,
 )
-from keybrake_addon.ledger.base import AdmitRequest, CallFacts, Resolution
+from keybrake_addon.ledger.base import AdmitRequest, CallFacts, Resolution, SettleRequest
 from keybrake_addon.ledger.corrections import resolve_by_hand
 from keybrake_addon.ledger.executor import AsyncLedger
 from keybrake_addon.ledger.outages import OutageWatch
+from keybrake_addon.ledger.sqlite import SqliteLedger
 from keybrake_addon.ledger.times import from_text
 from keybrake_addon.vendors.base import CostEstimate
 
 from support.webhooks import Receiver
 
-from .conftest import KEY_HASH, USD, admit, settle, with_key
+from .conftest import KEY_HASH, USD, admit, settle, spec, with_key
 
 MASTER_KEY = os.urandom(32)
 CALL = CallFacts("stripe", "POST", "/v1/payment_intents", None, None)
@@ -324,3 +329,120 @@ def test_a_stopped_postgresql_is_reported_once_it_is_back(owned_pg):
         assert down["data"]["seconds"] >= 1 and down["data"]["run_id"] == "run1"
     finally:
         ledger.close()
+
+
+# --- budgets ----------------------------------------------------------------------------------------
+
+def budget_key(ledger, n: int, budget: str, **caps) -> str:
+    """Key kbk_00n spending from `budget`, its hash n's digits."""
+    ledger.create_key(f"kbk_{n:03d}", f"{n:064d}", replace(spec(**caps), budget=budget))
+    return f"{n:064d}"
+
+
+def data_of(ledger, kind: str) -> list[dict]:
+    return [json.loads(e["payload"])["data"] for e in alert_store.events(ledger, kind)]
+
+
+def test_ten_keys_racing_through_a_300_dollar_budget_cross_80_percent_once_and_hit_its_cap_once(open_ledger, ledger):
+    ledger.create_budget("agents", parent=None, daily_cap_micros=None, total_cap_micros=300 * USD)
+    hashes = [budget_key(ledger, n, "agents", total=1000 * USD) for n in range(10)]
+    # Filtered to other keys, and still told: a budget's events are about no one key.
+    narrowed, _ = subscribe(ledger, "http://127.0.0.1:9/a", thresholds=[80], label_prefix="elsewhere/", vendor="twilio")
+    everything, _ = subscribe(ledger, "http://127.0.0.1:9/b", thresholds=[80])
+    replicas = [AsyncLedger(open_ledger(), inline=open_ledger() if ledger.backend == "sqlite" else None)
+                for _ in range(2)]
+
+    async def run():
+        # Each replica serves its own keys, so only the budget's row stands between them.
+        calls = [replicas[n % 2].admit(AdmitRequest(hashes[n], CALL, CostEstimate(30 * USD)))
+                 for _ in range(30) for n in range(10)]
+        admissions = await asyncio.gather(*calls)
+        for admission in admissions:
+            if admission.allowed:
+                replicas[0].settle(SettleRequest(admission.audit_id, admission.reservation_id, Resolution.SETTLE,
+                                                 None, 200, (), None, None, None, False, 1.0))
+        assert (await replicas[0].drain(10)).left == 0
+        return admissions
+
+    try:
+        admissions = asyncio.run(run())
+    finally:
+        for replica in replicas:
+            replica.close()
+    assert sum(a.allowed for a in admissions) == 10  # $300 / $30
+    assert kinds(ledger) == {BUDGET_THRESHOLD_CROSSED: 1, BUDGET_CAP_HIT: 1}  # 290 refusals: no key.cap_hit
+    (crossed,) = data_of(ledger, BUDGET_THRESHOLD_CROSSED)
+    assert (crossed["budget"], crossed["parent"], crossed["cap"], crossed["threshold_percent"]) == (
+        "agents", None, "total", 80)
+    assert (crossed["used_usd"], crossed["cap_usd"], crossed["window"]) == ("240.00", "300.00", "all")
+    (hit,) = data_of(ledger, BUDGET_CAP_HIT)
+    assert (hit["budget"], hit["cap"], hit["cap_usd"], hit["window"]) == ("agents", "total", "300.00", "2026-11-28")
+    assert hit["refused_key_id"].startswith("kbk_") and "budget agents" in hit["message"]
+    deliveries = alert_store.deliveries(ledger)
+    assert sorted(d["subscription_id"] for d in deliveries) == sorted([narrowed.id, everything.id] * 2)
+    assert {d["key_id"] for d in deliveries} == {None}
+
+
+def test_a_call_crossing_a_child_and_its_parent_is_one_event_for_each(ledger):
+    ledger.create_budget("org", parent=None, daily_cap_micros=None, total_cap_micros=125 * USD)
+    ledger.create_budget("team", parent="org", daily_cap_micros=None, total_cap_micros=100 * USD)
+    in_team, in_org = budget_key(ledger, 1, "team"), budget_key(ledger, 2, "org")
+    subscribe(ledger, "http://127.0.0.1:9/", events=[BUDGET_THRESHOLD_CROSSED, BUDGET_CAP_HIT, CAP_HIT],
+              thresholds=[80])
+    assert admit(ledger, 100, key_hash=in_team).allowed  # team at 100 %, org at 80 %
+    crossed = {d["budget"]: d for d in data_of(ledger, BUDGET_THRESHOLD_CROSSED)}
+    assert set(crossed) == {"team", "org"}
+    assert (crossed["team"]["parent"], crossed["team"]["ancestors"], crossed["org"]["parent"]) == ("org", ["org"], None)
+    assert (crossed["team"]["used_usd"], crossed["org"]["used_usd"]) == ("100.00", "100.00")
+
+    assert admit(ledger, 1, key_hash=in_team).refusal.cap == "budget:team"
+    assert admit(ledger, 30, key_hash=in_org).refusal.cap == "budget:org"
+    assert not admit(ledger, 30, key_hash=in_org).allowed  # the same window: no second cap hit
+    hits = {d["budget"]: d for d in data_of(ledger, BUDGET_CAP_HIT)}
+    assert (hits["team"]["refused_key_id"], hits["org"]["refused_key_id"]) == ("kbk_001", "kbk_002")
+    assert kinds(ledger) == {BUDGET_THRESHOLD_CROSSED: 2, BUDGET_CAP_HIT: 2}
+
+
+def test_a_budget_threshold_is_news_once_per_day_for_a_daily_cap(ledger, clock):
+    ledger.create_budget("daily", parent=None, daily_cap_micros=100 * USD, total_cap_micros=None)
+    key = budget_key(ledger, 1, "daily")
+    subscribe(ledger, "http://127.0.0.1:9/", events=[BUDGET_THRESHOLD_CROSSED], thresholds=[50])
+    released = admit(ledger, 60, key_hash=key)
+    settle(ledger, released, Resolution.RELEASE)  # back under 50 %...
+    admit(ledger, 60, key_hash=key)  # ...and across it again: the same day, the same event
+    clock.advance(days=1)
+    admit(ledger, 60, key_hash=key)
+    assert [d["window"] for d in data_of(ledger, BUDGET_THRESHOLD_CROSSED)] == ["2026-11-28", "2026-11-29"]
+
+
+def test_a_correction_by_hand_that_crosses_a_budget_threshold_is_an_event(ledger):
+    ledger.create_budget("org", parent=None, daily_cap_micros=None, total_cap_micros=100 * USD)
+    key = budget_key(ledger, 1, "org")
+    subscribe(ledger, "http://127.0.0.1:9/", events=[BUDGET_THRESHOLD_CROSSED], thresholds=[80])
+    admission = admit(ledger, 50, key_hash=key)
+    settle(ledger, admission, Resolution.UNKNOWN, status=502)
+    resolve_by_hand(ledger, admission.reservation_id, 90 * USD)
+    (crossed,) = data_of(ledger, BUDGET_THRESHOLD_CROSSED)
+    assert (crossed["budget"], crossed["spent_usd"]) == ("org", "90.00")
+
+
+def test_budget_alerts_ask_the_database_nothing_more(tmp_path):
+    """A key outside every budget reads no budget even when budget events are subscribed; a key in
+    one reads and writes its budgets once, crossing thresholds or not."""
+    ledger = SqliteLedger(tmp_path / "l.db")
+    ledger.put_secret("stripe", "default", b"n" * 12, b"sealed", "fp", None)
+    ledger.create_budget("team", parent=None, daily_cap_micros=None, total_cap_micros=10 * USD)
+    with_key(ledger, total=10 * USD)
+    in_budget = budget_key(ledger, 2, "team")
+    subscribe(ledger, "http://127.0.0.1:9/", events=list(KINDS), thresholds=[50])
+    statements: list[str] = []
+    ledger.database._db.set_trace_callback(statements.append)
+    try:
+        settle(ledger, admit(ledger, 6), Resolution.SETTLE)  # crosses the key's 50 %
+        assert statements and not [s for s in statements if "budgets" in s]
+        admit(ledger, 6, key_hash=in_budget)  # crosses the budget's 50 %
+        assert len([s for s in statements if "budgets" in s]) == 2  # one read with the locks, one write
+    finally:
+        ledger.database._db.set_trace_callback(None)
+    assert kinds(ledger) == {THRESHOLD_CROSSED: 1, BUDGET_THRESHOLD_CROSSED: 1}
+    ledger.close()
