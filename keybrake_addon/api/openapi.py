@@ -189,7 +189,10 @@ OPENAPI: dict = {
                                "description": "default: every event"},
                     "thresholds": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 100},
                                    "default": [50, 80, 100], "description": "percents of a cap"},
-                    "label_prefix": {"type": "string"}, "vendor": {"enum": ["stripe", "twilio", "resend"]},
+                    "label_prefix": {"type": "string", "description": "only keys whose label starts with it; "
+                                     "budget and ledger events are about no one key and still come"},
+                    "vendor": {"enum": ["stripe", "twilio", "resend"],
+                               "description": "only keys of this vendor; budget and ledger events still come"},
                     "format": {"enum": ["standard", "slack"], "default": "standard"},
                     "allow_private": {"type": "boolean", "default": False},
                 },

@@ -20,14 +20,16 @@ def alerts() -> None:
 
     \b
     Events (all of them unless --events says otherwise):
-      key.threshold_crossed   a key's spend + holds reached a threshold (% of its daily
-                              or total cap); once per key, cap, threshold and UTC day
-      key.cap_hit             the first call a cap refused, per key and UTC day
-      key.revoked             a key was revoked
-      key.expired             a key expired with money still reserved
-      reservation.unknown     a hold whose outcome nobody will report (5xx, dead proxy)
-      ledger.unavailable      the ledger could not be reached, and
-      ledger.recovered        when it answered again (both sent after it is back)
+      key.threshold_crossed     a key's spend + holds reached a threshold (% of its daily
+                                or total cap); once per key, cap, threshold and UTC day
+      key.cap_hit               the first call a key's own cap refused, per key and day
+      key.revoked               a key was revoked
+      key.expired               a key expired with money still reserved
+      budget.threshold_crossed  the same for a budget: once per budget, cap, threshold, day
+      budget.cap_hit            the first call a budget's cap refused, per budget and day
+      reservation.unknown       a hold whose outcome nobody will report (5xx, dead proxy)
+      ledger.unavailable        the ledger could not be reached, and
+      ledger.recovered          when it answered again (both sent after it is back)
 
     Each event is written to the ledger with the money movement that caused it, and the
     running proxy delivers it: signed the Standard Webhooks way, retried with backoff
@@ -44,9 +46,13 @@ def _csv_option(_ctx, _param, values):
 @click.option("--events", multiple=True, callback=_csv_option, metavar="E1,E2",
               help=f"Which events to send (default all): {', '.join(KINDS)}.")
 @click.option("--thresholds", multiple=True, callback=_csv_option, metavar="50,80,100",
-              help="Percents of a cap at which key.threshold_crossed fires.  [default: 50,80,100]")
-@click.option("--label-prefix", metavar="P", help="Only keys whose label starts with P (trigger.dev/billing/...).")
-@click.option("--vendor", type=click.Choice(sorted(VENDORS)), help="Only keys of this vendor.")
+              help="Percents of a cap at which key.threshold_crossed and budget.threshold_crossed fire.  "
+                   "[default: 50,80,100]")
+@click.option("--label-prefix", metavar="P",
+              help="Only keys whose label starts with P (trigger.dev/billing/...). Budget and ledger events are "
+                   "not about one key: they still come (leave them out with --events).")
+@click.option("--vendor", type=click.Choice(sorted(VENDORS)),
+              help="Only keys of this vendor (budget and ledger events still come, as for --label-prefix).")
 @click.option("--format", "fmt", type=click.Choice(["standard", "slack"]), default="standard", show_default=True,
               help="standard: Standard Webhooks JSON {type, timestamp, data}; slack: a {\"text\": ...} message "
                    "for a Slack incoming webhook.")
