@@ -418,10 +418,10 @@ def init_pg_home(workdir: Path, database_url: str) -> Path:
 
 
 def start_keybrake_pg(procs: Processes, home: Path, upstream_port: int, database_url: str) -> Target:
-    """One `keybrake proxy` replica on PostgreSQL, with a key of its own (no cap)."""
+    """One `keybrake proxy` replica on PostgreSQL, with a key of its own (capped far above a run)."""
     database = ("--database", database_url)
-    issued = json.loads(keybrake_cli(home, *database, "issue", "--vendor", "stripe", "--daily-usd-cap", "100000000", "--allow-all",
-                                     "--label", "bench-pg", "--json"))
+    issued = json.loads(keybrake_cli(home, *database, "issue", "--vendor", "stripe", "--daily-usd-cap", "100000000",
+                                     "--allow-all", "--label", "bench-pg", "--json"))
     cmd = [PY, "-m", "keybrake_addon", "--home", str(home), *database, "proxy", "--listen-port", "0",
            "--upstream", f"stripe=http://127.0.0.1:{upstream_port}", "--access-log", "off"]
     process, port = procs.start(PG_PATH, cmd, KEYBRAKE_READY)
