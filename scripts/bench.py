@@ -16,10 +16,12 @@ its own process) with one load generator (its own process, httpx.AsyncClient, HT
              ratio to bare mitmproxy is not like for like: it shows what skipping TLS buys.)
   keybrake-metrics
              only with --metrics: a second `keybrake proxy` (its own home, the same options) started with
-             --metrics-port 0, reached like `keybrake`, while this script scrapes its /metrics every
+             --metrics-port 0 and an alert subscription (thresholds 50,80,100, to a loopback receiver in
+             this script), reached like `keybrake`, while this script scrapes its /metrics every
              --scrape-interval seconds (1 s by default: far more often than Prometheus's usual 15 s) for the
-             whole measurement. Its CPU per request includes rendering the scrapes. Compared with `keybrake`
-             run for run: the issue's "metrics cost the vendor-call path nothing measurable".
+             whole measurement. Its CPU per request includes rendering the scrapes and deriving alert
+             events at every counter change. Compared with `keybrake` run for run: the issue's "alerts and
+             metrics cost the vendor-call path nothing measurable".
   keybrake-pg
              only with --database URL: one `keybrake --database URL proxy` replica (its own home, made
              with `keybrake --database URL init`), the same CONNECT + TLS as keybrake, its ledger in
@@ -327,8 +329,13 @@ def start_keybrake(procs: Processes, upstream_port: int, name: str = "keybrake",
     home = procs.workdir / f"{name}-home"
     keybrake_cli(home, "init")
     keybrake_cli(home, "secret", "set", "stripe", stdin=UPSTREAM_SECRET + "\n")
-    issued = json.loads(keybrake_cli(home, "issue", "--vendor", "stripe", "--no-cap", "--allow-all",
-                                     "--label", "bench", "--json"))
+    # A cap far above what a run spends: the cap checks (and, with alerts, the threshold checks) run
+    # on every call, and nothing is ever refused.
+    issued = json.loads(keybrake_cli(home, "issue", "--vendor", "stripe", "--daily-usd-cap", "100000000",
+                                     "--allow-all", "--label", "bench", "--json"))
+    if metrics:
+        keybrake_cli(home, "alerts", "add", f"http://127.0.0.1:{AlertReceiver.port()}/keybrake", "--allow-private",
+                     "--thresholds", "50,80,100", "--json")
     # --access-log off: bare mitmdump runs with -q, so neither writes a line per request.
     cmd = [PY, "-m", "keybrake_addon", "--home", str(home), "proxy", "--listen-port", "0", "--api-port", "0",
            "--upstream", f"stripe=http://127.0.0.1:{upstream_port}", "--access-log", "off",
@@ -344,6 +351,31 @@ def start_keybrake(procs: Processes, upstream_port: int, name: str = "keybrake",
     baseurl = Target(f"{name}-baseurl", f"http://127.0.0.1:{api_port}/stripe", issued["vault_key"],
                      pid=process.pid)
     return forward, baseurl, f"http://127.0.0.1:{last_port}/metrics" if metrics else None
+
+
+class AlertReceiver:
+    """A loopback webhook receiver for the keybrake-metrics proxy's alert subscription: answers 204."""
+
+    _server = None
+
+    @classmethod
+    def port(cls) -> int:
+        if cls._server is None:
+            import threading
+            from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+            class Quiet(BaseHTTPRequestHandler):
+                def do_POST(self):  # noqa: N802 - http.server's name
+                    self.rfile.read(int(self.headers.get("content-length") or 0))
+                    self.send_response(204)
+                    self.end_headers()
+
+                def log_message(self, *args):
+                    pass
+
+            cls._server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+            threading.Thread(target=cls._server.serve_forever, name="bench-alerts", daemon=True).start()
+        return cls._server.server_address[1]
 
 
 class Scraper:
@@ -386,10 +418,10 @@ def init_pg_home(workdir: Path, database_url: str) -> Path:
 
 
 def start_keybrake_pg(procs: Processes, home: Path, upstream_port: int, database_url: str) -> Target:
-    """One `keybrake proxy` replica on PostgreSQL, with a key of its own (no cap)."""
+    """One `keybrake proxy` replica on PostgreSQL, with a key of its own (capped far above a run)."""
     database = ("--database", database_url)
-    issued = json.loads(keybrake_cli(home, *database, "issue", "--vendor", "stripe", "--no-cap", "--allow-all",
-                                     "--label", "bench-pg", "--json"))
+    issued = json.loads(keybrake_cli(home, *database, "issue", "--vendor", "stripe", "--daily-usd-cap", "100000000",
+                                     "--allow-all", "--label", "bench-pg", "--json"))
     cmd = [PY, "-m", "keybrake_addon", "--home", str(home), *database, "proxy", "--listen-port", "0",
            "--upstream", f"stripe=http://127.0.0.1:{upstream_port}", "--access-log", "off"]
     process, port = procs.start(PG_PATH, cmd, KEYBRAKE_READY)
