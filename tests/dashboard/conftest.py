@@ -14,11 +14,11 @@ from keybrake_addon.ledger.sqlite import SqliteLedger
 from keybrake_addon.ledger.store import SqlLedger
 from keybrake_addon.listener.dashboard import dashboard_routes
 
-from support.browser import browser, screenshot, watched_page
+from support.browser import screenshot, watched_page
 
 from .ledger_data import Facts, SettableClock, populate
 
-__all__ = ["browser", "screenshot"]  # the session's browser fixture, and what the tests import from here
+__all__ = ["screenshot"]  # what the tests import from here (`browser` is tests/conftest.py's)
 
 
 @dataclass

@@ -75,8 +75,8 @@ def test_the_tree_shows_each_budget_under_its_parent_with_spend_against_its_caps
     assert "$20.00</strong> <span class=\"muted\">of $100.00</span>" in shown["org"]
     assert 'aria-label="20% of the cap"' in shown["org"]
     assert "of $30.00 a day" in shown["billing"] and 'aria-label="67% of the cap"' in shown["billing"]
-    assert "no total cap" in shown["support"] and "0 keys" in shown["support"]
-    assert "1 key (1 active)" in shown["billing"] and "2 budgets under it" in shown["org"]
+    assert "no total cap" in shown["support"] and "no keys yet" in shown["support"]
+    assert "1 key (1 active)" in shown["billing"] and "no keys of its own · 2 budgets under it" in shown["org"]
     # what a key may still spend: the tightest cap of the budget and those above it
     left = {name: re.search(r'data-label="left">(.*?)</td>', row, re.S)[1] for name, row in shown.items()}
     assert left == {"org": "$80.00", "billing": "$10.00", "support": "$80.00"}
@@ -107,6 +107,7 @@ def test_freeze_and_unfreeze_are_csrf_forms_and_the_ledger_refuses_then_decides_
     shown = rows(page.text)
     assert 'badge-frozen"' in shown["org"] and "data-unfreeze=\"org\"" in shown["org"]
     assert "frozen by org" in shown["billing"] and 'data-freeze="billing"' in shown["billing"]
+    assert "none while frozen" in shown["billing"]  # nothing to spend, whatever its caps leave
     assert 'data-stat="frozen">1<' in page.text
 
     answer = browser.post("/ui/budgets/org/unfreeze", data={"csrf": csrf}, headers=ORIGIN)

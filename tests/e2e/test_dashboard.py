@@ -19,11 +19,9 @@ import stripe
 from playwright.sync_api import expect
 
 from keybrake_addon.proxy_process import ProxyProcess
-from support.browser import browser, screenshot, watched_page
+from support.browser import screenshot, watched_page
 
 from .helpers import keybrake, keybrake_json
-
-__all__ = ["browser"]  # the session's chromium, as a fixture
 
 LABEL = "trigger.dev/billing-agent/run_42"
 PI = {"currency": "usd", "confirm": True, "payment_method": "pm_card_visa"}
@@ -212,10 +210,10 @@ def test_a_scoped_admin_token_cannot_sign_in(home, fake_stripe, tmp_path, browse
             page.fill("#token", scoped)
             page.click("button[type=submit]")
             expect(page.locator(".flash-error")).to_contain_text("only an unrestricted one signs in")
+            screenshot(page, "e2e-12-scoped-token-refused")
             assert not [c for c in page.context.cookies() if c["name"] == "keybrake_session"]
             page.goto("/ui/runs")
             expect(page).to_have_url(re.compile(r"/ui/login\?next="))
-            screenshot(page, "e2e-12-scoped-token-refused")
         # the same token works where its scope means something: the vault API
         answer = httpx.get(proxy.api_url + "/vault/keys", headers={"authorization": f"Bearer {scoped}"}, timeout=10)
         assert answer.status_code == 200
