@@ -90,7 +90,8 @@ def test_the_tree_shows_each_budget_under_its_parent_with_spend_against_its_caps
 def test_freeze_and_unfreeze_are_csrf_forms_and_the_ledger_refuses_then_decides_again(budgets):
     browser = browser_for(budgets)
     csrf = form_csrf(browser, "/ui/budgets")
-    for data, headers in (({}, ORIGIN), ({"csrf": "0" * 64}, ORIGIN), ({"csrf": csrf}, {"origin": "https://evil.example"})):
+    evil = {"origin": "https://evil.example"}
+    for data, headers in (({}, ORIGIN), ({"csrf": "0" * 64}, ORIGIN), ({"csrf": csrf}, evil)):
         answer = browser.post("/ui/budgets/org/freeze", data=data, headers=headers)
         assert answer.status_code == 403 and "did not go through" in answer.text
     assert budgets.get_budget("org").frozen_at is None and admit(budgets).allowed
