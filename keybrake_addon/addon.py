@@ -299,6 +299,11 @@ class Keybrake:
             return
         route = listener_vendor_route(path)
         if route is None:
+            if self.gate is None and not is_health_path(path):
+                # The dashboard is mounted once the ledger opens, and nothing else on its path
+                # would try: try here (at most every second, off the event loop), as the vault
+                # API and the vendor gate do.
+                await self._ready_gate()
             await serve_asgi(self.listener_app, flow)
             return
         vendor, rest = route

@@ -171,6 +171,10 @@ async def run_proxy(settings: ProxySettings) -> None:
         certs=list(settings.api_tls_certs),
         termlog_verbosity="warn",
         http2=False,  # one request at a time per client connection: the Bounds meter counts per connection
+        # The API listener's app sees the Host the client sent, not the placeholder reverse target:
+        # the dashboard's forms check that the browser's Origin names this listener. (Only reverse
+        # mode reads this; a vendor call's Host is set to the vendor's when it is re-targeted.)
+        keep_host_header=True,
         keybrake_home=str(settings.home.root),
         keybrake_upstreams=list(settings.upstreams),
         keybrake_egress=settings.egress or default_mode(settings.listen_host).value,

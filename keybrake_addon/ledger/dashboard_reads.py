@@ -1,4 +1,4 @@
-"""What the dashboard's pages read: totals, runs, a key's history, the audit trail.
+"""What the dashboard's pages read: totals, runs, a key's history, the audit trail, budgets' keys.
 
 Every read takes a `ReadScope`: what the signed-in admin token may see. Each query is shaped for
 an index (migration 6), so a page answers in milliseconds on a ledger of a million audit rows
@@ -217,6 +217,12 @@ class SpendPoint:
     at: str  # the bucket's start: "2026-12-02T14" (hour) or "2026-12-02T14:05" (minute)
     vendor: str | None
     micros: int
+
+
+@dataclass(frozen=True)
+class BudgetKeys:
+    keys: int
+    active: int
 
 
 class DashboardReads:
@@ -498,6 +504,16 @@ class DashboardReads:
             row = tx.row(f"SELECT COUNT(*) AS n FROM audit WHERE {_REFUSED} AND decision IN {_CAP_HITS} AND "
                          + " AND ".join(clauses), params)
         return int(row["n"])
+
+    # --- budgets ------------------------------------------------------------------------------
+
+    def budget_key_counts(self) -> dict[str, BudgetKeys]:
+        """How many keys spend from each budget directly (not through a child budget)."""
+        with self._database.reading() as tx:
+            rows = tx.rows(f"SELECT k.budget, COUNT(*) AS key_count, SUM(CASE WHEN {_ACTIVE} THEN 1 ELSE 0 END) "
+                           "AS active_count FROM vault_keys k WHERE k.budget IS NOT NULL GROUP BY k.budget",
+                           (to_text(tx.now()),))
+        return {row["budget"]: BudgetKeys(int(row["key_count"]), int(row["active_count"] or 0)) for row in rows}
 
     def known_vendors(self, scope: ReadScope) -> list[str]:
         clauses, params = scope.clauses(label="k.label", vendor="k.vendor")

@@ -5,7 +5,6 @@ other, and ending it (sign-out, or revoking the admin token) ends it on both.
 """
 
 import re
-import warnings
 from contextlib import ExitStack
 
 import pytest
@@ -17,11 +16,8 @@ from keybrake_addon.ledger.postgres import PostgresLedger
 from keybrake_addon.ledger.sqlite import SqliteLedger
 from keybrake_addon.listener.dashboard import dashboard_routes
 
+from .http_forms import TestClient, client, form_csrf, signed_in
 from .ledger_data import SettableClock, Writer, Facts
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient
 
 BOTH_BACKENDS = True
 
@@ -42,22 +38,6 @@ def replicas(ledger_backend, tmp_path, request):
         Writer(ledger, SettableClock(), Facts(), key_prefix="kbk_form").key("stripe", "run/1", total=10**8)
         issued, token = AdminTokens(ledger).create("ops")
         yield opened, token, issued.token_id
-
-
-def client(ledger, **options) -> TestClient:
-    return TestClient(Starlette(routes=dashboard_routes(ledger, **options)), follow_redirects=False)
-
-
-def signed_in(browser: TestClient, token: str) -> TestClient:
-    form = browser.get("/ui/login")
-    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)[1]
-    answer = browser.post("/ui/login", data={"csrf": csrf, "token": token, "next": "/ui/runs"})
-    assert (answer.status_code, answer.headers["location"]) == (303, "/ui/runs")
-    return browser
-
-
-def form_csrf(browser: TestClient, path: str) -> str:
-    return re.search(r'name="csrf" value="([^"]+)"', browser.get(path).text)[1]
 
 
 def test_a_session_works_on_every_replica_and_sign_out_ends_it_on_all(replicas):

@@ -1,4 +1,5 @@
-"""The dashboard's pages: overview, runs, a run, a key, the audit trail; and its two actions.
+"""The dashboard's pages: overview, runs, a run, a key, the audit trail; and its two actions
+(the Budgets page and its own two are in budget_pages.py).
 
 Every handler gets the signed-in `Viewer`, and reads only through `DashboardReads` with the
 viewer's scope, so what a token may see is decided in one place (`visibility.py`). A page asked

@@ -26,6 +26,7 @@ from ...ledger.dashboard_reads import DashboardReads, ReadScope
 from ...ledger.dashboard_sessions import DashboardSessions
 from ...ledger.store import SqlLedger
 from .auth import FormTooLarge, Sessions, Viewer, csrf_matches, read_form, same_origin
+from .budget_pages import BudgetPages
 from .pages import BASE, Pages
 from .rendering import Renderer
 from .visibility import everything_visible
@@ -89,10 +90,12 @@ class Dashboard:
         self._render = Renderer(BASE, refresh_ms=int(refresh_seconds * 1000))
         self._sessions = Sessions(DashboardSessions(ledger), admin_tokens.verify, visibility, run_in_db,
                                   secure_cookies)
-        self._pages = Pages(ledger, DashboardReads(ledger), self._render, run_in_db)
+        reads = DashboardReads(ledger)
+        self._pages = Pages(ledger, reads, self._render, run_in_db)
+        self._budgets = BudgetPages(ledger, reads, self._render, run_in_db)
 
     def routes(self) -> list[BaseRoute]:
-        pages = self._pages
+        pages, budgets = self._pages, self._budgets
         inner = [
             Route("/", self._signed_in(pages.overview)),
             Route("/login", self.login_form, methods=["GET"]),
@@ -103,6 +106,9 @@ class Dashboard:
             Route("/run/revoke", self._form(pages.revoke_run), methods=["POST"]),
             Route("/keys/{key_id}", self._signed_in(pages.key)),
             Route("/keys/{key_id}/revoke", self._form(pages.revoke_key), methods=["POST"]),
+            Route("/budgets", self._signed_in(budgets.budgets)),
+            Route("/budgets/{name}/freeze", self._form(budgets.freeze), methods=["POST"]),
+            Route("/budgets/{name}/unfreeze", self._form(budgets.unfreeze), methods=["POST"]),
             Route("/audit", self._signed_in(pages.audit)),
             Route("/audit.csv", self._signed_in(pages.audit_csv)),
             Mount("/static", StaticFiles(directory=STATIC), name="dashboard-static"),
@@ -182,7 +188,8 @@ class Dashboard:
         except LedgerUnavailable:
             return self._unavailable(request)
         if secret is None:
-            return await self.login_form(request, error="That is not an active admin token.", status=401)
+            return await self.login_form(request, error="That is not an active admin token, or it is scoped: "
+                                                          "only an unrestricted one signs in.", status=401)
         response = RedirectResponse(_safe_next(form.get("next")), status_code=303)
         self._sessions.set_session_cookie(request, response, secret)
         self._sessions.clear_login_cookie(request, response)

@@ -34,11 +34,17 @@
 
   function vendorColor(name, i) { return VENDOR_COLORS[name] || COLORS[(i + 3) % COLORS.length]; }
 
-  // Axis labels in UTC, 24-hour: a date at midnight, the time otherwise.
-  function utcTick(ts) {
+  function two(n) { return String(n).padStart(2, "0"); }
+
+  // Axis labels in UTC, 24-hour: a date at midnight, the time otherwise, with seconds when the
+  // ticks are less than a minute apart (a run a few seconds old).
+  function utcTick(ts, step) {
     var d = new Date(ts * 1000);
-    if (d.getUTCHours() === 0 && d.getUTCMinutes() === 0) return MONTHS[d.getUTCMonth()] + " " + d.getUTCDate();
-    return String(d.getUTCHours()).padStart(2, "0") + ":" + String(d.getUTCMinutes()).padStart(2, "0");
+    if (d.getUTCHours() === 0 && d.getUTCMinutes() === 0 && d.getUTCSeconds() === 0) {
+      return MONTHS[d.getUTCMonth()] + " " + d.getUTCDate();
+    }
+    var text = two(d.getUTCHours()) + ":" + two(d.getUTCMinutes());
+    return step < 60 ? text + ":" + two(d.getUTCSeconds()) : text;
   }
 
   // Hourly spend: each vendor's bars stacked on the ones before it. uPlot draws series in order,
@@ -50,28 +56,39 @@
       stacks.push(running.slice());
     });
     var order = data.series.map(function (s, i) { return i; }).reverse();
-    var series = [{ label: "UTC", value: function (u, ts) { return ts == null ? "" : utcLabel(ts, true); } }];
+    // Away from the chart the legend says each vendor's week; over an hour, that hour's spend.
+    var series = [{ label: "Hour", value: function (u, ts) { return ts == null ? "last 7 days" : utcLabel(ts, true); } }];
     order.forEach(function (i) {
       var color = vendorColor(data.series[i].label, i);
+      var week = data.series[i].values.reduce(function (sum, v) { return sum + v; }, 0);
       series.push({
         label: data.series[i].label, stroke: color, fill: color, width: 0,
-        paths: uPlot.paths.bars({ size: [0.86, 40], align: 0 }), points: { show: false },
-        value: function (u, v, si, idx) { return idx == null ? "" : dollars(data.series[i].values[idx]); }
+        // Each bar fills its hour, from the hour's start: the current hour's bar ends at the right edge.
+        paths: uPlot.paths.bars({ size: [0.86, 40], align: 1 }), points: { show: false },
+        value: function (u, v, si, idx) { return dollars(idx == null ? week : data.series[i].values[idx]); }
       });
     });
     var columns = [data.x].concat(order.map(function (i) { return stacks[i]; }));
-    return { options: baseOptions(width, 260, series, Math.max.apply(null, stacks.length ? stacks[stacks.length - 1] : [0]), null), columns: columns };
+    var top = Math.max.apply(null, stacks.length ? stacks[stacks.length - 1] : [0]);
+    var options = baseOptions(width, 260, series, top, null);
+    options.scales.x.range = function (u, min, max) { return [min, max + 3600]; };
+    return { options: options, columns: columns };
   }
 
   // Cumulative spend of a key or a run, as steps, with its cap as a dashed line.
   function cumulativeChart(data, width) {
-    var series = [{ label: "UTC", value: function (u, ts) { return ts == null ? "" : utcLabel(ts, false); } },
+    var values = data.series[0].values;
+    var last = values.length ? values[values.length - 1] : 0;
+    // Away from the chart the legend says the spend so far; over it, the spend at that moment.
+    var series = [{ label: "Time", value: function (u, ts) { return ts == null ? "now" : utcLabel(ts, false); } },
       { label: "spent", stroke: "#e4572e", width: 2, fill: "rgba(228,87,46,0.10)",
         paths: uPlot.paths.stepped({ align: 1 }), points: { show: false },
-        value: function (u, v) { return v == null ? "" : dollars(v); } }];
-    var values = data.series[0].values;
+        value: function (u, v) { return dollars(v == null ? last : v); } }];
     var top = Math.max(values.length ? values[values.length - 1] : 0, data.cap || 0);
-    return { options: baseOptions(width, 240, series, top, data.cap), columns: [data.x, values] };
+    var options = baseOptions(width, 240, series, top, data.cap);
+    // At least a minute wide: a run a few seconds old would get ticks a fraction of a second apart.
+    options.scales.x.range = function (u, min, max) { return [min, Math.max(max, min + 60)]; };
+    return { options: options, columns: [data.x, values] };
   }
 
   function baseOptions(width, height, series, top, cap) {
@@ -83,7 +100,10 @@
       scales: { x: { time: true }, y: { range: function () { return [0, niceMax(top)]; } } },
       axes: [
         { stroke: "#6b7280", grid: { stroke: "#f0f1f4" }, ticks: { stroke: "#e5e7eb" }, space: 60,
-          values: function (u, splits) { return splits.map(utcTick); } },
+          values: function (u, splits) {
+            var step = splits.length > 1 ? splits[1] - splits[0] : 3600;
+            return splits.map(function (ts) { return utcTick(ts, step); });
+          } },
         { stroke: "#6b7280", grid: { stroke: "#f0f1f4" }, ticks: { stroke: "#e5e7eb" }, size: 70,
           values: function (u, vals) { return vals.map(function (v) { return dollars(v); }); } }
       ]
