@@ -3,7 +3,7 @@
 import pytest
 
 from support.postgres import PostgresUnavailable, fresh_database, provision_server, start_throwaway_server
-from support.browser import browser  # noqa: F401 - chromium, one per session for every suite
+from support.browser import browser  # noqa: F401 - chromium, one per test module that drives it
 
 
 @pytest.fixture(scope="session")

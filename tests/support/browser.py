@@ -21,8 +21,10 @@ DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    # Per module, never per session: Playwright's sync API keeps an event loop running in this
+    # thread while it is open, and every later test's asyncio.run() would fail on it.
     if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
         # Fail, never skip: a skipped browser test is a green run that proved nothing.
         pytest.fail(f"no chromium at {CHROMIUM}: install Debian's package (apt-get install -y chromium; "
