@@ -22,6 +22,7 @@ import heapq
 import logging
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -311,7 +312,7 @@ class AsyncLedger:
             self._deliver([(item, failure) for item in admits])
             self._retry_later(settles, refusals, failure)
             return
-        except Exception:  # noqa: BLE001 - one bad item must not fail its neighbours for ever
+        except Exception as failure:  # noqa: BLE001 - one bad item must not fail its neighbours for ever
             if len(admits) + len(settles) + len(refusals) > 1:
                 for item in admits:
                     self._apply([item], [], [])
@@ -320,8 +321,11 @@ class AsyncLedger:
                 for item in refusals:
                     self._apply([], [], [item])
                 return
-            logger.exception("keybrake: the ledger failed on one item; an admit is refused, a settlement's "
-                             "hold stays counted")
+            # Where it failed, never the exception's text: a driver's message can quote a row's values.
+            frame = traceback.extract_tb(failure.__traceback__)[-1] if failure.__traceback__ else None
+            logger.error("keybrake: the ledger failed on one item (unexpected %s at %s); an admit is refused, a "
+                         "settlement's hold stays counted", type(failure).__name__,
+                         f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else "?")
             self._deliver([(item, LedgerUnavailable("the ledger failed on this call")) for item in admits])
             return
         self._observe("batch", started)
