@@ -53,6 +53,7 @@ class AlertsApi:
             return api.error(400, "invalid_json", f"the body is not valid JSON: {failure}")
         if not isinstance(body, dict):
             return api.error(400, "invalid_field", "the body is a JSON object with at least `url`")
+        body = {name: value for name, value in body.items() if value is not None}  # null: not sent
         if unknown := sorted(set(body) - _FIELDS):
             return api.error(400, "invalid_field", f"unknown field {unknown[0][:40]!r}", unknown[0][:40])
         for name, kind in (("events", list), ("thresholds", list), ("allow_private", bool)):
@@ -63,12 +64,15 @@ class AlertsApi:
                 return api.error(400, "invalid_field", f"{name} is a string", name)
         if not body.get("url"):
             return api.error(400, "invalid_field", "url is required", "url")
+        thresholds = body.get("thresholds")
+        if thresholds is not None:  # JSON has one number type: 80.0 is the whole percent 80
+            thresholds = [int(t) if isinstance(t, float) and t.is_integer() else t for t in thresholds]
         try:
-            parsed = parse_request(body["url"], events=body.get("events"), thresholds=body.get("thresholds"),
+            parsed = parse_request(body["url"], events=body.get("events"), thresholds=thresholds,
                                    label_prefix=body.get("label_prefix"), vendor=body.get("vendor"),
                                    fmt=body.get("format") or "standard", allow_private=body.get("allow_private", False))
-        except InvalidSubscription as invalid:
-            return api.error(400, "invalid_field", str(invalid), invalid.field)
+        except InvalidSubscription as invalid:  # the body fits the description: a rule it cannot state
+            return api.error(422, "invalid_field", str(invalid), invalid.field)
         installation = self._installation
         subscription, secret = await self._run_in_db(create, installation.ledger, installation.master_key, parsed)
         return api.ApiResponse(201, {**document(subscription), "signing_secret": secret})

@@ -71,5 +71,6 @@ async def _create(request, ledger, run_in_db, respond, error):
     except BudgetError as failure:
         if failure.field == "name" and "already exists" in failure.reason:
             return error(409, "budget_exists", str(failure), "name")
-        return error(400, "invalid_field", str(failure), failure.field)
+        # The body fits the description (VaultApi checked it): a rule it cannot state, such as a parent that exists.
+        return error(422, "invalid_field", str(failure), failure.field)
     return respond(201, budget_document(record))

@@ -55,6 +55,8 @@ def _check(name: str, value):
         except InvalidAmount as failure:
             raise InvalidField(name, str(failure)) from None
     if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON has one number type: 5.0 is the whole number 5
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= LARGEST_COUNT:
             raise InvalidField(name, f"expected a whole number from 0 to {LARGEST_COUNT:,}")
         return value

@@ -1,9 +1,12 @@
 """The OpenAPI 3.1 description of the vault API, served at GET /vault/openapi.json.
 
-The tests validate the running API's answers against these schemas.
+The API checks each request against it (validation.py; the inputs are in openapi_inputs.py),
+and the tests validate its answers against it and run schemathesis against it.
 """
 
 from ..ledger.alert_events import KINDS
+from .openapi_inputs import (ALERT_SUBSCRIPTION_REQUEST, AUDIT_FILTERS, BOOLEAN, BUDGET_NAME, BUDGET_REQUEST,
+                             DELIVERY_ID, KEY_ID, KEY_REQUEST, LABEL_FILTER, PRINTABLE, SUBSCRIPTION_ID, path, query)
 
 _USD = {"type": ["string", "null"], "pattern": r"^\d+(\.\d+)?$", "description": "US dollars, as a decimal string"}
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -14,7 +17,7 @@ def _json(schema: dict, description: str) -> dict:
 
 
 _ERRORS = {
-    "400": _json(_ERROR, "Invalid request; `error.field` names the field"),
+    "400": _json(_ERROR, "The request does not fit this description; `error.field` names the field"),
     "401": _json(_ERROR, "Missing or wrong admin token"),
     "403": _json(_ERROR, "The admin token's stored scope is unreadable (`scope_unreadable`)"),
     "404": _json(_ERROR, "No such route (or no such key)"),
@@ -49,12 +52,13 @@ _KEY = {
     },
 }
 
-_BUDGET_NAME = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
+_UNPROCESSABLE = {"422": _json(_ERROR, "The request fits this description but breaks a rule it cannot state "
+                                       "(see the request body's description); `error.field` names the field")}
 _BUDGET = {
     "type": "object",
     "required": ["name", "parent", "status", "spent_usd", "reserved_usd", "remaining_usd", "calls"],
     "properties": {
-        "name": _BUDGET_NAME, "parent": {"type": ["string", "null"]},
+        "name": BUDGET_NAME, "parent": {"type": ["string", "null"]},
         "status": {"enum": ["active", "frozen"], "description": "frozen when it or an ancestor is"},
         "frozen_by": {"type": ["string", "null"], "description": "the budget whose freeze stops its keys"},
         "frozen_at": {"type": ["string", "null"], "format": "date-time", "description": "its own freeze"},
@@ -101,13 +105,16 @@ _DELIVERY = {
         "delivered_at": {"type": ["string", "null"]},
     },
 }
-_SUBSCRIPTION_ID = [{"name": "subscription_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+_SUBSCRIPTION_ID = [path("subscription_id", SUBSCRIPTION_ID)]
 
 OPENAPI: dict = {
     "openapi": "3.1.0",
     "info": {"title": "Keybrake vault API", "version": "1",
              "description": "Issue, find and revoke capped vault keys; read the audit trail and spend. "
                             "Every endpoint but this description needs `Authorization: Bearer <admin token>`. "
+                            "A request that does not fit this description is a 400 naming the field "
+                            "(`error.field`); one that fits it but breaks a rule it cannot state (a budget "
+                            "that must exist, a key that needs a cap) is a 422 naming the field. "
                             "A scoped admin token mints only keys inside its ceilings (else 403 naming the "
                             "field) and sees, lists, revokes and replays only the keys it minted: another "
                             "token's key is a 404 to it, and audit and spend cover its own keys alone."},
@@ -119,15 +126,7 @@ OPENAPI: dict = {
                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}}}}},
             "Key": _KEY,
             "Budget": _BUDGET,
-            "BudgetRequest": {
-                "type": "object", "additionalProperties": False, "required": ["name"],
-                "properties": {
-                    "name": _BUDGET_NAME,
-                    "parent": {**_BUDGET_NAME, "description": "the budget this one spends from; fixed once created"},
-                    "daily_usd_cap": {"type": ["number", "string"], "minimum": 0},
-                    "total_usd_cap": {"type": ["number", "string"], "minimum": 0},
-                },
-            },
+            "BudgetRequest": BUDGET_REQUEST,
             "IssuedKey": {"allOf": [{"$ref": "#/components/schemas/Key"}, {
                 "type": "object", "required": ["vault_key"],
                 "properties": {"vault_key": {"type": "string", "description": "shown once; send it as the vendor secret"}}}]},
@@ -135,38 +134,7 @@ OPENAPI: dict = {
                         "properties": {"data": {"type": "array", "items": {"$ref": "#/components/schemas/Key"}}}},
             "Revoked": {"type": "object", "required": ["revoked"],
                         "properties": {"revoked": {"type": "array", "items": {"type": "string"}}}},
-            "KeyRequest": {
-                "type": "object", "additionalProperties": False, "required": ["vendor"],
-                "properties": {
-                    "vendor": {"enum": ["stripe", "twilio", "resend"]},
-                    "secret": {"type": "string", "default": "default"},
-                    "daily_usd_cap": {"type": ["number", "string"], "minimum": 0},
-                    "total_usd_cap": {"type": ["number", "string"], "minimum": 0},
-                    "max_calls": {"type": "integer", "minimum": 0},
-                    "allowed_endpoints": {"type": "array", "items": {"type": "string"},
-                                          "examples": [["POST /v1/payment_intents"]]},
-                    "allow_all": {"type": "boolean"}, "no_cap": {"type": "boolean"},
-                    "allow_unpriced": {"type": "boolean"},
-                    "expires_in": {"type": "string", "pattern": r"^0*[1-9]\d*[smhd]$",
-                                   "description": "the key's lifetime. Every key expires: without this, after the "
-                                                  "installation's default TTL (24h unless changed with `keybrake "
-                                                  "settings set default-key-ttl`). Longer than the installation's "
-                                                  "maximum (30d unless raised with `keybrake settings set "
-                                                  "max-key-ttl`) is refused: 400 with error.field = expires_in"},
-                    "agent_run_label": {"type": "string"},
-                    "budget": {"type": "string", "description": "the budget the key spends from: every call is "
-                                                                "checked against its caps and its ancestors' too. A "
-                                                                "capped budget stands in for the key's own cap. An "
-                                                                "unknown budget is 400 with error.field = budget"},
-                    "stripe_account": {
-                        "type": "string", "pattern": "^acct_[A-Za-z0-9]{1,64}$",
-                        "description": "Stripe keys only: the Connect connected account every call acts for. "
-                                       "A call must then send `Stripe-Account` with this value; a call without "
-                                       "it (the platform account) or with another is refused, 403 "
-                                       "keybrake_account_mismatch. Without this field, any Stripe-Account "
-                                       "header is refused"},
-                },
-            },
+            "KeyRequest": KEY_REQUEST,
             "AuditRow": {"type": "object", "required": ["ts", "vendor", "method", "path", "decision"], "properties": {
                 "ts": {"type": "string"}, "key_id": {"type": ["string", "null"]}, "label": {"type": ["string", "null"]},
                 "vendor": {"type": "string"}, "method": {"type": "string"}, "path": {"type": "string"},
@@ -181,22 +149,7 @@ OPENAPI: dict = {
                 "type": "object", "required": ["signing_secret"],
                 "properties": {"signing_secret": {"type": "string", "pattern": "^whsec_",
                                                   "description": "shown once: verify each delivery with it"}}}]},
-            "AlertSubscriptionRequest": {
-                "type": "object", "additionalProperties": False, "required": ["url"],
-                "properties": {
-                    "url": {"type": "string", "description": "http(s); a private address needs allow_private"},
-                    "events": {"type": "array", "items": {"enum": _EVENT_TYPES},
-                               "description": "default: every event"},
-                    "thresholds": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 100},
-                                   "default": [50, 80, 100], "description": "percents of a cap"},
-                    "label_prefix": {"type": "string", "description": "only keys whose label starts with it; "
-                                     "budget and ledger events are about no one key and still come"},
-                    "vendor": {"enum": ["stripe", "twilio", "resend"],
-                               "description": "only keys of this vendor; budget and ledger events still come"},
-                    "format": {"enum": ["standard", "slack"], "default": "standard"},
-                    "allow_private": {"type": "boolean", "default": False},
-                },
-            },
+            "AlertSubscriptionRequest": ALERT_SUBSCRIPTION_REQUEST,
             "AlertDelivery": _DELIVERY,
             "AlertAttempt": {"type": "object", "required": ["subscription_id", "event_id", "delivered"], "properties": {
                 "subscription_id": {"type": "string"}, "event_id": {"type": "string"}, "delivered": {"type": "boolean"},
@@ -217,7 +170,7 @@ OPENAPI: dict = {
                 "description": "Issues a capped, scoped vault key, shown once. Every key expires: after "
                                "`expires_in`, else after the installation's default key TTL (24h unless changed). "
                                "A lifetime over the installation's maximum (30d unless raised) is refused.",
-                "parameters": [{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"},
+                "parameters": [{"name": "Idempotency-Key", "in": "header", "schema": PRINTABLE,
                                 "description": "the same key and body from the same admin token within 24 h "
                                                "return the same vault key; another token's Idempotency-Key "
                                                "is another record"}],
@@ -226,27 +179,29 @@ OPENAPI: dict = {
                 "responses": {"201": _json({"$ref": "#/components/schemas/IssuedKey"}, "Issued"),
                               "200": _json({"$ref": "#/components/schemas/IssuedKey"}, "Replayed issuance"),
                               "409": _json(_ERROR, "Idempotency-Key reused with another body"), **_ERRORS,
+                              **_UNPROCESSABLE,
                               "403": _json(_ERROR, "Over one of the admin token's ceilings (`over_ceiling`); "
                                                    "`error.field` names the request field")},
             },
             "get": {
                 "summary": "List vault keys",
-                "parameters": [{"name": "label", "in": "query", "schema": {"type": "string"}},
-                               {"name": "active", "in": "query", "schema": {"type": "boolean"}}],
+                "parameters": [LABEL_FILTER, query("active", BOOLEAN, "only keys neither expired nor revoked")],
                 "responses": {"200": _json({"$ref": "#/components/schemas/KeyList"}, "Keys"), **_ERRORS},
             },
             "delete": {
                 "summary": "Revoke every key of one run label",
-                "parameters": [{"name": "label", "in": "query", "required": True, "schema": {"type": "string"}}],
+                "parameters": [query("label", {**PRINTABLE, "minLength": 1}, "the run label whose keys to revoke; "
+                                     "never empty: there is no \"revoke everything\"", required=True)],
                 "responses": {"200": _json({"$ref": "#/components/schemas/Revoked"}, "Revoked"), **_ERRORS},
             },
         },
         "/vault/keys/{key_id}": {
-            "parameters": [{"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "parameters": [path("key_id", KEY_ID)],
             "get": {"summary": "One key with spent, reserved and remaining",
                     "responses": {"200": _json({"$ref": "#/components/schemas/Key"}, "The key"),
                                   "404": _json(_ERROR, "No such key"), **_ERRORS}},
-            "delete": {"summary": "Revoke a key (idempotent); the next request with it is refused",
+            "delete": {"summary": "Revoke a key (idempotent); the next request with it is refused. The key "
+                                  "stays readable (GET shows it with status revoked and what it spent)",
                        "responses": {"200": _json({"$ref": "#/components/schemas/Revoked"}, "Revoked"),
                                      "404": _json(_ERROR, "No such key"), **_ERRORS}},
         },
@@ -263,22 +218,22 @@ OPENAPI: dict = {
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/BudgetRequest"}}}},
                 "responses": {"201": _json(_BUDGET_REF, "Created"),
-                              "409": _json(_ERROR, "A budget of that name exists"), **_ERRORS},
+                              "409": _json(_ERROR, "A budget of that name exists"), **_ERRORS, **_UNPROCESSABLE},
             },
         },
         "/vault/budgets/{name}": {
-            "parameters": [{"name": "name", "in": "path", "required": True, "schema": _BUDGET_NAME}],
+            "parameters": [path("name", BUDGET_NAME)],
             "get": {"summary": "One budget: caps, spent, reserved, today's figures, children",
                     "responses": {"200": _json(_BUDGET_REF, "The budget"), **_ERRORS}},
         },
         "/vault/budgets/{name}/freeze": {
-            "parameters": [{"name": "name", "in": "path", "required": True, "schema": _BUDGET_NAME}],
+            "parameters": [path("name", BUDGET_NAME)],
             "post": {"summary": "Freeze a budget: every key under it is refused from its next call, like a "
                                 "revoked key (idempotent)",
                      "responses": {"200": _json(_BUDGET_REF, "Frozen"), **_ERRORS}},
         },
         "/vault/budgets/{name}/unfreeze": {
-            "parameters": [{"name": "name", "in": "path", "required": True, "schema": _BUDGET_NAME}],
+            "parameters": [path("name", BUDGET_NAME)],
             "post": {"summary": "Unfreeze a budget (its keys stay refused while an ancestor is frozen)",
                      "responses": {"200": _json(_BUDGET_REF, "Unfrozen"), **_ERRORS}},
         },
@@ -291,7 +246,7 @@ OPENAPI: dict = {
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/AlertSubscriptionRequest"}}}},
                 "responses": {"201": _json({"$ref": "#/components/schemas/NewAlertSubscription"}, "Subscribed"),
-                              **_ERRORS},
+                              **_ERRORS, **_UNPROCESSABLE},
             },
             "get": {"summary": "Active alert subscriptions (never their secrets)",
                     "responses": {"200": _json({"type": "object", "required": ["data"], "properties": {"data": {
@@ -315,27 +270,25 @@ OPENAPI: dict = {
         },
         "/vault/alerts/deliveries": {"get": {
             "summary": "Alert deliveries, newest first (200 at most)",
-            "parameters": [{"name": "failed", "in": "query", "schema": {"type": "boolean"},
-                            "description": "only those that failed at least once and were not delivered"}],
+            "parameters": [query("failed", BOOLEAN, "only those that failed at least once and were not delivered")],
             "responses": {"200": _json({"type": "object", "required": ["data"], "properties": {"data": {
                 "type": "array", "items": {"$ref": "#/components/schemas/AlertDelivery"}}}}, "Deliveries"),
                 **_ERRORS}}},
         "/vault/alerts/deliveries/{delivery_id}/retry": {
-            "parameters": [{"name": "delivery_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "parameters": [path("delivery_id", DELIVERY_ID)],
             "post": {"summary": "Send one delivery now (pending or failed)",
                      "responses": {"200": _json({"$ref": "#/components/schemas/AlertDelivery"}, "Attempted"),
                                    "409": _json(_ERROR, "Delivered or cancelled already"), **_ERRORS}},
         },
         "/vault/audit": {"get": {
             "summary": "Audit rows, one per call, refused ones included",
-            "parameters": [{"name": n, "in": "query", "schema": {"type": "string"}} for n in ("label", "key", "since", "limit")],
+            "parameters": AUDIT_FILTERS,
             "responses": {"200": _json({"type": "object", "required": ["data"], "properties": {
                 "data": {"type": "array", "items": {"$ref": "#/components/schemas/AuditRow"}}}}, "Rows"), **_ERRORS}}},
         "/vault/spend": {"get": {
             "summary": "Spend totals",
-            "parameters": [*({"name": n, "in": "query", "schema": {"type": "string"}} for n in ("label", "key", "since", "limit")),
-                           {"name": "by", "in": "query", "schema": {"enum": ["key", "label", "vendor", "day", "budget"]},
-                            "description": "the grouping column each row carries (default label)"}],
+            "parameters": [*AUDIT_FILTERS, query("by", {"enum": ["key", "label", "vendor", "day", "budget"]},
+                                                 "the grouping column each row carries (default label)")],
             "responses": {"200": _json({"type": "object", "required": ["data"], "properties": {
                 "data": {"type": "array", "items": {"$ref": "#/components/schemas/SpendRow"}}}}, "Totals"), **_ERRORS}}},
     },

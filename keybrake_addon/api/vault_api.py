@@ -2,6 +2,11 @@
 
 Transport-free: it takes an ApiRequest and returns an ApiResponse, so the proxy's listener
 and the tests drive the same code. Database work runs through `run_in_db` (the gate's thread).
+
+Once the caller is authenticated, the request is checked against the published description
+(validation.py): what does not fit it is a 400 naming the field. A request that fits it but
+breaks a rule it cannot state (a stored secret or budget that must exist, a key that needs a
+cap) is a 422 naming the field.
 """
 
 import asyncio
@@ -20,9 +25,10 @@ from ..vault.issuance import IssueError, issue_key
 from ..vault.scopes import Issuer, OverCeiling
 from ..views import audit_document, key_document, spend_document
 from . import budgets
-from .key_requests import InvalidField, key_request_from_json
+from .key_requests import LARGEST_COUNT, InvalidField, key_request_from_json
 from .openapi import OPENAPI
 from .tokens import AdminTokens
+from .validation import DESCRIPTION
 
 MAX_BODY_BYTES = 64 * 1024
 FAILURES_BEFORE_SLOWDOWN = 5
@@ -99,6 +105,10 @@ class VaultApi:
                                                       "revoke it and create another")
             if len(request.body) > MAX_BODY_BYTES:
                 return error(413, "body_too_large", f"the body is over {MAX_BODY_BYTES} bytes")
+            operation = DESCRIPTION.find(request.method, request.path)
+            if operation is not None and (invalid := DESCRIPTION.check(operation, request.path, request.query,
+                                                                       request.headers, request.body)):
+                return error(400, invalid.code, invalid.message, invalid.field)
             return await self._route(request, issuer)
         except LedgerUnavailable as failure:
             return error(503, "unavailable", f"the vault is unavailable: {failure}", retry_after="2")
@@ -186,8 +196,8 @@ class VaultApi:
                                                              key_request, idempotency=idempotency, issuer=issuer))
         except OverCeiling as failure:
             return error(403, "over_ceiling", str(failure), failure.field)
-        except IssueError as failure:
-            return error(400, "invalid_field", str(failure), failure.field)
+        except IssueError as failure:  # the body fits the description (checked above): a rule it cannot state
+            return error(422, "invalid_field", str(failure), failure.field)
         except IdempotencyMismatch:
             return error(409, "idempotency_mismatch",
                          "this Idempotency-Key was used with a different request in the last 24 hours")
@@ -196,9 +206,7 @@ class VaultApi:
                            {"vault_key": issued.vault_key, **key_document(issued.record)}, headers)
 
     async def _list_keys(self, request: ApiRequest, issuer: Issuer) -> ApiResponse:
-        active = _flag(request.query.get("active"))
-        if isinstance(active, ApiResponse):
-            return active
+        active = request.query.get("active") == "true"  # the description allows true or false alone
         records = await self._run_in_db(self._ledger.list_keys, request.query.get("label"),
                                          utc_now() if active else None, issuer.own_keys_only)
         return ApiResponse(200, {"data": [key_document(r) for r in records]})
@@ -239,14 +247,6 @@ class VaultApi:
         return ApiResponse(200, {"data": [spend_document(row) for row in rows]})
 
 
-def _flag(value: str | None) -> bool | ApiResponse:
-    if value is None or value.lower() in ("false", "0"):
-        return False
-    if value.lower() in ("true", "1"):
-        return True
-    return error(400, "invalid_field", "active is true or false", "active")
-
-
 def _audit_filter(query: dict[str, str], issuer: Issuer) -> AuditFilter | ApiResponse:
     since = None
     if raw := query.get("since"):
@@ -256,8 +256,8 @@ def _audit_filter(query: dict[str, str], issuer: Issuer) -> AuditFilter | ApiRes
             return error(400, "invalid_field", str(failure), "since")
     limit = None
     if raw := query.get("limit"):
-        if not raw.isdigit() or int(raw) == 0:
-            return error(400, "invalid_field", "limit is a whole number above 0", "limit")
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 30 or not 0 < int(raw) <= LARGEST_COUNT:
+            return error(400, "invalid_field", f"limit is a whole number from 1 to {LARGEST_COUNT}", "limit")
         limit = int(raw)
     return AuditFilter(label=query.get("label"), key_id=query.get("key"), since=since, limit=limit,
                        minted_by=issuer.own_keys_only)

@@ -138,8 +138,8 @@ def test_the_vault_api_manages_alerts(api):
         assert conforms(api.get("/vault/alerts/deliveries", params={"failed": "true"}),
                         "/vault/alerts/deliveries", "get")["data"] == []
 
-        bad = api.post("/vault/alerts", json={"url": "http://10.0.0.8/hook"})
-        assert bad.status_code == 400 and conforms(bad, "/vault/alerts", "post")["error"]["field"] == "url"
+        bad = api.post("/vault/alerts", json={"url": "http://10.0.0.8/hook"})  # private, without allow_private
+        assert bad.status_code == 422 and conforms(bad, "/vault/alerts", "post")["error"]["field"] == "url"
         unknown = api.post("/vault/alerts", json={"url": "https://example.com/", "colour": "red"})
         assert unknown.status_code == 400
         assert api.put("/vault/alerts").status_code == 405

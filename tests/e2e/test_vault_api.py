@@ -88,23 +88,32 @@ def test_concurrent_retries_of_one_issuance_get_one_key(api):
     ({**ISSUE, "total_usd_cap": "lots"}, "total_usd_cap"),
     ({**ISSUE, "expires_in": "2 weeks"}, "expires_in"),
     ({**ISSUE, "vendor": "paypal"}, "vendor"),
-    ({**ISSUE, "allowed_endpoints": []}, "allowed_endpoints"),
     ({**ISSUE, "allowed_endpoints": ["POST v1/payment_intents"]}, "allowed_endpoints"),
     ({**ISSUE, "surprise": True}, "surprise"),
     ({**ISSUE, "max_calls": -1}, "max_calls"),
     ({k: v for k, v in ISSUE.items() if k != "vendor"}, "vendor"),
-    ({k: v for k, v in ISSUE.items() if k != "daily_usd_cap"}, "daily_usd_cap"),
     ([ISSUE], "body"),
     ({**ISSUE, "vendor": None}, "vendor"),
     ({**ISSUE, "daily_usd_cap": 1e30}, "daily_usd_cap"),
     ({**ISSUE, "max_calls": 99999999999999999999999}, "max_calls"),
-    ({**ISSUE, "expires_in": "99999999999d"}, "expires_in"),
     ({**ISSUE, "agent_run_label": "run_1\x1b]0;owned\x07"}, "agent_run_label"),
     ({**ISSUE, "agent_run_label": "run_1\nrun_2"}, "agent_run_label"),
 ])
 def test_validation_names_the_field(api, body, field):
     response = api.post("/vault/keys", json=body)
     assert response.status_code == 400
+    assert conforms(response, "/vault/keys", "post")["error"]["field"] == field
+
+
+@pytest.mark.parametrize("body, field", [
+    ({**ISSUE, "allowed_endpoints": []}, "allowed_endpoints"),
+    ({k: v for k, v in ISSUE.items() if k != "daily_usd_cap"}, "daily_usd_cap"),
+    ({**ISSUE, "expires_in": "99999999999d"}, "expires_in"),
+    ({**ISSUE, "secret": "nobody-stored-this"}, "secret"),
+])
+def test_a_request_that_fits_the_description_but_breaks_a_rule_it_cannot_state_is_a_422(api, body, field):
+    response = api.post("/vault/keys", json=body)
+    assert response.status_code == 422
     assert conforms(response, "/vault/keys", "post")["error"]["field"] == field
 
 

@@ -56,12 +56,20 @@ def test_a_stripe_key_names_its_connected_account_in_every_document(api):
     ({**STRIPE, "stripe_account": "acct_1\n"}, "acct_ and up to 64"),
     ({**STRIPE, "stripe_account": "acct_" + "a" * 65}, "acct_ and up to 64"),
     ({**STRIPE, "stripe_account": 7}, "expected a str"),
-    ({"vendor": "twilio", "daily_usd_cap": 5, "allowed_endpoints": ["POST /2010-04-01/Accounts/*/Messages.json"],
-      "stripe_account": "acct_1Nv0FGQ9RKHgCVdK"}, "only Stripe keys"),
 ])
 def test_a_bad_stripe_account_is_a_400_naming_the_field(api, body, reason):
     refused = api("POST", "/vault/keys", body)
     assert refused.status == 400, refused.document
     assert refused.document["error"]["field"] == "stripe_account"
     assert reason in refused.document["error"]["message"]
+    assert api.ledger.list_keys() == []
+
+
+def test_a_connected_account_on_a_key_of_another_vendor_is_a_422_naming_the_field(api):
+    # Each field fits the description; together they break a rule it does not state.
+    refused = api("POST", "/vault/keys", {"vendor": "twilio", "daily_usd_cap": 5,
+                                          "allowed_endpoints": ["POST /2010-04-01/Accounts/*/Messages.json"],
+                                          "stripe_account": "acct_1Nv0FGQ9RKHgCVdK"})
+    assert (refused.status, refused.document["error"]["field"]) == (422, "stripe_account")
+    assert "only Stripe keys" in refused.document["error"]["message"]
     assert api.ledger.list_keys() == []

@@ -66,7 +66,7 @@ def test_create_list_show_freeze_and_unfreeze(api):
 
 @pytest.mark.parametrize("body, status, field", [
     ({"name": "org"}, 409, "name"),
-    ({"name": "team", "parent": "nobody"}, 400, "parent"),
+    ({"name": "team", "parent": "nobody"}, 422, "parent"),  # fits the description; no such budget
     ({"name": "a b"}, 400, "name"),
     ({"name": "x", "total_usd_cap": -5}, 400, "total_usd_cap"),
     ({"name": "x", "total_usd_cap": True}, 400, "total_usd_cap"),
@@ -93,10 +93,10 @@ def test_issuing_into_a_budget(api):
     issued = api("POST", "/vault/keys", {**ISSUE, "budget": "org"})
     assert (issued.status, issued.document["budget"], issued.document["total_usd_cap"]) == (201, "org", None)
     unknown = api("POST", "/vault/keys", {**ISSUE, "budget": "nobody", "total_usd_cap": 5})
-    assert (unknown.status, unknown.document["error"]["field"]) == (400, "budget")
+    assert (unknown.status, unknown.document["error"]["field"]) == (422, "budget")
     assert "no budget named 'nobody'" in unknown.document["error"]["message"]
     api("POST", "/vault/budgets", {"name": "open"})
     uncapped = api("POST", "/vault/keys", {**ISSUE, "budget": "open"})
-    assert (uncapped.status, uncapped.document["error"]["field"]) == (400, "daily_usd_cap")
+    assert (uncapped.status, uncapped.document["error"]["field"]) == (422, "daily_usd_cap")
     spend = api("GET", "/vault/spend", query={"by": "budget"})
     assert spend.status == 200 and spend.document["data"] == []

@@ -1,4 +1,4 @@
-"""POST /vault/keys in-process: every key expires, and a lifetime over the maximum is a 400 on expires_in."""
+"""POST /vault/keys in-process: every key expires, and a lifetime over the maximum is a 422 on expires_in."""
 
 import asyncio
 import json
@@ -50,9 +50,9 @@ def test_a_key_requested_without_expires_in_expires_after_the_default(api):
     assert timedelta(hours=23, minutes=59) < lifetime(response.document) <= timedelta(hours=24)
 
 
-def test_a_lifetime_over_the_maximum_is_a_400_on_expires_in_until_raised(api):
+def test_a_lifetime_over_the_maximum_is_a_422_on_expires_in_until_raised(api):
     refused = api({**ISSUE, "expires_in": "90d"})
-    assert refused.status == 400
+    assert refused.status == 422  # a well-formed duration: the installation's setting refuses it
     assert refused.document["error"]["field"] == "expires_in"
     assert "maximum key lifetime (30d)" in refused.document["error"]["message"]
     assert api.ledger.list_keys() == []
