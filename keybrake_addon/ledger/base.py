@@ -10,7 +10,10 @@ from ..vendors.base import CostEstimate, PricingBasis, Refusal, RefusalKind
 
 
 # Refusals of a request that holds no valid vault key: whoever sent it need not be anyone we know.
-NO_VALID_KEY = frozenset({RefusalKind.UNKNOWN_KEY, RefusalKind.KEY_REVOKED, RefusalKind.KEY_EXPIRED})
+# Refusals of a caller who showed no key of ours: audited within the bounds of keyless_refusals.py.
+# A revoked or expired key is not among them: it was a real key (a secret no stranger has), and
+# its refusals stay in its own audit trail, one row each, so `audit --key` shows every attempt.
+NO_VALID_KEY = frozenset({RefusalKind.UNKNOWN_KEY})
 
 
 class LedgerUnavailable(Exception):

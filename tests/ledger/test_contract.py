@@ -348,13 +348,14 @@ def test_a_caller_that_bounds_its_keyless_rows_gets_no_row_for_an_invalid_key(le
     assert unknown.refusal.kind is RefusalKind.UNKNOWN_KEY and unknown.audit_id is None
     assert admit_deferring(usd=11).refusal.kind is RefusalKind.CAP_EXCEEDED  # a valid key's refusal: its row as ever
     clock.advance(hours=2)
-    expired = admit_deferring()
-    assert expired.refusal.kind is RefusalKind.KEY_EXPIRED and expired.audit_id is None
-    assert [r["decision"] for r in ledger.audit_rows(AuditFilter())] == ["keybrake_cap_exceeded"]
+    expired = admit_deferring()  # a real key, expired: its own row as ever, never bounded away
+    assert expired.refusal.kind is RefusalKind.KEY_EXPIRED and expired.audit_id is not None
+    assert [r["decision"] for r in ledger.audit_rows(AuditFilter())] == ["keybrake_cap_exceeded",
+                                                                         "keybrake_key_expired"]
 
-    # What the gate writes instead: the row (with the key, when there is one) or a summary row.
-    ledger.apply_batch([], [], [Refused(call, expired.refusal, expired.key),
+    # What the gate writes for the unknown key instead: a row of its own, or a summary row.
+    ledger.apply_batch([], [], [Refused(call, unknown.refusal, None),
                                 Refused(call, Refusal(RefusalKind.UNKNOWN_KEY, "990 more refusals"), summary=True)])
     rows = ledger.audit_rows(AuditFilter())
-    assert [(r["decision"], r["key_id"], r["status"]) for r in rows[1:]] == [
-        ("keybrake_key_expired", "kbk_test", 401), (SUMMARY_DECISION, None, None)]
+    assert [(r["decision"], r["key_id"], r["status"]) for r in rows[2:]] == [
+        ("keybrake_unknown_key", None, 401), (SUMMARY_DECISION, None, None)]
