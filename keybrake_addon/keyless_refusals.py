@@ -1,7 +1,7 @@
 """How much a client without a valid vault key can make Keybrake write: a bounded amount a minute.
 
-A refusal of a request without a valid key (none sent, garbage, a real vendor secret, an unknown,
-revoked or expired vault key, or a request refused before its key was looked at) used to write
+A refusal of a request without a key of ours (none sent, garbage, a real vendor secret, an
+unknown vault key, or a request refused before its key was looked at) used to write
 one audit row each, so anyone who could reach a listener could fill the ledger's disk. Now, per
 window of WINDOW_S seconds and per process (replica):
 
