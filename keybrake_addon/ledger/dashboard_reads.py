@@ -48,10 +48,12 @@ class ReadScope:
 
     label_prefixes: only keys (and their audit rows) whose label starts with one of these.
     vendors: only keys (and audit rows) of these vendors.
+    minted_by: only keys (and audit rows) that this admin token minted (a scoped token's view).
     """
 
     label_prefixes: tuple[str, ...] = ()
     vendors: tuple[str, ...] = ()
+    minted_by: str | None = None
 
     @classmethod
     def everything(cls) -> "ReadScope":
@@ -59,9 +61,11 @@ class ReadScope:
 
     @property
     def unrestricted(self) -> bool:
-        return not self.label_prefixes and not self.vendors
+        return not self.label_prefixes and not self.vendors and self.minted_by is None
 
-    def allows(self, label: str | None, vendor: str | None) -> bool:
+    def allows(self, label: str | None, vendor: str | None, minted_by: str | None = None) -> bool:
+        if self.minted_by is not None and minted_by != self.minted_by:
+            return False
         if self.vendors and vendor not in self.vendors:
             return False
         if self.label_prefixes and not any(label is not None and label.startswith(p) for p in self.label_prefixes):
@@ -69,8 +73,13 @@ class ReadScope:
         return True
 
     def clauses(self, *, label: str, vendor: str) -> tuple[list[str], list]:
-        """SQL conditions (and their parameters) on the given label and vendor columns."""
+        """SQL conditions (and their parameters) on the given label and vendor columns (and on the
+        key_id column beside them: audit rows and vault keys both name their key so)."""
         clauses, params = [], []
+        if self.minted_by is not None:
+            key = label.removesuffix("label") + "key_id"
+            clauses.append(f"{key} IN (SELECT mk.key_id FROM vault_keys mk WHERE mk.minted_by = ?)")
+            params.append(self.minted_by)
         if self.label_prefixes:
             # substr, not LIKE or a range: no wildcard to escape, and no collation to trust.
             clauses.append("(" + " OR ".join(f"substr({label}, 1, {len(p)}) = ?" for p in self.label_prefixes) + ")")
@@ -394,7 +403,7 @@ class DashboardReads:
         """A run's visible keys, oldest first (label "": the newest UNLABELLED_KEYS keys issued
         without a label, a bucket that can hold every key of an installation)."""
         keys = self._ledger.list_keys(label=label) if label else self._unlabelled_keys(scope)
-        return [k for k in keys if scope.allows(k.spec.label, k.spec.vendor)]
+        return [k for k in keys if scope.allows(k.spec.label, k.spec.vendor, k.spec.minted_by)]
 
     def _unlabelled_keys(self, scope: ReadScope) -> list[KeyRecord]:
         clauses, params = scope.clauses(label="label", vendor="vendor")
@@ -428,7 +437,7 @@ class DashboardReads:
 
     def key(self, scope: ReadScope, key_id: str) -> KeyRecord | None:
         record = self._ledger.get_key(key_id)
-        if record is None or not scope.allows(record.spec.label, record.spec.vendor):
+        if record is None or not scope.allows(record.spec.label, record.spec.vendor, record.spec.minted_by):
             return None
         return record
 

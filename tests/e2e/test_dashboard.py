@@ -201,21 +201,33 @@ def test_freeze_a_budget_from_its_page_and_the_next_call_under_it_is_refused(hom
         proxy.stop()
 
 
-def test_a_scoped_admin_token_cannot_sign_in(home, fake_stripe, tmp_path, browser):
+def test_a_scoped_admin_token_sees_only_the_keys_it_minted(home, fake_stripe, tmp_path, browser):
     proxy = start_proxy(home, fake_stripe, tmp_path)
     try:
         scoped = keybrake_json(home, "admin-token", "create", "--name", "ci", "--vendor", "stripe")["token"]
+        minted = httpx.post(proxy.api_url + "/vault/keys", headers={"authorization": f"Bearer {scoped}"}, timeout=10,
+                            json={"vendor": "stripe", "total_usd_cap": 50, "agent_run_label": "team-a/run-1",
+                                  "allowed_endpoints": ["POST /v1/payment_intents"]}).json()
+        other = keybrake_json(home, "issue", "--vendor", "stripe", "--total-usd-cap", "50", "--allow",
+                              "POST /v1/payment_intents", "--label", "team-b/run-1")
+        for key in (minted, other):  # a call each, so both show in the audit trail
+            paid = httpx.post(proxy.api_url + "/stripe/v1/payment_intents", data={"amount": 500, "currency": "usd"},
+                              headers={"authorization": f"Bearer {key['vault_key']}"}, timeout=10)
+            assert paid.status_code == 200
         with watched_page(browser, proxy.api_url) as page:
-            page.goto("/ui/login")
-            page.fill("#token", scoped)
-            page.click("button[type=submit]")
-            expect(page.locator(".flash-error")).to_contain_text("only an unrestricted one signs in")
-            screenshot(page, "e2e-12-scoped-token-refused")
-            assert not [c for c in page.context.cookies() if c["name"] == "keybrake_session"]
+            sign_in(page, scoped)
             page.goto("/ui/runs")
-            expect(page).to_have_url(re.compile(r"/ui/login\?next="))
-        # the same token works where its scope means something: the vault API
-        answer = httpx.get(proxy.api_url + "/vault/keys", headers={"authorization": f"Bearer {scoped}"}, timeout=10)
-        assert answer.status_code == 200
+            expect(page.locator("main")).to_contain_text("team-a")
+            expect(page.locator("main")).not_to_contain_text("team-b")
+            screenshot(page, "e2e-12-scoped-token-runs")
+            page.goto(f"/ui/keys/{minted['key_id']}")
+            expect(page.locator("main")).to_contain_text(minted["key_id"])
+            answer = page.goto(f"/ui/keys/{other['key_id']}")
+            assert answer.status == 404  # another token's key: not one it may see
+            exported = page.request.get(proxy.api_url + "/ui/audit.csv")  # the session's cookie goes along
+            assert exported.ok and minted["key_id"] in exported.text()
+            assert other["key_id"] not in exported.text()
+            page.goto("/ui/budgets")
+            expect(page.locator("main")).not_to_contain_text("Freeze")
     finally:
         proxy.stop()

@@ -188,8 +188,7 @@ class Dashboard:
         except LedgerUnavailable:
             return self._unavailable(request)
         if secret is None:
-            return await self.login_form(request, error="That is not an active admin token, or it is scoped: "
-                                                          "only an unrestricted one signs in.", status=401)
+            return await self.login_form(request, error="That is not an active admin token.", status=401)
         response = RedirectResponse(_safe_next(form.get("next")), status_code=303)
         self._sessions.set_session_cookie(request, response, secret)
         self._sessions.clear_login_cookie(request, response)
