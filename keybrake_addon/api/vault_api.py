@@ -34,6 +34,7 @@ MAX_BODY_BYTES = 64 * 1024
 FAILURES_BEFORE_SLOWDOWN = 5
 FAILURE_WINDOW_S = 60.0
 MAX_FAILURE_DELAY_S = 5.0
+MAX_TRACKED_ADDRESSES = 10_000
 
 RunInDb = Callable[..., Awaitable]
 
@@ -78,6 +79,9 @@ class FailureThrottle:
         recent.append(now)
         while recent and now - recent[0] > FAILURE_WINDOW_S:
             recent.popleft()
+        if len(self._failures) > MAX_TRACKED_ADDRESSES:  # bounded: forget the quiet addresses first
+            for stale in [a for a, times in self._failures.items() if not times or now - times[-1] > FAILURE_WINDOW_S]:
+                del self._failures[stale]
         excess = len(recent) - FAILURES_BEFORE_SLOWDOWN
         return 0.0 if excess < 0 else min(MAX_FAILURE_DELAY_S, 0.1 * 2 ** excess)
 

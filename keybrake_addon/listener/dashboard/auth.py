@@ -18,8 +18,6 @@ import hashlib
 import hmac
 import re
 import secrets
-import time
-from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -28,6 +26,7 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ...api.vault_api import FailureThrottle  # one throttle for every sign-in: the vault API's
 from ...ledger.dashboard_reads import ReadScope
 from ...ledger.dashboard_sessions import DashboardSessions
 
@@ -39,10 +38,6 @@ LOGIN_FORM_LIFETIME_S = 3600
 MAX_FORM_BYTES = 8 * 1024
 MAX_TOKEN_CHARS = 256
 _SECRET_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
-
-FAILURES_BEFORE_SLOWDOWN = 5
-FAILURE_WINDOW_S = 60.0
-MAX_FAILURE_DELAY_S = 5.0
 
 RunInDb = Callable[..., Awaitable]
 
@@ -83,25 +78,6 @@ def csrf_token(session_secret: str) -> str:
 
 def _hash(session_secret: str) -> str:
     return hashlib.sha256(session_secret.encode()).hexdigest()
-
-
-class FailureThrottle:
-    """Holds back the answer to an address after repeated failed sign-ins (this process's memory)."""
-
-    def __init__(self) -> None:
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
-
-    def record(self, address: str) -> float:
-        now = time.monotonic()
-        recent = self._failures[address]
-        recent.append(now)
-        while recent and now - recent[0] > FAILURE_WINDOW_S:
-            recent.popleft()
-        if len(self._failures) > 10_000:  # bounded: forget the quietest addresses first
-            for stale in [a for a, times in self._failures.items() if not times or now - times[-1] > FAILURE_WINDOW_S]:
-                del self._failures[stale]
-        excess = len(recent) - FAILURES_BEFORE_SLOWDOWN
-        return 0.0 if excess < 0 else min(MAX_FAILURE_DELAY_S, 0.1 * 2 ** excess)
 
 
 class Sessions:
