@@ -21,7 +21,7 @@ from support.postgres import fresh_database
 from keybrake_addon.fakes.fake_stripe import FakeStripe
 from keybrake_addon.proxy_process import ProxyProcess
 
-from .helpers import REAL_SECRET, keybrake, keybrake_json
+from .helpers import REAL_SECRET, keybrake, keybrake_json, settled_key_json
 from .test_node_sdk import _tool, node_project  # noqa: F401 - node_project is a fixture of this module too
 
 PI = {"amount": 5000, "currency": "usd", "confirm": True, "payment_method": "pm_card_visa"}
@@ -100,7 +100,7 @@ def test_stripe_python_is_refused_without_a_credential_and_capped_with_one(auth_
     assert sum(not isinstance(r, Exception) for r in results) == FITS
     assert all(r.headers.get("x-keybrake-cap-hit") == "true" for r in results if isinstance(r, Exception))
     assert (fake.hits - hits, fake.money_moved_minor - moved) == (FITS, FITS * PI["amount"])
-    shown = keybrake_json(auth_proxy.home, "keys", "show", key["key_id"])
+    shown = settled_key_json(auth_proxy.home, key["key_id"])
     assert (shown["spent_usd"], shown["reserved_usd"], shown["calls"]) == ("450.00", "0.00", FITS)  # calls: allowed ones
 
 

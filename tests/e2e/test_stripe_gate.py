@@ -12,7 +12,7 @@ import stripe
 
 from keybrake_addon.ledger.base import AuditFilter
 
-from .helpers import REAL_SECRET, keybrake, keybrake_json
+from .helpers import REAL_SECRET, keybrake, keybrake_json, settled_key_json
 
 BOTH_BACKENDS = True  # caps, retries, revoke and audit: each test runs on SQLite and on PostgreSQL
 
@@ -32,7 +32,7 @@ def test_happy_path_swaps_the_key_and_reports_spend(proxy, fake_stripe, stripe_c
     (seen,) = fake_stripe.received
     assert seen.authorization == f"Bearer {REAL_SECRET}"
     assert not any(name.startswith("x-keybrake") for name in seen.headers)
-    shown = keybrake_json(home, "keys", "show", key["key_id"])
+    shown = settled_key_json(home, key["key_id"])
     assert (shown["spent_usd"], shown["reserved_usd"], shown["remaining_usd"]) == ("50.00", "0.00", "450.00")
 
 
@@ -57,7 +57,7 @@ def test_parallel_batch_stops_exactly_at_the_cap(proxy, fake_stripe, stripe_clie
     assert "cap $475.00" in refused[0].user_message
     assert fake_stripe.money_moved_minor == 9 * 5000
     assert fake_stripe.hits == 9  # refused calls never reached the vendor
-    shown = keybrake_json(home, "keys", "show", key["key_id"])
+    shown = settled_key_json(home, key["key_id"])
     assert (shown["spent_usd"], shown["reserved_usd"]) == ("450.00", "0.00")
     spend = keybrake_json_format(home, "spend", "--label", "run-batch")
     assert spend == [{"label": "run-batch", "spent_usd": "450.00", "reserved_usd": "0.00", "calls": 50,
@@ -110,7 +110,7 @@ def test_declined_card_releases_its_hold(proxy, fake_stripe, stripe_client_for, 
     client = stripe_client_for(key["vault_key"])
     with pytest.raises(stripe.CardError):
         client.v1.payment_intents.create(params={**PI, "payment_method": "pm_card_chargeDeclined"})
-    shown = keybrake_json(home, "keys", "show", key["key_id"])
+    shown = settled_key_json(home, key["key_id"])
     assert (shown["spent_usd"], shown["reserved_usd"], shown["remaining_usd"]) == ("0.00", "0.00", "100.00")
     # The released hold is usable again: two $50 charges fit the $100 cap.
     client.v1.payment_intents.create(params=PI)
@@ -126,7 +126,7 @@ def test_idempotent_retry_is_counted_once(proxy, fake_stripe, stripe_client_for,
     assert again.id == first.id
     assert again.last_response.headers.get("idempotent-replayed") == "true"
     assert fake_stripe.money_moved_minor == 5000
-    shown = keybrake_json(home, "keys", "show", key["key_id"])
+    shown = settled_key_json(home, key["key_id"])
     assert (shown["spent_usd"], shown["reserved_usd"]) == ("50.00", "0.00")
     rows = keybrake_json_format(home, "audit", "--label", "run-idem")
     assert [(r["object_id"], r["actual_usd"]) for r in rows] == [(first.id, "50.00"), (first.id, "0.00")]
@@ -138,7 +138,7 @@ def test_confirming_a_counted_payment_intent_adds_nothing(proxy, fake_stripe, st
     intent = client.v1.payment_intents.create(params={"amount": 5000, "currency": "usd"})
     confirmed = client.v1.payment_intents.confirm(intent.id, params={"payment_method": "pm_card_visa"})
     assert confirmed.status == "succeeded"
-    assert keybrake_json(home, "keys", "show", key["key_id"])["spent_usd"] == "50.00"
+    assert settled_key_json(home, key["key_id"])["spent_usd"] == "50.00"
     # A PaymentIntent Keybrake never counted cannot be priced: refused, not forwarded.
     with pytest.raises(stripe.PermissionError) as refused:
         client.v1.payment_intents.confirm("pi_notcreatedthroughkeybrake")

@@ -127,7 +127,18 @@ const outcomes = await Promise.all(Array.from({ length: N }, async (_, i) => {
   }
 }));
 
-const shown = await vault("GET", `/vault/keys/${keyId}`);
+// The proxy settles a call just after writing its reply (settling never holds up a request), so
+// the last holds may still be open when the SDK calls return: wait, bounded, until none is.
+async function settledKey() {
+  const deadline = Date.now() + 15000;
+  for (;;) {
+    const key = await vault("GET", `/vault/keys/${keyId}`);
+    if (key.json.reserved_usd === "0.00" || Date.now() > deadline) return key;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+const shown = await settledKey();
 const spend = await vault("GET", `/vault/spend?label=${encodeURIComponent(LABEL)}&by=key`);
 const revoked = await vault("DELETE", `/vault/keys/${keyId}`);
 
