@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 from mitmproxy import ctx, options
 from mitmproxy.proxy import mode_specs
-from mitmproxy.tools.dump import DumpMaster
 
 from .access_log import AccessLog
 from .access_log_addon import AccessLogAddon
@@ -29,6 +28,7 @@ from .bounds import Bounds, raise_open_files_limit
 from .egress import Egress
 from .egress_policy import default_mode
 from .home import KeybrakeHome
+from .mitm_master import KeybrakeMaster
 from .proxy_auth import KeybrakeProxyAuth, is_loopback
 from .vendors import VENDOR_HOSTS
 
@@ -132,7 +132,7 @@ class _ReadyLine:
 class _Shutdown:
     """The signal handler: the first SIGTERM or SIGINT drains, then stops; a second one stops without waiting."""
 
-    def __init__(self, master: DumpMaster, keybrake: Keybrake) -> None:
+    def __init__(self, master: KeybrakeMaster, keybrake: Keybrake) -> None:
         self.master = master
         self.keybrake = keybrake
         self.draining: asyncio.Task | None = None
@@ -152,7 +152,7 @@ class _Shutdown:
 
 async def run_proxy(settings: ProxySettings) -> None:
     raise_open_files_limit()
-    master = DumpMaster(options.Options(), with_termlog=not settings.quiet, with_dumper=False)
+    master = KeybrakeMaster(options.Options(), with_termlog=not settings.quiet)
     access_log = AccessLog()
     keybrake = Keybrake(access_log)
     # Bounds first: its hooks meter a connection before Keybrake's (which may wait on the ledger) run.
