@@ -64,7 +64,9 @@ class Meter:
     deadline: float | None = None
     budget_is_a_limit: bool = False  # spent means over the bound, not "all of a declared body is in"
     generation: int = 0
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Resolved when the phase changes. A bare future, not an Event: a read races it, and waiting on
+    # an Event would cost a task per read.
+    _changed: asyncio.Future | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.await_head(start_clock=True)
@@ -85,8 +87,15 @@ class Meter:
     def _enter(self, phase: Phase, budget: int, budget_is_a_limit: bool) -> None:
         self.phase, self.budget, self.budget_is_a_limit = phase, budget, budget_is_a_limit
         self.generation += 1
-        self.changed.set()
-        self.changed = asyncio.Event()
+        if self._changed is not None and not self._changed.done():
+            self._changed.set_result(None)
+        self._changed = None
+
+    def phase_changed(self) -> asyncio.Future:
+        """Resolves at the next phase change (never cancel it: every reader of this phase shares it)."""
+        if self._changed is None:
+            self._changed = asyncio.get_running_loop().create_future()
+        return self._changed
 
 
 class ConnectionCutOff(ConnectionResetError):
@@ -121,10 +130,9 @@ class MeteredReader:
             raise self._cut("request body of unknown length over its bound")
         what = "request head over its size bound" if meter.phase is Phase.HEAD else "request body not taken in time"
         timeout = meter.header_timeout_s if meter.deadline is None else max(0.0, meter.deadline - time.monotonic())
-        try:
-            await asyncio.wait_for(meter.changed.wait(), timeout)
-        except TimeoutError:
-            raise self._cut(what) from None
+        done, _ = await asyncio.wait({meter.phase_changed()}, timeout=timeout)
+        if not done:
+            raise self._cut(what)
 
     async def _read_before_deadline(self, n: int) -> bytes:
         """Read, but give up when a request head's deadline passes; the deadline moves with the phase."""
@@ -132,15 +140,11 @@ class MeteredReader:
         read = asyncio.ensure_future(self._inner.read(n))
         try:
             while True:
-                changed = asyncio.ensure_future(meter.changed.wait())
                 timeout = None
                 if meter.phase is Phase.HEAD and meter.deadline is not None:
                     timeout = max(0.0, meter.deadline - time.monotonic())
-                try:
-                    done, _ = await asyncio.wait({read, changed}, timeout=timeout,
-                                                 return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    changed.cancel()
+                done, _ = await asyncio.wait({read, meter.phase_changed()}, timeout=timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
                 if read in done:
                     return read.result()
                 if not done:

@@ -274,8 +274,74 @@ def test_in_one_turn_of_the_loop_the_first_call_is_decided_at_once_and_the_rest_
     admissions = asyncio.run(run())
     assert sum(a.allowed for a in admissions) == 10  # $500 cap, $50 each: exact within one transaction
     assert store.batches == []  # nothing went to the ledger thread
-    assert inline.batches == [(1, 0, 0), (11, 0, 0), (0, 1, 0), (0, 9, 0)]
+    assert inline.batches == [(1, 0, 0), (11, 0, 0), (0, 10, 0)]  # the settlements linger into one, too
     assert money(SqliteLedger(store.store.database.path)) == (100, 0)
+
+
+def test_a_lone_callers_settlement_commits_with_its_next_admit(store):
+    """One call after another: one transaction per call, not two."""
+    inline = Recording(SqliteLedger(store.store.database.path, busy_timeout_s=0))
+
+    async def run():
+        ledger = AsyncLedger(store, inline=inline)
+        for _ in range(3):
+            admission = await ledger.admit(request(50))
+            await asyncio.sleep(0.001)  # the reply goes out; the next call comes in a moment later
+            ledger.settle(settlement(admission, actual=10 * USD))
+        await ledger.drain(2)
+        ledger.close()
+
+    asyncio.run(run())
+    assert inline.batches == [(1, 0, 0), (1, 1, 0), (1, 1, 0), (0, 1, 0)]
+    assert store.batches == []
+    assert money(SqliteLedger(store.store.database.path)) == (30, 0)
+
+
+def test_a_lingering_settlement_commits_on_its_own_when_no_admit_comes(store):
+    inline = Recording(SqliteLedger(store.store.database.path, busy_timeout_s=0))
+
+    async def run():
+        ledger = AsyncLedger(store, inline=inline)
+        admission = await ledger.admit(request(50))
+        ledger.settle(settlement(admission, actual=10 * USD))
+        held_at_first = money(SqliteLedger(store.store.database.path))
+        await asyncio.sleep(0.1)  # no drain: the linger's own timer commits it
+        settled = money(SqliteLedger(store.store.database.path))
+        ledger.close()
+        return held_at_first, settled
+
+    held_at_first, settled = asyncio.run(run())
+    assert held_at_first == (0, 50)  # while it lingers the hold stays counted
+    assert settled == (10, 0)
+    assert inline.batches == [(1, 0, 0), (0, 1, 0)]
+
+
+def test_a_lingering_settlement_goes_ahead_of_an_admit_sent_to_the_ledger_thread(store, monkeypatch):
+    """A settlement that books more than its hold must be seen by the next decision, wherever it
+    is made: here the loop's connection is not idle, so the admit goes to the ledger thread."""
+    monkeypatch.setattr("keybrake_addon.ledger.executor.SETTLE_LINGER_S", 5.0)  # its own timer never moves it
+    inline = Recording(SqliteLedger(store.store.database.path, busy_timeout_s=0))
+
+    async def run():
+        ledger = AsyncLedger(store, inline=inline)
+        admission = await ledger.admit(request(100))
+        await asyncio.sleep(0.01)  # the call goes to the vendor, in a later turn of the loop
+        ledger.settle(settlement(admission, actual=480 * USD))  # the vendor's answer: it cost more than held
+        store.gate.clear()
+        store.entered.clear()
+        ledger.record_refusal(CALL, Refusal(RefusalKind.MISSING_KEY, "no key"))  # the thread takes it, and waits
+        assert await asyncio.to_thread(store.entered.wait, 5)
+        after = asyncio.ensure_future(ledger.admit(request(50)))  # $480 + $50 > $500: must be refused
+        await asyncio.sleep(0.05)
+        store.gate.set()
+        decided = await after
+        await ledger.drain(2)
+        ledger.close()
+        return decided
+
+    decided = asyncio.run(run())
+    assert not decided.allowed
+    assert money(SqliteLedger(store.store.database.path)) == (480, 0)
 
 
 def test_an_admit_whose_caller_went_away_has_its_hold_released(store):
