@@ -11,7 +11,7 @@ caller answers 503: nothing is forwarded undecided.
 """
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from functools import lru_cache
 
@@ -38,9 +38,11 @@ def _pyformat(sql: str) -> str:
 class _PostgresTx:
     backend = "postgresql"
 
-    def __init__(self, connection: psycopg.Connection, clock: Callable[[], datetime] | None) -> None:
+    def __init__(self, connection: psycopg.Connection, clock: Callable[[], datetime] | None,
+                 pipeline: psycopg.Pipeline | None = None) -> None:
         self._connection = connection
         self._clock = clock
+        self._pipeline = pipeline  # statements are queued; reading a result sends what is queued
 
     def rows(self, sql: str, params: Sequence = ()) -> list[dict]:
         return self._connection.execute(_pyformat(sql), tuple(params)).fetchall()
@@ -49,7 +51,10 @@ class _PostgresTx:
         return self._connection.execute(_pyformat(sql), tuple(params)).fetchone()
 
     def run(self, sql: str, params: Sequence = ()) -> int:
-        return self._connection.execute(_pyformat(sql), tuple(params)).rowcount
+        cursor = self._connection.execute(_pyformat(sql), tuple(params))
+        if self._pipeline is not None:
+            self._pipeline.sync()  # the count is known once the server has answered
+        return cursor.rowcount
 
     def run_many(self, sql: str, params: Iterable[Sequence]) -> None:
         with self._connection.cursor() as cursor:
@@ -73,6 +78,15 @@ class _PostgresTx:
             return self._clock()
         # clock_timestamp(), not now(): the time of this statement, after the locks were taken.
         return self._connection.execute("SELECT clock_timestamp() AS now").fetchone()["now"]
+
+    def now_and_rows(self, queries: Sequence[tuple[str, Sequence]]) -> tuple[datetime, list[list[dict]]]:
+        # A nested pipeline would cost a round trip of its own on leaving it.
+        with nullcontext() if self._pipeline is not None else self._connection.pipeline():
+            clock = None if self._clock is not None else self._connection.execute(
+                "SELECT clock_timestamp() AS now")  # sent first: read after the locks already taken
+            cursors = [self._connection.execute(_pyformat(sql), tuple(params)) for sql, params in queries]
+            now = self._clock() if clock is None else clock.fetchone()["now"]
+            return now, [cursor.fetchall() for cursor in cursors]
 
     def has_table(self, name: str) -> bool:
         return self.row("SELECT to_regclass(?) AS found", (name,))["found"] is not None
@@ -123,11 +137,11 @@ class PostgresDatabase:
         self._pool.close(timeout=2)
 
     @contextmanager
-    def transaction(self) -> Iterator[_PostgresTx]:
+    def transaction(self, *, pipelined: bool = False) -> Iterator[_PostgresTx]:
         with self._connection() as connection:
             try:
-                with connection.transaction():
-                    yield _PostgresTx(connection, self._clock)
+                with connection.pipeline() if pipelined else nullcontext() as pipeline, connection.transaction():
+                    yield _PostgresTx(connection, self._clock, pipeline)
             except (errors.DeadlockDetected, errors.SerializationFailure) as error:
                 raise LedgerConflict(f"the ledger aborted a transaction: {type(error).__name__}") from error
             except psycopg.Error as error:

@@ -57,6 +57,9 @@ class _SqliteTx:
         # SQLite's clock is this host's clock: the one every process sharing the file reads.
         return self._clock()
 
+    def now_and_rows(self, queries: Sequence[tuple[str, Sequence]]) -> tuple[datetime, list[list[sqlite3.Row]]]:
+        return self.now(), [self.rows(sql, params) for sql, params in queries]
+
     def has_table(self, name: str) -> bool:
         return self.row("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)) is not None
 
@@ -126,8 +129,10 @@ class SqliteDatabase:
             self._db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[_SqliteTx]:
-        """One write transaction, holding SQLite's write lock from its first statement."""
+    def transaction(self, *, pipelined: bool = False) -> Iterator[_SqliteTx]:
+        """One write transaction, holding SQLite's write lock from its first statement.
+
+        (`pipelined` changes nothing here: every statement is a call into this process.)"""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")

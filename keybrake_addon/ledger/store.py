@@ -302,7 +302,7 @@ class SqlLedger(BudgetLedger):
         """
         for attempt in range(CONFLICT_RETRIES):
             try:
-                with self.database.transaction() as tx:
+                with self.database.transaction(pipelined=True) as tx:
                     batch = _Batch(tx, self.database.lock_rows, admits, settles, self.alert_rules.collector(tx))
                     for request in settles:
                         batch.settle(request)
@@ -452,7 +452,7 @@ class SqlLedger(BudgetLedger):
                 chain = budgets.chain_of(locked, state.spec.budget)
             now = tx.now()
             counters, columns, before, after, note = change(_reservation(row), dict(row), state.counters, now)
-            _write_counters(tx, state.key_id, counters)
+            _write_counters(tx, [(state.key_id, counters)])
             alerts = self.alert_rules.collector(tx)
             alerts.counters_changed(state, counters, now)
             if chain:
@@ -612,11 +612,15 @@ class _Batch:
         self.touched_budgets: set[str] = set()
         if spending_from := sorted({k.spec.budget for k in self.keys.values() if k.spec.budget is not None}):
             self.budgets = budgets.lock_chains(tx, lock_rows, spending_from)
-        self.now = tx.now()  # after the locks: the clock of the moment these decisions hold them
-        self.now_text = to_text(self.now)
         self.idempotency_keys: dict[int, tuple[str, str]] = {}  # reservation id -> (key_id, Idempotency-Key)
-        self.reservations = self._reservations(admits, settles)
-        self.settled_audit_rows = self._settled_audit_rows(settles)
+        # After the locks, the clock of the moment these decisions hold them, read with the rows
+        # they decide on (one round trip on PostgreSQL).
+        reservations_query, audit_query = self._reservations_query(admits, settles), _settled_audit_query(settles)
+        self.now, (reservation_rows, audit_rows) = tx.now_and_rows(
+            [reservations_query or _NOTHING, audit_query or _NOTHING])
+        self.now_text = to_text(self.now)
+        self.reservations = self._reservations(reservation_rows)
+        self.settled_audit_rows = _settled_audit_rows(settles, audit_rows)
         self.audit_rows: list[tuple] = []  # (slot, values)
         self.audit_updates: list[tuple] = []
         self.new_reservations: list[tuple] = []  # (slot, key_id, NewReservation, run_id)
@@ -659,9 +663,9 @@ class _Batch:
                 state.spec.vendor, state.spec.secret_name, bytes(row["nonce"]), bytes(row["ciphertext"]),
                 row["account_sid"], row["auth_user"])
 
-    def _reservations(self, admits: Sequence[AdmitRequest], settles: Sequence[SettleRequest]) -> dict:
-        """Open the batch's reservations: by (key_id, Idempotency-Key) and by id."""
-        found: dict = {}
+    def _reservations_query(self, admits: Sequence[AdmitRequest],
+                            settles: Sequence[SettleRequest]) -> tuple[str, list] | None:
+        """The batch's reservations: those its admits name by (key_id, Idempotency-Key), and its settlements by id."""
         pairs = [(self.keys_by_hash[r.key_hash].key_id, r.call.idempotency_key) for r in admits
                  if r.call.idempotency_key is not None and r.key_hash in self.keys_by_hash]
         ids = [r.reservation_id for r in settles]
@@ -673,25 +677,20 @@ class _Batch:
         if ids:
             clauses.append(f"id IN {placeholders(ids)}")
             params += ids
-        if clauses:
-            for row in self.tx.rows(f"SELECT {_RESERVATION_COLUMNS} FROM reservations WHERE " + " OR ".join(clauses),
-                                    params):
-                reservation = _reservation(row)
-                found[reservation.id] = reservation
-                if row["idempotency_key"] is not None:
-                    found[(reservation.key_id, row["idempotency_key"])] = reservation
-                    self.idempotency_keys[reservation.id] = (reservation.key_id, row["idempotency_key"])
-        return found
+        if not clauses:
+            return None
+        return f"SELECT {_RESERVATION_COLUMNS} FROM reservations WHERE " + " OR ".join(clauses), params
 
-    def _settled_audit_rows(self, settles: Sequence[SettleRequest]) -> set[int]:
-        """The audit rows among these settlements' that were settled before: a settlement retried
-        after a commit whose answer was lost must not count twice."""
-        ids = sorted({r.audit_id for r in settles})
-        if not ids:
-            return set()
-        rows = self.tx.rows(f"SELECT id, outcome FROM audit WHERE id IN {placeholders(ids)}", ids)
-        known = {row["id"]: row["outcome"] for row in rows}
-        return {audit_id for audit_id in ids if audit_id not in known or known[audit_id] is not None}
+    def _reservations(self, rows: Sequence[Row]) -> dict:
+        """By id, and by (key_id, Idempotency-Key)."""
+        found: dict = {}
+        for row in rows:
+            reservation = _reservation(row)
+            found[reservation.id] = reservation
+            if row["idempotency_key"] is not None:
+                found[(reservation.key_id, row["idempotency_key"])] = reservation
+                self.idempotency_keys[reservation.id] = (reservation.key_id, row["idempotency_key"])
+        return found
 
     # --- deciding -----------------------------------------------------------------------------
 
@@ -853,18 +852,34 @@ class _Batch:
                 "UPDATE audit SET status = ?, outcome = ?, actual_micros = ?, object_id = ?, vendor_request_id = ?, "
                 "amount_minor = COALESCE(?, amount_minor), currency = COALESCE(?, currency), replayed = ?, "
                 "duration_ms = ?, message = ? WHERE id = ?", self.audit_updates)
-        for key_id in sorted(self.touched):
-            _write_counters(tx, key_id, self.keys[key_id].counters)
+        _write_counters(tx, [(key_id, self.keys[key_id].counters) for key_id in sorted(self.touched)])
         if self.touched_budgets:
             budgets.write_counters(tx, [self.budgets[name] for name in sorted(self.touched_budgets)])
         self.alerts.write(tx, self.now)
 
 
-def _write_counters(tx: Tx, key_id: str, counters: KeyCounters) -> None:
-    tx.run("UPDATE vault_keys SET spent_micros = ?, reserved_micros = ?, calls = ?, day = ?, day_spent_micros = ?, "
-           "day_reserved_micros = ? WHERE key_id = ?",
-           (counters.spent, counters.reserved, counters.calls, counters.day, counters.day_spent,
-            counters.day_reserved, key_id))
+_NOTHING = ("SELECT 1 WHERE 1 = 0", ())  # a query's place when a batch has nothing to ask
+
+
+def _settled_audit_query(settles: Sequence[SettleRequest]) -> tuple[str, list] | None:
+    ids = sorted({r.audit_id for r in settles})
+    return (f"SELECT id, outcome FROM audit WHERE id IN {placeholders(ids)}", ids) if ids else None
+
+
+def _settled_audit_rows(settles: Sequence[SettleRequest], rows: Sequence[Row]) -> set[int]:
+    """The audit rows among these settlements' that were settled before: a settlement retried
+    after a commit whose answer was lost must not count twice."""
+    known = {row["id"]: row["outcome"] for row in rows}
+    return {audit_id for audit_id in {r.audit_id for r in settles}
+            if audit_id not in known or known[audit_id] is not None}
+
+
+def _write_counters(tx: Tx, changed: Sequence[tuple[str, KeyCounters]]) -> None:
+    if changed:
+        tx.run_many("UPDATE vault_keys SET spent_micros = ?, reserved_micros = ?, calls = ?, day = ?, "
+                    "day_spent_micros = ?, day_reserved_micros = ? WHERE key_id = ?",
+                    [(c.spent, c.reserved, c.calls, c.day, c.day_spent, c.day_reserved, key_id)
+                     for key_id, c in changed])
 
 
 def _audit_values(now_text: str, call: CallFacts, key: KeyRecord | None, decision: str, reserved: int,
