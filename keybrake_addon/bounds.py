@@ -23,6 +23,7 @@ import logging
 import resource
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -64,9 +65,12 @@ class Meter:
     deadline: float | None = None
     budget_is_a_limit: bool = False  # spent means over the bound, not "all of a declared body is in"
     generation: int = 0
-    # Resolved when the phase changes. A bare future, not an Event: a read races it, and waiting on
-    # an Event would cost a task per read.
+    # Resolved when the phase changes: what a read held back by a spent budget waits for.
     _changed: asyncio.Future | None = field(default=None, repr=False)
+    # The head's deadline as a loop timer (one per connection, not a task per read), and what it
+    # calls when the deadline passes: the reader fails its pending and next reads.
+    _timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    on_deadline: Callable[[str], None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.await_head(start_clock=True)
@@ -74,22 +78,30 @@ class Meter:
     def await_head(self, start_clock: bool) -> None:
         """A new head is due; on a kept-alive connection its clock starts with its first byte."""
         self._enter(Phase.HEAD, self.header_bytes, budget_is_a_limit=False)
-        self.deadline = time.monotonic() + self.header_timeout_s if start_clock else None
+        self.start_clock() if start_clock else self._arm()
+
+    def start_clock(self) -> None:
+        self.deadline = time.monotonic() + self.header_timeout_s
+        self._arm()
 
     def await_body(self, body_bytes: int, *, declared: bool) -> None:
         self._enter(Phase.BODY, on_the_wire(body_bytes), budget_is_a_limit=not declared)
-        self.deadline = None
 
     def open(self) -> None:
         self._enter(Phase.OPEN, 0, budget_is_a_limit=False)
-        self.deadline = None
+
+    def close(self) -> None:
+        self.on_deadline = None
+        self._arm()
 
     def _enter(self, phase: Phase, budget: int, budget_is_a_limit: bool) -> None:
         self.phase, self.budget, self.budget_is_a_limit = phase, budget, budget_is_a_limit
+        self.deadline = None
         self.generation += 1
         if self._changed is not None and not self._changed.done():
             self._changed.set_result(None)
         self._changed = None
+        self._arm()
 
     def phase_changed(self) -> asyncio.Future:
         """Resolves at the next phase change (never cancel it: every reader of this phase shares it)."""
@@ -97,31 +109,50 @@ class Meter:
             self._changed = asyncio.get_running_loop().create_future()
         return self._changed
 
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.phase is Phase.HEAD and self.deadline is not None and self.on_deadline is not None:
+            # The loop's clock is time.monotonic(), the deadline's.
+            self._timer = asyncio.get_running_loop().call_at(self.deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self.phase is Phase.HEAD and self.deadline is not None and self.on_deadline is not None:
+            if time.monotonic() >= self.deadline:
+                self.on_deadline("request head not complete in time")
+            else:
+                self._arm()
+
 
 class ConnectionCutOff(ConnectionResetError):
     """Raised from a read: mitmproxy takes it as the peer going away and closes the connection."""
 
 
 class MeteredReader:
-    """Wraps a client connection's reader; mitmproxy's read loop calls `read` only."""
+    """Wraps a client connection's reader (an asyncio.StreamReader); mitmproxy's read loop calls `read` only."""
 
-    def __init__(self, inner, meter: Meter, peer: str) -> None:
+    def __init__(self, inner: asyncio.StreamReader, meter: Meter, peer: str) -> None:
         self._inner, self._meter, self._peer = inner, meter, peer
+        meter.on_deadline = self._cut_off
+        meter._arm()  # the first head's clock started before this reader was put in place
 
     async def read(self, n: int) -> bytes:
         meter = self._meter
         while meter.phase is not Phase.OPEN and meter.budget <= 0:
             await self._wait_for_next_phase()
         generation, phase = meter.generation, meter.phase
-        # Even an unmetered read races the phase: a TLS handshake may end in a head with a deadline.
-        data = await self._read_before_deadline(n if phase is Phase.OPEN else min(n, meter.budget))
+        data = await self._inner.read(n if phase is Phase.OPEN else min(n, meter.budget))
         # mitmproxy's hooks run beside this read loop, so a read may end in a later phase than it
         # began in. It was sized by the budget of the phase it began in and is charged to that one:
         # the new phase's budget stays whole (the slack is one read, at most the old budget).
         if meter.generation == generation and phase is not Phase.OPEN:
-            if phase is Phase.HEAD and meter.deadline is None and data:
-                meter.deadline = time.monotonic() + meter.header_timeout_s
             meter.budget -= len(data)
+        # A kept-alive connection's next head starts its clock with its first byte, even when the
+        # read that brought it began in the phase before (it was waiting when the request ended).
+        if data and meter.phase is Phase.HEAD and meter.deadline is None:
+            meter.start_clock()
         return data
 
     async def _wait_for_next_phase(self) -> None:
@@ -134,23 +165,9 @@ class MeteredReader:
         if not done:
             raise self._cut(what)
 
-    async def _read_before_deadline(self, n: int) -> bytes:
-        """Read, but give up when a request head's deadline passes; the deadline moves with the phase."""
-        meter = self._meter
-        read = asyncio.ensure_future(self._inner.read(n))
-        try:
-            while True:
-                timeout = None
-                if meter.phase is Phase.HEAD and meter.deadline is not None:
-                    timeout = max(0.0, meter.deadline - time.monotonic())
-                done, _ = await asyncio.wait({read, meter.phase_changed()}, timeout=timeout,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if read in done:
-                    return read.result()
-                if not done:
-                    raise self._cut("request head not complete in time")
-        finally:
-            read.cancel()
+    def _cut_off(self, why: str) -> None:
+        """The deadline passed: the pending read (and every later one) raises."""
+        self._inner.set_exception(self._cut(why))
 
     def _cut(self, why: str) -> ConnectionCutOff:
         logger.info("keybrake: closed the connection of %s: %s", self._peer, why)
@@ -214,7 +231,8 @@ class Bounds:
         if client.id not in self.admitted:
             return
         self.admitted.discard(client.id)
-        self.meters.pop(client.id, None)
+        if (meter := self.meters.pop(client.id, None)) is not None:
+            meter.close()
         address = client.peername[0]
         self.per_address[address] -= 1
         if self.per_address[address] <= 0:
@@ -228,7 +246,7 @@ class Bounds:
         """
         handler = ctx.master.addons.get("proxyserver").connections.get(client.id)
         io = handler.transports.get(client) if handler is not None else None
-        if io is None or io.reader is None:
+        if io is None or not isinstance(io.reader, asyncio.StreamReader):  # TCP only
             return
         meter = Meter(self._size("keybrake_max_header_bytes"), ctx.options.keybrake_header_timeout)
         self.meters[client.id] = meter
