@@ -304,6 +304,8 @@ class Keybrake:
                 # would try: try here (at most every second, off the event loop), as the vault
                 # API and the vendor gate do.
                 await self._ready_gate()
+            if self.gate is not None:
+                self.gate.ledger.flush_settlements()  # read your writes: this replica's answered calls
             await serve_asgi(self.listener_app, flow)
             return
         vendor, rest = route

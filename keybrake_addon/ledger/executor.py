@@ -142,6 +142,12 @@ class AsyncLedger:
             self._settles_to_thread(self._take_lingering())  # the ones before it go first
         self._queue_settle(_Settle(0.0, request))
 
+    def flush_settlements(self) -> None:
+        """Commit the settlements lingering on the loop now (on the loop only), so that a read
+        through this process's vault API or dashboard sees every call it has answered."""
+        if self._loop_settles:
+            self._flush_on_loop()
+
     def record_refusal(self, call: CallFacts, refusal, key=None, *, summary: bool = False) -> None:
         with self._condition:
             self._refusals.append((Refused(call, refusal, key, summary), 0))

@@ -316,6 +316,23 @@ def test_a_lingering_settlement_commits_on_its_own_when_no_admit_comes(store):
     assert inline.batches == [(1, 0, 0), (0, 1, 0)]
 
 
+def test_flushing_commits_lingering_settlements_at_once(store):
+    """What the API listener does before serving a read: this process's answered calls are in."""
+    inline = Recording(SqliteLedger(store.store.database.path, busy_timeout_s=0))
+
+    async def run():
+        ledger = AsyncLedger(store, inline=inline)
+        admission = await ledger.admit(request(50))
+        await asyncio.sleep(0.01)
+        ledger.settle(settlement(admission, actual=10 * USD))
+        ledger.flush_settlements()
+        flushed = money(SqliteLedger(store.store.database.path))
+        ledger.close()
+        return flushed
+
+    assert asyncio.run(run()) == (10, 0)
+
+
 def test_a_lingering_settlement_goes_ahead_of_an_admit_sent_to_the_ledger_thread(store, monkeypatch):
     """A settlement that books more than its hold must be seen by the next decision, wherever it
     is made: here the loop's connection is not idle, so the admit goes to the ledger thread."""
