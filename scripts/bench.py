@@ -7,6 +7,13 @@ its own process) with one load generator (its own process, httpx.AsyncClient, HT
   mitmproxy  bare mitmdump (regular mode, its own CA, connection_strategy=lazy) with a tiny inline
              addon that rewrites api.stripe.com to the fake upstream, exactly what Keybrake's
              --upstream does. The client sends https://api.stripe.com through it (CONNECT + TLS).
+  mitmproxy-trimmed
+             the same inline addon in mitmproxy with only the mitmproxy addons Keybrake keeps
+             (keybrake_addon/mitm_master.py: KeybrakeMaster), and Keybrake's http2=False. Keybrake
+             leaves out most of stock mitmdump's ~35 addons, each of which mitmproxy calls on every
+             event of every flow; this path shows how much of Keybrake's ratio to bare mitmdump that
+             buys, and so what the gate itself costs on top of the same mitmproxy. Reported, not judged:
+             the issue's targets are against stock mitmdump.
   keybrake   `keybrake proxy --upstream stripe=...`, the same CONNECT + TLS, with a vault key:
              key check, reservation in SQLite, secret swap, settlement from the response.
   keybrake-baseurl
@@ -118,6 +125,25 @@ KEYBRAKE_READY = re.compile(r"Keybrake proxy listening on http://127\.0\.0\.1:(\
 KEYBRAKE_API_READY = re.compile(r"Keybrake vault API and base-URL routes on http://127\.0\.0\.1:(\d+)")
 KEYBRAKE_METRICS_READY = re.compile(r"Keybrake metrics on http://127\.0\.0\.1:(\d+)/metrics")
 MITM_READY = re.compile(r"bench mitmdump listening on 127\.0\.0\.1:(\d+)")
+TRIMMED_PATH = "mitmproxy-trimmed"
+# Runs the redirect script's addons under KeybrakeMaster (argv: script, confdir).
+TRIMMED_LAUNCHER = """
+import asyncio, importlib.util, sys
+from mitmproxy import options
+from keybrake_addon.mitm_master import KeybrakeMaster
+spec = importlib.util.spec_from_file_location("redirect", sys.argv[1])
+script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(script)
+
+async def main():
+    master = KeybrakeMaster(options.Options(), with_termlog=False)
+    master.addons.add(*script.addons)
+    master.options.update(confdir=sys.argv[2], listen_host="127.0.0.1", listen_port=0,
+                           connection_strategy="lazy", http2=False)
+    await master.run()
+
+asyncio.run(main())
+"""
 
 REDIRECT_ADDON = '''
 """Bare-mitmproxy baseline: send api.stripe.com to the fake upstream, as keybrake --upstream does."""
@@ -322,6 +348,16 @@ def start_bare_mitmproxy(procs: Processes, upstream_port: int) -> Target:
     return Target("mitmproxy", STRIPE_BASE, UPSTREAM_SECRET, f"http://127.0.0.1:{port}", str(cafile), process.pid)
 
 
+def start_trimmed_mitmproxy(procs: Processes, upstream_port: int) -> Target:
+    confdir = procs.workdir / "mitmproxy-trimmed-conf"
+    confdir.mkdir()
+    script = procs.workdir / "redirect-trimmed.py"
+    script.write_text(REDIRECT_ADDON.format(port=upstream_port))
+    process, port = procs.start(TRIMMED_PATH, [PY, "-c", TRIMMED_LAUNCHER, str(script), str(confdir)], MITM_READY)
+    return Target(TRIMMED_PATH, STRIPE_BASE, UPSTREAM_SECRET, f"http://127.0.0.1:{port}",
+                  str(confdir / "mitmproxy-ca-cert.pem"), process.pid)
+
+
 def start_keybrake(procs: Processes, upstream_port: int, name: str = "keybrake",
                    metrics: bool = False) -> tuple[Target, Target, str | None]:
     """One `keybrake proxy` process serving both the forward path and the base-URL path; with
@@ -510,7 +546,10 @@ def ratios(summary: dict) -> dict:
         mitm, direct = paths["mitmproxy"], paths["direct"]
         out[concurrency] = {**_versus(paths["keybrake"], mitm, direct),
                             **{name: _versus(paths[name], mitm, direct)
-                               for name in ("keybrake-baseurl", PG_PATH, METRICS_PATH) if name in paths}}
+                               for name in ("keybrake-baseurl", PG_PATH, METRICS_PATH, TRIMMED_PATH) if name in paths}}
+        if TRIMMED_PATH in paths:  # the gate's own cost: Keybrake against the same trimmed mitmproxy
+            out[concurrency]["vs_trimmed"] = {name: _versus(paths[name], paths[TRIMMED_PATH], direct)
+                                              for name in ("keybrake", PG_PATH) if name in paths}
     return out
 
 
@@ -890,6 +929,16 @@ def print_report(result: dict) -> None:
                   f"added p50 {figures['added_p50_ms_vs_mitmproxy']:+.2f} ms (paired {paired['median_ms']:+.2f})  "
                   f"added CPU {figures['added_cpu_us_per_req_vs_mitmproxy']:+.0f} us/req "
                   f"(proxy CPU x{figures['proxy_cpu_ratio']:.2f})")
+    print(f"\nVs {TRIMMED_PATH} (mitmproxy with only the addons Keybrake keeps: what the gate itself costs)")
+    for concurrency, forward in ratio.items():
+        if TRIMMED_PATH in forward:
+            print(f"  c={concurrency:<3} {TRIMMED_PATH} vs bare mitmproxy: throughput "
+                  f"x{forward[TRIMMED_PATH]['throughput_ratio']:.3f}  added CPU "
+                  f"{forward[TRIMMED_PATH]['added_cpu_us_per_req_vs_mitmproxy']:+.0f} us/req")
+        for name, figures in forward.get("vs_trimmed", {}).items():
+            print(f"  c={concurrency:<3} {name:<16} throughput x{figures['throughput_ratio']:.3f}  "
+                  f"added p50 {figures['added_p50_ms_vs_mitmproxy']:+.2f} ms  "
+                  f"added CPU {figures['added_cpu_us_per_req_vs_mitmproxy']:+.0f} us/req")
     if PG_PATH not in next(iter(summary.values())):
         print(f"\nkeybrake-pg: skipped ({SKIPPED_PG})")
     if result.get("metrics_cost"):
@@ -1001,6 +1050,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         targets = {
             "direct": Target("direct", f"http://127.0.0.1:{fake_port}", UPSTREAM_SECRET),
             "mitmproxy": start_bare_mitmproxy(procs, fake_port),
+            TRIMMED_PATH: start_trimmed_mitmproxy(procs, fake_port),
             "keybrake": keybrake_forward,
             "keybrake-baseurl": keybrake_baseurl,
         }
