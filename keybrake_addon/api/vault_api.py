@@ -59,7 +59,12 @@ class ApiResponse:
         return json.dumps(self.document).encode()
 
 
+ERROR_MESSAGE_LIMIT = 256  # a message may quote what a request sent (a path, a name): never all of it
+
+
 def error(status: int, code: str, message: str, field_name: str | None = None, **headers: str) -> ApiResponse:
+    if len(message) > ERROR_MESSAGE_LIMIT:
+        message = message[:ERROR_MESSAGE_LIMIT - 3] + "..."
     body = {"code": code, "message": message}
     if field_name is not None:
         body["field"] = field_name

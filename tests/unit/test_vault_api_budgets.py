@@ -100,3 +100,12 @@ def test_issuing_into_a_budget(api):
     assert (uncapped.status, uncapped.document["error"]["field"]) == (422, "daily_usd_cap")
     spend = api("GET", "/vault/spend", query={"by": "budget"})
     assert spend.status == 200 and spend.document["data"] == []
+
+
+def test_an_error_quotes_a_strangers_text_bounded(api):
+    """What a request sent comes back in an error's message only bounded: a 60 KiB name in the
+    path is not sent back whole."""
+    missing = api("GET", "/vault/budgets/org/" + "n" * 60_000, template="/vault/budgets/{name}")
+    assert missing.status == 404
+    assert missing.document["error"]["message"].startswith("no such endpoint: /vault/budgets/org/nnn")
+    assert len(missing.document["error"]["message"]) <= 300
