@@ -4,9 +4,9 @@ from collections.abc import Callable
 
 import click
 
-from ..money import InvalidAmount, usd_to_micros
 from ..vault.scopes import InvalidScope, Scope, make_scope
 from ..vendors import VENDORS
+from .params import usd_micros
 
 CEILINGS_HELP = """\
 Without ceiling flags the token is unrestricted: it mints any key and sees every key. With any
@@ -16,15 +16,6 @@ allow-unpriced key unless the matching --may-mint-* flag says so, and it sees, l
 and replays only the keys it minted itself. A scope cannot be changed: create another token
 and revoke this one.
 """
-
-
-def _usd(_ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return usd_to_micros(value)
-    except InvalidAmount as failure:
-        raise click.BadParameter(str(failure), param=param) from None
 
 
 _OPTIONS = (
@@ -38,10 +29,10 @@ _OPTIONS = (
                  help="An endpoint pattern its keys' allowlists must lie inside: each key entry inside one of "
                       "these (`POST /v1/refunds` is inside `POST /v1/**` and `* /v1/refunds`; `* /x` only inside "
                       "a `*` method, `/x/**` only inside a `**`). Repeatable. Default: any allowlist."),
-    click.option("--max-daily-usd-cap", callback=_usd, metavar="X",
+    click.option("--max-daily-usd-cap", callback=usd_micros, metavar="X",
                  help="The most its keys may spend per UTC day: each key's daily cap (or, without one, its total "
                       "cap) at most X."),
-    click.option("--max-total-usd-cap", callback=_usd, metavar="X",
+    click.option("--max-total-usd-cap", callback=usd_micros, metavar="X",
                  help="Each key needs a total USD cap of at most X."),
     click.option("--max-calls", type=click.IntRange(0, 10**12), metavar="N",
                  help="Each key needs max_calls of at most N."),

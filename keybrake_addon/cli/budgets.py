@@ -3,20 +3,11 @@
 import click
 
 from ..budget_views import BUDGET_COLUMNS, budget_document
-from ..money import InvalidAmount, usd_to_micros
 from ..text import visible
 from ..vault.budgets import NAME_RULE, BudgetError, BudgetRequest, check_name, create_budget
 from .context import installation
 from .output import emit, print_json
-
-
-def _usd(_ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return usd_to_micros(value)
-    except InvalidAmount as error:
-        raise click.BadParameter(str(error), param=param) from None
+from .params import usd_micros
 
 
 def _name(_ctx, param, value):
@@ -50,8 +41,8 @@ def budget() -> None:
 
 @budget.command("create")
 @click.argument("name", callback=_name)
-@click.option("--daily-usd-cap", callback=_usd, help="Most its keys (and children's keys) may spend per UTC day, in USD.")
-@click.option("--total-usd-cap", callback=_usd, help="Most they may spend over the budget's life, in USD.")
+@click.option("--daily-usd-cap", callback=usd_micros, help="Most its keys (and children's keys) may spend per UTC day, in USD.")
+@click.option("--total-usd-cap", callback=usd_micros, help="Most they may spend over the budget's life, in USD.")
 @click.option("--parent", callback=_name, metavar="NAME",
               help="The budget this one spends from: its caps bind this one's keys too. Fixed once created.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

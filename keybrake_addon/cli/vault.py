@@ -6,7 +6,7 @@ import click
 
 from ..ledger.base import KeyRecord
 from ..ledger.times import utc_now
-from ..money import InvalidAmount, format_usd, usd_to_micros
+from ..money import format_usd
 from ..policy import iso
 from ..vault.issuance import IssueError, KeyRequest, issue_key
 from ..vault.secrets import UnacceptableSecret, check_secret
@@ -16,6 +16,7 @@ from ..ledger.housekeeping import reap_dead_local_runs
 from ..views import key_document
 from ..text import has_control_characters, visible
 from .output import emit, print_json, table
+from .params import usd_micros
 
 VENDOR_CHOICE = click.Choice(sorted(VENDORS))
 
@@ -115,20 +116,11 @@ def secret_list(ctx: click.Context, as_json: bool) -> None:
          "json" if as_json else "table")
 
 
-def _usd(_ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return usd_to_micros(value)
-    except InvalidAmount as error:
-        raise click.BadParameter(str(error), param=param) from None
-
-
 @click.command()
 @click.option("--vendor", required=True, type=VENDOR_CHOICE, help="The vendor this key is for.")
 @click.option("--secret", "secret_name", default="default", show_default=True, help="Which stored secret it stands for.")
-@click.option("--daily-usd-cap", callback=_usd, help="Most it may spend per UTC day, in USD.")
-@click.option("--total-usd-cap", callback=_usd, help="Most it may spend over its life, in USD.")
+@click.option("--daily-usd-cap", callback=usd_micros, help="Most it may spend per UTC day, in USD.")
+@click.option("--total-usd-cap", callback=usd_micros, help="Most it may spend over its life, in USD.")
 @click.option("--max-calls", type=click.IntRange(0, 10**12), help="Most calls it may make.")
 @click.option("--allow", "allowlist", multiple=True, metavar='"METHOD /path"',
               help='An endpoint it may call; `*` is one path segment, `**` the rest. Repeatable.')
