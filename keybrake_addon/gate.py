@@ -68,6 +68,7 @@ class Ticket:
     key: KeyRecord  # the key's balance when the call was admitted, before its own hold
     reserved_micros: int  # this call's own hold (0 for a retry that attached to an earlier one)
     started: float
+    budget_headroom_micros: int | None = None  # under the key's budgets, before its own hold
 
     @property
     def key_id(self) -> str:
@@ -174,7 +175,7 @@ class Gate:
 
         ticket = Ticket(vendor, request.method, request.path, admission.audit_id, admission.reservation_id,
                         admission.opened, admission.basis, admission.key, admission.reserved_micros,
-                        started)
+                        started, admission.budget_headroom_micros)
         try:
             if admission.secret is None:
                 raise MasterKeyError(f"the {vendor.NAME} secret {admission.key.spec.secret_name!r} is not in the vault")
@@ -213,9 +214,10 @@ class Gate:
         # call_soon: after this hook returns and mitmproxy has written the reply.
         asyncio.get_running_loop().call_soon(self._ledger.settle, request)
         self.access_log.call(ticket, request)
-        return balance_headers(decisions.balance_after(
-            ticket.key, opened=ticket.opened, reserved_micros=ticket.reserved_micros,
-            resolution=request.resolution, actual_micros=request.actual_micros))
+        moved = dict(opened=ticket.opened, reserved_micros=ticket.reserved_micros, resolution=request.resolution,
+                     actual_micros=request.actual_micros)
+        return balance_headers(decisions.balance_after(ticket.key, **moved),
+                               decisions.headroom_after(ticket.budget_headroom_micros, **moved))
 
     async def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> int:
         """Give settlements still queued up to `timeout_s` at shutdown; the rest stay counted.
@@ -245,8 +247,9 @@ class Gate:
             error=error)
 
 
-def balance_headers(key: KeyRecord) -> dict[str, str]:
-    remaining = key.remaining_micros()
+def balance_headers(key: KeyRecord, budget_headroom_micros: int | None = None) -> dict[str, str]:
+    """The balance a reply carries: what the key may still spend, its budgets' headroom included."""
+    remaining = min((m for m in (key.remaining_micros(), budget_headroom_micros) if m is not None), default=None)
     return {
         "x-keybrake-key-id": key.key_id,
         "x-keybrake-spent-usd": format_usd(key.spent_micros),

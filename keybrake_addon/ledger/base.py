@@ -165,6 +165,9 @@ class Admission:
     reserved_micros: int = 0
     basis: PricingBasis | None = None  # how to count the response; None for a retry that attached
     secret: SealedSecret | None = None
+    # The headroom under the key's budgets when it was admitted, before its own hold (as `key`);
+    # None when the key has no budget or no budget of its chain has a cap.
+    budget_headroom_micros: int | None = None
 
     @property
     def allowed(self) -> bool:

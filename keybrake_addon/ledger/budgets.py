@@ -215,13 +215,18 @@ def _records(tx: Tx, now: datetime) -> dict[str, BudgetRecord]:
         c = state.counters
         chain = chain_of(states, name)
         frozen_by = next((b.name for b in chain if b.frozen_at is not None), None)
-        limits = [limit for b in chain for limit in _headroom(b, window)]
         records[name] = BudgetRecord(
             name, state.parent, state.daily_cap_micros, state.total_cap_micros, created[name], state.frozen_at,
             frozen_by, c.spent, c.reserved, c.calls, c.day_spent if c.day == window else 0,
-            c.day_reserved if c.day == window else 0, tuple(children.get(name, ())),
-            max(0, min(limits)) if limits else None)
+            c.day_reserved if c.day == window else 0, tuple(children.get(name, ())), chain_headroom(chain, window))
     return records
+
+
+def chain_headroom(chain: Sequence[BudgetState], window: str) -> int | None:
+    """What a key in the first budget of `chain` may still spend under it and its ancestors:
+    the headroom under the tightest cap. None when none of them has a cap."""
+    limits = [limit for budget in chain for limit in _headroom(budget, window)]
+    return max(0, min(limits)) if limits else None
 
 
 def _headroom(budget: BudgetState, window: str) -> list[int]:

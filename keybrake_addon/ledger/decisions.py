@@ -487,6 +487,21 @@ def balance_after(key: KeyRecord, *, opened: bool, reserved_micros: int, resolut
     return key
 
 
+def headroom_after(headroom: int | None, *, opened: bool, reserved_micros: int, resolution: Resolution,
+                   actual_micros: int | None) -> int | None:
+    """A budget chain's headroom once this call settles, from the headroom before its hold (as
+    `balance_after`, for the answer's headers only)."""
+    if headroom is None or not opened:
+        return headroom
+    if resolution is Resolution.SETTLE:
+        used = reserved_micros if actual_micros is None else actual_micros
+    elif resolution is Resolution.UNKNOWN:
+        used = reserved_micros
+    else:
+        used = 0
+    return max(0, headroom - used)
+
+
 # --- corrections ----------------------------------------------------------------------------------
 
 def correct_price(reservation: ReservationState, counters: KeyCounters, final_micros: int) -> KeyCounters:

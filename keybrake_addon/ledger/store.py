@@ -578,8 +578,10 @@ class _IssuanceRaceLost(Exception):
 class _PendingAdmission:
     """An admission whose new rows get their ids when the batch writes them."""
 
-    def __init__(self, audit_slot: int | None, plan: decisions.AdmitPlan, reservation_slot: int | None) -> None:
+    def __init__(self, audit_slot: int | None, plan: decisions.AdmitPlan, reservation_slot: int | None,
+                 budget_headroom: int | None = None) -> None:
         self.audit_slot, self.plan, self.reservation_slot = audit_slot, plan, reservation_slot
+        self.budget_headroom = budget_headroom
 
     def finish(self, ids: dict[int, int]) -> Admission:
         plan = self.plan
@@ -588,7 +590,8 @@ class _PendingAdmission:
         reservation_id = ids[self.reservation_slot] if self.reservation_slot is not None else plan.reservation_id
         return Admission(ids[self.audit_slot], None, key=plan.key, reservation_id=reservation_id,
                          opened=plan.opened, reserved_micros=plan.reserved_micros,
-                         basis=plan.basis if plan.opened else None, secret=plan.secret)
+                         basis=plan.basis if plan.opened else None, secret=plan.secret,
+                         budget_headroom_micros=self.budget_headroom)
 
 
 class _Batch:
@@ -713,6 +716,7 @@ class _Batch:
         if plan.refusal is not None:
             self.alerts.refused(plan.key, plan.refusal, self.now, self.budgets)
             return _PendingAdmission(self.refuse(call, plan.refusal, plan.key), plan, None)
+        headroom = budgets.chain_headroom(chain, decisions.window_of(self.now)) if chain else None  # before the hold
         self._set_counters(key_id, plan.counters)
         self._set_budgets(plan.budgets)
         reservation_slot = None
@@ -731,7 +735,7 @@ class _Batch:
             self.now_text, call, plan.key, "allowed", plan.reserved_micros, reservation_slot or plan.reservation_id, None,
             amount_minor=estimate.amount_minor if estimate else None,
             currency=estimate.currency if estimate else None)))
-        return _PendingAdmission(audit_slot, plan, reservation_slot)
+        return _PendingAdmission(audit_slot, plan, reservation_slot, headroom)
 
     def _change(self, change: decisions.ReservationChange, run_id: str | None) -> None:
         current = self.reservations[change.id]

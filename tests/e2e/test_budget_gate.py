@@ -53,3 +53,20 @@ def test_a_budget_cap_is_a_429_naming_the_budget_and_the_figures_add_up(proxy, f
         a.v1.payment_intents.create(params={**PI, "amount": 0})
     assert frozen.value.json_body["error"]["code"] == "keybrake_budget_frozen"
     assert fake_stripe.hits == 3
+
+
+def test_the_remaining_balance_header_counts_the_budgets_headroom(proxy, stripe_client_for, home):
+    """A key with a $500 cap in a $120 budget may spend $70 more after a $50 charge, not $450."""
+    keybrake_json(home, "budget", "create", "tight", "--total-usd-cap", "120")
+    key = keybrake_json(home, "issue", "--vendor", "stripe", "--budget", "tight", "--total-usd-cap", "500",
+                        "--allow", "POST /v1/payment_intents")
+    uncapped = keybrake_json(home, "issue", "--vendor", "stripe", "--budget", "tight", "--no-cap",
+                             "--allow", "POST /v1/payment_intents")
+    intent = stripe_client_for(key["vault_key"]).v1.payment_intents.create(params=PI)
+    assert intent.last_response.headers["x-keybrake-remaining-usd"] == "70.00"
+    intent = stripe_client_for(uncapped["vault_key"]).v1.payment_intents.create(params=PI)
+    assert intent.last_response.headers["x-keybrake-remaining-usd"] == "20.00"  # no key cap: the budget's
+    roomy = keybrake_json(home, "issue", "--vendor", "stripe", "--total-usd-cap", "500",
+                          "--allow", "POST /v1/payment_intents")  # no budget: the key's own
+    intent = stripe_client_for(roomy["vault_key"]).v1.payment_intents.create(params=PI)
+    assert intent.last_response.headers["x-keybrake-remaining-usd"] == "450.00"

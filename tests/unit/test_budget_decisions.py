@@ -10,6 +10,7 @@ are the sum of its keys' and child budgets'.
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -376,3 +377,17 @@ def test_every_vendor_names_the_cap_hit_in_x_keybrake_cap():
         key_hit = vendor.render_refusal(Refusal(RefusalKind.MAX_CALLS_EXCEEDED, "over", cap="key"))
         assert key_hit.headers["x-keybrake-cap"] == "key"
         assert "x-keybrake-cap" not in vendor.render_refusal(Refusal(RefusalKind.KEY_REVOKED, "no")).headers
+
+
+@pytest.mark.parametrize(("resolution", "actual", "after"), [
+    (Resolution.SETTLE, 30_000_000, 40_000_000),  # the vendor's price
+    (Resolution.SETTLE, None, 20_000_000),  # no price in the answer: the hold is what is spent
+    (Resolution.UNKNOWN, None, 20_000_000),  # may have moved: stays counted
+    (Resolution.RELEASE, None, 70_000_000),
+])
+def test_a_budgets_headroom_after_a_call_follows_how_it_settles(resolution, actual, after):
+    moved = dict(opened=True, reserved_micros=50_000_000, resolution=resolution, actual_micros=actual)
+    assert decisions.headroom_after(70_000_000, **moved) == after
+    assert decisions.headroom_after(None, **moved) is None  # no capped budget
+    assert decisions.headroom_after(70_000_000, **{**moved, "opened": False}) == 70_000_000  # a retry's hold was in it
+    assert decisions.headroom_after(10_000_000, **{**moved, "resolution": Resolution.UNKNOWN}) == 0  # never below 0
