@@ -24,7 +24,7 @@ from ..ledger.outages import OutageWatch
 from ..ledger.times import to_text
 from ..vault.crypto import MasterKeyError
 from .sending import send
-from .subscriptions import signing_secret
+from .subscriptions import delivery_url, seal_plain_urls, signing_secret
 
 logger = logging.getLogger("keybrake")
 
@@ -65,12 +65,12 @@ def attempt(ledger, master_key: bytes, claimed: Claimed, **send_options) -> dict
         DELIVERY_RESULTS.add("cancelled")
         return None
     try:
-        secret = signing_secret(master_key, subscription)
+        secret, url = signing_secret(master_key, subscription), delivery_url(master_key, subscription)
     except MasterKeyError:
-        result = AttemptResult(False, None, "cannot open the signing secret: the master key is not the one it "
-                                            "was sealed with")
+        result = AttemptResult(False, None, "cannot open the signing secret or the URL: the master key is not the "
+                                            "one they were sealed with")
     else:
-        result = send(subscription.url, allow_private=subscription.allow_private, secret=secret,
+        result = send(url, allow_private=subscription.allow_private, secret=secret,
                       event_id=claimed.event_id, payload=claimed.payload, fmt=subscription.format, **send_options)
     recorded = alert_store.record_attempt(ledger, claimed, result)
     if recorded is not None:
@@ -114,6 +114,7 @@ class Deliverer:
         self.outages = outages or OutageWatch()
         self._interval_s = interval_s
         self._stopping = threading.Event()
+        self._urls_sealed = False  # a release before stored receivers' URLs whole: sealed at the first round
         self._thread = threading.Thread(target=self._run, name="keybrake-alerts", daemon=True)
         self._thread.start()
 
@@ -123,6 +124,9 @@ class Deliverer:
 
     def round(self) -> None:
         try:
+            if not self._urls_sealed:
+                seal_plain_urls(self._ledger, self._master_key)
+                self._urls_sealed = True
             write_outages(self._ledger, self.outages, self._run_id, self._host)
             deliver_due(self._ledger, self._master_key)
         except LedgerBusy:
@@ -158,7 +162,7 @@ def send_test(ledger, master_key: bytes, subscription_id: str, **send_options) -
     event = AlertEvent(TEST, f"{TEST}/{subscription_id}/{secrets.token_hex(8)}", now,
                        {"subscription_id": subscription_id, "at": to_text(now),
                         "message": "a test event from `keybrake alerts test`: this receiver gets Keybrake's alerts"})
-    result = send(subscription.url, allow_private=subscription.allow_private,
+    result = send(delivery_url(master_key, subscription), allow_private=subscription.allow_private,
                   secret=signing_secret(master_key, subscription), event_id=event.id, payload=event.payload(),
                   fmt=subscription.format, **send_options)
     return event.id, result

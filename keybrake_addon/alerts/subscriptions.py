@@ -3,6 +3,9 @@
 A subscription's signing secret (`whsec_...`, Standard Webhooks' form) is shown once, when it is
 made; the ledger keeps it sealed under the master key like a vendor secret (AES-256-GCM, the
 subscription's id as associated data), and the deliverer opens it to sign each attempt.
+
+The receiver's URL is sealed the same way: a Slack webhook's URL is itself the credential. The
+ledger keeps in the clear only what lists show (`shown_url`).
 """
 
 import base64
@@ -27,6 +30,7 @@ MAX_URL_CHARS = 2048
 MAX_LABEL_PREFIX_CHARS = 200
 SECRET_BYTES = 32
 SEALED_AS = "alert-subscription"  # the "vendor" half of the sealing's associated data
+SEALED_URL_AS = "alert-subscription-url"
 
 
 class InvalidSubscription(ValueError):
@@ -117,10 +121,30 @@ def create(ledger, master_key: bytes, request: SubscriptionRequest) -> tuple[Sub
     subscription_id = "sub_" + secrets.token_hex(8)
     secret = new_secret()
     sealed = seal(master_key, SEALED_AS, subscription_id, secret)
-    stored = alert_store.add_subscription(ledger, subscription_id, request.url, request.events, request.thresholds,
+    url_nonce, url_ciphertext, shown = seal_url(master_key, subscription_id, request.url)
+    stored = alert_store.add_subscription(ledger, subscription_id, shown, request.events, request.thresholds,
                                           request.label_prefix, request.vendor, request.format, request.allow_private,
-                                          sealed.nonce, sealed.ciphertext)
+                                          sealed.nonce, sealed.ciphertext, url_nonce, url_ciphertext)
     return stored, secret
+
+
+def seal_url(master_key: bytes, subscription_id: str, url: str) -> tuple[bytes, bytes, str]:
+    """The URL sealed (nonce, ciphertext) and the form lists show."""
+    sealed = seal(master_key, SEALED_URL_AS, subscription_id, url)
+    return sealed.nonce, sealed.ciphertext, shown_url(url)
+
+
+def seal_plain_urls(ledger, master_key: bytes) -> int:
+    """Seal the receivers' URLs a release before stored whole (the proxy does it at start)."""
+    return alert_store.seal_plain_urls(ledger, lambda subscription_id, url: seal_url(master_key, subscription_id, url))
+
+
+def delivery_url(master_key: bytes, subscription: Subscription) -> str:
+    """The receiver's whole URL. Raises MasterKeyError when the master key is not the sealing one."""
+    if subscription.url_nonce is None:
+        return subscription.url  # stored whole by a release before, not sealed yet
+    return unseal(master_key, SEALED_URL_AS, subscription.id,
+                  Sealed(subscription.url_nonce, subscription.url_ciphertext))
 
 
 def signing_secret(master_key: bytes, subscription: Subscription) -> str:

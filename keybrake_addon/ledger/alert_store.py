@@ -13,7 +13,7 @@ read per few seconds): a subscription added now sees events from at most that lo
 import json
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -237,19 +237,23 @@ class Subscription:
     removed_at: datetime | None
     secret_nonce: bytes
     secret_ciphertext: bytes
+    url_nonce: bytes | None = None  # the full URL, sealed; None for a row from before (`url` is then whole)
+    url_ciphertext: bytes | None = None
 
 
 _SUBSCRIPTION_COLUMNS = ("id, url, events, thresholds, label_prefix, vendor, format, allow_private, created_at, "
-                         "removed_at, secret_nonce, secret_ciphertext")
+                         "removed_at, secret_nonce, secret_ciphertext, url_nonce, url_ciphertext")
 
 
-def add_subscription(ledger, subscription_id: str, url: str, events: Sequence[str], thresholds: Sequence[int],
+def add_subscription(ledger, subscription_id: str, shown_url: str, events: Sequence[str], thresholds: Sequence[int],
                      label_prefix: str | None, vendor: str | None, fmt: str, allow_private: bool,
-                     nonce: bytes, ciphertext: bytes) -> Subscription:
+                     nonce: bytes, ciphertext: bytes, url_nonce: bytes, url_ciphertext: bytes) -> Subscription:
     with ledger.database.transaction() as tx:
-        tx.run(f"INSERT INTO alert_subscriptions ({_SUBSCRIPTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-               (subscription_id, url, json.dumps(list(events)), json.dumps(sorted(thresholds)), label_prefix, vendor,
-                fmt, int(allow_private), to_text(tx.now()), None, nonce, ciphertext))
+        tx.run(f"INSERT INTO alert_subscriptions ({_SUBSCRIPTION_COLUMNS}) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               (subscription_id, shown_url, json.dumps(list(events)), json.dumps(sorted(thresholds)), label_prefix,
+                vendor, fmt, int(allow_private), to_text(tx.now()), None, nonce, ciphertext, url_nonce,
+                url_ciphertext))
         subscription = _subscription_in(tx, subscription_id)
     ledger.alert_rules.forget()
     return subscription
@@ -290,7 +294,25 @@ def _subscription(row: Row) -> Subscription:
     return Subscription(row["id"], row["url"], tuple(json.loads(row["events"])), tuple(json.loads(row["thresholds"])),
                         row["label_prefix"], row["vendor"], row["format"], bool(row["allow_private"]),
                         from_text(row["created_at"]), from_text(row["removed_at"]), bytes(row["secret_nonce"]),
-                        bytes(row["secret_ciphertext"]))
+                        bytes(row["secret_ciphertext"]), _bytes(row["url_nonce"]), _bytes(row["url_ciphertext"]))
+
+
+def _bytes(value) -> bytes | None:
+    return None if value is None else bytes(value)
+
+
+def seal_plain_urls(ledger, seal: Callable[[str, str], tuple[bytes, bytes, str]]) -> int:
+    """Seal the URLs stored whole by a release before (`seal(subscription_id, url)` gives the
+    nonce, the ciphertext and the shown form); returns how many it sealed."""
+    with ledger.database.transaction() as tx:
+        rows = tx.rows("SELECT id, url FROM alert_subscriptions WHERE url_nonce IS NULL")
+        for row in rows:
+            nonce, ciphertext, shown = seal(row["id"], row["url"])
+            tx.run("UPDATE alert_subscriptions SET url = ?, url_nonce = ?, url_ciphertext = ? "
+                   "WHERE id = ? AND url_nonce IS NULL", (shown, nonce, ciphertext, row["id"]))
+    if rows:
+        ledger.alert_rules.forget()
+    return len(rows)
 
 
 # --- deliveries ----------------------------------------------------------------------------------

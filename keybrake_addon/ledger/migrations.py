@@ -319,6 +319,14 @@ CREATE TABLE IF NOT EXISTS alert_swept_runs (
 CREATE INDEX IF NOT EXISTS vault_keys_expires ON vault_keys (expires_at);
 """
 
+# A receiver's URL can be its credential (a Slack webhook's path is): sealed under the master key
+# like the signing secret. `url` keeps only what lists show (scheme, host, the first path segments).
+# Rows from before stay readable as they are until the proxy seals them at its next start.
+_SEALED_ALERT_URLS = """
+ALTER TABLE alert_subscriptions ADD COLUMN url_nonce {blob};
+ALTER TABLE alert_subscriptions ADD COLUMN url_ciphertext {blob};
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "the baseline: secrets, vault keys, reservations, audit, proxy runs, admin tokens",
               _BASELINE.format(blob="BLOB", id="INTEGER", real="REAL"),
@@ -339,6 +347,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               _STRIPE_ACCOUNT),
     Migration(12, "alerts: subscriptions, the outbox of events and their deliveries",
               _ALERTS.format(blob="BLOB"), _ALERTS.format(blob="BYTEA")),
+    Migration(13, "alert receivers' URLs sealed under the master key (a Slack webhook URL is a credential)",
+              _SEALED_ALERT_URLS.format(blob="BLOB"), _SEALED_ALERT_URLS.format(blob="BYTEA")),
 )
 LATEST = MIGRATIONS[-1].version
 

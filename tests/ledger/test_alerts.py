@@ -446,3 +446,49 @@ def test_budget_alerts_ask_the_database_nothing_more(tmp_path):
         ledger.database._db.set_trace_callback(None)
     assert kinds(ledger) == {THRESHOLD_CROSSED: 1, BUDGET_THRESHOLD_CROSSED: 1}
     ledger.close()
+
+
+CAPABILITY = "/services/T0KB/B0KB/capability0secret0part"  # a Slack webhook URL's path is its credential
+
+
+def stored_text(ledger) -> str:
+    """Every value of every subscription row, as a database dump would show it."""
+    with ledger.database.reading() as tx:
+        rows = tx.rows("SELECT * FROM alert_subscriptions")
+    return " ".join(bytes(v).decode("latin-1") if isinstance(v, (bytes, memoryview)) else str(v)
+                    for row in rows for v in dict(row).values())
+
+
+def test_a_receivers_url_is_sealed_and_only_its_shown_form_is_stored(ledger):
+    with_key(ledger, daily=100 * USD)
+    with Receiver() as receiver:
+        origin = receiver.url.removesuffix("/hooks/keybrake")
+        subscription, secret = subscribe(ledger, origin + CAPABILITY + "?token=query0secret", thresholds=[80])
+        admit(ledger, 85)
+        deliver_due(ledger, MASTER_KEY)
+        [delivered] = receiver.received
+    assert delivered.path == CAPABILITY + "?token=query0secret"  # the deliverer opened the whole URL
+    assert delivered.verified(secret)["type"] == THRESHOLD_CROSSED
+    stored = stored_text(ledger)
+    assert "capability0secret0part" not in stored and "query0secret" not in stored
+    assert origin + "/services/T0KB/…?…" in stored  # what lists show
+
+
+def test_a_url_stored_whole_by_a_release_before_is_sealed_at_the_deliverers_first_round(ledger):
+    with_key(ledger, daily=100 * USD)
+    with Receiver() as receiver:
+        origin = receiver.url.removesuffix("/hooks/keybrake")
+        subscription, secret = subscribe(ledger, origin + CAPABILITY, thresholds=[80])
+        with ledger.database.transaction() as tx:  # as schema 12 stored it
+            tx.run("UPDATE alert_subscriptions SET url = ?, url_nonce = NULL, url_ciphertext = NULL WHERE id = ?",
+                   (origin + CAPABILITY, subscription.id))
+        assert "capability0secret0part" in stored_text(ledger)
+        admit(ledger, 85)
+        deliverer = Deliverer(ledger, MASTER_KEY, run_id="run-test", interval_s=3600)
+        try:
+            deliverer.round()
+        finally:
+            deliverer.stop()
+        [delivered] = receiver.received
+    assert delivered.path == CAPABILITY
+    assert "capability0secret0part" not in stored_text(ledger)
