@@ -64,10 +64,13 @@ class Writer:
     def key(self, label: str) -> str:
         if label not in self.keys:
             key_hash = f"{len(self.keys):x}" * 64
+            budget = label.split("/")[0] if label.startswith("jobs/") else None  # the jobs/ keys spend from "jobs"
+            if budget is not None and self.ledger.get_budget(budget) is None:
+                self.ledger.create_budget(budget, parent=None, daily_cap_micros=None, total_cap_micros=1000 * USD)
             self.ledger.create_key(f"kbk_{len(self.keys):04d}", key_hash, KeySpec(
                 vendor="stripe", secret_name="default", label=label, daily_cap_micros=None,
                 total_cap_micros=1000 * USD, max_calls=None, allowlist=(), allow_all=True, allow_unpriced=False,
-                expires_at=None))
+                expires_at=None, budget=budget))
             self.keys[label] = key_hash
         return self.keys[label]
 
@@ -172,7 +175,7 @@ def test_prune_keeps_spend_and_open_holds_and_a_dry_run_changes_nothing(run, wri
     open_hold = writer.call("jobs/old", 6, settled=False)
     writer.clock.now = None
     writer.call("jobs/new", 1)
-    spend_before = {by: run("spend", "--by", by, "--json").output for by in ("key", "label", "vendor", "day")}
+    spend_before = {by: run("spend", "--by", by, "--json").output for by in ("key", "label", "vendor", "day", "budget")}
     audit_before = run("audit", "--json").output
 
     dry = json.loads(run("audit", "prune", "--older-than", "90d", "--dry-run", "--json").output)

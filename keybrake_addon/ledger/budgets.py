@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ..vendors.base import RefusalKind
-from . import decisions
+from . import decisions, retention
 from .database import Row, Tx, placeholders
 from .decisions import BudgetState, KeyCounters
 from .times import from_text, to_text
@@ -147,13 +147,17 @@ class BudgetLedger:
             return [r["key_id"] for r in tx.rows("SELECT key_id FROM vault_keys WHERE budget = ? "
                                                  "ORDER BY created_at, key_id", (name,))]
 
-    def spend_by_budget(self, audit_where: tuple[list[str], list], money_where: tuple[list[str], list]) -> list[dict]:
+    def spend_by_budget(self, audit_where: tuple[list[str], list], money_where: tuple[list[str], list],
+                        rollup_where: tuple[list[str], list]) -> list[dict]:
         """Spend totals per budget, each including its child budgets'. Keys outside every budget
         (and refusals without a key) are the `None` group. The filters name the audit `a`, the
-        reservations `r` and their keys `k`."""
+        reservations `r` and their keys `k`, and the days `keybrake audit prune` rolled up `d`
+        (their rows are gone, their totals not)."""
         audit_clauses, audit_params = audit_where
         money_clauses, money_params = money_where
-        with self.database.reading() as tx:
+        rollup_clauses, rollup_params = rollup_where
+        sums = ", ".join(f"CAST(SUM(d.{name}) AS BIGINT) AS {name}" for name in retention.COUNTS)
+        with retention.one_snapshot(self.database) as tx:
             calls = tx.rows(
                 "SELECT k.budget AS grp, COUNT(*) AS calls, "
                 "SUM(CASE WHEN a.decision = 'allowed' THEN 1 ELSE 0 END) AS allowed, "
@@ -169,10 +173,13 @@ class BudgetLedger:
                 "AS BIGINT) AS reserved_micros "
                 "FROM reservations r JOIN vault_keys k ON k.key_id = r.key_id" + _where(money_clauses)
                 + " GROUP BY k.budget", money_params)
+            rolled_up = tx.rows(
+                f"SELECT k.budget AS grp, {sums} FROM daily_totals d LEFT JOIN vault_keys k ON k.key_id = d.key_id"
+                + _where(rollup_clauses) + " GROUP BY k.budget", rollup_params)
             parents = {r["name"]: r["parent"] for r in tx.rows("SELECT name, parent FROM budgets")}
         call_columns, money_columns = ("calls", "allowed", "refused", "cap_hits"), ("spent_micros", "reserved_micros")
         totals: dict = {}
-        for rows, columns in ((calls, call_columns), (money, money_columns)):
+        for rows, columns in ((calls, call_columns), (money, money_columns), (rolled_up, retention.COUNTS)):
             for row in rows:
                 # a key's figures count in its budget and in every ancestor's
                 for name in _up(parents, row["grp"]) if row["grp"] is not None else [None]:

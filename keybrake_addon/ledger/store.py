@@ -334,7 +334,9 @@ class SqlLedger(BudgetLedger):
         if by == "budget":  # grouped by the key's budget, then counted in each ancestor too
             return self.spend_by_budget(
                 _audit_clauses(where, key_column="a.key_id", label_column="a.label", time_column="a.ts"),
-                _audit_clauses(where, key_column="r.key_id", label_column="k.label", time_column="r.created_at"))
+                _audit_clauses(where, key_column="r.key_id", label_column="k.label", time_column="r.created_at"),
+                _audit_clauses(where, key_column="d.key_id", label_column="d.label", time_column="d.day",
+                               since=rollup_since(where.since)))
         audit_group = {"key": "key_id", "label": "label", "vendor": "vendor", "day": "substr(ts, 1, 10)"}[by]
         clauses, params = _audit_clauses(where)
         cap_hits = ", ".join(f"'{code}'" for code in CAP_HIT_DECISIONS)
