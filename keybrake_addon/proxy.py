@@ -10,6 +10,7 @@ timeout, then the proxy exits. A second signal stops without waiting for them.
 """
 
 import asyncio
+import errno
 import re
 import signal
 import socket
@@ -199,7 +200,47 @@ async def run_proxy(settings: ProxySettings) -> None:
     await master.run()
 
 
+class PortInUse(Exception):
+    """A port the proxy was told to listen on cannot be had: which one, and the flag that moves it."""
+
+
+def check_ports(settings: ProxySettings) -> None:
+    """Before mitmproxy starts: its own message for a taken port names neither the flag nor, for the
+    API listener, the right listener ("reverse proxy to http://127.0.0.1:9 failed to listen")."""
+    wanted = [(flag, host, port) for flag, host, port in (
+        ("--listen-port", settings.listen_host, settings.listen_port),
+        ("--api-port", settings.listen_host, settings.api_port),
+        ("--health-port", settings.listen_host, settings.health_port),
+        ("--metrics-port", settings.metrics_host, settings.metrics_port)) if port]
+    seen: dict[tuple[str, int], str] = {}
+    for flag, host, port in wanted:
+        if (host, port) in seen:
+            raise PortInUse(f"{seen[host, port]} and {flag} are both {port}: give each listener its own port")
+        seen[host, port] = flag
+        if _taken(host, port):
+            raise PortInUse(f"port {port} on {host or 'every interface'} ({flag}) is in use by another program: "
+                            f"stop it, or choose another port with {flag}")
+
+
+def _taken(host: str, port: int) -> bool:
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return False  # mitmproxy says what is wrong with the host
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio binds: TIME_WAIT is no use
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    return True
+    return False
+
+
 def serve(settings: ProxySettings) -> None:
+    """Run until stopped. Raises PortInUse before starting when a port it was given is taken."""
+    check_ports(settings)
     try:
         asyncio.run(run_proxy(settings))
     except KeyboardInterrupt:

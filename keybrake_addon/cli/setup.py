@@ -148,7 +148,7 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
     SIGTERM drains: new connections are refused, /readyz answers 503, calls in flight finish
     and settle for up to --drain-timeout seconds, then the proxy exits.
     """
-    from ..proxy import Listening, ProxySettings, serve
+    from ..proxy import Listening, PortInUse, ProxySettings, serve
 
     home = home_of(ctx)
     database = database_of_ctx(ctx)
@@ -230,7 +230,7 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
                                      "keybrake_max_conns": max_conns})
     try:
         serve(settings)
-    except OptionsError as error:
+    except (OptionsError, PortInUse) as error:
         raise click.ClickException(str(error)) from None
 
 
