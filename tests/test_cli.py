@@ -103,10 +103,24 @@ def test_keys_list_filters_and_revoke(run):
     assert [k["key_id"] for k in json.loads(run("keys", "list", "--label", "a", "--json").output)] == ids[:2]
     assert "revoked 1 key(s)" in run("revoke", ids[2]).output
     assert [k["key_id"] for k in json.loads(run("keys", "list", "--active", "--json").output)] == ids[:2]
-    assert json.loads(run("revoke", "--label", "a", "--json").output) == {"revoked": ids[:2]}
+    assert json.loads(run("revoke", "--label", "a", "--json").output) == {"revoked": ids[:2], "already_revoked": []}
     assert json.loads(run("keys", "show", ids[0], "--json").output)["status"] == "revoked"
     assert run("revoke", "kbk_nosuchkey", ok=False).exit_code == 1
     assert run("revoke", ok=False).exit_code == 2
+
+
+def test_revoke_says_what_changed_and_a_name_that_matches_nothing_is_an_error(run):
+    run("init")
+    run("secret", "set", "stripe", stdin=SECRET + "\n")
+    first, second = (json.loads(run("issue", "--vendor", "stripe", "--total-usd-cap", "5", "--allow-all", "--label",
+                                    "run-7", "--json").output)["key_id"] for _ in range(2))
+    run("revoke", first)
+    again = run("revoke", first).output
+    assert "already revoked before, unchanged: " + first in again and "revoked 1 key(s)" not in again
+    by_label = run("revoke", "--label", "run-7").output
+    assert f"revoked 1 key(s): {second}" in by_label and f"already revoked before, unchanged: {first}" in by_label
+    typo = run("revoke", "--label", "run-8", ok=False)
+    assert typo.exit_code == 1 and "no keys with label 'run-8'" in typo.output
 
 
 def test_rotating_a_secret_keeps_the_key(run):

@@ -221,22 +221,33 @@ def keys_show(ctx: click.Context, key_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def revoke(ctx: click.Context, key_id: str | None, label: str | None, as_json: bool) -> None:
-    """Revoke KEY_ID, or every key of --label. Takes effect on the very next request."""
+    """Revoke KEY_ID, or every key of --label. Takes effect on the very next request.
+
+    Revoking a revoked key again changes nothing and says so. A KEY_ID or a --label that names no
+    key is an error (exit 1): a typo must not pass for a revocation.
+    """
     if bool(key_id) == bool(label):
         raise click.UsageError("give either KEY_ID or --label")
     with installation(ctx) as kb:
         if key_id:
-            if not kb.ledger.revoke_key(key_id):
+            before = kb.ledger.get_key(key_id)
+            if before is None or not kb.ledger.revoke_key(key_id):
                 raise click.ClickException(f"no vault key {key_id}")
+            already = [key_id] if before.revoked_at is not None else []
             revoked = [key_id]
         else:
+            already = [k.key_id for k in kb.ledger.list_keys(label=label) if k.revoked_at is not None]
             revoked = kb.ledger.revoke_label(label)
+            if not revoked:
+                raise click.ClickException(f"no keys with label {label!r} (labels are exact; `keybrake keys` lists them)")
     if as_json:
-        print_json({"revoked": revoked})
-    elif not revoked:
-        click.echo(f"no keys with label {label!r}")
-    else:
-        click.echo(f"revoked {len(revoked)} key(s): {', '.join(revoked)}")
+        print_json({"revoked": revoked, "already_revoked": already})
+        return
+    newly = [k for k in revoked if k not in already]
+    if newly:
+        click.echo(f"revoked {len(newly)} key(s): {', '.join(newly)}")
+    if already:
+        click.echo(f"already revoked before, unchanged: {', '.join(already)}")
 
 
 # The option of `keybrake issue` each issuance field comes from, so an error names what to change.
