@@ -79,7 +79,8 @@ def test_revoke_cuts_off_the_next_call(proxy, stripe_client_for, issue, home):
 def test_revoke_by_label_cuts_off_every_key_of_the_run(proxy, stripe_client_for, issue, home):
     keys = [issue("--total-usd-cap", "500", "--allow", "POST /v1/payment_intents", "--label", "run-x")
             for _ in range(2)]
-    assert keybrake_json(home, "revoke", "--label", "run-x") == {"revoked": [k["key_id"] for k in keys], "already_revoked": []}
+    assert keybrake_json(home, "revoke", "--label", "run-x") == {"revoked": [k["key_id"] for k in keys],
+                                                                 "already_revoked": []}
     for key in keys:
         with pytest.raises(stripe.AuthenticationError):
             stripe_client_for(key["vault_key"]).v1.payment_intents.create(params=PI)
