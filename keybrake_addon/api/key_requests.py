@@ -6,7 +6,7 @@ from ..vault.issuance import KeyRequest
 FIELDS = {
     "vendor": str, "secret": str, "daily_usd_cap": "usd", "total_usd_cap": "usd", "max_calls": int,
     "allowed_endpoints": list, "allow_all": bool, "no_cap": bool, "allow_unpriced": bool, "expires_in": str,
-    "agent_run_label": str, "budget": str, "stripe_account": str,
+    "label": str, "agent_run_label": str, "budget": str, "stripe_account": str,
 }
 
 
@@ -28,10 +28,13 @@ def key_request_from_json(document) -> KeyRequest:
     if document.get("vendor") is None:
         raise InvalidField("vendor", "required")
     values = {name: _check(name, value) for name, value in document.items() if value is not None}
+    # `label` is the name answers and filters use; `agent_run_label`, its older name, still works.
+    if "label" in values and "agent_run_label" in values and values["label"] != values["agent_run_label"]:
+        raise InvalidField("label", "give label or agent_run_label (its older name), not two different labels")
     return KeyRequest(
         vendor=values["vendor"],
         secret_name=values.get("secret", "default"),
-        label=values.get("agent_run_label"),
+        label=values.get("label", values.get("agent_run_label")),
         daily_cap_micros=values.get("daily_usd_cap"),
         total_cap_micros=values.get("total_usd_cap"),
         max_calls=values.get("max_calls"),

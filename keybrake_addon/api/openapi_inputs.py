@@ -109,8 +109,11 @@ KEY_REQUEST = {
                                       "settings set default-key-ttl`). Longer than the installation's "
                                       "maximum (30d unless raised with `keybrake settings set "
                                       "max-key-ttl`) is refused: 422 with error.field = expires_in"},
-        "agent_run_label": {**nullable(PRINTABLE), "description": "the run this key belongs to, for lists, "
-                                                                  "spend and revoking a whole run"},
+        "label": {**nullable(PRINTABLE), "description": "the run this key belongs to, for lists, spend and "
+                                                        "revoking a whole run (answers and filters call it label)"},
+        "agent_run_label": {**nullable(PRINTABLE), "deprecated": True,
+                            "description": "the older name of label, still accepted; both with different values "
+                                           "is a 400 on label"},
         "budget": {**nullable(BUDGET_NAME),
                    "description": "the budget the key spends from: every call is checked against its caps and "
                                   "its ancestors' too. A capped budget stands in for the key's own cap. An "

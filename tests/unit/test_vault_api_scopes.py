@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import jsonschema
 import pytest
 
+from keybrake_addon.api.key_requests import InvalidField, key_request_from_json
 from keybrake_addon.api.openapi import OPENAPI
 from keybrake_addon.api.tokens import AdminTokens
 from keybrake_addon.api.vault_api import ApiRequest, VaultApi
@@ -257,3 +258,13 @@ def test_a_token_bound_to_a_budget_reads_its_budgets_and_changes_none(api):
     assert api.ledger.get_budget("team-a").frozen_at is None
     other = api.token(make_scope(vendors=["stripe"]))  # scoped, bound to no budget: sees none
     assert api.call(other, "GET", "/vault/budgets").document["data"] == []
+
+
+def test_label_is_the_input_name_and_agent_run_label_still_works():
+    base = {"vendor": "stripe", "no_cap": True, "allow_all": True}
+    assert key_request_from_json({**base, "label": "run-1"}).label == "run-1"
+    assert key_request_from_json({**base, "agent_run_label": "run-1"}).label == "run-1"
+    assert key_request_from_json({**base, "label": "run-1", "agent_run_label": "run-1"}).label == "run-1"
+    with pytest.raises(InvalidField) as both:
+        key_request_from_json({**base, "label": "run-1", "agent_run_label": "run-2"})
+    assert both.value.field == "label"

@@ -9,7 +9,7 @@ export interface VaultKeyRequest {
   daily_usd_cap: number;
   allowed_endpoints: string[];
   expires_in: string;
-  agent_run_label: string;
+  label: string;
 }
 
 /** A vault key as `GET /vault/keys/{key_id}` shows it (amounts are decimal strings, e.g. "450.00"). */
@@ -75,7 +75,7 @@ export function revokeVaultKey(keyId: string): Promise<{ revoked: string[] }> {
   return vault<{ revoked: string[] }>("DELETE", `/vault/keys/${encodeURIComponent(keyId)}`);
 }
 
-/** Revoke every key issued with this `agent_run_label`. */
+/** Revoke every key issued with this `label`. */
 export function revokeVaultKeysByLabel(label: string): Promise<{ revoked: string[] }> {
   return vault<{ revoked: string[] }>("DELETE", `/vault/keys?label=${encodeURIComponent(label)}`);
 }

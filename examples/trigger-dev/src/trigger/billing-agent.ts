@@ -37,7 +37,7 @@ export const billingAgent = task({
         daily_usd_cap: payload.dailyUsdCap ?? 500,
         allowed_endpoints: ["POST /v1/payment_intents"],
         expires_in: "2h",
-        agent_run_label: runLabel(ctx.run.id),
+        label: runLabel(ctx.run.id),
       },
       `billing-agent/${ctx.run.id}`,
     );
