@@ -138,6 +138,8 @@ def test_label_prefix_is_literal_in_audit_and_spend(run, writer):
                       "refused": 0, "cap_hits": 0}]
     assert [row["label"] for row in json.loads(run("spend", "--label-prefix", "jobs_", "--json").output)] == [
         "jobs_billing"]
+    assert run("spend", "--label-prefix", "jobs/", "--by", "vendor", "--format", "csv").output.splitlines() == [
+        "vendor,spent_usd,reserved_usd,calls,allowed,refused,cap_hits", "stripe,5.00,0.00,2,2,0,0"]
 
 
 def test_follow_prints_new_rows_as_json_lines_and_ctrl_c_exits_cleanly(home, writer):

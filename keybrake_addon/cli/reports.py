@@ -8,7 +8,7 @@ from ..ledger.base import AuditFilter
 from ..views import spend_document
 from ..durations import parse_since
 from .context import installation
-from .output import emit
+from .output import FORMATS, emit
 
 
 def _since(_ctx, param, value: str | None) -> datetime | None:
@@ -31,7 +31,8 @@ since_option = click.option("--since", callback=_since,
 @click.option("--by", type=click.Choice(["key", "label", "vendor", "day", "budget"]), default="label",
               show_default=True, help="How to group the totals. By budget, each budget's include its children's.")
 @since_option
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="csv for a spreadsheet; json for a program.")
 @click.option("--json", "as_json", is_flag=True, help="The same as --format json.")
 @click.pass_context
 def spend(ctx: click.Context, label, label_prefix, by, since, fmt, as_json) -> None:
