@@ -29,15 +29,31 @@ def conforms(response: httpx.Response, path: str, method: str) -> dict | list:
     return response.json()
 
 
-@pytest.fixture
-def api(home, fake_stripe, tmp_path):
-    proxy = ProxyProcess(home=home, upstreams=(f"stripe={fake_stripe.url}",), log_path=tmp_path / "proxy.log",
+def running_api(home, upstream: str, log_path):
+    proxy = ProxyProcess(home=home, upstreams=(f"stripe={upstream}",), log_path=log_path,
                          extra_args=("--api-port", "0")).start()
     token = json.loads(keybrake(home, "admin-token", "create", "--name", "tests", "--json").stdout)["token"]
-    with httpx.Client(base_url=proxy.api_url, headers={"authorization": f"Bearer {token}"}, timeout=30) as client:
-        client.proxy = proxy
-        yield client
-    proxy.stop()
+    try:
+        with httpx.Client(base_url=proxy.api_url, headers={"authorization": f"Bearer {token}"}, timeout=30) as client:
+            client.proxy = proxy
+            yield client
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture
+def api(home, fake_stripe, tmp_path):
+    yield from running_api(home, fake_stripe.url, tmp_path / "proxy.log")
+
+
+@pytest.fixture(scope="module")
+def refusing_api(tmp_path_factory):
+    """One proxy for the cases that are refused before anything is written: they cannot disturb
+    each other, and a proxy apiece cost ~1 s each."""
+    root = tmp_path_factory.mktemp("refusing-api")
+    keybrake(root / "home", "init")
+    keybrake(root / "home", "secret", "set", "stripe", stdin=REAL_SECRET + "\n")
+    yield from running_api(root / "home", "http://127.0.0.1:9", root / "proxy.log")  # never reached
 
 
 def test_issue_show_list_and_revoke(api, fake_stripe):
@@ -99,8 +115,8 @@ def test_concurrent_retries_of_one_issuance_get_one_key(api):
     ({**ISSUE, "agent_run_label": "run_1\x1b]0;owned\x07"}, "agent_run_label"),
     ({**ISSUE, "agent_run_label": "run_1\nrun_2"}, "agent_run_label"),
 ])
-def test_validation_names_the_field(api, body, field):
-    response = api.post("/vault/keys", json=body)
+def test_validation_names_the_field(refusing_api, body, field):
+    response = refusing_api.post("/vault/keys", json=body)
     assert response.status_code == 400
     assert conforms(response, "/vault/keys", "post")["error"]["field"] == field
 
@@ -111,8 +127,9 @@ def test_validation_names_the_field(api, body, field):
     ({**ISSUE, "expires_in": "99999999999d"}, "expires_in"),
     ({**ISSUE, "secret": "nobody-stored-this"}, "secret"),
 ])
-def test_a_request_that_fits_the_description_but_breaks_a_rule_it_cannot_state_is_a_422(api, body, field):
-    response = api.post("/vault/keys", json=body)
+def test_a_request_that_fits_the_description_but_breaks_a_rule_it_cannot_state_is_a_422(refusing_api, body,
+                                                                                          field):
+    response = refusing_api.post("/vault/keys", json=body)
     assert response.status_code == 422
     assert conforms(response, "/vault/keys", "post")["error"]["field"] == field
 
