@@ -1,7 +1,8 @@
 """Helpers for end-to-end tests: run the CLI, the secret the fake Stripe accepts."""
 
-import time
 from pathlib import Path
+
+from support.settling import until_settled
 
 from keybrake_addon.proxy_process import keybrake, keybrake_json
 
@@ -14,12 +15,14 @@ def settled_key_json(home: Path, key_id: str, timeout_s: float = 15.0) -> dict:
     The proxy settles a call just after writing its reply, so right after the SDK returns the
     last holds may still be counted as reserved.
     """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        shown = keybrake_json(home, "keys", "show", key_id)
-        if shown["reserved_usd"] == "0.00" or time.monotonic() > deadline:
-            return shown
-        time.sleep(0.05)
+    shown: dict = {}
+
+    def reserved() -> int:
+        shown.update(keybrake_json(home, "keys", "show", key_id))
+        return shown["reserved_usd"] != "0.00"
+
+    until_settled(reserved, timeout_s)
+    return shown
 
 
 __all__ = ["REAL_SECRET", "keybrake", "keybrake_json", "settled_key_json"]

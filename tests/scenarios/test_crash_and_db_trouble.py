@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import stripe
 
+from support.settling import until_settled
 from e2e.helpers import REAL_SECRET, keybrake, keybrake_json
 from keybrake_addon.fakes.fake_stripe import FakeStripe
 from keybrake_addon.proxy_process import ProxyProcess
@@ -43,12 +44,8 @@ def open_count(home: Path, key_id: str) -> int:
                           (key_id,)).fetchone()[0]
 
 
-def wait_until_settled(home: Path, key_id: str, timeout_s: float = 30.0) -> int:
-    """Settlement commits just after the reply is written: wait (bounded); returns what stays open."""
-    deadline = time.monotonic() + timeout_s
-    while (still_open := open_count(home, key_id)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return still_open
+def wait_until_settled(home: Path, key_id: str) -> int:
+    return until_settled(lambda: open_count(home, key_id))
 
 
 def key_counters(home: Path, key_id: str) -> sqlite3.Row:

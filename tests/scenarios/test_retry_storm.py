@@ -17,6 +17,7 @@ import time
 import pytest
 import stripe
 
+from support.settling import until_settled
 from e2e.helpers import REAL_SECRET, keybrake, keybrake_json
 from keybrake_addon.fakes.fake_stripe import FakeStripe
 from keybrake_addon.proxy_process import ProxyProcess
@@ -38,17 +39,8 @@ PI = {"amount": AMOUNT_CENTS, "currency": "usd", "confirm": True, "payment_metho
 
 
 
-def wait_until_settled(ledger, key_id: str, timeout_s: float = 30.0) -> int:
-    """The proxy settles a call just after writing its reply: wait (bounded) for the last ones.
-
-    Returns how many reservations are still open when it gives up (0 when all settled).
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        still_open = len(ledger.open_reservations(key_id))
-        if still_open == 0 or time.monotonic() > deadline:
-            return still_open
-        time.sleep(0.1)
+def wait_until_settled(ledger, key_id: str) -> int:
+    return until_settled(lambda: len(ledger.open_reservations(key_id)))
 
 
 def seeded_faults(seed: int, rolls: int, rate: float) -> int:
