@@ -1,9 +1,11 @@
 """The Stripe gate end to end: real proxy process, official stripe SDK, fake Stripe upstream."""
 
 import glob
+import json
 import shutil
 import ssl
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -87,8 +89,6 @@ def test_revoke_by_label_cuts_off_every_key_of_the_run(proxy, stripe_client_for,
 
 
 def test_expired_key_is_refused(proxy, stripe_client_for, issue):
-    import time
-
     key = issue("--total-usd-cap", "500", "--allow", "POST /v1/payment_intents", "--expires-in", "1s")
     time.sleep(1.2)
     with pytest.raises(stripe.AuthenticationError) as refused:
@@ -208,8 +208,6 @@ def test_non_vendor_host_passes_through_untouched(proxy, tls_echo_server):
 
 
 def keybrake_json_format(home, *args):
-    import json
-
     return json.loads(keybrake(home, *args, "--format", "json").stdout)
 
 
