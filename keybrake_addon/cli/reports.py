@@ -38,6 +38,9 @@ since_option = click.option("--since", callback=_since,
 def spend(ctx: click.Context, label, label_prefix, by, since, fmt, as_json) -> None:
     """Print spend totals: settled spend, open reservations, calls, refusals and cap hits.
 
+    `calls` is every request, refused ones included (`allowed` + `refused`); `keybrake keys`
+    counts only the allowed ones in its `calls`, as --max-calls does.
+
     Days pruned by `keybrake audit prune` count from their daily totals; over such a day --since
     counts the whole day.
     """

@@ -180,7 +180,11 @@ KEY_COLUMNS = ["key_id", "vendor", "label", "status", "spent_usd", "reserved_usd
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def keys_list(ctx: click.Context, label: str | None, active: bool, as_json: bool) -> None:
-    """List vault keys with their spend."""
+    """List vault keys with their spend.
+
+    `calls` counts the calls the key let through (what --max-calls caps); `keybrake spend` counts
+    every request in `calls`, refused ones too, and the let-through ones in `allowed`.
+    """
     with installation(ctx) as kb:
         reap_dead_local_runs(kb.ledger)
         records = kb.ledger.list_keys(label=label, active_at=utc_now() if active else None)
