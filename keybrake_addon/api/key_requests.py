@@ -19,6 +19,10 @@ class InvalidField(ValueError):
         self.field = field
 
 
+class ConflictingFields(InvalidField):
+    """Each field fits the description, together they do not: a rule the description cannot state (422)."""
+
+
 def key_request_from_json(document) -> KeyRequest:
     if not isinstance(document, dict):
         raise InvalidField("body", "expected a JSON object")
@@ -30,7 +34,7 @@ def key_request_from_json(document) -> KeyRequest:
     values = {name: _check(name, value) for name, value in document.items() if value is not None}
     # `label` is the name answers and filters use; `agent_run_label`, its older name, still works.
     if "label" in values and "agent_run_label" in values and values["label"] != values["agent_run_label"]:
-        raise InvalidField("label", "give label or agent_run_label (its older name), not two different labels")
+        raise ConflictingFields("label", "give label or agent_run_label (its older name), not two different labels")
     return KeyRequest(
         vendor=values["vendor"],
         secret_name=values.get("secret", "default"),

@@ -113,7 +113,7 @@ KEY_REQUEST = {
                                                         "revoking a whole run (answers and filters call it label)"},
         "agent_run_label": {**nullable(PRINTABLE), "deprecated": True,
                             "description": "the older name of label, still accepted; both with different values "
-                                           "is a 400 on label"},
+                                           "is a 422 on label"},
         "budget": {**nullable(BUDGET_NAME),
                    "description": "the budget the key spends from: every call is checked against its caps and "
                                   "its ancestors' too. A capped budget stands in for the key's own cap. An "

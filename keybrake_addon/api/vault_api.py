@@ -25,7 +25,7 @@ from ..vault.issuance import IssueError, issue_key
 from ..vault.scopes import Issuer, OverCeiling
 from ..views import audit_document, key_document, spend_document
 from . import budgets
-from .key_requests import LARGEST_COUNT, InvalidField, key_request_from_json
+from .key_requests import LARGEST_COUNT, ConflictingFields, InvalidField, key_request_from_json
 from .openapi import OPENAPI
 from .tokens import AdminTokens
 from .validation import DESCRIPTION
@@ -191,6 +191,8 @@ class VaultApi:
             return error(400, "invalid_json", f"the body is not valid JSON: {failure}")
         try:
             key_request = key_request_from_json(document)
+        except ConflictingFields as failure:
+            return error(422, "invalid_field", str(failure), failure.field)
         except InvalidField as failure:
             return error(400, "invalid_field", str(failure), failure.field)
         idempotency = None

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import jsonschema
 import pytest
 
-from keybrake_addon.api.key_requests import InvalidField, key_request_from_json
+from keybrake_addon.api.key_requests import ConflictingFields, key_request_from_json
 from keybrake_addon.api.openapi import OPENAPI
 from keybrake_addon.api.tokens import AdminTokens
 from keybrake_addon.api.vault_api import ApiRequest, VaultApi
@@ -265,6 +265,6 @@ def test_label_is_the_input_name_and_agent_run_label_still_works():
     assert key_request_from_json({**base, "label": "run-1"}).label == "run-1"
     assert key_request_from_json({**base, "agent_run_label": "run-1"}).label == "run-1"
     assert key_request_from_json({**base, "label": "run-1", "agent_run_label": "run-1"}).label == "run-1"
-    with pytest.raises(InvalidField) as both:
+    with pytest.raises(ConflictingFields) as both:  # a rule the description cannot state: a 422
         key_request_from_json({**base, "label": "run-1", "agent_run_label": "run-2"})
     assert both.value.field == "label"
