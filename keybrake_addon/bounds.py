@@ -29,6 +29,7 @@ from enum import Enum
 
 from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
+from mitmproxy.proxy.layers.http import Http1Server, HttpLayer
 from mitmproxy.utils import human
 
 from .addon import UNREADABLE_BODY_BYTES, listener_vendor_route
@@ -135,6 +136,7 @@ class MeteredReader:
 
     def __init__(self, inner: asyncio.StreamReader, meter: Meter, peer: str) -> None:
         self._inner, self._meter, self._peer = inner, meter, peer
+        self._held_back = False  # a read waits in _wait_for_next_phase, which ends it with its own reason
         meter.on_deadline = self._cut_off
         meter._arm()  # the first head's clock started before this reader was put in place
 
@@ -161,15 +163,21 @@ class MeteredReader:
             raise self._cut("request body of unknown length over its bound")
         what = "request head over its size bound" if meter.phase is Phase.HEAD else "request body not taken in time"
         timeout = meter.header_timeout_s if meter.deadline is None else max(0.0, meter.deadline - time.monotonic())
-        done, _ = await asyncio.wait({meter.phase_changed()}, timeout=timeout)
+        self._held_back = True
+        try:
+            done, _ = await asyncio.wait({meter.phase_changed()}, timeout=timeout)
+        finally:
+            self._held_back = False
         if not done:
             raise self._cut(what)
 
     def _cut_off(self, why: str) -> None:
         """The deadline passed: the pending read (and every later one) raises."""
-        self._inner.set_exception(self._cut(why))
+        if not self._held_back:  # a held-back read times out with the deadline and says why
+            self._inner.set_exception(self._cut(why))
 
     def _cut(self, why: str) -> ConnectionCutOff:
+        self._meter.close()  # once: a deadline due later must not cut (and log) again
         logger.info("keybrake: closed the connection of %s: %s", self._peer, why)
         return ConnectionCutOff(why)
 
@@ -182,6 +190,7 @@ class Bounds:
 
     def __init__(self) -> None:
         self.meters: dict[str, Meter] = {}
+        self.http_layers: dict[str, HttpLayer] = {}  # each metered client's newest, by client id
         self.per_address: Counter[str] = Counter()
         self.admitted: set[str] = set()
 
@@ -233,6 +242,7 @@ class Bounds:
         self.admitted.discard(client.id)
         if (meter := self.meters.pop(client.id, None)) is not None:
             meter.close()
+        self.http_layers.pop(client.id, None)
         address = client.peername[0]
         self.per_address[address] -= 1
         if self.per_address[address] <= 0:
@@ -278,9 +288,25 @@ class Bounds:
         vendor_limit = self._size("keybrake_max_vendor_body")
         return vendor_limit, vendor_limit
 
+    def next_layer(self, nextlayer) -> None:
+        if isinstance(nextlayer.layer, HttpLayer) and nextlayer.context.client.id in self.meters:
+            self.http_layers[nextlayer.context.client.id] = nextlayer.layer
+
     def request(self, flow: http.HTTPFlow) -> None:
         if meter := self.meters.get(flow.client_conn.id):
-            meter.await_head(start_clock=False)
+            meter.await_head(start_clock=self._next_head_begun(flow.client_conn))
+
+    def _next_head_begun(self, client: connection.Client) -> bool:
+        """Whether the read that ended this request brought bytes of the next head too.
+
+        No later read may come to start that head's clock, so it starts now. Only mitmproxy's HTTP/1
+        parser knows what it holds beyond the request, so this reads its buffer (as `_meter` reaches
+        into the connection handler). Bytes still inside an incomplete TLS record are not seen here:
+        mitmproxy's tcp_timeout bounds those.
+        """
+        http_layer = self.http_layers.get(client.id)
+        parser = http_layer.connections.get(http_layer.context.client) if http_layer is not None else None
+        return isinstance(parser, Http1Server) and bool(bytes(parser.buf).strip())
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         # Next comes either a blind tunnel (a host Keybrake does not front) or a TLS handshake.

@@ -76,3 +76,23 @@ def test_a_head_begun_on_a_kept_alive_connection_must_end_by_the_deadline(proxy,
         tls.sendall(b"POST /v1/payment_intents HTTP/1.1\r\n")  # and no more
         waited = closed_within(tls, HEADER_TIMEOUT_S + 5)
     assert waited is not None, "a half-sent head on a kept-alive connection outlived the deadline"
+
+
+def test_a_head_begun_in_the_same_write_as_the_request_before_must_end_by_the_deadline(proxy, home):
+    # The half head arrives in the read that ends the first request, before the proxy awaits a new
+    # head: no later byte will start its clock, so the clock must start from what is already held.
+    with tls_through(proxy, home) as tls:
+        tls.sendall(b"POST /v1/payment_intents HTTP/1.1\r\nHost: api.stripe.com\r\nContent-Length: 0\r\n\r\n"
+                    b"POST /v1/payment_intents HTTP/1.1\r\n")  # and no more
+        assert tls.recv(65536).startswith(b"HTTP/1.1 ")
+        waited = closed_within(tls, HEADER_TIMEOUT_S + 5)
+    assert waited is not None, "a half head sent with the request before it outlived the deadline"
+
+
+def test_a_plain_connection_with_a_head_begun_in_the_same_write_must_end_it_by_the_deadline(proxy):
+    with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
+        sock.sendall(b"GET http://api.stripe.com/v1/charges HTTP/1.1\r\nHost: api.stripe.com\r\n\r\n"
+                     b"GET http://api.stripe.com/v1/charges HTTP/1.1\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 ")
+        waited = closed_within(sock, HEADER_TIMEOUT_S + 5)
+    assert waited is not None, "a half head sent with the request before it outlived the deadline"
