@@ -93,6 +93,7 @@ class AsyncLedger:
         self._down_until = 0.0  # see KNOWN_DOWN_S
         self._down_because: LedgerUnavailable | None = None
         self._stopping = False
+        self._closed = False  # the thread has stopped: a settlement now can only be logged
         self._committed_settles = 0
         # (mode, seconds) of each write transaction, "inline" or "batch": the proxy's metrics.
         self.on_transaction: Callable[[str, float], None] | None = None
@@ -128,7 +129,7 @@ class AsyncLedger:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             loop = None  # called off the loop: the ledger thread takes it
-        if loop is not None and self._inline is not None:
+        if loop is not None and self._inline is not None and not self._closed:
             if self._idle():
                 self._loop = loop
                 self._loop_settles.append(request)
@@ -168,7 +169,10 @@ class AsyncLedger:
         return kind(f"the ledger failed a moment ago ({failure})")
 
     def _idle(self) -> bool:
-        return not (self._busy or self._admits or self._settles or self._refusals)
+        # Under the lock: the thread takes a batch and sets _busy in one step, so a reading between
+        # the two could see neither the work nor the flag.
+        with self._condition:
+            return not (self._busy or self._admits or self._settles or self._refusals)
 
     def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._flush_scheduled:
@@ -248,8 +252,11 @@ class AsyncLedger:
 
     def _queue_settle(self, item: _Settle) -> None:
         with self._condition:
-            heapq.heappush(self._settles, item)
-            self._condition.notify()
+            if not self._closed:
+                heapq.heappush(self._settles, item)
+                self._condition.notify()
+                return
+        _never_committed(item.request)  # a reply's settlement scheduled before close, run after it
 
     def _release_late(self, admission: Admission) -> None:
         """An admission nobody will act on (decided too late, or its caller gone): not forwarded,
@@ -293,12 +300,10 @@ class AsyncLedger:
             self._condition.notify()
         self._thread.join(timeout=10)
         with self._condition:
+            self._closed = True
             left = [item.request for item in self._settles]
         for request in left:
-            # Never dropped silently: the hold stays counted, and the operator can settle it.
-            logger.error("keybrake: settlement of reservation %s (audit row %s, %s) was never committed; its hold "
-                         "stays counted: check the vendor, then `keybrake reconcile --reservation %s`",
-                         request.reservation_id, request.audit_id, request.resolution.value, request.reservation_id)
+            _never_committed(request)
         if self._inline is not None:
             self._inline.close()
         self._store.close()
@@ -398,6 +403,13 @@ class AsyncLedger:
     def _set_results(self, results: list) -> None:
         for item, result in results:
             _answer(item, result, self._release_late)
+
+
+def _never_committed(request: SettleRequest) -> None:
+    # Never dropped silently: the hold stays counted, and the operator can settle it.
+    logger.error("keybrake: settlement of reservation %s (audit row %s, %s) was never committed; its hold "
+                 "stays counted: check the vendor, then `keybrake reconcile --reservation %s`",
+                 request.reservation_id, request.audit_id, request.resolution.value, request.reservation_id)
 
 
 def _answer(item: _Admit, result, release_late) -> None:

@@ -7,6 +7,7 @@ store to be slow or to fail.
 import asyncio
 import threading
 import time
+from collections import deque
 
 import pytest
 
@@ -376,3 +377,54 @@ def test_an_admit_whose_caller_went_away_has_its_hold_released(store):
 
     asyncio.run(run())
     assert money(SqliteLedger(store.store.database.path)) == (0, 0)
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["thread", "inline"])
+def test_a_settlement_after_close_is_logged_never_dropped_in_silence(store, caplog, inline):
+    """A reply's settlement can be scheduled (call_soon) before the shutdown and run after it."""
+    inline_store = Recording(SqliteLedger(store.store.database.path, busy_timeout_s=0)) if inline else None
+
+    async def run():
+        ledger = AsyncLedger(store, inline=inline_store)
+        admission = await ledger.admit(request(50))
+        ledger.close()
+        ledger.settle(settlement(admission, actual=20 * USD))
+        await asyncio.sleep(0.05)  # a lingering settlement's timer would fire by now
+        return admission
+
+    admission = asyncio.run(run())
+    assert f"reservation {admission.reservation_id}" in caplog.text and "never committed" in caplog.text
+    assert money(SqliteLedger(store.store.database.path)) == (0, 50)  # the hold stays counted
+
+
+class _TakenWhileRead:
+    """A queue whose truth test lets the ledger thread take the work, as it may between two unlocked reads."""
+
+    def __init__(self, ledger: AsyncLedger, item) -> None:
+        self.ledger, self.items, self.taken = ledger, [item], threading.Event()
+
+    def __bool__(self) -> bool:
+        def take():
+            with self.ledger._condition:
+                self.items.clear()
+                self.ledger._busy = True
+            self.taken.set()
+
+        threading.Thread(target=take, daemon=True).start()
+        self.taken.wait(0.2)  # the lock held by the reader keeps the thread out
+        return bool(self.items)
+
+
+def test_the_ledger_is_not_idle_while_its_thread_takes_a_batch(store):
+    """A consistent reading: queued work and the busy flag are read together, never half before a take."""
+    async def run():
+        ledger = AsyncLedger(store)
+        try:
+            ledger._admits = _TakenWhileRead(ledger, object())
+            return ledger._idle()
+        finally:
+            with ledger._condition:
+                ledger._admits, ledger._busy = deque(), False
+            ledger.close()
+
+    assert asyncio.run(run()) is False
