@@ -166,7 +166,7 @@ def test_issue_refuses_a_label_with_control_characters(run, label):
     run("init")
     run("secret", "set", "stripe", stdin=SECRET + "\n")
     refused = run("issue", "--vendor", "stripe", "--daily-usd-cap", "5", "--allow-all", "--label", label, ok=False)
-    assert refused.exit_code == 2 and "control characters" in refused.output
+    assert refused.exit_code == 2 and "--label: must not contain control characters" in refused.output
     assert json.loads(run("keys", "list", "--json").output) == []
 
 

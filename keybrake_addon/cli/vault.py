@@ -257,7 +257,7 @@ def revoke(ctx: click.Context, key_id: str | None, label: str | None, as_json: b
 # The option of `keybrake issue` each issuance field comes from, so an error names what to change.
 ISSUE_FLAGS = {"expires_in": "--expires-in", "daily_usd_cap": "--daily-usd-cap", "total_usd_cap": "--total-usd-cap",
                "max_calls": "--max-calls", "no_cap": "--no-cap", "allowed_endpoints": "--allow",
-               "agent_run_label": "--label", "secret": "--secret", "vendor": "--vendor", "budget": "--budget",
+               "label": "--label", "secret": "--secret", "vendor": "--vendor", "budget": "--budget",
                "stripe_account": "--stripe-account"}
 
 

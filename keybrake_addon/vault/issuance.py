@@ -87,7 +87,7 @@ def issue_key(ledger: Ledger, master_key: bytes, request: KeyRequest, *, now: da
 
 def validate(ledger: Ledger, request: KeyRequest, now: datetime) -> KeySpec:
     # Stored and shown back in `keys list`, `audit` and the vault API: no text a terminal would act on.
-    for field, text in (("agent_run_label", request.label), ("secret", request.secret_name)):
+    for field, text in (("label", request.label), ("secret", request.secret_name)):
         if text is not None and has_control_characters(text):
             raise IssueError(field, "must not contain control characters (newlines, tabs, escapes)")
     if request.vendor not in VENDORS:
