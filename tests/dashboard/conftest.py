@@ -26,6 +26,7 @@ class Served:
     url: str  # http://127.0.0.1:PORT
     ledger: SqlLedger
     facts: Facts
+    clock: SettableClock  # the ledger's: follow it when writing more
 
 
 class ThreadedServer:
@@ -58,7 +59,7 @@ def served(tmp_path) -> Iterator[Served]:
     facts = populate(ledger, clock)
     app = Starlette(routes=dashboard_routes(ledger, refresh_seconds=1))
     with ThreadedServer(app) as url:
-        yield Served(url, ledger, facts)
+        yield Served(url, ledger, facts, clock)
     ledger.close()
 
 

@@ -1,12 +1,14 @@
 """A ledger with a few days of runs, written through the ledger's own admit and settle calls.
 
 The database's clock is moved back while the calls are made, so the charts have days of
-history; afterwards it follows real time again, as a proxy's ledger does.
+history; afterwards it follows real time again, as a proxy's ledger does. Between 22:00 and
+10:00 UTC it follows real time a few hours behind, at 20:00 of a day: today's calls go back
+nine hours, and all of them must fall on the day the overview calls today.
 """
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 from keybrake_addon.api.tokens import AdminTokens
 from keybrake_addon.ledger.base import AdmitRequest, CallFacts, KeySpec, Resolution, SettleRequest
@@ -21,13 +23,26 @@ RESEND_CALL = ("POST", "/emails")
 
 
 class SettableClock:
-    """The ledger's clock: real time, unless a moment is set."""
+    """The ledger's clock: real time moved by `offset`, unless a moment is set."""
 
     def __init__(self) -> None:
         self.moment: datetime | None = None
+        self.offset = timedelta(0)
 
     def __call__(self) -> datetime:
-        return self.moment or utc_now()
+        return self.moment or utc_now() + self.offset
+
+
+EARLIEST_HOUR, LATEST_HOUR = 10, 21
+EVENING = time(20, tzinfo=UTC)
+
+
+def offset_to_a_whole_day(real: datetime) -> timedelta:
+    """How far back to move the clock so that today holds the last nine hours and the next two."""
+    if EARLIEST_HOUR <= real.hour <= LATEST_HOUR:
+        return timedelta(0)
+    day = real.date() if real.hour > LATEST_HOUR else real.date() - timedelta(days=1)
+    return datetime.combine(day, EVENING) - real
 
 
 @dataclass
@@ -91,7 +106,8 @@ def populate(ledger: SqlLedger, clock: SettableClock) -> Facts:
     write = Writer(ledger, clock, facts)
     for vendor in ("stripe", "twilio", "resend"):
         ledger.put_secret(vendor, "default", b"n" * 12, b"sealed", "fp", "AC123" if vendor == "twilio" else None)
-    now = utc_now().replace(minute=0, second=0, microsecond=0)
+    clock.offset = offset_to_a_whole_day(utc_now())
+    now = clock().replace(minute=0, second=0, microsecond=0)
 
     # Four runs of the billing agent over the last five days, each with a $400 total cap.
     for run in range(4):

@@ -15,7 +15,7 @@ from keybrake_addon.listener.dashboard.audit_filters import CSV_COLUMNS
 from keybrake_addon.listener.dashboard.formatting import cents
 
 from .conftest import screenshot
-from .ledger_data import USD, SettableClock, Writer
+from .ledger_data import USD, Writer
 
 
 def sign_in(page, token: str) -> None:
@@ -148,7 +148,7 @@ def test_a_page_refreshes_its_figures_by_itself(page, served):
     sign_in(page, served.facts.admin_token)
     page.evaluate("window.sameDocument = true")
     before = served.facts.spent_by_label.copy()
-    write = Writer(served.ledger, SettableClock(), served.facts, key_prefix="kbk_live")
+    write = Writer(served.ledger, served.clock, served.facts, key_prefix="kbk_live")
     _, key_hash = write.key("stripe", "live/run_1", total=500 * USD)
     assert write.call(key_hash, "stripe", 250 * USD, label="live/run_1")
     today = DashboardReads(served.ledger).overview(ReadScope.everything())
