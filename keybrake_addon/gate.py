@@ -10,7 +10,6 @@ import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from types import ModuleType
 
 from . import settlement
@@ -27,6 +26,7 @@ from .ledger.times import utc_now
 from .money import format_usd
 from .paths import is_ambiguous
 from .pricing import Pricing
+from .records import frozen
 from .text import loggable
 from .vault.crypto import MasterKeyError
 from .vault.vault_keys import hash_vault_key, is_vault_key_shaped
@@ -54,7 +54,7 @@ DRAIN_TIMEOUT_S = 5.0
 _UNAVAILABLE_LOG = LogBudget()
 
 
-@dataclass(frozen=True)
+@frozen
 class Ticket:
     """What the request hook leaves for the response hook. Holds no secret."""
 
@@ -75,7 +75,7 @@ class Ticket:
         return self.key.key_id
 
 
-@dataclass(frozen=True)
+@frozen
 class Decision:
     refusal: RenderedResponse | None = None
     authorization: str | None = None  # the real credential header: set it, then drop this object

@@ -1,11 +1,12 @@
 """The ledger's records: what callers hand it and what it answers, whatever the backend."""
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime
 from enum import Enum
 from typing import Protocol
 
+from ..records import frozen
 from ..vendors.base import CostEstimate, PricingBasis, Refusal, RefusalKind
 
 
@@ -38,7 +39,7 @@ class IdempotencyMismatch(Exception):
 UNATTRIBUTED_ISSUER = "unattributed"
 
 
-@dataclass(frozen=True)
+@frozen
 class IssuanceIdempotency:
     key: str
     request_fingerprint: str  # a hash of the request body: the same key must mean the same request
@@ -53,7 +54,7 @@ class Resolution(Enum):
     LEAVE = "leave"  # this response says nothing new about the reservation
 
 
-@dataclass(frozen=True)
+@frozen
 class KeySpec:
     vendor: str
     secret_name: str
@@ -72,7 +73,7 @@ class KeySpec:
     stripe_account: str | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class KeyRecord:
     key_id: str
     spec: KeySpec
@@ -102,7 +103,7 @@ class KeyRecord:
         return max(0, min(limits)) if limits else None
 
 
-@dataclass(frozen=True)
+@frozen
 class SealedSecret:
     vendor: str
     name: str
@@ -112,7 +113,7 @@ class SealedSecret:
     auth_user: str | None  # the user to send with it, when not the account (Twilio's API key SK...)
 
 
-@dataclass(frozen=True)
+@frozen
 class SecretInfo:
     vendor: str
     name: str
@@ -123,7 +124,7 @@ class SecretInfo:
     updated_at: datetime
 
 
-@dataclass(frozen=True)
+@frozen
 class CallFacts:
     """What the audit row records about a request, whatever the decision."""
 
@@ -141,7 +142,7 @@ class CallFacts:
         return self.refusal_status(kind) if self.refusal_status is not None else kind.status
 
 
-@dataclass(frozen=True)
+@frozen
 class AdmitRequest:
     key_hash: str
     call: CallFacts
@@ -155,7 +156,7 @@ class AdmitRequest:
     connected_account: str | None = None  # Stripe-Account's value, if sent; must be the key's stripe_account
 
 
-@dataclass(frozen=True)
+@frozen
 class Admission:
     audit_id: int | None  # None for a refusal whose row the caller records (AdmitRequest.audit_invalid_key)
     refusal: Refusal | None
@@ -174,7 +175,7 @@ class Admission:
         return self.refusal is None
 
 
-@dataclass(frozen=True)
+@frozen
 class SettleRequest:
     audit_id: int
     reservation_id: int
@@ -190,7 +191,7 @@ class SettleRequest:
     error: str | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class AuditFilter:
     label: str | None = None
     key_id: str | None = None

@@ -26,11 +26,12 @@ The rules in one place:
   revoked key, until it is unfrozen.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from .. import policy
 from ..money import format_usd
+from ..records import frozen
 from ..vendors.base import CostEstimate, PricingBasis, Refusal, RefusalKind
 from .base import AdmitRequest, KeyRecord, KeySpec, Resolution, SealedSecret, SettleRequest
 
@@ -43,7 +44,7 @@ def window_of(now: datetime) -> str:
     return now.astimezone(UTC).date().isoformat()
 
 
-@dataclass(frozen=True)
+@frozen
 class KeyCounters:
     """The money columns of a key's row (and of a budget's: the same columns, the same rules). A
     plan carries them whole, as they must be written."""
@@ -76,7 +77,7 @@ class KeyCounters:
                            self.day_reserved + (reserved if same_window else 0))
 
 
-@dataclass(frozen=True)
+@frozen
 class KeyState:
     key_id: str
     spec: KeySpec
@@ -95,7 +96,7 @@ class KeyState:
             unknown_micros=unknown_micros)
 
 
-@dataclass(frozen=True)
+@frozen
 class BudgetState:
     """A budget's row: its caps, whether it is frozen, and its counters."""
 
@@ -125,7 +126,7 @@ def follow(budgets: tuple[BudgetState, ...], day: str, before: KeyCounters,
     return _each(budgets, lambda c: c.move(day, spent=spent, reserved=reserved))
 
 
-@dataclass(frozen=True)
+@frozen
 class ReservationState:
     id: int
     key_id: str
@@ -139,7 +140,7 @@ class ReservationState:
     actual: int | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class AdmitView:
     """What a store read for one admit, under the key's lock."""
 
@@ -150,7 +151,7 @@ class AdmitView:
     budgets: tuple[BudgetState, ...] = ()  # the key's budget and its ancestors, nearest first
 
 
-@dataclass(frozen=True)
+@frozen
 class NewReservation:
     idempotency_key: str | None
     endpoint: str
@@ -158,7 +159,7 @@ class NewReservation:
     reserved: int
 
 
-@dataclass(frozen=True)
+@frozen
 class ReservationChange:
     """A reservation's new values (retry attached, hold topped up or opened again)."""
 
@@ -171,7 +172,7 @@ class ReservationChange:
     reopened: bool  # actual/settled_at/estimated are cleared
 
 
-@dataclass(frozen=True)
+@frozen
 class AdmitPlan:
     refusal: Refusal | None
     key: KeyRecord | None  # the key's balance before this call, for the gate's answer headers
@@ -394,7 +395,7 @@ def _label(key: KeyRecord) -> str:
 
 # --- settling -------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@frozen
 class SettlePlan:
     counters: KeyCounters | None  # write these to the key row (None: unchanged)
     state: str  # the reservation's new state

@@ -15,10 +15,10 @@ import json
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 
+from ..records import frozen
 from ..vendors.base import PricingBasis, Refusal, RefusalKind
 from . import alert_store, budgets, decisions
 from .base import (
@@ -63,7 +63,7 @@ _RESERVATION_COLUMNS = ("id, key_id, idempotency_key, endpoint, created_at, stat
                         "attempts_open, released_attempts, actual_micros")
 
 
-@dataclass(frozen=True)
+@frozen
 class Refused:
     """A refusal the caller records itself: decided before any key was read (no key sent, a
     malformed path...), or for a key that is not valid (see AdmitRequest.audit_invalid_key)."""

@@ -5,11 +5,13 @@ outcome, and a refusal into a response the vendor's own SDK understands.
 """
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import Enum
 
+from ..records import frozen
 
-@dataclass(frozen=True)
+
+@frozen
 class VendorRequest:
     method: str
     path: str  # without the query string
@@ -39,14 +41,14 @@ def repeated_single_valued_headers(fields: Iterable[tuple[bytes | str, bytes | s
     return tuple(sorted(repeated))
 
 
-@dataclass(frozen=True)
+@frozen
 class VendorResponse:
     status: int
     headers: Mapping[str, str]  # names lower-cased
     body: bytes
 
 
-@dataclass(frozen=True)
+@frozen
 class PresentedCredential:
     """What the client sent where the vendor secret normally goes."""
 
@@ -60,7 +62,7 @@ class PricingBasis(Enum):
     COUNTED_AMOUNT = "counted_amount"  # costs what the ledger counted for object_ref
 
 
-@dataclass(frozen=True)
+@frozen
 class CostEstimate:
     usd_micros: int = 0
     basis: PricingBasis = PricingBasis.FIXED
@@ -72,7 +74,7 @@ class CostEstimate:
     forward_body: bytes | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class Outcome:
     """What a vendor response says happened."""
 
@@ -138,7 +140,7 @@ class RefusalKind(Enum):
         return self in (RefusalKind.CAP_EXCEEDED, RefusalKind.MAX_CALLS_EXCEEDED)
 
 
-@dataclass(frozen=True)
+@frozen
 class Refusal:
     kind: RefusalKind
     message: str  # must never contain a secret or a vault key
@@ -146,7 +148,7 @@ class Refusal:
     cap: str | None = None  # the cap hit, for `x-keybrake-cap`: "key" or "budget:NAME"
 
 
-@dataclass(frozen=True)
+@frozen
 class RenderedResponse:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
