@@ -13,7 +13,9 @@ SQLite only: when nothing is queued or committing, admits and settlements are de
 the event loop, through a connection that never waits for the write lock. The first call in a turn
 of the loop is decided at once (a lone call pays no hop at all, and saves two thread hand-offs);
 what arrives after it in the same turn is applied together, in one transaction, at the turn's end.
-So many callers share one commit, without a thread contending with the loop for the GIL. A held
+So many callers share one commit, without a thread contending with the loop for the GIL. Under
+load (the last turn's transaction held several admits) the first call waits for its turn's end
+too: one commit per turn instead of two, where a commit writes every page the turn touched. A held
 lock sends the work to the ledger thread's queue. BENCHMARKS.md has the figures for both paths.
 
 A settlement on the loop lingers for up to SETTLE_LINGER_S, so that the next admit (which, one
@@ -88,6 +90,7 @@ class AsyncLedger:
         self._loop_admits: list[_Admit] = []
         self._loop_settles: list[SettleRequest] = []
         self._flush_scheduled = False
+        self._crowded = False  # the last turn's transaction held several admits: see the docstring
         self._linger: asyncio.TimerHandle | None = None  # flushes lingering settlements if no admit takes them
         self._busy = False  # a batch is being applied
         self._down_until = 0.0  # see KNOWN_DOWN_S
@@ -112,8 +115,9 @@ class AsyncLedger:
         self._loop = loop
         item = _Admit(request, loop.create_future())
         if self._inline is not None and self._idle():
-            if self._flush_scheduled:
+            if self._flush_scheduled or self._crowded:
                 self._loop_admits.append(item)  # joins this turn's transaction, at the turn's end
+                self._schedule_flush(loop)
             else:
                 self._schedule_flush(loop)  # the first in this turn goes now; the rest of the turn batches
                 self._apply_on_loop([item], self._take_lingering())
@@ -183,6 +187,7 @@ class AsyncLedger:
         self._flush_scheduled = False
         admits, settles = self._loop_admits, self._take_lingering()
         self._loop_admits = []
+        self._crowded = len(admits) > 1
         if admits or settles:
             self._apply_on_loop(admits, settles)
 

@@ -41,6 +41,7 @@ class Recording:
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()  # set when a batch reaches the gate
+        self.in_caller: list[bool] = []  # per batch: applied inside the caller's own await (decided at once)
 
     def apply_batch(self, admits, settles, refusals):
         self.entered.set()
@@ -50,10 +51,18 @@ class Recording:
             self.failures_left -= 1
             raise LedgerUnavailable("the test's database is gone")
         self.batches.append((len(admits), len(settles), len(refusals)))
+        self.in_caller.append(_in_a_task())
         return self.store.apply_batch(admits, settles, refusals)
 
     def close(self) -> None:
         self.store.close()
+
+
+def _in_a_task() -> bool:
+    try:
+        return asyncio.current_task() is not None
+    except RuntimeError:  # the ledger thread: no loop there
+        return False
 
 
 @pytest.fixture
@@ -277,6 +286,47 @@ def test_in_one_turn_of_the_loop_the_first_call_is_decided_at_once_and_the_rest_
     assert store.batches == []  # nothing went to the ledger thread
     assert inline.batches == [(1, 0, 0), (11, 0, 0), (0, 10, 0)]  # the settlements linger into one, too
     assert money(SqliteLedger(store.store.database.path)) == (100, 0)
+
+
+def test_under_load_each_turn_of_the_loop_is_one_transaction(store):
+    """Once a turn's transaction held several admits, the next turn's first call waits for its
+    turn's end too: the turn's settlements and admits share one commit, not two."""
+    inline = Recording(SqliteLedger(store.store.database.path, busy_timeout_s=0))
+
+    async def caller(ledger):
+        for _ in range(3):
+            admission = await ledger.admit(request(5))
+            ledger.settle(settlement(admission, actual=USD))
+
+    async def run():
+        ledger = AsyncLedger(store, inline=inline)
+        await asyncio.gather(*(caller(ledger) for _ in range(12)))
+        await ledger.drain(2)
+        ledger.close()
+
+    asyncio.run(run())
+    # The first caller's admission is done before it awaits, so its next call joins the first turn.
+    assert inline.batches == [(1, 0, 0), (12, 1, 0), (12, 12, 0), (11, 12, 0), (0, 11, 0)]
+    assert inline.in_caller == [True, False, False, False, True]  # the last: drain, in the test's task
+    assert store.batches == []
+    assert money(SqliteLedger(store.store.database.path)) == (36, 0)
+
+
+def test_after_the_load_a_lone_call_is_decided_at_once_again(store):
+    inline = Recording(SqliteLedger(store.store.database.path, busy_timeout_s=0))
+
+    async def run():
+        ledger = AsyncLedger(store, inline=inline)
+        await asyncio.gather(*(ledger.admit(request(5)) for _ in range(4)))
+        for _ in range(3):
+            await ledger.admit(request(5))
+            await asyncio.sleep(0.01)
+        ledger.close()
+
+    asyncio.run(run())
+    # The first lone call after the load waits for its turn's end; the ones after it go at once.
+    assert inline.batches == [(1, 0, 0), (3, 0, 0), (1, 0, 0), (1, 0, 0), (1, 0, 0)]
+    assert inline.in_caller == [True, False, False, True, True]
 
 
 def test_a_lone_callers_settlement_commits_with_its_next_admit(store):
