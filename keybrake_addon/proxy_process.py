@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -50,7 +51,8 @@ class ProxyProcess:
         self.process = subprocess.Popen(
             [*self.command_prefix, sys.executable, "-u", "-m", "keybrake_addon", "--home", str(self.home), "proxy", "--listen-port", "0",
              *(f"--upstream={entry}" for entry in self.upstreams), *self.extra_args],
-            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"})
+            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True)  # a group of its own: stop() signals a wrapper's child too (faketime forks)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -70,17 +72,33 @@ class ProxyProcess:
         self.stop()
         raise AssertionError(f"keybrake proxy did not become ready:\n{self.log_text()}")
 
+    def _signal_group(self, signum: int) -> None:
+        try:
+            os.killpg(self.process.pid, signum)
+        except ProcessLookupError:
+            pass  # every process of the group has exited
+
+    def _group_gone(self, timeout_s: float) -> bool:
+        """Waits for the child and everything it started (a wrapper's own child) to exit."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.process.poll()  # reaps the child, so a finished one stops counting
+            try:
+                os.killpg(self.process.pid, 0)
+            except ProcessLookupError:
+                return True
+            time.sleep(0.02)
+        return False
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        if self.process:
+            self._signal_group(signal.SIGTERM)
+            if not self._group_gone(timeout_s=10):
+                self._signal_group(signal.SIGKILL)
+                self._group_gone(timeout_s=10)
         if self._log:
             self._log.close()
             self._log = None
