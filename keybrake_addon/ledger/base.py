@@ -1,6 +1,6 @@
 """The ledger's records: what callers hand it and what it answers, whatever the backend."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import field
 from datetime import datetime
 from enum import Enum
@@ -28,6 +28,16 @@ class LedgerConflict(LedgerUnavailable):
 
 class LedgerBusy(LedgerUnavailable):
     """Another writer holds the database lock (for longer than this connection waits)."""
+
+
+class CommitOutcomeLost(LedgerUnavailable):
+    """The COMMIT went out and no answer came back (the server went down with it): the batch may
+    have committed. Its admits were refused all the same, so nothing was forwarded; `admissions`
+    are the holds it would have answered with, to be released (a no-op where it did not commit)."""
+
+    def __init__(self, message: str, admissions: Sequence["Admission"]) -> None:
+        super().__init__(message)
+        self.admissions = tuple(admissions)
 
 
 class IdempotencyMismatch(Exception):

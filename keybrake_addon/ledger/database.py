@@ -34,6 +34,9 @@ class Database(Protocol):
     backend: str  # "sqlite" | "postgresql"
     where: str  # where the data lives, for messages (never with a password)
     lock_rows: str  # appended to a SELECT that must lock the rows it reads until commit
+    # A COMMIT can be lost on its way back (it travels over a network), and new_ids never hands
+    # out an id twice, even after a rollback: a lost batch's rows can be looked for by id.
+    commit_can_be_lost: bool
 
     # pipelined: statements whose results nobody reads go out together (PostgreSQL's pipeline
     # mode), so a failure may surface at the next read or at commit rather than at the statement.

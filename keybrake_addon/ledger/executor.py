@@ -36,7 +36,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .base import AdmitRequest, Admission, CallFacts, LedgerBusy, LedgerUnavailable, Resolution, SettleRequest
+from .base import (AdmitRequest, Admission, CallFacts, CommitOutcomeLost, LedgerBusy, LedgerUnavailable, Resolution,
+                   SettleRequest)
 from .outages import OutageWatch
 from .store import Refused, SqlLedger
 
@@ -218,6 +219,7 @@ class AsyncLedger:
                 pass  # another writer holds the lock: wait for it on the ledger thread
             except LedgerUnavailable as failure:
                 self.outages.failed(failure)
+                self._release_if_committed(failure)
                 for item in admits:
                     _answer(item, failure, self._release_late)
                 for request in settles:
@@ -263,14 +265,25 @@ class AsyncLedger:
                 return
         _never_committed(item.request)  # a reply's settlement scheduled before close, run after it
 
-    def _release_late(self, admission: Admission) -> None:
+    def _release_late(self, admission: Admission, why: str = "the ledger answered too late") -> None:
         """An admission nobody will act on (decided too late, or its caller gone): not forwarded,
         so its hold goes back."""
         if admission.allowed and admission.reservation_id is not None:
             self._queue_settle(_Settle(0.0, SettleRequest(
                 admission.audit_id, admission.reservation_id,
                 Resolution.RELEASE if admission.opened else Resolution.LEAVE,
-                None, None, (), None, None, None, False, 0.0, error="not forwarded: the ledger answered too late")))
+                None, None, (), None, None, None, False, 0.0, error=f"not forwarded: {why}")))
+
+    def _release_if_committed(self, failure: LedgerUnavailable) -> None:
+        """A batch whose COMMIT got no answer refused its admits; the holds it may have written go
+        back once the ledger answers. Where it did not commit, each release finds no row and does nothing."""
+        if not isinstance(failure, CommitOutcomeLost) or not failure.admissions:
+            return
+        logger.warning("keybrake: the ledger's answer to a commit was lost (%s); its %d admitted calls were refused "
+                       "and not forwarded, and their holds are released once the ledger answers", failure,
+                       len(failure.admissions))
+        for admission in failure.admissions:
+            self._release_late(admission, "the ledger's answer to its commit was lost")
 
     @property
     def unsettled(self) -> int:
@@ -355,6 +368,7 @@ class AsyncLedger:
         except LedgerUnavailable as failure:
             self._down_until, self._down_because = time.monotonic() + KNOWN_DOWN_S, failure
             self.outages.failed(failure)
+            self._release_if_committed(failure)
             self._deliver([(item, failure) for item in admits])
             self._retry_later(settles, refusals, failure)
             return

@@ -102,6 +102,7 @@ class _PostgresTx:
 class PostgresDatabase:
     backend = "postgresql"
     lock_rows = " FOR UPDATE"
+    commit_can_be_lost = True  # ids come from sequences
 
     def __init__(self, conninfo: str, *, where: str, pool_size: int = POOL_SIZE,
                  connect_timeout_s: float = CONNECT_TIMEOUT_S, statement_timeout_ms: int = STATEMENT_TIMEOUT_MS,

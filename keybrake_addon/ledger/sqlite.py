@@ -81,6 +81,7 @@ def _table(name: str) -> str:
 class SqliteDatabase:
     backend = "sqlite"
     lock_rows = ""  # the write lock, taken by BEGIN IMMEDIATE, already covers every row
+    commit_can_be_lost = False  # a failed COMMIT rolled back; and a rolled-back batch's ids are used again
 
     def __init__(self, path: str | Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S,
                  background_checkpoints: bool = False, create: bool = True, check: bool = True,

@@ -26,12 +26,14 @@ from .base import (
     Admission,
     AuditFilter,
     CallFacts,
+    CommitOutcomeLost,
     IdempotencyMismatch,
     IssuanceIdempotency,
     KeyRecord,
     KeySpec,
     NO_VALID_KEY,
     LedgerConflict,
+    LedgerUnavailable,
     SealedSecret,
     SecretInfo,
     SettleRequest,
@@ -301,19 +303,26 @@ class SqlLedger(BudgetLedger):
         before admits, so a hold released in this batch is free for the admits after it.
         """
         for attempt in range(CONFLICT_RETRIES):
+            answered: list[Admission] | None = None  # set once only the COMMIT is left
             try:
                 with self.database.transaction(pipelined=True) as tx:
                     batch = _Batch(tx, self.database.lock_rows, admits, settles, self.alert_rules.collector(tx))
                     for request in settles:
                         batch.settle(request)
-                    admissions = [batch.admit(request) for request in admits]
+                    pending = [batch.admit(request) for request in admits]
                     refused = [batch.refuse(item.call, item.refusal, item.key, summary=item.summary)
                                for item in refusals]
                     batch.write()
-                    return [a.finish(batch.ids) for a in admissions], [batch.ids[i] for i in refused]
+                    answered = [a.finish(batch.ids) for a in pending]
+                return answered, [batch.ids[i] for i in refused]
             except LedgerConflict:
                 if attempt == CONFLICT_RETRIES - 1:
                     raise
+            except LedgerUnavailable as failure:
+                # A conflict is a rollback the server reported; this may be a commit nobody heard.
+                if answered is not None and self.database.commit_can_be_lost:
+                    raise CommitOutcomeLost(str(failure), [a for a in answered if a.allowed]) from failure
+                raise
         raise AssertionError("unreachable")
 
     # --- reports ------------------------------------------------------------------------------

@@ -410,6 +410,7 @@ def test_postgres_outage_mid_batch_refuses_with_503_then_the_replicas_serve_agai
         # Served again, by themselves: one more call through each replica, no restart.
         again = [attempt(create_pi(clients), lane) for lane in range(REPLICAS)]
         record = fleet.settled(key["key_id"])
+        left_open = fleet.ledger.open_reservations(key["key_id"])  # read now: stop() closes the ledger
         alive = fleet.alive()
     finally:
         fleet.stop()
@@ -432,7 +433,7 @@ def test_postgres_outage_mid_batch_refuses_with_503_then_the_replicas_serve_agai
     after = [c for c in batch.calls if c.started > started + 5]  # the pool has reconnected by then
     assert all(c.outcome == OK for c in after), describe([c for c in after if c.outcome != OK])
     # The books: exactly what Stripe charged, nothing left held.
-    assert record.reserved_micros == 0, fleet.ledger.open_reservations(key["key_id"])
+    assert record.reserved_micros == 0, left_open
     assert record.spent_micros == slow_stripe.money_moved_minor * MICROS_PER_CENT
     assert len(slow_stripe.objects_created) == batch.counts[OK] + REPLICAS
     first_ok_after = min((c.finished for c in batch.calls if c.outcome == OK and c.started >= start_began),
