@@ -116,11 +116,11 @@ class AsyncLedger:
         self._loop = loop
         item = _Admit(request, loop.create_future())
         if self._inline is not None and self._idle():
-            if self._flush_scheduled or self._crowded:
-                self._loop_admits.append(item)  # joins this turn's transaction, at the turn's end
-                self._schedule_flush(loop)
-            else:
-                self._schedule_flush(loop)  # the first in this turn goes now; the rest of the turn batches
+            joins_the_turn = self._flush_scheduled or self._crowded
+            self._schedule_flush(loop)  # the turn's end takes whatever else arrives in it
+            if joins_the_turn:
+                self._loop_admits.append(item)
+            else:  # the first in this turn goes now
                 self._apply_on_loop([item], self._take_lingering())
         elif time.monotonic() < self._down_until:
             raise self._known_down()
@@ -218,8 +218,7 @@ class AsyncLedger:
             except LedgerBusy:
                 pass  # another writer holds the lock: wait for it on the ledger thread
             except LedgerUnavailable as failure:
-                self.outages.failed(failure)
-                self._release_if_committed(failure)
+                self.outages.failed(failure)  # (SQLite's failed COMMIT rolled back: no CommitOutcomeLost here)
                 for item in admits:
                     _answer(item, failure, self._release_late)
                 for request in settles:

@@ -2,7 +2,7 @@
 holds the batch may have written are released once the ledger answers again.
 
 Found by the fleet's outage scenario: a replica refused calls whose batch had in fact committed,
-and their holds stayed open for good (reserved $100 after every call had settled).
+and their holds stayed open for good after every other call had settled.
 """
 
 import asyncio
