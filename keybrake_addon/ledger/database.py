@@ -6,6 +6,7 @@ SQL and its decisions are the same for both. A backend translates `?` placeholde
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from functools import lru_cache
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -21,6 +22,18 @@ class Tx(Protocol):
     def row(self, sql: str, params: Sequence = ()) -> Row | None: ...
     def run(self, sql: str, params: Sequence = ()) -> int: ...  # the number of rows changed
     def run_many(self, sql: str, params: Iterable[Sequence]) -> None: ...
+    # Many rows of one table in one statement where the backend can (PostgreSQL: one JSON text).
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence]) -> None: ...
+    # Each row: the new values of `columns`, then its id. A column in keep_if_null keeps its old
+    # value where the new one is None. Ids must not repeat (which update would win?).
+    def update_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence], *,
+                    keep_if_null: frozenset[str] = frozenset()) -> None: ...
+    # A condition that `column` is one of `values` (ints or strs), and its parameters. PostgreSQL's
+    # takes one array, so the statement's text is the same for any number of values: psycopg
+    # converts it once and the server prepares it once.
+    def one_of(self, column: str, values: Sequence[int] | Sequence[str]) -> tuple[str, list]: ...
+    # The same for pairs of text columns.
+    def pair_one_of(self, columns: tuple[str, str], pairs: Sequence[tuple[str, str]]) -> tuple[str, list]: ...
     def new_ids(self, counts: dict[str, int]) -> dict[str, list[int]]: ...  # per table: ids nobody else will use
     def now(self) -> datetime: ...  # the database's clock, read now
     # The clock, then each query's rows, read together: one round trip where the backend can.
@@ -43,6 +56,22 @@ class Database(Protocol):
     def transaction(self, *, pipelined: bool = False) -> AbstractContextManager[Tx]: ...
     def reading(self) -> AbstractContextManager[Tx]: ...
     def close(self) -> None: ...
+
+
+@lru_cache(maxsize=64)
+def insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+
+
+@lru_cache(maxsize=64)
+def update_sql(table: str, columns: tuple[str, ...], keep_if_null: frozenset[str]) -> str:
+    assignments = (f"{name} = COALESCE(?, {name})" if name in keep_if_null else f"{name} = ?" for name in columns)
+    return f"UPDATE {table} SET {', '.join(assignments)} WHERE id = ?"
+
+
+def check_unique_ids(rows: Sequence[Sequence]) -> None:
+    if len({row[-1] for row in rows}) != len(rows):
+        raise ValueError("update_rows: an id repeats, so which update wins would depend on the backend")
 
 
 def placeholders(values: Sequence) -> str:

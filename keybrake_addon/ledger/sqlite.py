@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import migrations
 from .base import LedgerBusy, LedgerUnavailable
+from .database import check_unique_ids, insert_sql, placeholders, update_sql
 from .store import SqlLedger
 from .times import utc_now
 
@@ -40,6 +41,24 @@ class _SqliteTx:
 
     def run_many(self, sql: str, params: Iterable[Sequence]) -> None:
         self._db.executemany(sql, params)
+
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence]) -> None:
+        self._db.executemany(insert_sql(table, tuple(columns)), rows)
+
+    def update_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence], *,
+                    keep_if_null: frozenset[str] = frozenset()) -> None:
+        check_unique_ids(rows)
+        self._db.executemany(update_sql(table, tuple(columns), keep_if_null), rows)
+
+    def one_of(self, column: str, values: Sequence[int] | Sequence[str]) -> tuple[str, list]:
+        return f"{column} IN {placeholders(values)}", list(values)
+
+    def pair_one_of(self, columns: tuple[str, str], pairs: Sequence[tuple[str, str]]) -> tuple[str, list]:
+        first, second = columns
+        if not pairs:
+            return "0 = 1", []
+        return ("(" + " OR ".join(f"({first} = ? AND {second} = ?)" for _ in pairs) + ")",
+                [value for pair in pairs for value in pair])
 
     def new_ids(self, counts: dict[str, int]) -> dict[str, list[int]]:
         # Safe under the write lock, which every writing transaction takes first. One statement

@@ -629,7 +629,7 @@ class _Batch:
         self.idempotency_keys: dict[int, tuple[str, str]] = {}  # reservation id -> (key_id, Idempotency-Key)
         # After the locks, the clock of the moment these decisions hold them, read with the rows
         # they decide on (one round trip on PostgreSQL).
-        reservations_query, audit_query = self._reservations_query(admits, settles), _settled_audit_query(settles)
+        reservations_query, audit_query = self._reservations_query(admits, settles), _settled_audit_query(tx, settles)
         self.now, (reservation_rows, audit_rows) = tx.now_and_rows(
             [reservations_query or _NOTHING, audit_query or _NOTHING])
         self.now_text = to_text(self.now)
@@ -648,27 +648,24 @@ class _Batch:
 
     def _lock_keys(self, lock_rows: str, hashes: list[str], reservation_ids: list[int]) -> None:
         hashes, reservation_ids = sorted(set(hashes)), sorted(set(reservation_ids))
-        # Each index used on its own (an OR of the two would scan every key); one statement when
-        # the batch has only admits or only settlements, as most batches do.
-        selectors = []
-        if hashes:
-            selectors.append((f"k.key_hash IN {placeholders(hashes)}", hashes))
-        if reservation_ids:
-            key_ids = [r["key_id"] for r in self.tx.rows(
-                f"SELECT DISTINCT key_id FROM reservations WHERE id IN {placeholders(reservation_ids)}",
-                reservation_ids)] if hashes else None
-            selectors.append((f"k.key_id IN {placeholders(key_ids)}", key_ids) if key_ids is not None else
-                             (f"k.key_id IN (SELECT key_id FROM reservations WHERE id IN "
-                              f"{placeholders(reservation_ids)})", reservation_ids))
-        if len(selectors) == 2:  # one statement, so the rows are locked in one key order
-            (first, first_params), (second, second_params) = selectors
-            selectors = [(f"({first} OR {second})", [*first_params, *second_params])]
-        rows = []
-        for where, params in selectors:
-            rows += self.tx.rows(
-                f"SELECT {_KEY_COLUMNS}, s.nonce, s.ciphertext, s.account_sid, s.auth_user FROM vault_keys k "
-                f"LEFT JOIN secrets s ON s.vendor = k.vendor AND s.name = k.secret_name WHERE {where} "
-                "ORDER BY k.key_id" + (lock_rows and lock_rows + " OF k"), params)
+        # One statement, so the rows are locked in one key order and PostgreSQL answers in one round
+        # trip; each index used on its own (an OR of the two would scan every key).
+        by_hash, hash_params = self.tx.one_of("key_hash", hashes)
+        by_reservation, reservation_params = self.tx.one_of("id", reservation_ids)
+        if hashes and reservation_ids:
+            where = (f"k.key_id IN (SELECT key_id FROM vault_keys WHERE {by_hash} "
+                     f"UNION SELECT key_id FROM reservations WHERE {by_reservation})")
+            params = [*hash_params, *reservation_params]
+        elif hashes:
+            where, params = f"k.{by_hash}", hash_params
+        elif reservation_ids:
+            where, params = f"k.key_id IN (SELECT key_id FROM reservations WHERE {by_reservation})", reservation_params
+        else:
+            return
+        rows = self.tx.rows(
+            f"SELECT {_KEY_COLUMNS}, s.nonce, s.ciphertext, s.account_sid, s.auth_user FROM vault_keys k "
+            f"LEFT JOIN secrets s ON s.vendor = k.vendor AND s.name = k.secret_name WHERE {where} "
+            "ORDER BY k.key_id" + (lock_rows and lock_rows + " OF k"), params)
         for row in rows:
             state = _key_state(row)
             self.keys[state.key_id] = state
@@ -680,20 +677,18 @@ class _Batch:
     def _reservations_query(self, admits: Sequence[AdmitRequest],
                             settles: Sequence[SettleRequest]) -> tuple[str, list] | None:
         """The batch's reservations: those its admits name by (key_id, Idempotency-Key), and its settlements by id."""
-        pairs = [(self.keys_by_hash[r.key_hash].key_id, r.call.idempotency_key) for r in admits
-                 if r.call.idempotency_key is not None and r.key_hash in self.keys_by_hash]
-        ids = [r.reservation_id for r in settles]
-        clauses, params = [], []
-        if pairs:
-            keyed = sorted(set(pairs))
-            clauses.append("(" + " OR ".join("(key_id = ? AND idempotency_key = ?)" for _ in keyed) + ")")
-            params += [value for pair in keyed for value in pair]
-        if ids:
-            clauses.append(f"id IN {placeholders(ids)}")
-            params += ids
-        if not clauses:
-            return None
-        return f"SELECT {_RESERVATION_COLUMNS} FROM reservations WHERE " + " OR ".join(clauses), params
+        pairs = sorted({(self.keys_by_hash[r.key_hash].key_id, r.call.idempotency_key) for r in admits
+                        if r.call.idempotency_key is not None and r.key_hash in self.keys_by_hash})
+        ids = sorted({r.reservation_id for r in settles})
+        # Each its own SELECT (an OR would keep PostgreSQL from an index for the pairs); a
+        # reservation found by both comes twice, which changes nothing.
+        selects, params = [], []
+        for wanted, (condition, values) in ((pairs, self.tx.pair_one_of(("key_id", "idempotency_key"), pairs)),
+                                            (ids, self.tx.one_of("id", ids))):
+            if wanted:
+                selects.append(f"SELECT {_RESERVATION_COLUMNS} FROM reservations WHERE {condition}")
+                params += values
+        return (" UNION ALL ".join(selects), params) if selects else None
 
     def _reservations(self, rows: Sequence[Row]) -> dict:
         """By id, and by (key_id, Idempotency-Key)."""
@@ -841,44 +836,46 @@ class _Batch:
         self.ids.update(zip([n[0] for n in self.new_reservations], ids["reservations"]))
         self.ids.update(zip([a[0] for a in self.audit_rows], ids["audit"]))
         if self.new_reservations:
-            tx.run_many(
-                "INSERT INTO reservations (id, key_id, idempotency_key, endpoint, run_id, day, reserved_micros, "
-                "state, attempts_open, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 1, ?)",
-                [(self.ids[slot], key_id, new.idempotency_key, new.endpoint, run_id, new.day, new.reserved,
-                  self.now_text) for slot, key_id, new, run_id in self.new_reservations])
-        # One statement per shape of change, each sent with all its rows (one round trip on PostgreSQL).
+            tx.insert_rows("reservations", _NEW_RESERVATION_COLUMNS, [
+                (self.ids[slot], key_id, new.idempotency_key, new.endpoint, run_id, new.day, new.reserved, "pending", 1,
+                 self.now_text) for slot, key_id, new, run_id in self.new_reservations])
+        # One statement per shape of change, each with all its rows.
         shapes: dict[tuple[str, ...], list[tuple]] = {}
         for reservation_id, columns in self.reservation_changes.items():
             names = tuple(sorted(columns))
             shapes.setdefault(names, []).append(
                 (*(columns[n] for n in names), self.ids.get(reservation_id, reservation_id)))
         for names, rows in shapes.items():
-            tx.run_many("UPDATE reservations SET " + ", ".join(f"{name} = ?" for name in names) + " WHERE id = ?",
-                        rows)
+            tx.update_rows("reservations", names, rows)
         if self.audit_rows:
-            tx.run_many(
-                "INSERT INTO audit (id, ts, key_id, label, vendor, method, path, status, decision, reserved_micros, "
-                "actual_micros, amount_minor, currency, idempotency_key, reservation_id, message, duration_ms) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(self.ids[slot], *values[:13], self.ids.get(values[13], values[13]), *values[14:])
-                 for slot, values in self.audit_rows])
+            tx.insert_rows("audit", _NEW_AUDIT_COLUMNS,
+                           [(self.ids[slot], *values[:13], self.ids.get(values[13], values[13]), *values[14:])
+                            for slot, values in self.audit_rows])
         if self.audit_updates:
-            tx.run_many(
-                "UPDATE audit SET status = ?, outcome = ?, actual_micros = ?, object_id = ?, vendor_request_id = ?, "
-                "amount_minor = COALESCE(?, amount_minor), currency = COALESCE(?, currency), replayed = ?, "
-                "duration_ms = ?, message = ? WHERE id = ?", self.audit_updates)
+            tx.update_rows("audit", _SETTLED_AUDIT_COLUMNS, self.audit_updates, keep_if_null=_KEPT_UNLESS_SENT)
         _write_counters(tx, [(key_id, self.keys[key_id].counters) for key_id in sorted(self.touched)])
         if self.touched_budgets:
             budgets.write_counters(tx, [self.budgets[name] for name in sorted(self.touched_budgets)])
         self.alerts.write(tx, self.now)
 
 
+_NEW_RESERVATION_COLUMNS = ("id", "key_id", "idempotency_key", "endpoint", "run_id", "day", "reserved_micros", "state",
+                            "attempts_open", "created_at")
+_NEW_AUDIT_COLUMNS = ("id", "ts", "key_id", "label", "vendor", "method", "path", "status", "decision", "reserved_micros",
+                      "actual_micros", "amount_minor", "currency", "idempotency_key", "reservation_id", "message",
+                      "duration_ms")
+_SETTLED_AUDIT_COLUMNS = ("status", "outcome", "actual_micros", "object_id", "vendor_request_id", "amount_minor",
+                          "currency", "replayed", "duration_ms", "message")
+_KEPT_UNLESS_SENT = frozenset({"amount_minor", "currency"})  # the request's amount stays when the answer has none
 _NOTHING = ("SELECT 1 WHERE 1 = 0", ())  # a query's place when a batch has nothing to ask
 
 
-def _settled_audit_query(settles: Sequence[SettleRequest]) -> tuple[str, list] | None:
+def _settled_audit_query(tx: Tx, settles: Sequence[SettleRequest]) -> tuple[str, list] | None:
     ids = sorted({r.audit_id for r in settles})
-    return (f"SELECT id, outcome FROM audit WHERE id IN {placeholders(ids)}", ids) if ids else None
+    if not ids:
+        return None
+    condition, params = tx.one_of("id", ids)
+    return f"SELECT id, outcome FROM audit WHERE {condition}", params
 
 
 def _settled_audit_rows(settles: Sequence[SettleRequest], rows: Sequence[Row]) -> set[int]:

@@ -1,0 +1,118 @@
+"""A batch's rows written in one statement per table (`Tx.insert_rows`, `Tx.update_rows`), on both
+backends: every value comes back as it went in, and a repeated id is refused rather than guessed at.
+
+PostgreSQL sends the rows as one JSON text the server unpacks, so the values that JSON or a cast
+could bend are here: quotes, backslashes, braces, "NULL" as text, non-ASCII, None, large integers
+and floats.
+"""
+
+import pytest
+
+from keybrake_addon.ledger.base import LedgerUnavailable
+from keybrake_addon.ledger.postgres import PostgresDatabase
+from keybrake_addon.ledger.sqlite import SqliteDatabase
+
+COLUMNS = ("id", "ts", "key_id", "label", "vendor", "method", "path", "status", "decision", "reserved_micros",
+           "amount_minor", "duration_ms", "message")
+AWKWARD_TEXT = ['it\'s "quoted"', "back\\slash\\", "{braces,and,commas}", "NULL", "", "naïve ☃ 💸", "[1, 2]",
+                "\\u0041 is not A", "tab\tand\nnewline"]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    if request.param == "sqlite":
+        made = SqliteDatabase(tmp_path / "ledger.db")
+    else:
+        made = PostgresDatabase(request.getfixturevalue("pg_url"), where="test")
+    yield made
+    made.close()
+
+
+def audit_row(row_id, text, **changes):
+    values = dict(id=row_id, ts="2026-12-03T08:00:00.000000Z", key_id="kbk_1", label=text, vendor="stripe",
+                  method="POST", path="/v1/payment_intents", status=None, decision="allowed",
+                  reserved_micros=2**62 + row_id, amount_minor=-row_id, duration_ms=0.1 * row_id, message=text)
+    values.update(changes)
+    return tuple(values[name] for name in COLUMNS)
+
+
+def read_back(database, ids):
+    with database.reading() as tx:
+        rows = tx.rows(f"SELECT {', '.join(COLUMNS)} FROM audit WHERE id IN ({', '.join('?' for _ in ids)}) "
+                       "ORDER BY id", list(ids))
+    return [tuple(row[name] for name in COLUMNS) for row in rows]
+
+
+def test_inserted_rows_come_back_exactly(database):
+    rows = [audit_row(i + 1, text) for i, text in enumerate(AWKWARD_TEXT)]
+    rows.append(audit_row(100, None, amount_minor=None, duration_ms=None, reserved_micros=0, status=200))
+    with database.transaction(pipelined=True) as tx:
+        tx.insert_rows("audit", COLUMNS, rows)
+    assert read_back(database, [row[0] for row in rows]) == rows
+
+
+def test_update_sets_the_named_columns_and_keeps_those_asked_when_none(database):
+    rows = [audit_row(i, "before") for i in (1, 2, 3)]
+    with database.transaction() as tx:
+        tx.insert_rows("audit", COLUMNS, rows)
+    with database.transaction(pipelined=True) as tx:
+        # (status, amount_minor, message, id): amount_minor is kept where None is sent; message is not.
+        tx.update_rows("audit", ("status", "amount_minor", "message"),
+                       [(200, None, None, 1), (402, 77, "back\\slash 'n' \"q\"", 2)],
+                       keep_if_null=frozenset({"amount_minor"}))
+    first, second, third = read_back(database, [1, 2, 3])
+    assert first == audit_row(1, "before", status=200, message=None)  # amount_minor kept: -1
+    assert second == audit_row(2, "before", status=402, amount_minor=77, message="back\\slash 'n' \"q\"")
+    assert third == rows[2]  # not named: untouched
+
+
+def test_a_repeated_id_is_refused_and_nothing_is_written(database):
+    with database.transaction() as tx:
+        tx.insert_rows("audit", COLUMNS, [audit_row(1, "before")])
+    with pytest.raises(ValueError, match="an id repeats"):
+        with database.transaction() as tx:
+            tx.update_rows("audit", ("message",), [("first", 1), ("second", 1)])
+    assert read_back(database, [1]) == [audit_row(1, "before")]
+
+
+def test_a_failed_batch_write_rolls_back_the_whole_transaction(database):
+    with pytest.raises(LedgerUnavailable):
+        with database.transaction(pipelined=True) as tx:
+            tx.insert_rows("audit", COLUMNS, [audit_row(1, "kept?")])
+            tx.insert_rows("audit", COLUMNS, [audit_row(1, "the same id again")])  # the primary key refuses it
+    assert read_back(database, [1]) == []
+
+
+def test_postgresql_refuses_what_json_text_cannot_carry(pg_url):
+    database = PostgresDatabase(pg_url, where="test")
+    try:
+        with pytest.raises(ValueError, match="does not travel as JSON text"):
+            with database.transaction() as tx:  # bytea: its text form is an escape format, not the bytes
+                tx.insert_rows("secrets", ("vendor", "name", "nonce"), [("stripe", "x", b"\x00\x01")])
+        with pytest.raises(ValueError, match="not a plain SQL identifier"):
+            with database.transaction() as tx:
+                tx.insert_rows("audit; DROP TABLE audit", ("id",), [(1,)])
+        with pytest.raises(ValueError, match="has no column"):
+            with database.transaction() as tx:
+                tx.insert_rows("audit", ("id", "no_such_column"), [(1, 2)])
+        with pytest.raises(ValueError):  # NaN is not JSON, and no price is NaN
+            with database.transaction() as tx:
+                tx.insert_rows("audit", COLUMNS, [audit_row(1, "x", duration_ms=float("nan"))])
+    finally:
+        database.close()
+
+
+def test_one_of_and_pair_one_of_find_exactly_the_rows_named(database):
+    rows = [audit_row(i + 1, text, key_id=f"kbk_{i % 3}") for i, text in enumerate(AWKWARD_TEXT)]
+    with database.transaction() as tx:
+        tx.insert_rows("audit", COLUMNS, rows)
+    with database.reading() as tx:
+        def ids_where(condition, params):
+            return sorted(row["id"] for row in tx.rows(f"SELECT id FROM audit WHERE {condition}", params))
+
+        assert ids_where(*tx.one_of("id", [2, 5, 5, 999])) == [2, 5]
+        assert ids_where(*tx.one_of("label", ["NULL", "back\\slash\\", "not there"])) == [2, 4]
+        assert ids_where(*tx.one_of("id", [])) == []
+        pairs = [("kbk_0", "NULL"), ("kbk_1", "it's \"quoted\""), ("kbk_1", "NULL"), ("kbk_2", "{braces,and,commas}")]
+        assert ids_where(*tx.pair_one_of(("key_id", "label"), pairs)) == [3, 4]
+        assert ids_where(*tx.pair_one_of(("key_id", "label"), [])) == []
