@@ -27,7 +27,7 @@ from .money import format_usd
 from .paths import is_ambiguous
 from .pricing import Pricing
 from .records import frozen
-from .text import loggable
+from .text import is_storable, loggable
 from .vault.crypto import MasterKeyError
 from .vault.vault_keys import hash_vault_key, is_vault_key_shaped
 from .vendors.base import (
@@ -154,6 +154,8 @@ class Gate:
             early = Refusal(RefusalKind.INVALID_REQUEST,
                             f"Keybrake refuses {loggable(request.path)!r}: dot segments, empty segments or escaped "
                             "separators could reach another endpoint than the one checked.")
+        if early is None:
+            early = _unstorable_refusal(request.path, call.idempotency_key)
         if early is None and request.repeated_headers:
             early = Refusal(RefusalKind.INVALID_REQUEST,
                             f"Keybrake refuses more than one {', '.join(request.repeated_headers)} header line: "
@@ -259,6 +261,18 @@ def balance_headers(key: KeyRecord, budget_headroom_micros: int | None = None) -
 
 def _refused(vendor: ModuleType, refusal: Refusal, key: KeyRecord | None = None, *, recorded: bool = True) -> Decision:
     return Decision(refusal=vendor.render_refusal(refusal), refused_as=refusal.kind, key=key, recorded=recorded)
+
+
+def _unstorable_refusal(path: str, idempotency_key: str | None) -> Refusal | None:
+    """A NUL byte, or path bytes that are not UTF-8, which mitmproxy passes through as sent. No
+    ledger stores them as they are (header values are read as Latin-1, so only NUL is left there),
+    and a retry is matched by the Idempotency-Key the ledger keeps: it must be the one sent."""
+    if not is_storable(path):
+        return Refusal(RefusalKind.INVALID_REQUEST, "Keybrake refuses a path with a NUL byte or bytes that are not UTF-8.")
+    if idempotency_key is not None and not is_storable(idempotency_key):
+        return Refusal(RefusalKind.INVALID_REQUEST, "Keybrake refuses an Idempotency-Key with a NUL byte: the ledger "
+                       "could not keep it as sent, to match the call's retries.")
+    return None
 
 
 def _credential_refusal(vendor: ModuleType, token: str | None) -> Refusal | None:

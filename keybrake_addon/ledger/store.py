@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 
 from ..records import frozen
+from ..text import storable
 from ..vendors.base import PricingBasis, Refusal, RefusalKind
 from . import alert_store, budgets, decisions
 from .base import (
@@ -769,7 +770,7 @@ class _Batch:
             return None
         row = self.tx.row(
             "SELECT MAX(actual_micros) AS counted FROM reservations WHERE key_id = ? AND object_id = ? "
-            "AND state = 'settled' AND actual_micros > 0 AND endpoint LIKE 'POST %'", (key_id, object_ref))
+            "AND state = 'settled' AND actual_micros > 0 AND endpoint LIKE 'POST %'", (key_id, storable(object_ref)))
         return row["counted"] if row and row["counted"] else None
 
     def settle(self, request: SettleRequest) -> None:
@@ -906,9 +907,11 @@ def _audit_values(now_text: str, call: CallFacts, key: KeyRecord | None, decisio
 
 
 def _bounded(text: str | None, limit: int = AUDIT_TEXT_LIMIT) -> str | None:
-    if text is None or len(text) <= limit:
-        return text
-    return text[:limit - 1] + "…"
+    """A stranger's text as the audit keeps it: storable, and at most `limit` characters."""
+    if text is None:
+        return None
+    text = storable(text)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _elapsed_ms(call: CallFacts) -> float | None:
