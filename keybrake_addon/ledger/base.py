@@ -26,6 +26,12 @@ class LedgerConflict(LedgerUnavailable):
     running it again is safe."""
 
 
+class LedgerRefusedValue(LedgerUnavailable):
+    """The database answered that a value in the transaction cannot be stored (PostgreSQL's
+    DataError: a number past bigint, say). It rolled back, and it is up: the fault is one item's,
+    so a batch is tried again item by item, and the ledger is not taken for down."""
+
+
 class LedgerBusy(LedgerUnavailable):
     """Another writer holds the database lock (for longer than this connection waits)."""
 

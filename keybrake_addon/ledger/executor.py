@@ -36,8 +36,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .base import (AdmitRequest, Admission, CallFacts, CommitOutcomeLost, LedgerBusy, LedgerUnavailable, Resolution,
-                   SettleRequest)
+from .base import (AdmitRequest, Admission, CallFacts, CommitOutcomeLost, LedgerBusy, LedgerRefusedValue,
+                   LedgerUnavailable, Resolution, SettleRequest)
 from .outages import OutageWatch
 from .store import Refused, SqlLedger
 
@@ -364,6 +364,9 @@ class AsyncLedger:
         try:
             admissions, _ = self._store.apply_batch([a.request for a in admits], [s.request for s in settles],
                                                     [r for r, _ in refusals])
+        except LedgerRefusedValue as failure:  # one item's value: the database answered, so it is up
+            self._isolate(admits, settles, refusals, failure)
+            return
         except LedgerUnavailable as failure:
             self._down_until, self._down_because = time.monotonic() + KNOWN_DOWN_S, failure
             self.outages.failed(failure)
@@ -372,26 +375,31 @@ class AsyncLedger:
             self._retry_later(settles, refusals, failure)
             return
         except Exception as failure:  # noqa: BLE001 - one bad item must not fail its neighbours for ever
-            if len(admits) + len(settles) + len(refusals) > 1:
-                for item in admits:
-                    self._apply([item], [], [])
-                for item in settles:
-                    self._apply([], [item], [])
-                for item in refusals:
-                    self._apply([], [], [item])
-                return
-            # Where it failed, never the exception's text: a driver's message can quote a row's values.
-            frame = traceback.extract_tb(failure.__traceback__)[-1] if failure.__traceback__ else None
-            logger.error("keybrake: the ledger failed on one item (unexpected %s at %s); an admit is refused, a "
-                         "settlement's hold stays counted", type(failure).__name__,
-                         f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else "?")
-            self._deliver([(item, LedgerUnavailable("the ledger failed on this call")) for item in admits])
+            self._isolate(admits, settles, refusals, failure)
             return
         self._observe("batch", started)
         self._committed_settles += len(settles)
         self._down_until = 0.0
         self.outages.answered()
         self._deliver(list(zip(admits, admissions)))
+
+    def _isolate(self, admits: list[_Admit], settles: list[_Settle], refusals: list[tuple[Refused, int]],
+                 failure: Exception) -> None:
+        """Apply a failed batch's items one by one; the one that fails alone is refused, or logged."""
+        if len(admits) + len(settles) + len(refusals) > 1:
+            for item in admits:
+                self._apply([item], [], [])
+            for item in settles:
+                self._apply([], [item], [])
+            for item in refusals:
+                self._apply([], [], [item])
+            return
+        # Where it failed, never the exception's text: a driver's message can quote a row's values.
+        frame = traceback.extract_tb(failure.__traceback__)[-1] if failure.__traceback__ else None
+        logger.error("keybrake: the ledger failed on one item (unexpected %s at %s); an admit is refused, a "
+                     "settlement's hold stays counted", type(failure).__name__,
+                     f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else "?")
+        self._deliver([(item, LedgerUnavailable("the ledger failed on this call")) for item in admits])
 
     def _retry_later(self, settles: list[_Settle], refusals: list[tuple[Refused, int]],
                      failure: LedgerUnavailable) -> None:

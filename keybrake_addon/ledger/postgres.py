@@ -23,7 +23,7 @@ from psycopg import errors
 from psycopg.rows import dict_row
 
 from . import migrations
-from .base import LedgerConflict, LedgerUnavailable
+from .base import LedgerConflict, LedgerRefusedValue, LedgerUnavailable
 from .database import check_unique_ids
 from .store import SqlLedger
 
@@ -206,6 +206,8 @@ class PostgresDatabase:
                     yield _PostgresTx(connection, self._clock, pipeline, self._column_types)
             except (errors.DeadlockDetected, errors.SerializationFailure) as error:
                 raise LedgerConflict(f"the ledger aborted a transaction: {type(error).__name__}") from error
+            except errors.DataError as error:
+                raise LedgerRefusedValue(f"the ledger refused a value: {_describe(error)}") from error
             except psycopg.Error as error:
                 raise LedgerUnavailable(f"the ledger is unavailable: {_describe(error)}") from error
 

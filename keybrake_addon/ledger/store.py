@@ -34,6 +34,7 @@ from .base import (
     KeySpec,
     NO_VALID_KEY,
     LedgerConflict,
+    LedgerRefusedValue,
     LedgerUnavailable,
     SealedSecret,
     SecretInfo,
@@ -319,6 +320,8 @@ class SqlLedger(BudgetLedger):
             except LedgerConflict:
                 if attempt == CONFLICT_RETRIES - 1:
                     raise
+            except LedgerRefusedValue:
+                raise  # an answer, even at COMMIT: the batch rolled back, nothing of it was lost
             except LedgerUnavailable as failure:
                 # A conflict is a rollback the server reported; this may be a commit nobody heard.
                 if answered is not None and self.database.commit_can_be_lost:
