@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..text import loggable
 from .base import (AdmitRequest, Admission, CallFacts, CommitOutcomeLost, LedgerBusy, LedgerRefusedValue,
                    LedgerUnavailable, Resolution, SettleRequest)
 from .outages import OutageWatch
@@ -415,8 +416,8 @@ class AsyncLedger:
                 if failures + 1 < REFUSAL_ROW_RETRIES:
                     self._refusals.append((refused, failures + 1))
                 else:  # no money: the call was refused either way; say it was not recorded
-                    logger.warning("keybrake: a refusal of %s %s was not recorded: %s", refused.call.method,
-                                   refused.call.path[:120], failure)
+                    logger.warning("keybrake: a refusal of %s %s was not recorded: %s", loggable(refused.call.method, 16),
+                                   loggable(refused.call.path), failure)
 
     def _deliver(self, results: list) -> None:
         if not results or self._loop is None:

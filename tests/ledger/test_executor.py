@@ -478,3 +478,22 @@ def test_the_ledger_is_not_idle_while_its_thread_takes_a_batch(store):
             ledger.close()
 
     assert asyncio.run(run()) is False
+
+
+def test_a_refusal_never_recorded_is_logged_with_its_strangers_text_made_visible(store, caplog):
+    async def run():
+        ledger = AsyncLedger(store)
+        store.failures_left = 3  # every try of the refusal row fails
+        ledger.record_refusal(CallFacts("stripe", "POST\x1b[2J", "/v1/\x1b]0;owned\x07" + "x" * 500, None, None),
+                              Refusal(RefusalKind.UNKNOWN_KEY, "no such key"))
+        for _ in range(100):
+            if "was not recorded" in caplog.text:
+                break
+            await asyncio.sleep(0.05)
+        ledger.close()
+
+    asyncio.run(run())
+    [line] = [r.getMessage() for r in caplog.records if "was not recorded" in r.getMessage()]
+    assert "\x1b" not in line and "\x07" not in line  # a terminal reading the log acts on neither
+    assert "POST\\x1b[2J /v1/\\x1b]0;owned\\x07" in line
+    assert len(line) < 400
