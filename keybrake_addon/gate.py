@@ -23,7 +23,7 @@ from .ledger.base import NO_VALID_KEY, AdmitRequest, CallFacts, KeyRecord, Ledge
 from .ledger.executor import AsyncLedger
 from .ledger.housekeeping import Housekeeper
 from .ledger.times import utc_now
-from .money import format_usd
+from .money import LARGEST_USD, MICROS_PER_USD, format_usd
 from .paths import is_ambiguous
 from .pricing import Pricing
 from .records import frozen
@@ -48,6 +48,10 @@ from .vendors.base import (
 logger = logging.getLogger("keybrake")
 
 UNAVAILABLE_RETRY_AFTER_S = 2
+# The largest call the gate prices: what a cap can be, and far more minor units than $1e9 is in
+# any currency. Past them an amount could overflow the ledger's 64-bit integers.
+LARGEST_ESTIMATE_MICROS = LARGEST_USD * MICROS_PER_USD
+LARGEST_AMOUNT_MINOR = 10**15
 DRAIN_TIMEOUT_S = 5.0
 # A request with a key-shaped token reaches the ledger, so while the ledger is down each one would
 # log a line: bounded, like the audit rows of such requests.
@@ -155,7 +159,7 @@ class Gate:
                             f"Keybrake refuses {loggable(request.path)!r}: dot segments, empty segments or escaped "
                             "separators could reach another endpoint than the one checked.")
         if early is None:
-            early = _unstorable_refusal(request.path, call.idempotency_key)
+            early = _unstorable_refusal(request.method, request.path, call.idempotency_key)
         if early is None and request.repeated_headers:
             early = Refusal(RefusalKind.INVALID_REQUEST,
                             f"Keybrake refuses more than one {', '.join(request.repeated_headers)} header line: "
@@ -263,12 +267,14 @@ def _refused(vendor: ModuleType, refusal: Refusal, key: KeyRecord | None = None,
     return Decision(refusal=vendor.render_refusal(refusal), refused_as=refusal.kind, key=key, recorded=recorded)
 
 
-def _unstorable_refusal(path: str, idempotency_key: str | None) -> Refusal | None:
-    """A NUL byte, or path bytes that are not UTF-8, which mitmproxy passes through as sent. No
-    ledger stores them as they are (header values are read as Latin-1, so only NUL is left there),
-    and a retry is matched by the Idempotency-Key the ledger keeps: it must be the one sent."""
-    if not is_storable(path):
-        return Refusal(RefusalKind.INVALID_REQUEST, "Keybrake refuses a path with a NUL byte or bytes that are not UTF-8.")
+def _unstorable_refusal(method: str, path: str, idempotency_key: str | None) -> Refusal | None:
+    """A NUL byte, or bytes of a method or path that are not UTF-8, which mitmproxy passes through
+    as sent. No ledger stores them as they are (header values are read as Latin-1, so only NUL is
+    left there), and a retry is matched by the Idempotency-Key the ledger keeps: it must be the one
+    sent."""
+    if not is_storable(method) or not is_storable(path):
+        return Refusal(RefusalKind.INVALID_REQUEST,
+                       "Keybrake refuses a method or path with a NUL byte or bytes that are not UTF-8.")
     if idempotency_key is not None and not is_storable(idempotency_key):
         return Refusal(RefusalKind.INVALID_REQUEST, "Keybrake refuses an Idempotency-Key with a NUL byte: the ledger "
                        "could not keep it as sent, to match the call's retries.")
@@ -293,7 +299,7 @@ def _credential_refusal(vendor: ModuleType, token: str | None) -> Refusal | None
 
 def _estimate(vendor: ModuleType, request: VendorRequest, pricing: Pricing) -> tuple[CostEstimate | None, Refusal | None]:
     try:
-        return vendor.estimate(request, pricing.for_vendor(vendor.NAME)), None
+        estimate = vendor.estimate(request, pricing.for_vendor(vendor.NAME))
     except UnknownCurrency as error:
         return None, Refusal(RefusalKind.UNKNOWN_CURRENCY, f"Keybrake refused {request.method} {request.path}: {error}.")
     except Unpriced as error:
@@ -305,3 +311,8 @@ def _estimate(vendor: ModuleType, request: VendorRequest, pricing: Pricing) -> t
     except CredentialEndpoint as error:
         return None, Refusal(RefusalKind.CREDENTIAL_ENDPOINT,
                              f"Keybrake never forwards {request.method} {request.path}: {error}.")
+    if estimate.usd_micros > LARGEST_ESTIMATE_MICROS or (estimate.amount_minor or 0) > LARGEST_AMOUNT_MINOR:
+        # A key without a cap admits any amount: it must still fit the ledger's integers.
+        return None, Refusal(RefusalKind.INVALID_REQUEST, f"Keybrake could not price this call: it counts amounts up "
+                             f"to ${LARGEST_USD:,} (and {LARGEST_AMOUNT_MINOR:,} in a currency's minor units).")
+    return estimate, None

@@ -787,7 +787,7 @@ class _Batch:
         self.alerts.settled(reservation, plan.state, state, self.now)
         self._set_counters(reservation.key_id, plan.counters)
         self._set_budgets(plan.budgets)
-        object_id = request.object_ids[0] if request.object_ids else None
+        object_id = storable(request.object_ids[0]) if request.object_ids else None  # the vendor's text
         updated = ReservationState(reservation.id, reservation.key_id, reservation.endpoint, reservation.created_at,
                                    plan.state, reservation.day, reservation.reserved, plan.attempts_open,
                                    plan.released_attempts, plan.actual)
@@ -803,7 +803,8 @@ class _Batch:
         self._update_reservation(reservation.id, columns)
         self.audit_updates.append((
             request.status, plan.outcome, plan.counted, _bounded(" ".join(request.object_ids) or None),
-            _bounded(request.vendor_request_id), request.amount_minor, request.currency, int(request.replayed),
+            _bounded(request.vendor_request_id), _countable(request.amount_minor), _bounded(request.currency, 8),
+            int(request.replayed),
             round(request.duration_ms, 3), _bounded(request.error), request.audit_id))
 
     def refuse(self, call: CallFacts, refusal: Refusal, key: KeyRecord | None, *, summary: bool = False) -> int:
@@ -905,7 +906,7 @@ def _audit_values(now_text: str, call: CallFacts, key: KeyRecord | None, decisio
     """An audit row's values, with what a stranger sent bounded."""
     return (now_text, key.key_id if key else None, key.spec.label if key else None, call.vendor,
             _bounded(call.method, 16), _bounded(call.path), status, decision, reserved,
-            0 if status is not None else None, amount_minor, _bounded(currency, 8), _bounded(call.idempotency_key),
+            0 if status is not None else None, _countable(amount_minor), _bounded(currency, 8), _bounded(call.idempotency_key),
             reservation_id, _bounded(message, 2048), duration_ms)
 
 
@@ -915,6 +916,12 @@ def _bounded(text: str | None, limit: int = AUDIT_TEXT_LIMIT) -> str | None:
         return None
     text = storable(text)
     return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _countable(amount: int | None) -> int | None:
+    """An amount as the audit keeps it: a 64-bit integer, else unknown (a vendor's JSON can say
+    `true`, or more digits than any column holds)."""
+    return amount if type(amount) is int and -2**63 < amount < 2**63 else None
 
 
 def _elapsed_ms(call: CallFacts) -> float | None:

@@ -28,9 +28,9 @@ def proxy(home, fake_stripe, tmp_path):
     running.stop()
 
 
-def raw_call(proxy, path: bytes, headers: list[bytes], body: bytes = b"") -> tuple[int, dict]:
+def raw_call(proxy, path: bytes, headers: list[bytes], body: bytes = b"", method: bytes = b"POST") -> tuple[int, dict]:
     host, port = proxy.api_url.removeprefix("http://").split(":")
-    head = [b"POST /stripe" + path + b" HTTP/1.1", b"Host: keybrake", b"Connection: close",
+    head = [method + b" /stripe" + path + b" HTTP/1.1", b"Host: keybrake", b"Connection: close",
             b"Content-Type: application/x-www-form-urlencoded", b"Content-Length: %d" % len(body), *headers]
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(b"\r\n".join(head) + b"\r\n\r\n" + body)
@@ -89,3 +89,31 @@ def test_a_strangers_unstorable_path_is_audited_and_the_ledger_keeps_serving(pro
     paths = [row["path"] for row in ledger_of().audit_rows(AuditFilter()) if row["key_id"] is None]
     assert set(paths) == {"/v1/charges/\ufffdnul", "/v1/charges/\ufffd\ufffd"}
     assert "ledger is unavailable" not in proxy.log_text()
+
+
+def test_a_workers_unstorable_path_or_method_is_refused_unforwarded(proxy, fake_stripe, issue, ledger_of):
+    key = issue("--total-usd-cap", "100", "--allow-all", "--allow-unpriced")
+    auth = b"Authorization: Bearer " + key["vault_key"].encode()
+    for path in (b"/v1/customers/\x00cus", b"/v1/customers/\xff\xfe"):
+        status, error = raw_call(proxy, path, [auth])
+        assert (status, error["error"]["code"]) == (400, "keybrake_invalid_request"), error
+        assert "path" in error["error"]["message"]
+    status, error = raw_call(proxy, b"/v1/customers", [auth], method=b"P\xffST")
+    assert (status, error["error"]["code"]) == (400, "keybrake_invalid_request"), error
+    assert fake_stripe.hits == 0
+    assert stripe_call(proxy, key["vault_key"], "after").status_code == 200
+    assert [row["decision"] for row in ledger_of().audit_rows(AuditFilter())] == ["keybrake_invalid_request"] * 3 + [
+        "allowed"]
+
+
+def test_an_amount_past_what_the_ledger_counts_is_refused_before_it_is_reserved(proxy, fake_stripe, issue, ledger_of):
+    """A key without a cap lets any amount through its caps: the number must still fit the ledger."""
+    key = issue("--no-cap", "--allow", "POST /v1/payment_intents")
+    auth = b"Authorization: Bearer " + key["vault_key"].encode()
+    for amount in (b"10000000000000000", b"99999999999999999999999"):
+        status, error = raw_call(proxy, b"/v1/payment_intents", [auth], b"amount=" + amount + b"&currency=usd")
+        assert (status, error["error"]["code"]) == (400, "keybrake_invalid_request"), error
+    assert fake_stripe.hits == 0
+    assert stripe_call(proxy, key["vault_key"], "after").status_code == 200
+    assert [row["decision"] for row in ledger_of().audit_rows(AuditFilter())] == ["keybrake_invalid_request"] * 2 + [
+        "allowed"]

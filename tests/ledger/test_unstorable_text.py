@@ -9,7 +9,7 @@ of any answer. The audit keeps such text with U+FFFD in place of what cannot be 
 
 from datetime import UTC, datetime
 
-from keybrake_addon.ledger.base import AdmitRequest, AuditFilter, CallFacts, Refusal
+from keybrake_addon.ledger.base import AdmitRequest, AuditFilter, CallFacts, Refusal, Resolution, SettleRequest
 from keybrake_addon.ledger.store import Refused
 from keybrake_addon.vendors.base import CostEstimate, PricingBasis, RefusalKind
 
@@ -42,3 +42,22 @@ def test_an_object_reference_with_a_nul_is_looked_up_without_failing(ledger):
     assert admissions[0].refusal.kind is RefusalKind.UNPRICED  # nothing counted for it: a decision, not an error
     [row] = ledger.audit_rows(AuditFilter())
     assert "did not create pi_\ufffd\ufffd through Keybrake" in row["message"]
+
+
+def test_a_vendors_answer_that_cannot_be_stored_as_sent_is_settled_all_the_same(ledger):
+    """Object ids, the currency and the amount come from the vendor's JSON: a NUL, `true`, or more
+    digits than a column holds must not roll back the settlement or its neighbours."""
+    with_key(ledger, total=100 * USD)
+    call = CallFacts("stripe", "POST", "/v1/payment_intents", None, NOW)
+    first, second = ledger.apply_batch([AdmitRequest(KEY_HASH, call, CostEstimate(usd_micros=5 * USD))] * 2, [], [])[0]
+    answers = [SettleRequest(first.audit_id, first.reservation_id, Resolution.SETTLE, 4 * USD, 200, ("pi_\x00one",),
+                             "req_\x00", 10**20, "usd\x00" + "x" * 50, False, 1.0),
+               SettleRequest(second.audit_id, second.reservation_id, Resolution.SETTLE, 3 * USD, 200, ("pi_two",),
+                             None, True, None, False, 1.0)]
+    ledger.apply_batch([], answers, [])
+    assert money(ledger) == (7, 0)
+    rows = {row["id"]: row for row in ledger.audit_rows(AuditFilter())}
+    assert (rows[first.audit_id]["object_id"], rows[first.audit_id]["vendor_request_id"],
+            rows[first.audit_id]["amount_minor"], rows[first.audit_id]["currency"]) == (
+        "pi_\ufffdone", "req_\ufffd", None, "usd\ufffdxxx…")
+    assert rows[second.audit_id]["amount_minor"] is None  # `true` is no amount
