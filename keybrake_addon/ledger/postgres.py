@@ -76,7 +76,8 @@ class _PostgresTx:
             return
         self._connection.execute(
             f"INSERT INTO {_identifier(table)} ({', '.join(map(_identifier, columns))}) "
-            f"SELECT {self._unpacked(table, columns)} FROM json_array_elements(%s::json) AS r", (_json_rows(rows),))
+            f"SELECT {self._unpacked(table, columns)} FROM json_array_elements(%s::json) AS r",
+            (_json_rows(rows, len(columns)),))
 
     def update_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence], *,
                     keep_if_null: frozenset[str] = frozenset()) -> None:
@@ -90,7 +91,7 @@ class _PostgresTx:
                                 for name in names)
         self._connection.execute(
             f"UPDATE {_identifier(table)} AS t SET {assignments} FROM (SELECT {self._unpacked(table, [*columns, 'id'])} "
-            "FROM json_array_elements(%s::json) AS r) AS v WHERE t.id = v.id", (_json_rows(rows),))
+            "FROM json_array_elements(%s::json) AS r) AS v WHERE t.id = v.id", (_json_rows(rows, len(columns) + 1),))
 
     def _unpacked(self, table: str, columns: Sequence[str]) -> str:
         """Each column from its place in a row `r` (a JSON array), cast to the column's type."""
@@ -231,10 +232,9 @@ def _identifier(name: str) -> str:
     return name
 
 
-def _json_rows(rows: Sequence[Sequence]) -> str:
-    width = len(rows[0])
+def _json_rows(rows: Sequence[Sequence], width: int) -> str:
     if any(len(row) != width for row in rows):
-        raise ValueError("rows of different widths")
+        raise ValueError(f"each row must have {width} values, one per column")  # as executemany refuses it
     return json.dumps(rows, allow_nan=False, separators=(",", ":"))
 
 

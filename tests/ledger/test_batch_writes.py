@@ -116,3 +116,15 @@ def test_one_of_and_pair_one_of_find_exactly_the_rows_named(database):
         pairs = [("kbk_0", "NULL"), ("kbk_1", "it's \"quoted\""), ("kbk_1", "NULL"), ("kbk_2", "{braces,and,commas}")]
         assert ids_where(*tx.pair_one_of(("key_id", "label"), pairs)) == [3, 4]
         assert ids_where(*tx.pair_one_of(("key_id", "label"), [])) == []
+
+
+def test_a_row_of_the_wrong_width_is_refused_on_both_backends(database):
+    with database.transaction() as tx:
+        tx.insert_rows("audit", COLUMNS, [audit_row(1, "before")])
+    for write in (lambda tx: tx.insert_rows("audit", COLUMNS, [audit_row(2, "x")[:-1]]),
+                  lambda tx: tx.update_rows("audit", ("status", "message"), [(200, 1)])):  # its id read as a value
+        with pytest.raises(Exception) as refused:
+            with database.transaction() as tx:
+                write(tx)
+        assert isinstance(refused.value, (ValueError, LedgerUnavailable)), refused.value
+    assert read_back(database, [1, 2]) == [audit_row(1, "before")]
