@@ -401,6 +401,8 @@ class AsyncLedger:
                      "settlement's hold stays counted", type(failure).__name__,
                      f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else "?")
         self._deliver([(item, LedgerUnavailable("the ledger failed on this call")) for item in admits])
+        for item in settles:
+            _never_committed(item.request)  # which hold, and the command that settles it by hand
 
     def _retry_later(self, settles: list[_Settle], refusals: list[tuple[Refused, int]],
                      failure: LedgerUnavailable) -> None:

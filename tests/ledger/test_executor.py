@@ -497,3 +497,25 @@ def test_a_refusal_never_recorded_is_logged_with_its_strangers_text_made_visible
     assert "\x1b" not in line and "\x07" not in line  # a terminal reading the log acts on neither
     assert "POST\\x1b[2J /v1/\\x1b]0;owned\\x07" in line
     assert len(line) < 400
+
+
+def test_a_settlement_that_fails_alone_names_its_hold_and_how_to_settle_it(store, caplog):
+    async def run():
+        ledger = AsyncLedger(store)
+        admission, other = await ledger.admit(request(10)), await ledger.admit(request(20))
+        ledger.settle(settlement(admission, actual="a price no vendor sends"))
+        ledger.settle(settlement(other))
+        ledger.flush_settlements()  # one batch for both: it fails, then each is tried alone
+        for _ in range(100):
+            if "was never committed" in caplog.text and money(store.store) == (20, 10):
+                break
+            await asyncio.sleep(0.05)
+        totals = money(store.store)
+        ledger.close()
+        return admission, totals
+
+    admission, totals = asyncio.run(run())
+    assert totals == (20, 10)  # its neighbour settled; its own hold stays counted
+    assert len([b for b in store.batches if b[1]]) >= 2  # tried together, then alone
+    [line] = [r.getMessage() for r in caplog.records if "was never committed" in r.getMessage()]
+    assert f"keybrake reconcile --reservation {admission.reservation_id}" in line
