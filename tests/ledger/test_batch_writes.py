@@ -11,6 +11,7 @@ import pytest
 from keybrake_addon.ledger.base import LedgerUnavailable
 from keybrake_addon.ledger.postgres import PostgresDatabase
 from keybrake_addon.ledger.sqlite import SqliteDatabase
+from support.postgres import fresh_database
 
 COLUMNS = ("id", "ts", "key_id", "label", "vendor", "method", "path", "status", "decision", "reserved_micros",
            "amount_minor", "duration_ms", "message")
@@ -128,3 +129,19 @@ def test_a_row_of_the_wrong_width_is_refused_on_both_backends(database):
                 write(tx)
         assert isinstance(refused.value, (ValueError, LedgerUnavailable)), refused.value
     assert read_back(database, [1, 2]) == [audit_row(1, "before")]
+
+
+def test_postgresql_in_another_encoding_gets_the_text_it_can_hold(postgres_server):
+    """A LATIN1 database stores "naïve" through the JSON text as it did value by value: the server
+    turns each character, sent as a \\u escape, into its own encoding (PostgreSQL 13 and later)."""
+    with fresh_database(postgres_server.url, encoding="LATIN1") as url:
+        database = PostgresDatabase(url, where="test")
+        try:
+            rows = [audit_row(1, "naïve café"), audit_row(2, "plain")]
+            with database.transaction(pipelined=True) as tx:
+                tx.insert_rows("audit", COLUMNS, rows)
+            with database.transaction(pipelined=True) as tx:
+                tx.update_rows("audit", ("message",), [("über", 2)])
+            assert read_back(database, [1, 2]) == [rows[0], audit_row(2, "plain", message="über")]
+        finally:
+            database.close()

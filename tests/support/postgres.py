@@ -237,12 +237,14 @@ def provision_server(environ: Mapping[str, str] = os.environ) -> PostgresServer:
 
 
 @contextmanager
-def fresh_database(server_url: str) -> Iterator[str]:
-    """A new, empty database on the server, dropped on exit even with connections still open."""
+def fresh_database(server_url: str, *, encoding: str | None = None) -> Iterator[str]:
+    """A new, empty database on the server, dropped on exit even with connections still open.
+    encoding: another server encoding than the cluster's (LATIN1, say), with the C locale."""
     name = TEST_DATABASE_PREFIX + secrets.token_hex(6)
+    encoded = f" ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C'" if encoding else ""
     with psycopg.connect(server_url, autocommit=True) as admin:
         # template0: nothing a previous test might have left in template1 comes along.
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0{encoded}')
     try:
         yield with_database(server_url, name)
     finally:
