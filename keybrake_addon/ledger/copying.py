@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from . import migrations
+from .database import insert_sql
 from .store import SqlLedger
 from .urls import DatabaseUrl
 
@@ -132,8 +133,7 @@ def _copy_table(source, tx, table: str, key: tuple[str, ...]) -> int:
     for rows in _chunks(source, table, key):
         columns = list(rows[0].keys())
         conflict = " ON CONFLICT (name) DO NOTHING" if table == "meta" else ""  # the init rows, checked equal
-        tx.run_many(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
-                    + conflict, [tuple(row[c] for c in columns) for row in rows])
+        tx.run_many(insert_sql(table, tuple(columns)) + conflict, [tuple(row[c] for c in columns) for row in rows])
         count += len(rows)
     return count
 

@@ -46,6 +46,15 @@ def proxy(home, fake_stripe, tmp_path):
 
 
 @pytest.fixture
+def api_proxy(home, fake_stripe, tmp_path):
+    """The proxy with its API listener too (the vault API and the /stripe base-URL route)."""
+    running = ProxyProcess(home=home, upstreams=(f"stripe={fake_stripe.url}",), log_path=tmp_path / "proxy.log",
+                           extra_args=("--api-port", "0")).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
 def stripe_client_for(proxy, home, monkeypatch):
     """StripeClient factory that goes through the proxy the way a worker does: HTTPS_PROXY + CA bundle."""
     monkeypatch.setenv("HTTPS_PROXY", proxy.url)

@@ -26,3 +26,9 @@ def settled_key_json(home: Path, key_id: str, timeout_s: float = 15.0) -> dict:
 
 
 __all__ = ["REAL_SECRET", "keybrake", "keybrake_json", "settled_key_json"]
+
+
+def api_address(proxy) -> tuple[str, int]:
+    """The API listener's (host, port), for a raw socket."""
+    host, port = proxy.api_url.removeprefix("http://").split(":")
+    return host, int(port)

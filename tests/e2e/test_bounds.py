@@ -14,23 +14,15 @@ import pytest
 from keybrake_addon.bound_defaults import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNS_PER_ADDRESS
 from keybrake_addon.proxy_process import ProxyProcess
 
-from .helpers import keybrake
+from .helpers import api_address, keybrake
 
 MIB = 1024 * 1024
 ISSUE = {"vendor": "stripe", "daily_usd_cap": 5, "allowed_endpoints": ["POST /v1/payment_intents"]}
 
 
 @pytest.fixture
-def proxy(home, fake_stripe, tmp_path):
-    running = ProxyProcess(home=home, upstreams=(f"stripe={fake_stripe.url}",), log_path=tmp_path / "proxy.log",
-                           extra_args=("--api-port", "0")).start()
-    yield running
-    running.stop()
-
-
-def api_address(proxy) -> tuple[str, int]:
-    host, port = proxy.api_url.removeprefix("http://").split(":")
-    return host, int(port)
+def proxy(api_proxy):
+    return api_proxy
 
 
 def rss_mib(proxy) -> float:

@@ -12,7 +12,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import pytest
 
 from keybrake_addon.keyless_refusals import MAX_ROWS_PER_WINDOW, WINDOW_S
 from keybrake_addon.ledger.base import AuditFilter
@@ -49,14 +48,6 @@ def keyless_request(index: int) -> tuple[str, dict[str, str]]:
     if variant == 4:
         return "/v1/charges/" + "x" * 8_000, {}
     return "/v1/customers", {"idempotency-key": "k" * 8_000, "authorization": "Bearer sk_live_nope"}
-
-
-@pytest.fixture
-def api_proxy(home, fake_stripe, tmp_path):
-    running = ProxyProcess(home=home, upstreams=(f"stripe={fake_stripe.url}",), log_path=tmp_path / "proxy.log",
-                           extra_args=("--api-port", "0")).start()
-    yield running
-    running.stop()
 
 
 def database_bytes(ledger) -> int:

@@ -57,14 +57,6 @@ def node_project() -> Path:
     return NODE_DIR
 
 
-@pytest.fixture
-def keybrake_api(home, fake_stripe, tmp_path):
-    proxy = ProxyProcess(home=home, upstreams=(f"stripe={fake_stripe.url}",), log_path=tmp_path / "proxy.log",
-                         extra_args=("--api-port", "0")).start()
-    yield proxy
-    proxy.stop()
-
-
 def run_batch(project: Path, proxy: ProxyProcess, home: Path, mode: str, cap: str) -> dict:
     token = json.loads(keybrake(home, "admin-token", "create", "--name", "node-e2e", "--json").stdout)["token"]
     env = {k: v for k, v in os.environ.items()
@@ -87,9 +79,9 @@ def run_batch(project: Path, proxy: ProxyProcess, home: Path, mode: str, cap: st
 
 @pytest.mark.parametrize("mode", ["forward", "baseurl"])
 @pytest.mark.parametrize("cap, allowed", [("475", 9), ("500", 10)])
-def test_parallel_stripe_node_children_stop_exactly_at_the_cap(node_project, keybrake_api, fake_stripe, home,
+def test_parallel_stripe_node_children_stop_exactly_at_the_cap(node_project, api_proxy, fake_stripe, home,
                                                                 mode, cap, allowed):
-    report = run_batch(node_project, keybrake_api, home, mode, cap)
+    report = run_batch(node_project, api_proxy, home, mode, cap)
     shown = json.dumps(report, indent=1)[:6000]
 
     # The parent's key: sk_kb_..., and a retried parent (same Idempotency-Key) gets the same one back.

@@ -3,9 +3,6 @@
 import json
 
 import httpx
-import pytest
-
-from keybrake_addon.proxy_process import ProxyProcess
 
 from .helpers import keybrake
 
@@ -16,22 +13,14 @@ TEAM_CEILINGS = ("--vendor", "stripe", "--allow", "POST /v1/payment_intents/**",
                  "--max-ttl", "2h")
 
 
-@pytest.fixture
-def proxy_with_api(home, fake_stripe, tmp_path):
-    proxy = ProxyProcess(home=home, upstreams=(f"stripe={fake_stripe.url}",), log_path=tmp_path / "proxy.log",
-                         extra_args=("--api-port", "0")).start()
-    yield proxy
-    proxy.stop()
-
-
 def client_for(home, proxy, name: str) -> httpx.Client:
     token = json.loads(keybrake(home, "admin-token", "create", "--name", name, *TEAM_CEILINGS, "--json").stdout)
     assert token["scope"]["vendors"] == ["stripe"]
     return httpx.Client(base_url=proxy.api_url, headers={"authorization": f"Bearer {token['token']}"}, timeout=30)
 
 
-def test_a_scoped_token_cannot_see_revoke_or_replay_another_tokens_key(home, proxy_with_api, stripe_client_for_proxy):
-    team_a, team_b = client_for(home, proxy_with_api, "team-a"), client_for(home, proxy_with_api, "team-b")
+def test_a_scoped_token_cannot_see_revoke_or_replay_another_tokens_key(home, api_proxy, stripe_client_for_proxy):
+    team_a, team_b = client_for(home, api_proxy, "team-a"), client_for(home, api_proxy, "team-b")
     theirs = team_b.post("/vault/keys", json=ISSUE, headers={"idempotency-key": "billing-agent/run_1"})
     assert theirs.status_code == 201
     key_id = theirs.json()["key_id"]
@@ -49,7 +38,7 @@ def test_a_scoped_token_cannot_see_revoke_or_replay_another_tokens_key(home, pro
     assert (over.status_code, over.json()["error"]["field"]) == (403, "allowed_endpoints")
 
     # Team B's key still works through the proxy, and team B still sees and replays it.
-    intent = stripe_client_for_proxy(proxy_with_api)(theirs.json()["vault_key"]).v1.payment_intents.create(params=PI)
+    intent = stripe_client_for_proxy(api_proxy)(theirs.json()["vault_key"]).v1.payment_intents.create(params=PI)
     assert intent.status == "succeeded"
     assert team_b.get(f"/vault/keys/{key_id}").json()["spent_usd"] == "50.00"
     again = team_b.post("/vault/keys", json=ISSUE, headers={"idempotency-key": "billing-agent/run_1"})
