@@ -6,6 +6,10 @@
 DEFAULT_MAX_VENDOR_BODY = "4m"
 DEFAULT_MAX_HEADER_BYTES = "64k"
 DEFAULT_HEADER_TIMEOUT_S = 10.0
+# Between requests a kept-alive connection holds a slot and a file descriptor while sending nothing;
+# mitmproxy alone would keep it 10 minutes. SDK pools check a connection before they reuse it, and a
+# request that finds it closed is retried on a new one before anything was sent.
+DEFAULT_IDLE_TIMEOUT_S = 60.0
 # Workers usually reach the proxy over loopback, so one address is a whole host's worth of
 # workers (the crash scenario runs 250 at once): the per-address cap is for an exposed API listener.
 DEFAULT_MAX_CONNS_PER_ADDRESS = 512

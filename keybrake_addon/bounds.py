@@ -7,6 +7,9 @@ resets. So this addon meters every client connection at the socket:
 
 - while a request's head is awaited, at most `keybrake_max_header_bytes` are read from the
   client, and the head must be complete within `keybrake_header_timeout` (slowloris);
+- once an answer is out, a kept-alive connection may wait `keybrake_idle_timeout` for its next
+  request's first byte. That also bounds bytes the TLS layer holds unseen (an incomplete record of
+  the next head);
 - once the head is in, at most the body bound of its route: the declared Content-Length, or for a
   body of unknown length (chunked) the route's limit. A body declared over the limit is refused at
   once (the connection is closed, nothing is read);
@@ -35,8 +38,8 @@ from mitmproxy.utils import human
 from .addon import UNREADABLE_BODY_BYTES, listener_vendor_route
 from .api.vault_api import MAX_BODY_BYTES
 from .text import loggable
-from .bound_defaults import (DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNS, DEFAULT_MAX_CONNS_PER_ADDRESS,
-                             DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_VENDOR_BODY)
+from .bound_defaults import (DEFAULT_HEADER_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNS,
+                             DEFAULT_MAX_CONNS_PER_ADDRESS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_VENDOR_BODY)
 
 logger = logging.getLogger("keybrake")
 
@@ -47,6 +50,10 @@ def on_the_wire(body_bytes: int) -> int:
     """Bytes read from the socket for a body: TLS records add up to 29 bytes per 16 KiB, chunked framing
     a few bytes per chunk, and a read may run a little into the next request."""
     return body_bytes + body_bytes // 256 + WIRE_SLACK_BYTES
+
+
+HEAD_LATE = "request head not complete in time"
+IDLE_TOO_LONG = "idle past the keep-alive timeout"
 
 
 class Phase(Enum):
@@ -61,10 +68,12 @@ class Meter:
 
     header_bytes: int
     header_timeout_s: float
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     phase: Phase = Phase.HEAD
     budget: int = 0
     deadline: float | None = None
     budget_is_a_limit: bool = False  # spent means over the bound, not "all of a declared body is in"
+    head_begun: bool = False  # the deadline is the head's, not the idle one of a kept-alive connection
     generation: int = 0
     # Resolved when the phase changes: what a read held back by a spent budget waits for.
     _changed: asyncio.Future | None = field(default=None, repr=False)
@@ -81,7 +90,14 @@ class Meter:
         self._enter(Phase.HEAD, self.header_bytes, budget_is_a_limit=False)
         self.start_clock() if start_clock else self._arm()
 
+    def start_idle_clock(self) -> None:
+        """The answer is going out: from now on the connection waits for a next request, for a while."""
+        if self.phase is Phase.HEAD and not self.head_begun:
+            self.deadline = time.monotonic() + self.idle_timeout_s
+            self._arm()
+
     def start_clock(self) -> None:
+        self.head_begun = True
         self.deadline = time.monotonic() + self.header_timeout_s
         self._arm()
 
@@ -97,7 +113,7 @@ class Meter:
 
     def _enter(self, phase: Phase, budget: int, budget_is_a_limit: bool) -> None:
         self.phase, self.budget, self.budget_is_a_limit = phase, budget, budget_is_a_limit
-        self.deadline = None
+        self.deadline, self.head_begun = None, False
         self.generation += 1
         if self._changed is not None and not self._changed.done():
             self._changed.set_result(None)
@@ -122,7 +138,7 @@ class Meter:
         self._timer = None
         if self.phase is Phase.HEAD and self.deadline is not None and self.on_deadline is not None:
             if time.monotonic() >= self.deadline:
-                self.on_deadline("request head not complete in time")
+                self.on_deadline(HEAD_LATE if self.head_begun else IDLE_TOO_LONG)
             else:
                 self._arm()
 
@@ -153,7 +169,7 @@ class MeteredReader:
             meter.budget -= len(data)
         # A kept-alive connection's next head starts its clock with its first byte, even when the
         # read that brought it began in the phase before (it was waiting when the request ended).
-        if data and meter.phase is Phase.HEAD and meter.deadline is None:
+        if data and meter.phase is Phase.HEAD and not meter.head_begun:
             meter.start_clock()
         return data
 
@@ -178,7 +194,9 @@ class MeteredReader:
 
     def _cut(self, why: str) -> ConnectionCutOff:
         self._meter.close()  # once: a deadline due later must not cut (and log) again
-        logger.info("keybrake: closed the connection of %s: %s", self._peer, why)
+        # Closing an idle pooled connection is routine: a line for each would bury the rest.
+        logger.log(logging.DEBUG if why == IDLE_TOO_LONG else logging.INFO,
+                   "keybrake: closed the connection of %s: %s", self._peer, why)
         return ConnectionCutOff(why)
 
     def __getattr__(self, name):
@@ -199,6 +217,8 @@ class Bounds:
                           "Most bytes a request line and headers may take (k/m suffixes).")
         loader.add_option("keybrake_header_timeout", float, DEFAULT_HEADER_TIMEOUT_S,
                           "Seconds a request's line and headers have to arrive in full.")
+        loader.add_option("keybrake_idle_timeout", float, DEFAULT_IDLE_TIMEOUT_S,
+                          "Seconds a kept-alive connection may wait for its next request after an answer.")
         loader.add_option("keybrake_max_vendor_body", str, DEFAULT_MAX_VENDOR_BODY,
                           "Most bytes of a request body to a vendor (k/m suffixes).")
         loader.add_option("keybrake_max_conns_per_address", int, DEFAULT_MAX_CONNS_PER_ADDRESS,
@@ -209,7 +229,8 @@ class Bounds:
         for name in ("keybrake_max_header_bytes", "keybrake_max_vendor_body"):
             if name in updated:
                 self._size(name)
-        for name in ("keybrake_header_timeout", "keybrake_max_conns_per_address", "keybrake_max_conns"):
+        for name in ("keybrake_header_timeout", "keybrake_idle_timeout", "keybrake_max_conns_per_address",
+                     "keybrake_max_conns"):
             if name in updated and getattr(ctx.options, name) <= 0:
                 raise exceptions.OptionsError(f"{name} must be above 0")
 
@@ -258,7 +279,8 @@ class Bounds:
         io = handler.transports.get(client) if handler is not None else None
         if io is None or not isinstance(io.reader, asyncio.StreamReader):  # TCP only
             return
-        meter = Meter(self._size("keybrake_max_header_bytes"), ctx.options.keybrake_header_timeout)
+        meter = Meter(self._size("keybrake_max_header_bytes"), ctx.options.keybrake_header_timeout,
+                      ctx.options.keybrake_idle_timeout)
         self.meters[client.id] = meter
         io.reader = MeteredReader(io.reader, meter, f"{client.peername[0]}:{client.peername[1]}")
 
@@ -293,8 +315,17 @@ class Bounds:
             self.http_layers[nextlayer.context.client.id] = nextlayer.layer
 
     def request(self, flow: http.HTTPFlow) -> None:
+        # The idle clock waits for the answer: a slow vendor call is not idleness.
         if meter := self.meters.get(flow.client_conn.id):
             meter.await_head(start_clock=self._next_head_begun(flow.client_conn))
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if meter := self.meters.get(flow.client_conn.id):
+            meter.start_idle_clock()
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if meter := self.meters.get(flow.client_conn.id):
+            meter.start_idle_clock()
 
     def _next_head_begun(self, client: connection.Client) -> bool:
         """Whether the read that ended this request brought bytes of the next head too.
@@ -302,16 +333,22 @@ class Bounds:
         No later read may come to start that head's clock, so it starts now. Only mitmproxy's HTTP/1
         parser knows what it holds beyond the request, so this reads its buffer (as `_meter` reaches
         into the connection handler). Bytes still inside an incomplete TLS record are not seen here:
-        mitmproxy's tcp_timeout bounds those.
+        the idle deadline bounds those.
         """
         http_layer = self.http_layers.get(client.id)
         parser = http_layer.connections.get(http_layer.context.client) if http_layer is not None else None
         return isinstance(parser, Http1Server) and bool(bytes(parser.buf).strip())
 
-    def http_connect(self, flow: http.HTTPFlow) -> None:
+    def http_connected(self, flow: http.HTTPFlow) -> None:
         # Next comes either a blind tunnel (a host Keybrake does not front) or a TLS handshake.
         if meter := self.meters.get(flow.client_conn.id):
             meter.open()
+
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        # A refused CONNECT (407, 403) keeps the connection for another request: still metered.
+        if meter := self.meters.get(flow.client_conn.id):
+            meter.await_head(start_clock=False)
+            meter.start_idle_clock()
 
     def tls_established_client(self, data) -> None:
         if meter := self.meters.get(data.context.client.id):

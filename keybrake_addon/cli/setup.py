@@ -6,8 +6,8 @@ from urllib.parse import urlsplit
 import click
 from mitmproxy.exceptions import OptionsError
 
-from ..bound_defaults import (DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNS, DEFAULT_MAX_CONNS_PER_ADDRESS,
-                              DEFAULT_MAX_VENDOR_BODY)
+from ..bound_defaults import (DEFAULT_HEADER_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNS,
+                              DEFAULT_MAX_CONNS_PER_ADDRESS, DEFAULT_MAX_VENDOR_BODY)
 from ..home import KeybrakeHome
 from ..installation import initialise
 from ..api.listener_tls import api_listener_certs
@@ -112,6 +112,8 @@ def env(ctx: click.Context, proxy_url: str, proxy_auth: str | None) -> None:
               help="Largest request body to a vendor (k/m suffixes). Resend emails with attachments need up to 41m.")
 @click.option("--header-timeout", default=DEFAULT_HEADER_TIMEOUT_S, show_default=True, type=click.FloatRange(0.1),
               help="Seconds a client has to send a request's line and headers in full.")
+@click.option("--idle-timeout", default=DEFAULT_IDLE_TIMEOUT_S, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds a kept-alive client connection may wait for its next request before it is closed.")
 @click.option("--max-conns-per-address", default=DEFAULT_MAX_CONNS_PER_ADDRESS, show_default=True,
               type=click.IntRange(1), help="Most connections open at once from one client address.")
 @click.option("--max-conns", default=DEFAULT_MAX_CONNS, show_default=True, type=click.IntRange(1),
@@ -136,8 +138,8 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
           egress: str | None, egress_allow: tuple[str, ...], egress_allow_private: tuple[str, ...],
           strict_egress: bool, db_busy_timeout: float, api_port: int | None, api_tls_cert: str | None,
           api_tls_key: str | None, health_port: int | None, metrics_port: int | None, metrics_host: str,
-          drain_timeout: float, max_vendor_body: str,
-          header_timeout: float, max_conns_per_address: int, max_conns: int, proxy_auth: str | None,
+          drain_timeout: float, max_vendor_body: str, header_timeout: float, idle_timeout: float,
+          max_conns_per_address: int, max_conns: int, proxy_auth: str | None,
           insecure_open_proxy: bool, access_log: str | None, access_log_file: str | None) -> None:
     """Run the forward proxy. Initialises the home first if it is new.
 
@@ -226,6 +228,7 @@ def proxy(ctx: click.Context, listen_host: str, listen_port: int, upstreams: tup
                              access_log=access_log, access_log_file=access_log_file or "",
                              bounds={"keybrake_max_vendor_body": max_vendor_body,
                                      "keybrake_header_timeout": header_timeout,
+                                     "keybrake_idle_timeout": idle_timeout,
                                      "keybrake_max_conns_per_address": max_conns_per_address,
                                      "keybrake_max_conns": max_conns})
     try:

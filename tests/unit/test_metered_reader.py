@@ -72,3 +72,47 @@ def test_a_kept_alive_connection_has_no_clock_until_its_next_head_begins():
             await reader.read(65536)
 
     asyncio.run(scenario())
+
+
+def test_an_idle_kept_alive_connection_is_cut_off_quietly_at_the_idle_deadline(caplog):
+    async def scenario():
+        stream = asyncio.StreamReader()
+        meter = Meter(10, header_timeout_s=5.0, idle_timeout_s=TIMEOUT_S)
+        reader = MeteredReader(stream, meter, "192.0.2.1:4000")
+        meter.await_head(start_clock=False)  # the request is in; the answer is not out yet
+        pending = asyncio.ensure_future(reader.read(65536))
+        await asyncio.sleep(TIMEOUT_S * 2)
+        assert not pending.done(), "the idle clock ran before the answer went out"
+        meter.start_idle_clock()
+        with pytest.raises(ConnectionCutOff, match="idle past the keep-alive timeout"):
+            await pending
+
+    caplog.set_level(logging.INFO, logger="keybrake")
+    asyncio.run(scenario())
+    assert closures(caplog) == []  # routine: logged at debug only
+
+
+def test_the_first_byte_of_a_next_head_swaps_the_idle_deadline_for_the_heads():
+    async def scenario():
+        stream = asyncio.StreamReader()
+        meter = Meter(10, header_timeout_s=TIMEOUT_S, idle_timeout_s=60.0)
+        reader = MeteredReader(stream, meter, "192.0.2.1:4000")
+        meter.await_head(start_clock=False)
+        meter.start_idle_clock()
+        stream.feed_data(b"GET")
+        assert await reader.read(65536) == b"GET"
+        with pytest.raises(ConnectionCutOff, match="not complete in time"):
+            await reader.read(65536)
+
+    asyncio.run(scenario())
+
+
+def test_the_idle_clock_does_not_replace_a_head_already_begun():
+    async def scenario():
+        meter = Meter(10, header_timeout_s=TIMEOUT_S, idle_timeout_s=60.0)
+        MeteredReader(asyncio.StreamReader(), meter, "192.0.2.1:4000")
+        head_deadline = meter.deadline
+        meter.start_idle_clock()
+        assert meter.deadline == head_deadline
+
+    asyncio.run(scenario())
