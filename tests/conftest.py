@@ -1,5 +1,7 @@
 """Fixtures every suite may use: a PostgreSQL server for the session, a fresh database per test."""
 
+import time
+
 import pytest
 
 from support.postgres import PostgresUnavailable, fresh_database, provision_server, start_throwaway_server
@@ -34,6 +36,28 @@ def owned_pg():
         pytest.fail(str(unavailable), pytrace=False)
     yield server
     server.remove()
+
+
+# Longer than any one test takes: a test begun this close to 00:00 UTC waits for the new day first.
+MIDNIGHT_MARGIN_S = 180.0
+
+
+def seconds_to_utc_midnight(now: float) -> float:
+    return 86400.0 - now % 86400.0
+
+
+@pytest.fixture(autouse=True)
+def clear_of_utc_midnight(request):
+    """Daily caps reset at 00:00 UTC (the database's clock). A test that spends against one and
+    crosses midnight would see its window reset halfway and fail for no fault of the code, so it
+    starts after midnight instead. At most one wait per run; tests of midnight itself fake the clock."""
+    left = seconds_to_utc_midnight(time.time())
+    if left < MIDNIGHT_MARGIN_S:
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"waiting {left + 1:.0f} s for 00:00 UTC, so that no test crosses the daily reset")
+        time.sleep(left + 1.0)
+    yield
 
 
 BACKENDS = ("sqlite", "postgresql")
