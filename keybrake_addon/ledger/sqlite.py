@@ -82,6 +82,9 @@ class _SqliteTx:
     def has_table(self, name: str) -> bool:
         return self.row("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)) is not None
 
+    def plan_by_index(self) -> None:
+        pass  # with no statistics (the ledger never runs ANALYZE), SQLite's planner takes an index where one fits
+
     def lock_schema(self) -> None:
         pass  # the write lock, taken by BEGIN IMMEDIATE, already keeps other migrators out
 

@@ -308,6 +308,7 @@ class SqlLedger(BudgetLedger):
             answered: list[Admission] | None = None  # set once only the COMMIT is left
             try:
                 with self.database.transaction(pipelined=True) as tx:
+                    tx.plan_by_index()
                     batch = _Batch(tx, self.database.lock_rows, admits, settles, self.alert_rules.collector(tx))
                     for request in settles:
                         batch.settle(request)
