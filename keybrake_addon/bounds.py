@@ -32,6 +32,7 @@ from enum import Enum
 
 from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.proxy import mode_specs
+from mitmproxy.proxy.layers import TCPLayer
 from mitmproxy.proxy.layers.http import Http1Server, HttpLayer
 from mitmproxy.utils import human
 
@@ -59,7 +60,7 @@ IDLE_TOO_LONG = "idle past the keep-alive timeout"
 class Phase(Enum):
     HEAD = "head"  # awaiting a request's head: bounded in bytes and time
     BODY = "body"  # reading a body: bounded in bytes
-    OPEN = "open"  # a tunnel, or the TLS handshake after CONNECT: not metered
+    OPEN = "open"  # a blind tunnel: not metered
 
 
 @dataclass
@@ -311,8 +312,12 @@ class Bounds:
         return vendor_limit, vendor_limit
 
     def next_layer(self, nextlayer) -> None:
-        if isinstance(nextlayer.layer, HttpLayer) and nextlayer.context.client.id in self.meters:
-            self.http_layers[nextlayer.context.client.id] = nextlayer.layer
+        # After mitmproxy's NextLayer addon, which decided the layer (or waits for more bytes).
+        client_id = nextlayer.context.client.id
+        if isinstance(nextlayer.layer, HttpLayer) and client_id in self.meters:
+            self.http_layers[client_id] = nextlayer.layer
+        elif isinstance(nextlayer.layer, TCPLayer) and (meter := self.meters.get(client_id)):
+            meter.open()  # a blind tunnel to a host Keybrake does not front: its bytes are not ours to bound
 
     def request(self, flow: http.HTTPFlow) -> None:
         # The idle clock waits for the answer: a slow vendor call is not idleness.
@@ -340,9 +345,10 @@ class Bounds:
         return isinstance(parser, Http1Server) and bool(bytes(parser.buf).strip())
 
     def http_connected(self, flow: http.HTTPFlow) -> None:
-        # Next comes either a blind tunnel (a host Keybrake does not front) or a TLS handshake.
+        # Next comes a TLS handshake, plain HTTP, or a blind tunnel's first bytes (which mitmproxy
+        # reads to decide that it is one): all metered as a head until next_layer says "tunnel".
         if meter := self.meters.get(flow.client_conn.id):
-            meter.open()
+            meter.await_head(start_clock=True)
 
     def http_connect_error(self, flow: http.HTTPFlow) -> None:
         # A refused CONNECT (407, 403) keeps the connection for another request: still metered.
