@@ -51,6 +51,7 @@ class _PostgresTx:
         self._clock = clock
         self._pipeline = pipeline  # statements are queued; reading a result sends what is queued
         self._column_types = {} if column_types is None else column_types  # table -> column -> SQL type
+        self._prefetched: tuple[dict[str, int], psycopg.Cursor] | None = None  # see prefetch_ids
 
     def rows(self, sql: str, params: Sequence = ()) -> list[dict]:
         return self._connection.execute(_pyformat(sql), tuple(params)).fetchall()
@@ -124,18 +125,21 @@ class _PostgresTx:
         return (f"({first}, {second}) IN (SELECT * FROM unnest(?::text[], ?::text[]))",
                 [[pair[0] for pair in pairs], [pair[1] for pair in pairs]])
 
+    def prefetch_ids(self, most: dict[str, int]) -> None:
+        if self._prefetched is None and (wanted := [table for table, count in most.items() if count]):
+            self._prefetched = most, self._connection.execute(*_ids_statement(most, wanted))
+
     def new_ids(self, counts: dict[str, int]) -> dict[str, list[int]]:
         wanted = [table for table, count in counts.items() if count]
         if not wanted:
             return {table: [] for table in counts}
-        for table in wanted:
-            if table not in ("reservations", "audit"):
-                raise ValueError(f"no id sequence for {table!r}")
-        # One round trip for every table's ids.
-        row = self._connection.execute(
-            "SELECT " + ", ".join(f"ARRAY(SELECT nextval('{t}_id_seq') FROM generate_series(1, %s)) AS {t}"
-                                  for t in wanted), tuple(counts[t] for t in wanted)).fetchone()
-        return {table: list(row[table]) if count else [] for table, count in counts.items()}
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and all(count <= prefetched[0].get(table, 0) for table, count in counts.items()):
+            row = prefetched[1].fetchone()  # came back with an earlier round trip
+        else:
+            row = self._connection.execute(*_ids_statement(counts, wanted)).fetchone()
+        # Ids drawn and not used are a gap in the sequence, as a rolled-back batch's are.
+        return {table: list(row[table])[:count] if count else [] for table, count in counts.items()}
 
     def now(self) -> datetime:
         if self._clock is not None:  # a test's clock
@@ -143,12 +147,14 @@ class _PostgresTx:
         # clock_timestamp(), not now(): the time of this statement, after the locks were taken.
         return self._connection.execute("SELECT clock_timestamp() AS now").fetchone()["now"]
 
-    def now_and_rows(self, queries: Sequence[tuple[str, Sequence]]) -> tuple[datetime, list[list[dict]]]:
-        # A nested pipeline would cost a round trip of its own on leaving it.
+    def now_and_rows(self, queries: Sequence[tuple[str, Sequence]], *,
+                     clock_after: int = 0) -> tuple[datetime, list[list[dict]]]:
+        # A nested pipeline would cost a round trip of its own on leaving it. The server runs a
+        # pipeline's statements in order, so the clock is read once the locks before it are held.
         with nullcontext() if self._pipeline is not None else self._connection.pipeline():
-            clock = None if self._clock is not None else self._connection.execute(
-                "SELECT clock_timestamp() AS now")  # sent first: read after the locks already taken
-            cursors = [self._connection.execute(_pyformat(sql), tuple(params)) for sql, params in queries]
+            cursors = [self._connection.execute(_pyformat(sql), tuple(p)) for sql, p in queries[:clock_after]]
+            clock = None if self._clock is not None else self._connection.execute("SELECT clock_timestamp() AS now")
+            cursors += [self._connection.execute(_pyformat(sql), tuple(p)) for sql, p in queries[clock_after:]]
             now = self._clock() if clock is None else clock.fetchone()["now"]
             return now, [cursor.fetchall() for cursor in cursors]
 
@@ -234,6 +240,14 @@ class PostgresDatabase:
                                     f"{self._connect_timeout_s:g} s") from error
         except psycopg.OperationalError as error:
             raise LedgerUnavailable(f"the ledger at {self.where} is unavailable: {_describe(error)}") from error
+
+
+def _ids_statement(counts: dict[str, int], wanted: list[str]) -> tuple[str, tuple]:
+    for table in wanted:
+        if table not in ("reservations", "audit"):
+            raise ValueError(f"no id sequence for {table!r}")
+    return ("SELECT " + ", ".join(f"ARRAY(SELECT nextval('{t}_id_seq') FROM generate_series(1, %s)) AS {t}"
+                                  for t in wanted), tuple(counts[t] for t in wanted))
 
 
 def _identifier(name: str) -> str:

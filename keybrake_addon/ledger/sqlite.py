@@ -60,6 +60,9 @@ class _SqliteTx:
         return ("(" + " OR ".join(f"({first} = ? AND {second} = ?)" for _ in pairs) + ")",
                 [value for pair in pairs for value in pair])
 
+    def prefetch_ids(self, most: dict[str, int]) -> None:
+        pass  # no round trip to save: new_ids reads the file under the write lock
+
     def new_ids(self, counts: dict[str, int]) -> dict[str, list[int]]:
         # Safe under the write lock, which every writing transaction takes first. One statement
         # for every table: a batch pays for it once.
@@ -76,8 +79,11 @@ class _SqliteTx:
         # SQLite's clock is this host's clock: the one every process sharing the file reads.
         return self._clock()
 
-    def now_and_rows(self, queries: Sequence[tuple[str, Sequence]]) -> tuple[datetime, list[list[sqlite3.Row]]]:
-        return self.now(), [self.rows(sql, params) for sql, params in queries]
+    def now_and_rows(self, queries: Sequence[tuple[str, Sequence]], *,
+                     clock_after: int = 0) -> tuple[datetime, list[list[sqlite3.Row]]]:
+        before = [self.rows(sql, params) for sql, params in queries[:clock_after]]
+        now = self.now()
+        return now, before + [self.rows(sql, params) for sql, params in queries[clock_after:]]
 
     def has_table(self, name: str) -> bool:
         return self.row("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)) is not None

@@ -309,7 +309,8 @@ class SqlLedger(BudgetLedger):
             try:
                 with self.database.transaction(pipelined=True) as tx:
                     tx.plan_by_index()
-                    batch = _Batch(tx, self.database.lock_rows, admits, settles, self.alert_rules.collector(tx))
+                    batch = _Batch(tx, self.database.lock_rows, admits, settles, len(refusals),
+                                   self.alert_rules.collector(tx))
                     for request in settles:
                         batch.settle(request)
                     pending = [batch.admit(request) for request in admits]
@@ -617,26 +618,31 @@ class _Batch:
     """
 
     def __init__(self, tx: Tx, lock_rows: str, admits: Sequence[AdmitRequest],
-                 settles: Sequence[SettleRequest], alerts: alert_store.BatchAlerts) -> None:
+                 settles: Sequence[SettleRequest], refusal_count: int, alerts: alert_store.BatchAlerts) -> None:
         self.tx = tx
         self.alerts = alerts  # the alert events these decisions cause, written with them
         self.keys_by_hash: dict[str, KeyState] = {}
         self.keys: dict[str, KeyState] = {}
         self.secrets: dict[str, SealedSecret | None] = {}
         self.touched: set[str] = set()
-        self._lock_keys(lock_rows, [r.key_hash for r in admits], [r.reservation_id for r in settles])
-        # Then the budgets of those keys, with their ancestors. A batch of keys without a budget
-        # (the common case) asks nothing more.
+        self.idempotency_keys: dict[int, tuple[str, str]] = {}  # reservation id -> (key_id, Idempotency-Key)
+        # The keys' locks, then the clock, then the rows these decisions read, in one round trip on
+        # PostgreSQL: its pipeline runs them in order, so the clock and the reads come after the
+        # locks are held. A reservation changes only under its key's lock.
+        lock_query = self._key_lock_query(lock_rows, [r.key_hash for r in admits], [r.reservation_id for r in settles])
+        reservations_query, audit_query = self._reservations_query(admits, settles), _settled_audit_query(tx, settles)
+        # An admit writes at most one reservation and one audit row, a refusal one audit row.
+        tx.prefetch_ids({"reservations": len(admits), "audit": len(admits) + refusal_count})
+        self.now, (key_rows, reservation_rows, audit_rows) = tx.now_and_rows(
+            [lock_query or _NOTHING, reservations_query or _NOTHING, audit_query or _NOTHING], clock_after=1)
+        self._take_keys(key_rows)
+        # Then the budgets of those keys, with their ancestors, and the clock again once they are
+        # held too. A batch of keys without a budget (the common case) asks nothing more.
         self.budgets: dict[str, decisions.BudgetState] = {}
         self.touched_budgets: set[str] = set()
         if spending_from := sorted({k.spec.budget for k in self.keys.values() if k.spec.budget is not None}):
             self.budgets = budgets.lock_chains(tx, lock_rows, spending_from)
-        self.idempotency_keys: dict[int, tuple[str, str]] = {}  # reservation id -> (key_id, Idempotency-Key)
-        # After the locks, the clock of the moment these decisions hold them, read with the rows
-        # they decide on (one round trip on PostgreSQL).
-        reservations_query, audit_query = self._reservations_query(admits, settles), _settled_audit_query(tx, settles)
-        self.now, (reservation_rows, audit_rows) = tx.now_and_rows(
-            [reservations_query or _NOTHING, audit_query or _NOTHING])
+            self.now = tx.now()
         self.now_text = to_text(self.now)
         self.reservations = self._reservations(reservation_rows)
         self.settled_audit_rows = _settled_audit_rows(settles, audit_rows)
@@ -651,10 +657,10 @@ class _Batch:
         self._slots -= 1
         return self._slots
 
-    def _lock_keys(self, lock_rows: str, hashes: list[str], reservation_ids: list[int]) -> None:
+    def _key_lock_query(self, lock_rows: str, hashes: list[str], reservation_ids: list[int]) -> tuple[str, list] | None:
         hashes, reservation_ids = sorted(set(hashes)), sorted(set(reservation_ids))
-        # One statement, so the rows are locked in one key order and PostgreSQL answers in one round
-        # trip; each index used on its own (an OR of the two would scan every key).
+        # One statement, so the rows are locked in one key order; each index used on its own (an OR
+        # of the two would scan every key).
         by_hash, hash_params = self.tx.one_of("key_hash", hashes)
         by_reservation, reservation_params = self.tx.one_of("id", reservation_ids)
         if hashes and reservation_ids:
@@ -666,11 +672,12 @@ class _Batch:
         elif reservation_ids:
             where, params = f"k.key_id IN (SELECT key_id FROM reservations WHERE {by_reservation})", reservation_params
         else:
-            return
-        rows = self.tx.rows(
-            f"SELECT {_KEY_COLUMNS}, s.nonce, s.ciphertext, s.account_sid, s.auth_user FROM vault_keys k "
-            f"LEFT JOIN secrets s ON s.vendor = k.vendor AND s.name = k.secret_name WHERE {where} "
-            "ORDER BY k.key_id" + (lock_rows and lock_rows + " OF k"), params)
+            return None
+        return (f"SELECT {_KEY_COLUMNS}, s.nonce, s.ciphertext, s.account_sid, s.auth_user FROM vault_keys k "
+                f"LEFT JOIN secrets s ON s.vendor = k.vendor AND s.name = k.secret_name WHERE {where} "
+                "ORDER BY k.key_id" + (lock_rows and lock_rows + " OF k"), params)
+
+    def _take_keys(self, rows: Sequence[Row]) -> None:
         for row in rows:
             state = _key_state(row)
             self.keys[state.key_id] = state
@@ -681,18 +688,27 @@ class _Batch:
 
     def _reservations_query(self, admits: Sequence[AdmitRequest],
                             settles: Sequence[SettleRequest]) -> tuple[str, list] | None:
-        """The batch's reservations: those its admits name by (key_id, Idempotency-Key), and its settlements by id."""
-        pairs = sorted({(self.keys_by_hash[r.key_hash].key_id, r.call.idempotency_key) for r in admits
-                        if r.call.idempotency_key is not None and r.key_hash in self.keys_by_hash})
+        """The batch's reservations: those its admits name by key and Idempotency-Key, and its settlements by id.
+
+        Sent before the keys' ids are known (with their locks), so it asks for every pair of the
+        batch's keys and Idempotency-Keys: a few rows too many when keys share one, read and unused.
+        """
+        named = [r for r in admits if r.call.idempotency_key is not None]
+        hashes, idempotency_keys = sorted({r.key_hash for r in named}), sorted({r.call.idempotency_key for r in named})
         ids = sorted({r.reservation_id for r in settles})
-        # Each its own SELECT (an OR would keep PostgreSQL from an index for the pairs); a
-        # reservation found by both comes twice, which changes nothing.
+        by_hash, hash_params = self.tx.one_of("key_hash", hashes)
+        by_idempotency_key, idempotency_key_params = self.tx.one_of("idempotency_key", idempotency_keys)
+        by_id, id_params = self.tx.one_of("id", ids)
+        # Each its own SELECT (an OR would keep PostgreSQL from an index); a reservation found by
+        # both comes twice, which changes nothing.
         selects, params = [], []
-        for wanted, (condition, values) in ((pairs, self.tx.pair_one_of(("key_id", "idempotency_key"), pairs)),
-                                            (ids, self.tx.one_of("id", ids))):
-            if wanted:
-                selects.append(f"SELECT {_RESERVATION_COLUMNS} FROM reservations WHERE {condition}")
-                params += values
+        if named:
+            selects.append(f"SELECT {_RESERVATION_COLUMNS} FROM reservations WHERE {by_idempotency_key} "
+                           f"AND key_id IN (SELECT key_id FROM vault_keys WHERE {by_hash})")
+            params += [*idempotency_key_params, *hash_params]
+        if ids:
+            selects.append(f"SELECT {_RESERVATION_COLUMNS} FROM reservations WHERE {by_id}")
+            params += id_params
         return (" UNION ALL ".join(selects), params) if selects else None
 
     def _reservations(self, rows: Sequence[Row]) -> dict:

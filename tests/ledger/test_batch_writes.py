@@ -171,3 +171,19 @@ def test_postgresql_batch_statements_find_their_rows_by_index_not_by_scanning_th
             assert after - before == 0, f"run {attempt + 1} scanned the audit table"
     finally:
         database.close()
+
+
+def test_postgresql_prefetched_ids_are_fresh_and_as_many_as_asked(pg_url):
+    database = PostgresDatabase(pg_url, where="test")
+    try:
+        with database.transaction(pipelined=True) as tx:
+            first = tx.new_ids({"audit": 2, "reservations": 1})
+            tx.prefetch_ids({"audit": 5, "reservations": 3})
+            second = tx.new_ids({"audit": 4, "reservations": 0})
+            tx.prefetch_ids({"audit": 1})
+            third = tx.new_ids({"audit": 2})  # more than was prefetched: drawn anew
+        assert (len(second["audit"]), second["reservations"], len(third["audit"])) == (4, [], 2)
+        drawn = first["audit"] + second["audit"] + third["audit"]
+        assert len(set(drawn)) == len(drawn), drawn
+    finally:
+        database.close()
