@@ -27,8 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # the package is not installed in every test environment
     sys.path.insert(0, str(REPO_ROOT))
 
-from keybrake_addon.fakes.fake_resend import DEFAULT_API_KEY, FakeResend  # noqa: E402
-from keybrake_addon.fakes.fake_twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilio  # noqa: E402
+from support.fakes.fake_resend import DEFAULT_API_KEY, FakeResend  # noqa: E402
+from support.fakes.fake_twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilio  # noqa: E402
 
 AC, TOKEN = DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
 OTHER_AC = "AC" + "1" * 32
@@ -309,8 +309,9 @@ def test_keep_alive_reuses_one_connection(make: type[FakeTwilio] | type[FakeRese
 ])
 def test_module_main_prints_url_and_stops_on_sigterm(module: str, vendor: str, check) -> None:  # noqa: ANN001
     secret = ["--auth-token", "tok"] if vendor == "twilio" else ["--api-key", "re_cli"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", f"keybrake_addon.fakes.{module}", "--port", "0", *secret],
+    path = [str(REPO_ROOT), str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    proc = subprocess.Popen([sys.executable, "-m", f"support.fakes.{module}", "--port", "0", *secret],
                             stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout is not None

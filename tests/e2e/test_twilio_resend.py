@@ -8,8 +8,8 @@ import resend
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.rest import Client as TwilioClient
 
-from keybrake_addon.fakes.fake_resend import FakeResend
-from keybrake_addon.fakes.fake_twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilio
+from support.fakes.fake_resend import FakeResend
+from support.fakes.fake_twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilio
 from keybrake_addon.proxy_process import ProxyProcess
 
 from .helpers import keybrake, keybrake_json

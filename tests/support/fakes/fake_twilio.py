@@ -19,7 +19,7 @@ from decimal import Decimal
 from email.utils import formatdate
 from typing import Any
 
-from ._http import FakeServer, ReceivedRequest, Reply, VendorError, json_reply, run_main
+from keybrake_addon.fakes._http import FakeServer, ReceivedRequest, Reply, VendorError, json_reply, run_main
 
 __all__ = ["DEFAULT_ACCOUNT_SID", "DEFAULT_AUTH_TOKEN", "FakeTwilio", "TwilioError", "main"]
 

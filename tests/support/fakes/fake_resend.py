@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from ._http import FakeServer, ReceivedRequest, Reply, VendorError, json_reply, run_main
+from keybrake_addon.fakes._http import FakeServer, ReceivedRequest, Reply, VendorError, json_reply, run_main
 
 __all__ = ["DEFAULT_API_KEY", "MAX_BATCH", "FakeResend", "ResendError", "main"]
 
