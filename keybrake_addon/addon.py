@@ -264,7 +264,7 @@ class Keybrake:
         if declared > UNREADABLE_BODY_BYTES:
             flow.kill()
         elif declared > MAX_BODY_BYTES:
-            self._refuse(flow, _api_error(413, "body_too_large", f"the body is over {MAX_BODY_BYTES} bytes"))
+            self._answer_here(flow, _api_error(413, "body_too_large", f"the body is over {MAX_BODY_BYTES} bytes"))
 
     async def request(self, flow: http.HTTPFlow) -> None:
         try:
@@ -281,7 +281,7 @@ class Keybrake:
             # mitmproxy would log the error and forward the request anyway: never let it.
             _log_unexpected("request", failure)
             self._take_ticket(flow)  # a hold it made stays counted: never under-count
-            self._refuse(flow, _unexpected_error_answer(flow.metadata.get(VENDOR)))
+            self._answer_here(flow, _unexpected_error_answer(flow.metadata.get(VENDOR)))
 
     async def _api_listener_request(self, flow: http.HTTPFlow) -> None:
         """The API listener: /stripe/*, /twilio/*, /resend/* and /v1/* go to the gate; every other
@@ -295,7 +295,7 @@ class Keybrake:
         if not is_health_path(path) and ctx.options.certs and not flow.client_conn.tls_established:
             # mitmproxy's reverse mode also accepts plain HTTP on a TLS port: an admin token or a
             # vault key must not cross it in the clear when the operator asked for TLS.
-            self._refuse(flow, _api_error(403, "tls_required", "this listener takes HTTPS only"))
+            self._answer_here(flow, _api_error(403, "tls_required", "this listener takes HTTPS only"))
             return
         route = listener_vendor_route(path)
         if route is None:
@@ -330,7 +330,7 @@ class Keybrake:
         decision = await gate.check(vendor, _vendor_request(flow), flow.client_conn.peername[0])
         self.metrics.vendor_call(vendor.NAME, decision.refused_as, time.perf_counter() - started)
         if decision.refusal is not None:
-            self._refuse(flow, decision.refusal)
+            self._answer_here(flow, decision.refusal)
             return
         self._forward(flow, vendor, decision)
 
@@ -339,7 +339,7 @@ class Keybrake:
         rendered = vendor.render_refusal(Refusal(RefusalKind.UNAVAILABLE, reason,
                                                  retry_after_s=UNAVAILABLE_RETRY_AFTER_S))
         self.access_log.refused(vendor.NAME, flow.request.method.upper(), flow.request.path.partition("?")[0], rendered)
-        self._refuse(flow, rendered)
+        self._answer_here(flow, rendered)
 
     def _not_ready_reason(self) -> str:
         if self._opener is None:
@@ -362,7 +362,8 @@ class Keybrake:
             flow.request.scheme, flow.request.host, flow.request.port = "https", vendor.HOSTS[0], 443
 
     @staticmethod
-    def _refuse(flow: http.HTTPFlow, rendered: RenderedResponse) -> None:
+    def _answer_here(flow: http.HTTPFlow, rendered: RenderedResponse) -> None:
+        """Answer from the proxy itself and forward nothing: a refusal, or another answer the gate decided."""
         flow.response = http.Response.make(rendered.status, rendered.body, rendered.headers)
 
     def _take_ticket(self, flow: http.HTTPFlow) -> Ticket | None:
