@@ -328,9 +328,7 @@ class Bounds:
         if meter := self.meters.get(flow.client_conn.id):
             meter.start_idle_clock()
 
-    def error(self, flow: http.HTTPFlow) -> None:
-        if meter := self.meters.get(flow.client_conn.id):
-            meter.start_idle_clock()
+    error = response  # an error answer goes out too: the connection is idle from then on
 
     def _next_head_begun(self, client: connection.Client) -> bool:
         """Whether the read that ended this request brought bytes of the next head too.

@@ -32,8 +32,6 @@ class Tx(Protocol):
     # takes one array, so the statement's text is the same for any number of values: psycopg
     # converts it once and the server prepares it once.
     def one_of(self, column: str, values: Sequence[int] | Sequence[str]) -> tuple[str, list]: ...
-    # The same for pairs of text columns.
-    def pair_one_of(self, columns: tuple[str, str], pairs: Sequence[tuple[str, str]]) -> tuple[str, list]: ...
     def new_ids(self, counts: dict[str, int]) -> dict[str, list[int]]: ...  # per table: ids nobody else will use
     # At most these many ids will be asked for: PostgreSQL draws them with the next round trip, so
     # that new_ids costs none. Some may go unused: a gap, as after a rollback.

@@ -120,11 +120,6 @@ class _PostgresTx:
         kind = "text" if values and isinstance(values[0], str) else "bigint"
         return f"{_identifier(column)} = ANY(?::{kind}[])", [list(values)]
 
-    def pair_one_of(self, columns: tuple[str, str], pairs: Sequence[tuple[str, str]]) -> tuple[str, list]:
-        first, second = map(_identifier, columns)
-        return (f"({first}, {second}) IN (SELECT * FROM unnest(?::text[], ?::text[]))",
-                [[pair[0] for pair in pairs], [pair[1] for pair in pairs]])
-
     def prefetch_ids(self, most: dict[str, int]) -> None:
         if self._prefetched is None and (wanted := [table for table, count in most.items() if count]):
             self._prefetched = most, self._connection.execute(*_ids_statement(most, wanted))

@@ -53,13 +53,6 @@ class _SqliteTx:
     def one_of(self, column: str, values: Sequence[int] | Sequence[str]) -> tuple[str, list]:
         return f"{column} IN {placeholders(values)}", list(values)
 
-    def pair_one_of(self, columns: tuple[str, str], pairs: Sequence[tuple[str, str]]) -> tuple[str, list]:
-        first, second = columns
-        if not pairs:
-            return "0 = 1", []
-        return ("(" + " OR ".join(f"({first} = ? AND {second} = ?)" for _ in pairs) + ")",
-                [value for pair in pairs for value in pair])
-
     def prefetch_ids(self, most: dict[str, int]) -> None:
         pass  # no round trip to save: new_ids reads the file under the write lock
 

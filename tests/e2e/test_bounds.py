@@ -15,8 +15,7 @@ from keybrake_addon.bound_defaults import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_
 from keybrake_addon.proxy_process import ProxyProcess
 
 from .helpers import api_address, keybrake
-
-MIB = 1024 * 1024
+from .raw_sockets import ENDLESS_LIMIT, MIB, closed_within, rss_mib, send_endless_head
 ISSUE = {"vendor": "stripe", "daily_usd_cap": 5, "allowed_endpoints": ["POST /v1/payment_intents"]}
 
 
@@ -25,23 +24,8 @@ def proxy(api_proxy):
     return api_proxy
 
 
-def rss_mib(proxy) -> float:
-    with open(f"/proc/{proxy.process.pid}/status") as status:
-        line = next(line for line in status if line.startswith("VmRSS:"))
-    return int(line.split()[1]) / 1024
-
-
 def closed_by_peer(sock: socket.socket, within_s: float) -> bool:
-    """True when the proxy closes the connection (EOF or reset) within the time given."""
-    sock.settimeout(within_s)
-    try:
-        while sock.recv(65536):
-            pass
-        return True
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
+    return closed_within(sock, within_s) is not None
 
 
 def send_chunked(sock: socket.socket, total: int, chunk: int = 64 * 1024) -> int:
@@ -108,16 +92,9 @@ def test_a_request_head_that_never_completes_is_cut_off_at_the_deadline(proxy):
 def test_an_endless_request_head_is_not_buffered(proxy):
     before = rss_mib(proxy)
     with socket.create_connection(api_address(proxy)) as sock:
-        sock.sendall(b"GET /vault/openapi.json HTTP/1.1\r\nHost: keybrake\r\n")
-        sent = 0
-        sock.settimeout(DEFAULT_HEADER_TIMEOUT_S + 5)
-        try:
-            while sent < 64 * MIB:
-                sock.sendall(b"X-Filler: " + b"y" * 1000 + b"\r\n")
-                sent += 1012
-        except OSError:
-            pass
-    assert sent < 64 * MIB, "the proxy read a 64 MiB request head"
+        sent = send_endless_head(sock, b"GET /vault/openapi.json HTTP/1.1\r\nHost: keybrake\r\n",
+                                 DEFAULT_HEADER_TIMEOUT_S + 5)
+    assert sent < ENDLESS_LIMIT, "the proxy read a 64 MiB request head"
     assert rss_mib(proxy) - before < 4, f"RSS grew from {before:.0f} to {rss_mib(proxy):.0f} MiB"
 
 

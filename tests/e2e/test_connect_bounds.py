@@ -15,8 +15,10 @@ import pytest
 
 from keybrake_addon.proxy_process import ProxyProcess
 
-MIB = 1024 * 1024
+from .raw_sockets import ENDLESS_LIMIT, closed_within, rss_mib, send_endless_head
+
 HEADER_TIMEOUT_S = 2.0
+PLAIN_HEAD_START = b"GET http://api.stripe.com/v1/charges HTTP/1.1\r\nHost: api.stripe.com\r\n"
 
 
 def start_proxy(home, tmp_path, *extra: str) -> ProxyProcess:
@@ -31,19 +33,6 @@ def proxy(home, tmp_path):
     running.stop()
 
 
-@pytest.fixture
-def strict_proxy(home, tmp_path):
-    running = start_proxy(home, tmp_path, "--strict-egress")
-    yield running
-    running.stop()
-
-
-def rss_mib(proxy) -> float:
-    with open(f"/proc/{proxy.process.pid}/status") as status:
-        line = next(line for line in status if line.startswith("VmRSS:"))
-    return int(line.split()[1]) / 1024
-
-
 def connect(proxy, target: bytes, expect: bytes) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", proxy.port))
     sock.sendall(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, target))
@@ -52,47 +41,20 @@ def connect(proxy, target: bytes, expect: bytes) -> socket.socket:
     return sock
 
 
-def send_endless_head(sock: socket.socket) -> int:
-    """Header lines until the proxy stops reading (or 64 MiB); returns the bytes sent."""
-    sock.sendall(b"GET http://api.stripe.com/v1/charges HTTP/1.1\r\nHost: api.stripe.com\r\n")
-    sent = 0
-    sock.settimeout(HEADER_TIMEOUT_S + 5)
+@pytest.mark.parametrize(("egress", "target", "answer"), [
+    (("--strict-egress",), b"example.com:443", b"403"),  # refused: the connection stays open
+    ((), b"api.stripe.com:443", b"200"),  # accepted: plain HTTP instead of a TLS handshake
+], ids=["after a refused CONNECT", "inside an accepted tunnel"])
+def test_an_endless_head_after_a_connect_is_not_buffered(home, tmp_path, egress, target, answer):
+    running = start_proxy(home, tmp_path, *egress)
     try:
-        while sent < 64 * MIB:
-            sock.sendall(b"X-Filler: " + b"y" * 1000 + b"\r\n")
-            sent += 1012
-    except OSError:
-        pass
-    return sent
-
-
-def closed_within(sock: socket.socket, seconds: float) -> float | None:
-    started = time.monotonic()
-    sock.settimeout(seconds)
-    try:
-        while sock.recv(65536):
-            pass
-    except ConnectionResetError:
-        pass
-    except TimeoutError:
-        return None
-    return time.monotonic() - started
-
-
-def test_an_endless_head_after_a_refused_connect_is_not_buffered(strict_proxy):
-    before = rss_mib(strict_proxy)
-    with connect(strict_proxy, b"example.com:443", b"403") as sock:
-        sent = send_endless_head(sock)
-    assert sent < 64 * MIB, "the proxy read a 64 MiB request head after refusing a CONNECT"
-    assert rss_mib(strict_proxy) - before < 4, f"RSS grew from {before:.0f} to {rss_mib(strict_proxy):.0f} MiB"
-
-
-def test_plain_http_inside_a_connect_tunnel_is_bounded_like_any_head(proxy):
-    before = rss_mib(proxy)
-    with connect(proxy, b"api.stripe.com:443", b"200") as sock:
-        sent = send_endless_head(sock)
-    assert sent < 64 * MIB, "the proxy read a 64 MiB request head inside a CONNECT tunnel"
-    assert rss_mib(proxy) - before < 4, f"RSS grew from {before:.0f} to {rss_mib(proxy):.0f} MiB"
+        before = rss_mib(running)
+        with connect(running, target, answer) as sock:
+            sent = send_endless_head(sock, PLAIN_HEAD_START, HEADER_TIMEOUT_S + 5)
+        assert sent < ENDLESS_LIMIT, "the proxy read a 64 MiB request head after a CONNECT"
+        assert rss_mib(running) - before < 4, f"RSS grew from {before:.0f} to {rss_mib(running):.0f} MiB"
+    finally:
+        running.stop()
 
 
 def test_a_tunnel_that_never_begins_its_tls_handshake_is_closed_at_the_deadline(proxy):

@@ -7,11 +7,12 @@ read is already waiting when the clock starts.
 
 import socket
 import ssl
-import time
 
 import pytest
 
 from keybrake_addon.proxy_process import ProxyProcess
+
+from .raw_sockets import closed_within
 
 HEADER_TIMEOUT_S = 1.5
 
@@ -22,20 +23,6 @@ def proxy(home, fake_stripe, tmp_path):
                            extra_args=("--header-timeout", str(HEADER_TIMEOUT_S))).start()
     yield running
     running.stop()
-
-
-def closed_within(sock, seconds: float) -> float | None:
-    """Seconds until the proxy closed the connection, or None if it stayed open that long."""
-    started = time.monotonic()
-    sock.settimeout(seconds)
-    try:
-        while sock.recv(65536):
-            pass
-    except (ConnectionResetError, ssl.SSLError):
-        pass
-    except TimeoutError:
-        return None
-    return time.monotonic() - started
 
 
 def tls_through(proxy, home) -> ssl.SSLSocket:

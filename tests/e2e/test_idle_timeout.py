@@ -16,6 +16,7 @@ from keybrake_addon.fakes.fake_stripe import FakeStripe
 from keybrake_addon.proxy_process import ProxyProcess
 
 from .helpers import REAL_SECRET
+from .raw_sockets import closed_within
 
 IDLE_TIMEOUT_S = 1.5
 SLOW_VENDOR_S = 2 * IDLE_TIMEOUT_S
@@ -34,20 +35,6 @@ def proxy(home, fake_stripe, tmp_path):
                            extra_args=("--idle-timeout", str(IDLE_TIMEOUT_S), "--api-port", "0")).start()
     yield running
     running.stop()
-
-
-def closed_within(sock: socket.socket, seconds: float) -> float | None:
-    """Seconds until the proxy closed the connection, or None if it stayed open that long."""
-    started = time.monotonic()
-    sock.settimeout(seconds)
-    try:
-        while sock.recv(65536):
-            pass
-    except ConnectionResetError:
-        pass
-    except TimeoutError:
-        return None
-    return time.monotonic() - started
 
 
 def read_whole_answer(sock: socket.socket) -> bytes:

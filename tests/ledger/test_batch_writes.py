@@ -103,7 +103,7 @@ def test_postgresql_refuses_what_json_text_cannot_carry(pg_url):
         database.close()
 
 
-def test_one_of_and_pair_one_of_find_exactly_the_rows_named(database):
+def test_one_of_finds_exactly_the_rows_named(database):
     rows = [audit_row(i + 1, text, key_id=f"kbk_{i % 3}") for i, text in enumerate(AWKWARD_TEXT)]
     with database.transaction() as tx:
         tx.insert_rows("audit", COLUMNS, rows)
@@ -114,9 +114,6 @@ def test_one_of_and_pair_one_of_find_exactly_the_rows_named(database):
         assert ids_where(*tx.one_of("id", [2, 5, 5, 999])) == [2, 5]
         assert ids_where(*tx.one_of("label", ["NULL", "back\\slash\\", "not there"])) == [2, 4]
         assert ids_where(*tx.one_of("id", [])) == []
-        pairs = [("kbk_0", "NULL"), ("kbk_1", "it's \"quoted\""), ("kbk_1", "NULL"), ("kbk_2", "{braces,and,commas}")]
-        assert ids_where(*tx.pair_one_of(("key_id", "label"), pairs)) == [3, 4]
-        assert ids_where(*tx.pair_one_of(("key_id", "label"), [])) == []
 
 
 def test_a_row_of_the_wrong_width_is_refused_on_both_backends(database):

@@ -359,3 +359,17 @@ def test_a_caller_that_bounds_its_keyless_rows_gets_no_row_for_an_invalid_key(le
     rows = ledger.audit_rows(AuditFilter())
     assert [(r["decision"], r["key_id"], r["status"]) for r in rows[2:]] == [
         ("keybrake_unknown_key", None, 401), (SUMMARY_DECISION, None, None)]
+
+
+def test_keys_sharing_an_idempotency_key_in_one_batch_each_find_only_their_own(ledger):
+    # A batch looks up its reservations by every (key, Idempotency-Key) pair it holds at once, so
+    # it reads another key's reservation of the same Idempotency-Key too: neither may take it.
+    with_key(ledger, total=100 * USD)
+    with_key(ledger, "kbk_other", OTHER_HASH, total=100 * USD)
+    first = admit(ledger, 60, idem="order-1")
+    call = CallFacts("stripe", "POST", "/v1/payment_intents", "order-1", MIDNIGHT)
+    (retry, other), _ = ledger.apply_batch([AdmitRequest(KEY_HASH, call, CostEstimate(usd_micros=60 * USD)),
+                                            AdmitRequest(OTHER_HASH, call, CostEstimate(usd_micros=60 * USD))], [], [])
+    assert retry.allowed and retry.reservation_id == first.reservation_id
+    assert other.allowed and other.reservation_id != first.reservation_id
+    assert money(ledger) == (0, 60) and money(ledger, "kbk_other") == (0, 60)
