@@ -39,7 +39,8 @@ class Tx(Protocol):
     def now(self) -> datetime: ...  # the database's clock, read now
     # Each query's rows and the clock, read together: one round trip where the backend can. The
     # clock is read after the first `clock_after` queries (the locks it must not be read before).
-    def now_and_rows(self, queries: Sequence[tuple[str, Sequence]], *,
+    # A query given as None is not sent, and has no rows.
+    def now_and_rows(self, queries: Sequence[tuple[str, Sequence] | None], *,
                      clock_after: int = 0) -> tuple[datetime, list[list[Row]]]: ...
     def has_table(self, name: str) -> bool: ...
     # This transaction finds every row by key or id: the planner must not scan a table instead.

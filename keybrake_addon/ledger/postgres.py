@@ -51,7 +51,8 @@ class _PostgresTx:
         self._clock = clock
         self._pipeline = pipeline  # statements are queued; reading a result sends what is queued
         self._column_types = {} if column_types is None else column_types  # table -> column -> SQL type
-        self._prefetched: tuple[dict[str, int], psycopg.Cursor] | None = None  # see prefetch_ids
+        self._ids_wanted: dict[str, int] | None = None  # see prefetch_ids: drawn with the clock
+        self._prefetched: tuple[dict[str, int], dict] | None = None  # those counts, and the row that drew them
 
     def rows(self, sql: str, params: Sequence = ()) -> list[dict]:
         return self._connection.execute(_pyformat(sql), tuple(params)).fetchall()
@@ -121,16 +122,16 @@ class _PostgresTx:
         return f"{_identifier(column)} = ANY(?::{kind}[])", [list(values)]
 
     def prefetch_ids(self, most: dict[str, int]) -> None:
-        if self._prefetched is None and (wanted := [table for table, count in most.items() if count]):
-            self._prefetched = most, self._connection.execute(*_ids_statement(most, wanted))
+        if any(most.values()):
+            self._ids_wanted = most  # drawn by now_and_rows's clock statement; else new_ids draws them
 
     def new_ids(self, counts: dict[str, int]) -> dict[str, list[int]]:
         wanted = [table for table, count in counts.items() if count]
         if not wanted:
             return {table: [] for table in counts}
-        prefetched, self._prefetched = self._prefetched, None
+        prefetched, self._prefetched, self._ids_wanted = self._prefetched, None, None
         if prefetched is not None and all(count <= prefetched[0].get(table, 0) for table, count in counts.items()):
-            row = prefetched[1].fetchone()  # came back with an earlier round trip
+            row = prefetched[1]  # came back with an earlier round trip
         else:
             row = self._connection.execute(*_ids_statement(counts, wanted)).fetchone()
         # Ids drawn and not used are a gap in the sequence, as a rolled-back batch's are.
@@ -142,16 +143,29 @@ class _PostgresTx:
         # clock_timestamp(), not now(): the time of this statement, after the locks were taken.
         return self._connection.execute("SELECT clock_timestamp() AS now").fetchone()["now"]
 
-    def now_and_rows(self, queries: Sequence[tuple[str, Sequence]], *,
+    def now_and_rows(self, queries: Sequence[tuple[str, Sequence] | None], *,
                      clock_after: int = 0) -> tuple[datetime, list[list[dict]]]:
         # A nested pipeline would cost a round trip of its own on leaving it. The server runs a
         # pipeline's statements in order, so the clock is read once the locks before it are held.
+        # Ids asked for by prefetch_ids come in the clock's statement: one statement fewer.
+        def send(query):
+            return None if query is None else self._connection.execute(_pyformat(query[0]), tuple(query[1]))
+
+        wanted, self._ids_wanted = self._ids_wanted, None
+        clock_sql = [] if self._clock is not None else ["clock_timestamp() AS now"]
+        if wanted:
+            ids_sql, ids_params = _ids_columns(wanted)
+            clock_sql.append(ids_sql)
         with nullcontext() if self._pipeline is not None else self._connection.pipeline():
-            cursors = [self._connection.execute(_pyformat(sql), tuple(p)) for sql, p in queries[:clock_after]]
-            clock = None if self._clock is not None else self._connection.execute("SELECT clock_timestamp() AS now")
-            cursors += [self._connection.execute(_pyformat(sql), tuple(p)) for sql, p in queries[clock_after:]]
-            now = self._clock() if clock is None else clock.fetchone()["now"]
-            return now, [cursor.fetchall() for cursor in cursors]
+            cursors = [send(query) for query in queries[:clock_after]]
+            clock = self._connection.execute("SELECT " + ", ".join(clock_sql), ids_params if wanted else ()) \
+                if clock_sql else None
+            cursors += [send(query) for query in queries[clock_after:]]
+            clock_row = clock.fetchone() if clock is not None else None
+            if wanted:
+                self._prefetched = wanted, clock_row
+            now = self._clock() if self._clock is not None else clock_row["now"]
+            return now, [[] if cursor is None else cursor.fetchall() for cursor in cursors]
 
     def has_table(self, name: str) -> bool:
         return self.row("SELECT to_regclass(?) AS found", (name,))["found"] is not None
@@ -161,7 +175,10 @@ class _PostgresTx:
         # made then for good: made while a table was nearly empty, that plan scans the table, and
         # goes on scanning as the table grows until an ANALYZE happens to invalidate it. A scan's
         # cost grows with the audit trail, on every batch; an index lookup's does not.
-        self._connection.execute("SET LOCAL enable_seqscan = off")
+        # And plans made once per prepared statement: with seq scans off, the server finds every
+        # generic plan dearer than a custom one and would plan each statement again at every run.
+        self._connection.execute("SELECT set_config('enable_seqscan', 'off', true), "
+                                 "set_config('plan_cache_mode', 'force_generic_plan', true)")
 
     def lock_schema(self) -> None:
         """One replica migrates at a time; the others wait, then find the schema current."""
@@ -238,11 +255,18 @@ class PostgresDatabase:
 
 
 def _ids_statement(counts: dict[str, int], wanted: list[str]) -> tuple[str, tuple]:
+    columns, params = _ids_columns({table: counts[table] for table in wanted})
+    return "SELECT " + columns, params
+
+
+def _ids_columns(counts: dict[str, int]) -> tuple[str, tuple]:
+    """Select-list items drawing `count` new ids from each table's sequence, as arrays named by table."""
+    wanted = [table for table, count in counts.items() if count]
     for table in wanted:
         if table not in ("reservations", "audit"):
             raise ValueError(f"no id sequence for {table!r}")
-    return ("SELECT " + ", ".join(f"ARRAY(SELECT nextval('{t}_id_seq') FROM generate_series(1, %s)) AS {t}"
-                                  for t in wanted), tuple(counts[t] for t in wanted))
+    return (", ".join(f"ARRAY(SELECT nextval('{t}_id_seq') FROM generate_series(1, %s)) AS {t}" for t in wanted),
+            tuple(counts[t] for t in wanted))
 
 
 def _identifier(name: str) -> str:

@@ -72,11 +72,11 @@ class _SqliteTx:
         # SQLite's clock is this host's clock: the one every process sharing the file reads.
         return self._clock()
 
-    def now_and_rows(self, queries: Sequence[tuple[str, Sequence]], *,
+    def now_and_rows(self, queries: Sequence[tuple[str, Sequence] | None], *,
                      clock_after: int = 0) -> tuple[datetime, list[list[sqlite3.Row]]]:
-        before = [self.rows(sql, params) for sql, params in queries[:clock_after]]
+        before = [[] if query is None else self.rows(*query) for query in queries[:clock_after]]
         now = self.now()
-        return now, before + [self.rows(sql, params) for sql, params in queries[clock_after:]]
+        return now, before + [[] if query is None else self.rows(*query) for query in queries[clock_after:]]
 
     def has_table(self, name: str) -> bool:
         return self.row("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)) is not None

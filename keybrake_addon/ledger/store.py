@@ -634,7 +634,7 @@ class _Batch:
         # An admit writes at most one reservation and one audit row, a refusal one audit row.
         tx.prefetch_ids({"reservations": len(admits), "audit": len(admits) + refusal_count})
         self.now, (key_rows, reservation_rows, audit_rows) = tx.now_and_rows(
-            [lock_query or _NOTHING, reservations_query or _NOTHING, audit_query or _NOTHING], clock_after=1)
+            [lock_query, reservations_query, audit_query], clock_after=1)
         self._take_keys(key_rows)
         # Then the budgets of those keys, with their ancestors, and the clock again once they are
         # held too. A batch of keys without a budget (the common case) asks nothing more.
@@ -889,7 +889,6 @@ _NEW_AUDIT_COLUMNS = ("id", "ts", "key_id", "label", "vendor", "method", "path",
 _SETTLED_AUDIT_COLUMNS = ("status", "outcome", "actual_micros", "object_id", "vendor_request_id", "amount_minor",
                           "currency", "replayed", "duration_ms", "message")
 _KEPT_UNLESS_SENT = frozenset({"amount_minor", "currency"})  # the request's amount stays when the answer has none
-_NOTHING = ("SELECT 1 WHERE 1 = 0", ())  # a query's place when a batch has nothing to ask
 
 
 def _settled_audit_query(tx: Tx, settles: Sequence[SettleRequest]) -> tuple[str, list] | None:

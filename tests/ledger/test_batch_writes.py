@@ -170,6 +170,43 @@ def test_postgresql_batch_statements_find_their_rows_by_index_not_by_scanning_th
         database.close()
 
 
+def test_a_query_given_as_none_reads_nothing_and_keeps_its_place(database):
+    with database.transaction(pipelined=True) as tx:
+        tx.insert_rows("audit", COLUMNS, [audit_row(7, "seven")])
+        now, (first, nothing, last) = tx.now_and_rows(
+            [("SELECT id FROM audit WHERE id = ?", (7,)), None, ("SELECT COUNT(*) AS n FROM audit", ())], clock_after=1)
+    assert ([row["id"] for row in first], nothing, last[0]["n"]) == ([7], [], 1)
+    assert now.tzinfo is not None
+
+
+class CountingStatements:
+    """A psycopg connection that counts the statements sent through it."""
+
+    def __init__(self, connection) -> None:
+        self._connection, self.sent = connection, []
+
+    def __getattr__(self, name):
+        return getattr(self._connection, name)
+
+    def execute(self, sql, params=()):
+        self.sent.append(sql)
+        return self._connection.execute(sql, params)
+
+
+def test_postgresql_ids_asked_ahead_come_with_the_clock_in_one_statement(pg_url):
+    database = PostgresDatabase(pg_url, where="test")
+    try:
+        with database.transaction(pipelined=True) as tx:
+            counting = tx._connection = CountingStatements(tx._connection)
+            tx.prefetch_ids({"audit": 3, "reservations": 1})
+            now, _ = tx.now_and_rows([None], clock_after=1)
+            ids = tx.new_ids({"audit": 2, "reservations": 1})
+        assert len(counting.sent) == 1 and "clock_timestamp()" in counting.sent[0], counting.sent
+        assert (len(ids["audit"]), len(ids["reservations"])) == (2, 1)
+    finally:
+        database.close()
+
+
 def test_postgresql_prefetched_ids_are_fresh_and_as_many_as_asked(pg_url):
     database = PostgresDatabase(pg_url, where="test")
     try:
