@@ -18,10 +18,11 @@ load (the last turn's transaction held several admits) the first call waits for 
 too: one commit per turn instead of two, where a commit writes every page the turn touched. A held
 lock sends the work to the ledger thread's queue. BENCHMARKS.md has the figures for both paths.
 
-A settlement on the loop lingers for up to SETTLE_LINGER_S, so that the next admit (which, one
-call after another, follows its reply within a millisecond or two) commits it in its own
-transaction: one transaction per call instead of two. Settlements are applied before admits in a
-batch, and a lingering settlement goes ahead of any admit handed to the ledger thread, so every
+A settlement lingers for up to SETTLE_LINGER_S, on the loop or in the ledger thread's queue, so
+that the next admit (which, one call after another, follows its reply within a few milliseconds)
+commits it in its own transaction: one transaction per call instead of two. Settlements are applied
+before admits in a batch, a settlement lingering on the loop goes ahead of any admit handed to the
+ledger thread, and the thread takes every lingering settlement with its next admit, so every
 decision still sees every settlement that came before it. While it lingers the hold stays counted
 as reserved, as it would if the process died: never an under-count.
 """
@@ -49,7 +50,7 @@ MAX_BATCH = 256
 # instead of queueing behind each other for a timeout apiece: a refusal must come back before
 # the client's own timeout. The next batch after it tries the database again.
 KNOWN_DOWN_S = 1.0
-SETTLE_LINGER_S = 0.005  # see the module's docstring: long enough for the next call of a lone caller
+SETTLE_LINGER_S = 0.02  # see the module's docstring: long enough for the next call of a lone caller
 DECISION_TIMEOUT_S = 6.0  # an admit answers within this, decided or not (then 503: nothing forwarded)
 SETTLE_RETRY_DELAYS_S = (0.2, 0.5, 1, 2, 5, 10, 30, 60)  # then every 60 s, for as long as the process lives
 REFUSAL_ROW_RETRIES = 3
@@ -86,7 +87,8 @@ class AsyncLedger:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._condition = threading.Condition()
         self._admits: deque[_Admit] = deque()
-        self._settles: list[_Settle] = []  # a heap by not_before
+        self._settles: list[_Settle] = []  # retries waiting out their backoff: a heap by not_before
+        self._lingering: deque[_Settle] = deque()  # new settlements for the thread, oldest first: see _run
         self._refusals: deque[tuple[Refused, int]] = deque()
         # Work for the loop's own transaction at the end of this turn (SQLite's inline path).
         self._loop_admits: list[_Admit] = []
@@ -147,13 +149,19 @@ class AsyncLedger:
                     self._linger = loop.call_later(SETTLE_LINGER_S, self._flush_lingering)
                 return
             self._settles_to_thread(self._take_lingering())  # the ones before it go first
-        self._queue_settle(_Settle(0.0, request))
+        self._queue_settle(request)
 
     def flush_settlements(self) -> None:
-        """Commit the settlements lingering on the loop now (on the loop only), so that a read
-        through this process's vault API or dashboard sees every call it has answered."""
+        """Commit the settlements lingering on the loop now (on the loop only), and send the ledger
+        thread's lingering ones at once, so that a read through this process's vault API or dashboard
+        sees every call it has answered."""
         if self._loop_settles:
             self._flush_on_loop()
+        if self._lingering:
+            with self._condition:
+                for item in self._lingering:
+                    item.not_before = 0.0
+                self._condition.notify()
 
     def record_refusal(self, call: CallFacts, refusal, key=None, *, summary: bool = False) -> None:
         with self._condition:
@@ -178,7 +186,7 @@ class AsyncLedger:
         # Under the lock: the thread takes a batch and sets _busy in one step, so a reading between
         # the two could see neither the work nor the flag.
         with self._condition:
-            return not (self._busy or self._admits or self._settles or self._refusals)
+            return not (self._busy or self._admits or self._settles or self._lingering or self._refusals)
 
     def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._flush_scheduled:
@@ -207,7 +215,7 @@ class AsyncLedger:
 
     def _settles_to_thread(self, settles: list[SettleRequest]) -> None:
         for request in settles:
-            self._queue_settle(_Settle(0.0, request))
+            self._queue_settle(request)
 
     def _apply_on_loop(self, admits: list[_Admit], settles: list[SettleRequest]) -> None:
         """Apply admits and settlements in one transaction on the loop, or hand them to the ledger
@@ -223,7 +231,7 @@ class AsyncLedger:
                 for item in admits:
                     _answer(item, failure, self._release_late)
                 for request in settles:
-                    self._queue_settle(_Settle(0.0, request))
+                    self._queue_settle(request)
                 return
             except Exception:  # noqa: BLE001 - the ledger thread applies them one by one
                 pass
@@ -236,7 +244,7 @@ class AsyncLedger:
                     _answer(item, admission, self._release_late)
                 return
         for request in settles:
-            self._queue_settle(_Settle(0.0, request))
+            self._queue_settle(request)
         for item in admits:
             if time.monotonic() < self._down_until:
                 _answer(item, self._known_down(), self._release_late)
@@ -257,22 +265,22 @@ class AsyncLedger:
                 LedgerUnavailable(f"the ledger did not decide within {self._decision_timeout_s:g} s"))
 
 
-    def _queue_settle(self, item: _Settle) -> None:
+    def _queue_settle(self, request: SettleRequest) -> None:
         with self._condition:
             if not self._closed:
-                heapq.heappush(self._settles, item)
+                self._lingering.append(_Settle(time.monotonic() + SETTLE_LINGER_S, request))
                 self._condition.notify()
                 return
-        _never_committed(item.request)  # a reply's settlement scheduled before close, run after it
+        _never_committed(request)  # a reply's settlement scheduled before close, run after it
 
     def _release_late(self, admission: Admission, why: str = "the ledger answered too late") -> None:
         """An admission nobody will act on (decided too late, or its caller gone): not forwarded,
         so its hold goes back."""
         if admission.allowed and admission.reservation_id is not None:
-            self._queue_settle(_Settle(0.0, SettleRequest(
+            self._queue_settle(SettleRequest(
                 admission.audit_id, admission.reservation_id,
                 Resolution.RELEASE if admission.opened else Resolution.LEAVE,
-                None, None, (), None, None, None, False, 0.0, error=f"not forwarded: {why}")))
+                None, None, (), None, None, None, False, 0.0, error=f"not forwarded: {why}"))
 
     def _release_if_committed(self, failure: LedgerUnavailable) -> None:
         """A batch whose COMMIT got no answer refused its admits; the holds it may have written go
@@ -288,7 +296,7 @@ class AsyncLedger:
     @property
     def unsettled(self) -> int:
         with self._condition:
-            return len(self._settles) + (1 if self._busy else 0) + len(self._loop_settles)
+            return len(self._settles) + len(self._lingering) + (1 if self._busy else 0) + len(self._loop_settles)
 
     async def drain(self, timeout_s: float) -> DrainReport:
         """Wait for queued work (settlements above all) to commit, for up to `timeout_s`."""
@@ -297,18 +305,18 @@ class AsyncLedger:
         if self._loop_settles and not self._flush_scheduled:
             self._apply_on_loop([], self._take_lingering())  # no admit is coming to take them
         with self._condition:  # retries waiting for their backoff go now
-            for item in self._settles:
+            for item in (*self._settles, *self._lingering):
                 item.not_before = 0.0
             heapq.heapify(self._settles)
             self._condition.notify()
         while time.monotonic() - started < timeout_s:
             with self._condition:
-                if not (self._busy or self._admits or self._settles or self._refusals or self._flush_scheduled
-                        or self._loop_settles):
+                if not (self._busy or self._admits or self._settles or self._lingering or self._refusals
+                        or self._flush_scheduled or self._loop_settles):
                     break
             await asyncio.sleep(0.02)
         with self._condition:
-            left = len(self._settles)
+            left = len(self._settles) + len(self._lingering)
         return DrainReport(self._committed_settles - committed_before, left, time.monotonic() - started)
 
     def close(self) -> None:
@@ -319,7 +327,7 @@ class AsyncLedger:
         self._thread.join(timeout=10)
         with self._condition:
             self._closed = True
-            left = [item.request for item in self._settles]
+            left = [item.request for item in (*self._settles, *self._lingering)]
         for request in left:
             _never_committed(request)
         if self._inline is not None:
@@ -336,11 +344,16 @@ class AsyncLedger:
                 if self._stopping and not self._ready():
                     return
                 admits = [self._admits.popleft() for _ in range(min(len(self._admits), MAX_BATCH))]
+                refusals = [self._refusals.popleft() for _ in range(min(len(self._refusals), MAX_BATCH))]
                 settles = []
                 now = time.monotonic()
                 while self._settles and self._settles[0].not_before <= now and len(settles) < MAX_BATCH:
                     settles.append(heapq.heappop(self._settles))
-                refusals = [self._refusals.popleft() for _ in range(min(len(self._refusals), MAX_BATCH))]
+                # A new settlement waits up to SETTLE_LINGER_S for a batch that commits anyway, and
+                # goes with the next admit: each decision sees the settlements queued before it.
+                if admits or refusals or settles or self._lingering_due(now):
+                    while self._lingering and len(settles) < MAX_BATCH:
+                        settles.append(self._lingering.popleft())
                 self._busy = True
             try:
                 self._apply(admits, settles, refusals)
@@ -349,13 +362,18 @@ class AsyncLedger:
                     self._busy = False
 
     def _ready(self) -> bool:
-        due = bool(self._settles) and self._settles[0].not_before <= time.monotonic()
-        return bool(self._admits or self._refusals or due)
+        now = time.monotonic()
+        due = bool(self._settles) and self._settles[0].not_before <= now
+        return bool(self._admits or self._refusals or due or self._lingering_due(now))
+
+    def _lingering_due(self, now: float) -> bool:
+        return bool(self._lingering) and (self._stopping or self._lingering[0].not_before <= now)
 
     def _next_wait(self) -> float | None:
-        if not self._settles:
+        heads = [queue[0].not_before for queue in (self._settles, self._lingering) if queue]
+        if not heads:
             return None
-        return max(0.0, self._settles[0].not_before - time.monotonic())
+        return max(0.0, min(heads) - time.monotonic())
 
     def _apply(self, admits: list[_Admit], settles: list[_Settle], refusals: list[tuple[Refused, int]]) -> None:
         if admits and time.monotonic() < self._down_until:

@@ -46,11 +46,15 @@ class _PostgresTx:
     backend = "postgresql"
 
     def __init__(self, connection: psycopg.Connection, clock: Callable[[], datetime] | None,
-                 pipeline: psycopg.Pipeline | None = None, column_types: dict | None = None) -> None:
+                 pipeline: psycopg.Pipeline | None = None, column_types: dict | None = None,
+                 statements: dict | None = None) -> None:
         self._connection = connection
         self._clock = clock
         self._pipeline = pipeline  # statements are queued; reading a result sends what is queued
         self._column_types = {} if column_types is None else column_types  # table -> column -> SQL type
+        # The batch writes' SQL by (kind, table, columns, ...): built once per process, as the
+        # column types are read once (building it cost a batch more of the client's CPU than sending it).
+        self._statements = {} if statements is None else statements
         self._ids_wanted: dict[str, int] | None = None  # see prefetch_ids: drawn with the clock
         self._prefetched: tuple[dict[str, int], dict] | None = None  # those counts, and the row that drew them
 
@@ -76,10 +80,12 @@ class _PostgresTx:
     def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence]) -> None:
         if not rows:
             return
-        self._connection.execute(
-            f"INSERT INTO {_identifier(table)} ({', '.join(map(_identifier, columns))}) "
-            f"SELECT {self._unpacked(table, columns)} FROM json_array_elements(%s::json) AS r",
-            (_json_rows(rows, len(columns)),))
+        statement = ("insert", table, tuple(columns))
+        if (sql := self._statements.get(statement)) is None:
+            sql = self._statements[statement] = (
+                f"INSERT INTO {_identifier(table)} ({', '.join(map(_identifier, columns))}) "
+                f"SELECT {self._unpacked(table, columns)} FROM json_array_elements(%s::json) AS r")
+        self._connection.execute(sql, (_json_rows(rows, len(columns)),))
 
     def update_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence], *,
                     keep_if_null: frozenset[str] = frozenset()) -> None:
@@ -88,15 +94,18 @@ class _PostgresTx:
             return
         if "id" in columns:
             raise ValueError("update_rows: rows are found by id, which cannot change")
-        names = [_identifier(name) for name in columns]
-        assignments = ", ".join(f"{name} = COALESCE(v.{name}, t.{name})" if name in keep_if_null else f"{name} = v.{name}"
-                                for name in names)
-        # The ids again as an array: the planner takes json_array_elements for 100 rows and would
-        # join them to a scan of the whole table; `= ANY` gives it the primary key's index.
-        self._connection.execute(
-            f"UPDATE {_identifier(table)} AS t SET {assignments} FROM (SELECT {self._unpacked(table, [*columns, 'id'])} "
-            "FROM json_array_elements(%s::json) AS r) AS v WHERE t.id = v.id AND t.id = ANY(%s::bigint[])",
-            (_json_rows(rows, len(columns) + 1), [row[-1] for row in rows]))
+        statement = ("update", table, tuple(columns), keep_if_null)
+        if (sql := self._statements.get(statement)) is None:
+            names = [_identifier(name) for name in columns]
+            assignments = ", ".join(f"{name} = COALESCE(v.{name}, t.{name})" if name in keep_if_null
+                                    else f"{name} = v.{name}" for name in names)
+            # The ids again as an array: the planner takes json_array_elements for 100 rows and would
+            # join them to a scan of the whole table; `= ANY` gives it the primary key's index.
+            sql = self._statements[statement] = (
+                f"UPDATE {_identifier(table)} AS t SET {assignments} FROM (SELECT "
+                f"{self._unpacked(table, [*columns, 'id'])} FROM json_array_elements(%s::json) AS r) AS v "
+                "WHERE t.id = v.id AND t.id = ANY(%s::bigint[])")
+        self._connection.execute(sql, (_json_rows(rows, len(columns) + 1), [row[-1] for row in rows]))
 
     def _unpacked(self, table: str, columns: Sequence[str]) -> str:
         """Each column from its place in a row `r` (a JSON array), cast to the column's type."""
@@ -200,6 +209,7 @@ class PostgresDatabase:
         self.where = where
         self._clock = clock
         self._column_types: dict[str, dict[str, str]] = {}
+        self._statements: dict[tuple, str] = {}
         self._connect_timeout_s = connect_timeout_s
         options = (f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={statement_timeout_ms} "
                    f"-c idle_in_transaction_session_timeout={statement_timeout_ms * 4}")
@@ -232,7 +242,7 @@ class PostgresDatabase:
         with self._connection() as connection:
             try:
                 with connection.pipeline() if pipelined else nullcontext() as pipeline, connection.transaction():
-                    yield _PostgresTx(connection, self._clock, pipeline, self._column_types)
+                    yield _PostgresTx(connection, self._clock, pipeline, self._column_types, self._statements)
             except (errors.DeadlockDetected, errors.SerializationFailure) as error:
                 raise LedgerConflict(f"the ledger aborted a transaction: {type(error).__name__}") from error
             except errors.DataError as error:

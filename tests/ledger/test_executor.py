@@ -348,6 +348,42 @@ def test_a_lone_callers_settlement_commits_with_its_next_admit(store):
     assert money(SqliteLedger(store.store.database.path)) == (30, 0)
 
 
+def test_on_the_ledger_thread_too_a_lone_callers_settlement_commits_with_its_next_admit(store, monkeypatch):
+    """PostgreSQL's path (and SQLite's when the loop's connection is busy): one transaction per
+    call, not two. A settlement waits in the thread's queue for the next admit's batch."""
+    monkeypatch.setattr("keybrake_addon.ledger.executor.SETTLE_LINGER_S", 0.3)  # a loaded box's sleep can overrun 5 ms
+
+    async def run():
+        ledger = AsyncLedger(store)
+        for _ in range(3):
+            admission = await ledger.admit(request(50))
+            ledger.settle(settlement(admission, actual=10 * USD))  # the vendor's answer
+            await asyncio.sleep(0.002)  # the reply goes out; the next call comes in a moment later
+        held_at_the_end = money(SqliteLedger(store.store.database.path))
+        await asyncio.sleep(0.6)  # no drain: the linger's own deadline sends the last one
+        settled = money(SqliteLedger(store.store.database.path))
+        ledger.close()
+        return held_at_the_end, settled
+
+    held_at_the_end, settled = asyncio.run(run())
+    assert store.batches == [(1, 0, 0), (1, 1, 0), (1, 1, 0), (0, 1, 0)]
+    assert held_at_the_end == (20, 50)  # while the last settlement lingers its hold stays counted
+    assert settled == (30, 0)
+
+
+def test_closing_commits_the_settlements_lingering_on_the_ledger_thread(store, caplog):
+    async def run():
+        ledger = AsyncLedger(store)
+        admission = await ledger.admit(request(50))
+        ledger.settle(settlement(admission, actual=20 * USD))
+        ledger.close()  # at once: the linger has not run out
+
+    asyncio.run(run())
+    assert "never committed" not in caplog.text
+    assert money(SqliteLedger(store.store.database.path)) == (20, 0)
+    assert store.batches == [(1, 0, 0), (0, 1, 0)]
+
+
 def test_a_lingering_settlement_commits_on_its_own_when_no_admit_comes(store):
     inline = Recording(SqliteLedger(store.store.database.path, busy_timeout_s=0))
 
