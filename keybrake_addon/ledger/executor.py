@@ -18,8 +18,8 @@ load (the last turn's transaction held several admits) the first call waits for 
 too: one commit per turn instead of two, where a commit writes every page the turn touched. A held
 lock sends the work to the ledger thread's queue. BENCHMARKS.md has the figures for both paths.
 
-A settlement lingers for up to SETTLE_LINGER_S, on the loop or in the ledger thread's queue, so
-that the next admit (which, one call after another, follows its reply within a few milliseconds)
+A settlement lingers for up to SETTLE_LINGER_S, on the loop (SQLite) or in the ledger thread's
+queue (PostgreSQL), so that the next admit (which, one call after another, follows its reply within a few milliseconds)
 commits it in its own transaction: one transaction per call instead of two. Settlements are applied
 before admits in a batch, a settlement lingering on the loop goes ahead of any admit handed to the
 ledger thread, and the thread takes every lingering settlement with its next admit, so every
@@ -268,7 +268,10 @@ class AsyncLedger:
     def _queue_settle(self, request: SettleRequest) -> None:
         with self._condition:
             if not self._closed:
-                self._lingering.append(_Settle(time.monotonic() + SETTLE_LINGER_S, request))
+                # With a loop path (SQLite) settlements linger on the loop; one that reaches the
+                # thread there goes at once, so the loop's connection is soon idle again.
+                linger = SETTLE_LINGER_S if self._inline is None else 0.0
+                self._lingering.append(_Settle(time.monotonic() + linger, request))
                 self._condition.notify()
                 return
         _never_committed(request)  # a reply's settlement scheduled before close, run after it
