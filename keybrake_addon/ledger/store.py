@@ -646,6 +646,9 @@ class _Batch:
         self.now_text = to_text(self.now)
         self.reservations = self._reservations(reservation_rows)
         self.settled_audit_rows = _settled_audit_rows(settles, audit_rows)
+        # (key_id, object id) -> the most this batch's settlements counted for it: not in the
+        # database until the batch writes, and an admit after them must see it.
+        self.counted_here: dict[tuple[str, str], int] = {}
         self.audit_rows: list[tuple] = []  # (slot, values)
         self.audit_updates: list[tuple] = []
         self.new_reservations: list[tuple] = []  # (slot, key_id, NewReservation, run_id)
@@ -791,7 +794,9 @@ class _Batch:
         row = self.tx.row(
             "SELECT MAX(actual_micros) AS counted FROM reservations WHERE key_id = ? AND object_id = ? "
             "AND state = 'settled' AND actual_micros > 0 AND endpoint LIKE 'POST %'", (key_id, storable(object_ref)))
-        return row["counted"] if row and row["counted"] else None
+        counted = max(row["counted"] if row and row["counted"] else 0,
+                      self.counted_here.get((key_id, storable(object_ref)), 0))
+        return counted or None
 
     def settle(self, request: SettleRequest) -> None:
         reservation = self.reservations.get(request.reservation_id)
@@ -815,6 +820,9 @@ class _Batch:
             columns["settled_at"] = self.now_text
         if object_id is not None and plan.state == "settled" and plan.counted:
             columns["object_id"] = object_id
+            if plan.actual and plan.actual > 0 and reservation.endpoint.startswith("POST "):  # as _counted reads it
+                counted = (reservation.key_id, object_id)
+                self.counted_here[counted] = max(self.counted_here.get(counted, 0), plan.actual)
         elif object_id is not None and reservation.state in OPEN_STATES:
             columns["object_id"] = object_id
         self._update_reservation(reservation.id, columns)

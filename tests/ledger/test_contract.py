@@ -260,6 +260,20 @@ def test_already_counted_objects_are_free_and_unknown_ones_unpriced(ledger):
     assert admit(ledger, 0, estimate=stranger).refusal.kind is RefusalKind.UNPRICED
 
 
+def test_an_object_counted_by_a_settlement_in_the_same_batch_is_counted_for_the_admits_after_it(ledger):
+    """A settlement lingers for the next admit's transaction: a confirm that follows its create at
+    once is decided in the batch that settles the create, and must see the count."""
+    with_key(ledger, total=100 * USD)
+    created = admit(ledger, 50)
+    counted = SettleRequest(created.audit_id, created.reservation_id, Resolution.SETTLE, 50 * USD, 200, ("pi_known",),
+                            None, None, None, False, 1.0)
+    call = CallFacts("stripe", "POST", "/v1/payment_intents/pi_known/confirm", None, datetime(2000, 1, 1, tzinfo=UTC))
+    (confirm, refund_all), _ = ledger.apply_batch(
+        [AdmitRequest(KEY_HASH, call, CONFIRM), AdmitRequest(KEY_HASH, call, REFUND_ALL)], [counted], [])
+    assert (confirm.allowed, confirm.reserved_micros) == (True, 0)
+    assert (refund_all.allowed, refund_all.reserved_micros) == (True, 50 * USD)
+
+
 def test_a_free_read_never_marks_an_object_counted(ledger):
     # Before: a GET settled with the object's id made a later confirm or capture of it free.
     with_key(ledger, total=100 * USD)
