@@ -142,7 +142,8 @@ class _PostgresTx:
         if prefetched is not None and all(count <= prefetched[0].get(table, 0) for table, count in counts.items()):
             row = prefetched[1]  # came back with an earlier round trip
         else:
-            row = self._connection.execute(*_ids_statement(counts, wanted)).fetchone()
+            columns, params = _ids_columns(counts)
+            row = self._connection.execute("SELECT " + columns, params).fetchone()
         # Ids drawn and not used are a gap in the sequence, as a rolled-back batch's are.
         return {table: list(row[table])[:count] if count else [] for table, count in counts.items()}
 
@@ -161,14 +162,13 @@ class _PostgresTx:
             return None if query is None else self._connection.execute(_pyformat(query[0]), tuple(query[1]))
 
         wanted, self._ids_wanted = self._ids_wanted, None
-        clock_sql = [] if self._clock is not None else ["clock_timestamp() AS now"]
+        clock_sql, clock_params = ([] if self._clock is not None else ["clock_timestamp() AS now"]), ()
         if wanted:
-            ids_sql, ids_params = _ids_columns(wanted)
+            ids_sql, clock_params = _ids_columns(wanted)
             clock_sql.append(ids_sql)
         with nullcontext() if self._pipeline is not None else self._connection.pipeline():
             cursors = [send(query) for query in queries[:clock_after]]
-            clock = self._connection.execute("SELECT " + ", ".join(clock_sql), ids_params if wanted else ()) \
-                if clock_sql else None
+            clock = self._connection.execute("SELECT " + ", ".join(clock_sql), clock_params) if clock_sql else None
             cursors += [send(query) for query in queries[clock_after:]]
             clock_row = clock.fetchone() if clock is not None else None
             if wanted:
@@ -262,11 +262,6 @@ class PostgresDatabase:
                                     f"{self._connect_timeout_s:g} s") from error
         except psycopg.OperationalError as error:
             raise LedgerUnavailable(f"the ledger at {self.where} is unavailable: {_describe(error)}") from error
-
-
-def _ids_statement(counts: dict[str, int], wanted: list[str]) -> tuple[str, tuple]:
-    columns, params = _ids_columns({table: counts[table] for table in wanted})
-    return "SELECT " + columns, params
 
 
 def _ids_columns(counts: dict[str, int]) -> tuple[str, tuple]:

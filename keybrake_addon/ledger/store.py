@@ -820,7 +820,7 @@ class _Batch:
             columns["settled_at"] = self.now_text
         if object_id is not None and plan.state == "settled" and plan.counted:
             columns["object_id"] = object_id
-            if plan.actual and plan.actual > 0 and reservation.endpoint.startswith("POST "):  # as _counted reads it
+            if (plan.actual or 0) > 0 and reservation.endpoint.startswith("POST "):  # as _counted reads it
                 counted = (reservation.key_id, object_id)
                 self.counted_here[counted] = max(self.counted_here.get(counted, 0), plan.actual)
         elif object_id is not None and reservation.state in OPEN_STATES:
