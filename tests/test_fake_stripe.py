@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -242,6 +243,24 @@ def test_form_parsing_of_raw_and_escaped_brackets(fake: FakeStripe) -> None:
     updated = raw(fake, f"/v1/payment_intents/{plain.json()['id']}", "metadata%5Bnote%5D=hi&amount=150")
     assert updated.json()["metadata"] == {"order_id": "43", "note": "hi"}
     assert updated.json()["amount"] == 150
+
+
+def test_a_body_cut_short_by_a_dying_client_is_not_processed(fake: FakeStripe) -> None:
+    """A client killed mid-request (the proxy under kill -9) leaves headers and part of a body.
+    Stripe never sees such a request; the fake must not answer it either, or a test counts a
+    call as reached-the-vendor whose replay the vendor never saved."""
+    body = b"amount=2000&currency=usd&payment_method=pm_card_visa&confirm=true"
+    with socket.create_connection(("127.0.0.1", fake.port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/payment_intents HTTP/1.1\r\nHost: fake\r\n"
+                     b"Authorization: Bearer " + SECRET.encode() + b"\r\n"
+                     b"Content-Type: application/x-www-form-urlencoded\r\nIdempotency-Key: cut-1\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:10])
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(1024) == b""  # closed without an answer
+    assert (fake.hits, fake.received) == (0, [])
+    again = raw(fake, "/v1/payment_intents", body.decode(), key="cut-1")
+    assert again.status_code == 200 and "idempotent-replayed" not in again.headers
+    assert fake.money_moved_minor == 2000
 
 
 def test_keep_alive_reuses_one_connection(fake: FakeStripe) -> None:

@@ -112,6 +112,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(400, "bad Content-Length")
             return
         body = self.rfile.read(length) if length > 0 else b""
+        if len(body) < length:  # the client died mid-request: a real server never acts on half a body
+            self.close_connection = True
+            return
         split = urlsplit(self.path)
         form_source = body.decode("utf-8", "replace") if method != "GET" and fake.form_bodies else split.query
         headers = {k.lower(): v for k, v in self.headers.items()}
