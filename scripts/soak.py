@@ -255,25 +255,32 @@ def interval_curve(samples: list[dict]) -> list[list]:
 # ----- part 2: the audit table at scale -------------------------------------------------------
 
 def fill_audit(database: Path, rows: int, labels: int) -> float:
-    """Insert `rows` synthetic audit rows, round-robin over `labels` labels, in one transaction."""
-    base = 1_767_225_600.0  # 2026-01-01T00:00:00Z; one row per 10 ms after it
-    from datetime import UTC, datetime
+    """Insert `rows` synthetic audit rows, round-robin over `labels` labels, in one transaction.
 
-    def row(i: int) -> tuple:
-        label = i % labels
-        ts = datetime.fromtimestamp(base + i / 100, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-        return (ts, f"key_{label:020x}", f"run-{label:05d}", "stripe", "POST", ENDPOINT, 200, "allowed", "settled",
-                1_000_000, 1_000_000, 100, "usd", f"pi_{i:024d}", f"idem-{i}", f"req_{i:014d}", 0, 1.5, i + 1, None)
-
+    SQLite makes the rows itself (a recursive CTE), and the table's indexes are built after them:
+    tuples made in Python, into indexes growing row by row, took ~45 s of the suite's soak."""
+    base = 1_767_225_600  # 2026-01-01T00:00:00Z, on a minute: one row per 10 ms after it
     started = time.perf_counter()
     db = sqlite3.connect(database, isolation_level=None)
     try:
         db.execute("BEGIN IMMEDIATE")
-        db.executemany(
+        # The schema's own indexes, built once over the filled table: faster than growing them row by row.
+        indexes = db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'audit' "
+                             "AND sql IS NOT NULL").fetchall()
+        for name, _ in indexes:
+            db.execute(f'DROP INDEX "{name}"')
+        db.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < :rows) "
             "INSERT INTO audit (ts, key_id, label, vendor, method, path, status, decision, outcome, reserved_micros, "
             "actual_micros, amount_minor, currency, object_id, idempotency_key, vendor_request_id, replayed, "
-            "duration_ms, reservation_id, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (row(i) for i in range(rows)))
+            "duration_ms, reservation_id, message) "
+            "SELECT strftime('%Y-%m-%dT%H:%M:', :base + i / 100, 'unixepoch') || printf('%09.6f', (i % 6000) / 100.0)"
+            " || 'Z', printf('key_%020x', i % :labels), printf('run-%05d', i % :labels), 'stripe', 'POST', :endpoint,"
+            " 200, 'allowed', 'settled', 1000000, 1000000, 100, 'usd', printf('pi_%024d', i), 'idem-' || i,"
+            " printf('req_%014d', i), 0, 1.5, i + 1, NULL FROM n",
+            {"rows": rows, "base": base, "labels": labels, "endpoint": ENDPOINT})
+        for _, sql in indexes:
+            db.execute(sql)
         db.execute("COMMIT")
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:

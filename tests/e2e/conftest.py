@@ -1,19 +1,62 @@
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
 import pytest
 import stripe
 
 from keybrake_addon.fakes.fake_stripe import FakeStripe
-
+from keybrake_addon.ledger.opening import DATABASE_ENV
 from keybrake_addon.proxy_process import ProxyProcess
+from support.postgres import fresh_database, refill_from_template
 
 from .helpers import REAL_SECRET, keybrake, keybrake_json
 
 
-@pytest.fixture
-def home(tmp_path, database_url):
-    path = tmp_path / "home"
-    keybrake(path, "init")
-    keybrake(path, "secret", "set", "stripe", stdin=REAL_SECRET + "\n")
+@dataclass(frozen=True)
+class HomeTemplate:
+    """A home made once per session by the CLI (init, the Stripe secret, `env`'s CA bundle), and,
+    on PostgreSQL, the database it initialized. Each test gets a copy of both: three CLI runs a
+    test (about 2 s on these machines) would be most of an end-to-end test's setup."""
+
+    home: Path
+    database: str | None = None  # the template database's name (PostgreSQL)
+
+
+def _make_home(path: Path, database_url: str | None) -> Path:
+    env = {name: value for name, value in os.environ.items() if name != DATABASE_ENV}
+    database = ("--database", database_url) if database_url else ()
+    for args, stdin in ((("init",), None), (("secret", "set", "stripe"), REAL_SECRET + "\n"), (("env",), None)):
+        subprocess.run([sys.executable, "-m", "keybrake_addon", "--home", str(path), *database, *args],
+                       input=stdin, env=env, capture_output=True, text=True, timeout=60, check=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def sqlite_home_template(tmp_path_factory) -> HomeTemplate:
+    return HomeTemplate(_make_home(tmp_path_factory.mktemp("template") / "home", None))
+
+
+@pytest.fixture(scope="session")
+def postgres_home_template(tmp_path_factory, postgres_server):
+    with fresh_database(postgres_server.url) as url:
+        home = _make_home(tmp_path_factory.mktemp("template-pg") / "home", url)
+        yield HomeTemplate(home, urlsplit(url).path.lstrip("/"))
+
+
+@pytest.fixture
+def home(tmp_path, database_url, request):
+    """An initialized home with the Stripe secret set (and, on PostgreSQL, its own database)."""
+    if database_url is None:
+        template = request.getfixturevalue("sqlite_home_template")
+    else:
+        template = request.getfixturevalue("postgres_home_template")
+        refill_from_template(request.getfixturevalue("postgres_server").url, database_url, template.database)
+    return Path(shutil.copytree(template.home, tmp_path / "home"))
 
 
 @pytest.fixture
@@ -60,8 +103,7 @@ def stripe_client_for(proxy, home, monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", proxy.url)
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    # stripe-python pins its own CA file; the bundle from `keybrake env` adds the Keybrake CA.
-    keybrake(home, "env")
+    # stripe-python pins its own CA file; the bundle from `keybrake env` (the home has it) adds the Keybrake CA.
     monkeypatch.setattr(stripe, "ca_bundle_path", str(home / "certs" / "keybrake-ca-bundle.pem"))
 
     def make(vault_key: str, retries: int = 0) -> stripe.StripeClient:

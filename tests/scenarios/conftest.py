@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from e2e.conftest import fake_stripe, home, issue, ledger_of  # noqa: F401 - shared fixtures
+from e2e.conftest import (  # noqa: F401 - shared fixtures
+    fake_stripe, home, issue, ledger_of, postgres_home_template, sqlite_home_template)
 
 _FIGURES: dict[str, dict] = {}
 OUTPUT = Path(__file__).resolve().parents[2] / "build" / "scenario-figures.json"

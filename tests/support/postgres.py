@@ -252,6 +252,15 @@ def fresh_database(server_url: str, *, encoding: str | None = None) -> Iterator[
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def refill_from_template(server_url: str, url: str, template: str) -> None:
+    """Make the database `url` names, new and not yet connected to, a copy of `template` (which
+    nothing may be connected to either): PostgreSQL copies databases only at CREATE DATABASE."""
+    name = urlsplit(url).path.lstrip("/")
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
