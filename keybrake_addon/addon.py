@@ -259,6 +259,8 @@ class Keybrake:
             return
         if listener_vendor_route(flow.request.path) is not None:
             return  # a vendor call: the Bounds addon holds it to the vendor body limit
+        if not flow.killable:
+            return  # cut off already (the Bounds addon, which runs first): killing it again raises
         length = flow.request.headers.get("content-length", "0")
         declared = int(length) if length.isdigit() else UNREADABLE_BODY_BYTES + 1
         if declared > UNREADABLE_BODY_BYTES:

@@ -84,6 +84,11 @@ def test_a_declared_body_over_the_listeners_limit_is_refused_before_it_is_read(k
     huge.request.headers["content-length"] = str(2 * 1024 * 1024)
     keybrake.requestheaders(huge)
     assert huge.error.msg == Error.KILLED_MESSAGE and huge.response is None  # closed, never read
+    cut = listener_flow("POST", "/ui/sign-in")
+    cut.request.headers["content-length"] = str(2 * 1024 * 1024)
+    cut.kill()  # by the Bounds addon, which runs first
+    keybrake.requestheaders(cut)  # a second kill would raise: mitmproxy logs that as an addon error
+    assert cut.error.msg == Error.KILLED_MESSAGE and cut.response is None
     vendor = listener_flow("POST", "/stripe/v1/charges", body=b"x" * (65 * 1024))
     keybrake.requestheaders(vendor)
     assert vendor.response is None  # a vendor body: the Bounds addon holds it to the vendor limit
