@@ -53,7 +53,6 @@ class PresentedCredential:
     """What the client sent where the vendor secret normally goes."""
 
     token: str
-    username: str | None = None  # the Basic-auth user, when the vendor uses one
 
 
 class PricingBasis(Enum):

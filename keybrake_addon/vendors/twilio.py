@@ -113,8 +113,7 @@ def presented_credential(headers: Mapping[str, str]) -> PresentedCredential | No
     basic_auth = basic_credentials(headers)
     if basic_auth is None or not basic_auth[1]:
         return None
-    user, password = basic_auth
-    return PresentedCredential(token=password, username=user or None)
+    return PresentedCredential(token=basic_auth[1])  # the user goes: the secret's own is sent (authorization_header)
 
 
 def looks_like_real_secret(token: str) -> bool:

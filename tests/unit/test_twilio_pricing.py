@@ -543,11 +543,11 @@ def test_other_query_parameters_and_free_updates_are_left_alone():
 @pytest.mark.parametrize(
     "headers, expected",
     [
-        (basic(ACCOUNT, VAULT_KEY), PresentedCredential(token=VAULT_KEY, username=ACCOUNT)),
-        (basic(API_KEY_SID, VAULT_KEY), PresentedCredential(token=VAULT_KEY, username=API_KEY_SID)),
-        (basic("", VAULT_KEY), PresentedCredential(token=VAULT_KEY, username=None)),
+        (basic(ACCOUNT, VAULT_KEY), PresentedCredential(token=VAULT_KEY)),
+        (basic(API_KEY_SID, VAULT_KEY), PresentedCredential(token=VAULT_KEY)),
+        (basic("", VAULT_KEY), PresentedCredential(token=VAULT_KEY)),
         ({"authorization": "basic " + base64.b64encode(b"AC1:pw:with:colons").decode()},
-         PresentedCredential(token="pw:with:colons", username="AC1")),
+         PresentedCredential(token="pw:with:colons")),
         ({}, None),
         ({"authorization": ""}, None),
         ({"authorization": f"Bearer {VAULT_KEY}"}, None),  # Twilio's REST API takes Basic auth
@@ -585,7 +585,7 @@ def test_vault_keys_are_not_taken_for_real_secrets():
 def test_authorization_header_is_basic_with_the_secrets_own_user():
     header = twilio.authorization_header("s3cret", API_KEY_SID)
     assert header == "Basic " + base64.b64encode(f"{API_KEY_SID}:s3cret".encode()).decode()
-    assert twilio.presented_credential({"authorization": header}) == PresentedCredential("s3cret", API_KEY_SID)
+    assert twilio.presented_credential({"authorization": header}) == PresentedCredential("s3cret")
     with pytest.raises(ValueError):
         twilio.authorization_header("s3cret", None)
 
@@ -744,7 +744,7 @@ def test_twilio_sdk_request_is_read_and_our_refusal_is_raised_with_our_message()
     # What the SDK sent is what the gate reads.
     sent = http.sent[0]
     assert sent.method == "POST" and sent.path == MESSAGES
-    assert twilio.presented_credential(sent.headers) == PresentedCredential(VAULT_KEY, API_KEY_SID)
+    assert twilio.presented_credential(sent.headers) == PresentedCredential(VAULT_KEY)
     assert twilio.account_ref(sent) == ACCOUNT
     assert twilio.estimate(sent, RATES).usd_micros == 29_000  # 2 segments
 
