@@ -1,7 +1,4 @@
-import os
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -10,7 +7,6 @@ import pytest
 import stripe
 
 from keybrake_addon.fakes.fake_stripe import FakeStripe
-from keybrake_addon.ledger.opening import DATABASE_ENV
 from keybrake_addon.proxy_process import ProxyProcess
 from support.postgres import fresh_database, refill_from_template
 
@@ -28,11 +24,10 @@ class HomeTemplate:
 
 
 def _make_home(path: Path, database_url: str | None) -> Path:
-    env = {name: value for name, value in os.environ.items() if name != DATABASE_ENV}
     database = ("--database", database_url) if database_url else ()
-    for args, stdin in ((("init",), None), (("secret", "set", "stripe"), REAL_SECRET + "\n"), (("env",), None)):
-        subprocess.run([sys.executable, "-m", "keybrake_addon", "--home", str(path), *database, *args],
-                       input=stdin, env=env, capture_output=True, text=True, timeout=60, check=True)
+    keybrake(path, *database, "init")
+    keybrake(path, *database, "secret", "set", "stripe", stdin=REAL_SECRET + "\n")
+    keybrake(path, *database, "env")  # the CA bundle the SDKs are pointed at: no test need run it again
     return path
 
 
@@ -179,7 +174,6 @@ def stripe_client_for_proxy(home, monkeypatch):
     def for_proxy(proxy):
         monkeypatch.setenv("HTTPS_PROXY", proxy.url)
         monkeypatch.delenv("NO_PROXY", raising=False)
-        keybrake(home, "env")
         monkeypatch.setattr(stripe, "ca_bundle_path", str(home / "certs" / "keybrake-ca-bundle.pem"))
         return lambda vault_key: stripe.StripeClient(vault_key, max_network_retries=0)
 

@@ -14,7 +14,7 @@ import stripe
 
 from keybrake_addon.proxy_process import ProxyProcess
 
-from .helpers import REAL_SECRET, keybrake, keybrake_json
+from .helpers import REAL_SECRET, keybrake_json
 
 PI = {"amount": 5000, "currency": "usd", "confirm": True, "payment_method": "pm_card_visa"}
 LABEL = "trigger.dev/billing-agent/run_7"
@@ -24,7 +24,7 @@ LABEL = "trigger.dev/billing-agent/run_7"
 def no_proxy_env(monkeypatch, home):
     for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
-    keybrake(home, "env")  # writes the CA bundle stripe-python is pointed at
+    # the home has the CA bundle stripe-python is pointed at (`keybrake env` wrote it)
     monkeypatch.setattr(stripe, "ca_bundle_path", str(home / "certs" / "keybrake-ca-bundle.pem"))
 
 

@@ -16,7 +16,6 @@ def faulty_proxy(request, home, tmp_path, monkeypatch):
     with FakeStripe(secret=REAL_SECRET, **{request.param: 1.0}) as fake:
         running = ProxyProcess(home=home, upstreams=(f"stripe={fake.url}",), log_path=tmp_path / "p.log").start()
         monkeypatch.setenv("HTTPS_PROXY", running.url)
-        keybrake(home, "env")
         monkeypatch.setattr(stripe, "ca_bundle_path", str(home / "certs" / "keybrake-ca-bundle.pem"))
         yield fake
         running.stop()

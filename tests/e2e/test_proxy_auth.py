@@ -22,7 +22,7 @@ from .helpers import keybrake, keybrake_json
 def auth_proxy(home, fake_stripe, tmp_path, monkeypatch):
     for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
-    keybrake(home, "env")  # writes the CA bundle stripe-python is pointed at
+    # the home has the CA bundle stripe-python is pointed at (`keybrake env` wrote it)
     monkeypatch.setattr(stripe, "ca_bundle_path", str(home / "certs" / "keybrake-ca-bundle.pem"))
     running = ProxyProcess(home=home, upstreams=(f"stripe={fake_stripe.url}",), log_path=tmp_path / "proxy.log",
                            extra_args=("--proxy-auth", "required")).start()

@@ -20,7 +20,7 @@ import stripe
 from keybrake_addon.fakes.fake_stripe import FakeStripe
 from keybrake_addon.proxy_process import ProxyProcess
 
-from .helpers import REAL_SECRET, keybrake, keybrake_json
+from .helpers import REAL_SECRET, keybrake_json
 
 PI = {"amount": 5000, "currency": "usd", "confirm": True, "payment_method": "pm_card_visa"}
 
@@ -37,7 +37,6 @@ def start_proxy(home, tmp_path, monkeypatch):
         started.append((proxy, fake))
         proxy.start()
         monkeypatch.setenv("HTTPS_PROXY", proxy.url)
-        keybrake(home, "env")
         monkeypatch.setattr(stripe, "ca_bundle_path", str(home / "certs" / "keybrake-ca-bundle.pem"))
         return proxy, fake
 

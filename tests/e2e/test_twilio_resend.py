@@ -28,7 +28,6 @@ def vendors(home, tmp_path, monkeypatch):
         # Both SDKs use requests: HTTPS_PROXY and REQUESTS_CA_BUNDLE are all a worker sets.
         monkeypatch.setenv("HTTPS_PROXY", proxy.url)
         monkeypatch.delenv("NO_PROXY", raising=False)
-        keybrake(home, "env")
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(home / "certs" / "keybrake-ca-bundle.pem"))
         monkeypatch.setattr(resend, "api_url", "https://api.resend.com")
         yield twilio_fake, resend_fake, proxy
@@ -231,7 +230,6 @@ def test_a_call_priced_at_max_call_minutes_reaches_twilio_with_that_time_limit(h
         try:
             monkeypatch.setenv("HTTPS_PROXY", proxy.url)
             monkeypatch.delenv("NO_PROXY", raising=False)
-            keybrake(home, "env")
             monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(home / "certs" / "keybrake-ca-bundle.pem"))
             client = twilio_client(key["vault_key"])
             call = client.calls.create(to=US, from_="+14155550199", twiml="<Response><Say>Your code is 1234</Say></Response>")

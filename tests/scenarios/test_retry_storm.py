@@ -18,7 +18,7 @@ import pytest
 import stripe
 
 from support.settling import until_settled
-from e2e.helpers import REAL_SECRET, keybrake, keybrake_json
+from e2e.helpers import REAL_SECRET, keybrake_json
 from keybrake_addon.fakes.fake_stripe import FakeStripe
 from keybrake_addon.proxy_process import ProxyProcess
 
@@ -66,7 +66,6 @@ def test_retry_storm_counts_each_charge_once(fault, home, tmp_path, monkeypatch,
             monkeypatch.setenv("HTTPS_PROXY", proxy.url)
             monkeypatch.delenv("NO_PROXY", raising=False)
             monkeypatch.delenv("no_proxy", raising=False)
-            keybrake(home, "env")
             monkeypatch.setattr(stripe, "ca_bundle_path", str(home / "certs" / "keybrake-ca-bundle.pem"))
             # One client shared by all workers; the SDK reuses a call's Idempotency-Key on its retries.
             client = stripe.StripeClient(key["vault_key"], max_network_retries=2)
