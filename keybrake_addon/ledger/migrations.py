@@ -327,6 +327,16 @@ ALTER TABLE alert_subscriptions ADD COLUMN url_nonce {blob};
 ALTER TABLE alert_subscriptions ADD COLUMN url_ciphertext {blob};
 """
 
+# A retry's reservation is found by its key and Idempotency-Key. With the key first in the
+# unique index, PostgreSQL could plan that lookup (generically, while the table was small) as the
+# key's every reservation, filtered: each admit then read the key's whole history. With the
+# Idempotency-Key first, no index finds rows by key alone, so any plan reads only the rows that
+# share the Idempotency-Key. SQLite plans the lookup on both columns and keeps its index.
+_IDEMPOTENCY_FIRST_POSTGRES = """
+ALTER TABLE reservations DROP CONSTRAINT reservations_key_id_idempotency_key_key;
+ALTER TABLE reservations ADD CONSTRAINT reservations_idempotency_key_key_id_key UNIQUE (idempotency_key, key_id);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "the baseline: secrets, vault keys, reservations, audit, proxy runs, admin tokens",
               _BASELINE.format(blob="BLOB", id="INTEGER", real="REAL"),
@@ -349,6 +359,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               _ALERTS.format(blob="BLOB"), _ALERTS.format(blob="BYTEA")),
     Migration(13, "alert receivers' URLs sealed under the master key (a Slack webhook URL is a credential)",
               _SEALED_ALERT_URLS.format(blob="BLOB"), _SEALED_ALERT_URLS.format(blob="BYTEA")),
+    Migration(14, "PostgreSQL finds a retry's reservation by its Idempotency-Key first, never by reading "
+              "the key's every reservation", "", _IDEMPOTENCY_FIRST_POSTGRES),
 )
 LATEST = MIGRATIONS[-1].version
 

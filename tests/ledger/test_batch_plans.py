@@ -81,3 +81,53 @@ def test_each_batch_statement_is_planned_once_per_connection(pg_url):
     locks = [row for row in prepared if "FOR UPDATE" in row["statement"]]
     assert locks and all(row["generic_plans"] >= 1 for row in locks), prepared
     assert [row["statement"][:60] for row in prepared if row["custom_plans"]] == []
+
+
+class CountingFetches(CountingScans):
+    """The rows each write transaction's index scans fetched from `reservations`."""
+
+    @contextmanager
+    def transaction(self, *, pipelined: bool = False):
+        with self._database.transaction(pipelined=pipelined) as tx:
+            before = _fetched(tx)
+            yield tx
+            self.scans.append({"reservations": _fetched(tx) - before})
+
+
+def _fetched(tx) -> int:
+    # An index scan's rows are counted on its index, a bitmap scan's on the table: pg_stat_user_tables'
+    # idx_tup_fetch sums the two so.
+    return tx.row("SELECT pg_stat_get_xact_tuples_fetched('reservations'::regclass) + (SELECT CAST(COALESCE(SUM("
+                  "pg_stat_get_xact_tuples_fetched(indexrelid)), 0) AS BIGINT) FROM pg_index "
+                  "WHERE indrelid = 'reservations'::regclass) AS fetched")["fetched"]
+
+
+def test_a_retry_is_found_by_its_idempotency_key_without_reading_the_keys_other_reservations(pg_url):
+    """The batch finds a retry's reservation by key and Idempotency-Key, both in the unique index.
+    A generic plan made while the table was small looked the key up in that index and filtered the
+    Idempotency-Keys: every admit then read every reservation the key ever had (a long-lived key's
+    thousands), and the server's CPU per call grew with the key's history."""
+    with psycopg.connect(pg_url, autocommit=True) as connection:
+        connection.execute(f"ALTER DATABASE {urlparse(pg_url).path.lstrip('/')} SET plan_cache_mode = force_generic_plan")
+    ledger = PostgresLedger(pg_url, where="test", pool_size=1)  # one connection: the plans it made are the ones used
+    try:
+        with_key(ledger)
+        for index in range(8):  # prepared (on the fifth run) while the key has a few reservations
+            admission = admit(ledger, 1, idem=f"call-{index}")
+            settle(ledger, admission, Resolution.SETTLE, 1, f"pi_{index}")
+        with psycopg.connect(pg_url, autocommit=True) as connection:
+            connection.execute(
+                "INSERT INTO reservations (id, key_id, idempotency_key, endpoint, day, reserved_micros, state, "
+                "attempts_open, created_at, settled_at, actual_micros) "
+                "SELECT nextval('reservations_id_seq'), 'kbk_test', 'old-' || n, 'POST /v1/payment_intents', "
+                "'2026-11-28', 1000000, 'settled', 0, '2026-11-28T11:00:00.000000Z', '2026-11-28T11:00:00.000000Z', "
+                "1000000 FROM generate_series(1, 5000) AS n")
+        counting = ledger.database = CountingFetches(ledger.database)
+        fresh = admit(ledger, 1, idem="call-new")
+        retried = admit(ledger, 1, idem="call-3")
+    finally:
+        ledger.close()
+    assert fresh.allowed and retried.allowed and retried.reservation_id is not None
+    fetched = [scans["reservations"] for scans in counting.scans]
+    # The old plan read 5,008 rows for each; the retry reads its own reservation (the count works).
+    assert len(fetched) == 2 and fetched[1] >= 1 and max(fetched) < 20, fetched
