@@ -174,6 +174,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def postgres_cpu_seconds() -> float:
+    """User + system CPU time of every `postgres` process on this host (the server and each
+    connection's backend; a backend that exits between two readings takes its time with it)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    total += cpu_seconds(int(entry.name))
+            except (OSError, ValueError):
+                pass  # gone, or not ours to read
+    return total
+
+
+def local_database(database_url: str) -> bool:
+    """Whether the server runs on this host, so that its CPU can be read (a socket path, or loopback)."""
+    from urllib.parse import urlparse
+
+    host = urlparse(database_url).hostname
+    return host in (None, "", "localhost", "127.0.0.1", "::1") or host.startswith("/")
+
+
 def percentile(sorted_values: list[float], fraction: float) -> float:
     """Nearest-rank percentile of an already sorted list."""
     if not sorted_values:
@@ -230,13 +252,18 @@ async def _loadgen(cfg: dict) -> dict:
                                  http1=True, http2=False, trust_env=False, timeout=30.0) as client:
         tag = uuid.uuid4().hex[:12]
         warmup = await _phase(client, cfg, cfg["warmup"], tag + "w")
+        database_cpu = cfg.get("database_cpu", False)
         cpu_before, client_before = cpu_seconds(cfg["cpu_pid"]), time.process_time()
+        db_before = postgres_cpu_seconds() if database_cpu else 0.0
         measured = await _phase(client, cfg, cfg["requests"], tag + "m")
         cpu_after, client_after = cpu_seconds(cfg["cpu_pid"]), time.process_time()
+        db_after = postgres_cpu_seconds() if database_cpu else 0.0
     measured["warmup_statuses"], measured["warmup_errors"] = warmup["statuses"], warmup["errors"]
     # CPU time the proxy (the fake upstream, for "direct") spent per measured request.
     measured["cpu_us_per_req"] = (cpu_after - cpu_before) * 1e6 / cfg["requests"]
     measured["client_cpu_us_per_req"] = (client_after - client_before) * 1e6 / cfg["requests"]
+    # The PostgreSQL server's share: on a shared box it competes with the proxy for the same cores.
+    measured["database_cpu_us_per_req"] = (db_after - db_before) * 1e6 / cfg["requests"] if database_cpu else None
     return measured
 
 
@@ -318,6 +345,7 @@ class Target:
     proxy: str | None = None
     cafile: str | None = None
     pid: int | None = None
+    database_cpu: bool = False  # also read the (local) PostgreSQL server's CPU per request
 
 
 def start_fake_stripe(procs: Processes) -> tuple[subprocess.Popen, int]:
@@ -462,7 +490,7 @@ def start_keybrake_pg(procs: Processes, home: Path, upstream_port: int, database
            "--upstream", f"stripe=http://127.0.0.1:{upstream_port}", "--access-log", "off"]
     process, port = procs.start(PG_PATH, cmd, KEYBRAKE_READY)
     return Target(PG_PATH, STRIPE_BASE, issued["vault_key"], f"http://127.0.0.1:{port}",
-                  str(home / "certs" / "keybrake-ca.pem"), process.pid)
+                  str(home / "certs" / "keybrake-ca.pem"), process.pid, database_cpu=local_database(database_url))
 
 
 # ----- measuring -------------------------------------------------------------------------------
@@ -471,7 +499,7 @@ def run_load(target: Target, concurrency: int, requests: int, warmup: int, fake_
     """One measured run in a fresh load-generator process."""
     cfg = {"base_url": target.base_url, "proxy": target.proxy, "cafile": target.cafile, "token": target.token,
            "concurrency": concurrency, "requests": requests, "warmup": max(warmup, 2 * concurrency),
-           "cpu_pid": target.pid or fake_pid}
+           "cpu_pid": target.pid or fake_pid, "database_cpu": target.database_cpu}
     result = subprocess.run([PY, os.path.abspath(__file__), "--loadgen", json.dumps(cfg)], capture_output=True,
                             text=True, timeout=120 + requests)
     if result.returncode != 0:
@@ -520,10 +548,16 @@ def summarise(runs: list[dict], concurrencies: list[int]) -> dict:
                 "p99_ms": statistics.median(r["p99_ms"] for r in mine),
                 "cpu_us_per_req": statistics.median(r["cpu_us_per_req"] for r in mine),
                 "client_cpu_us_per_req": statistics.median(r["client_cpu_us_per_req"] for r in mine),
+                "database_cpu_us_per_req": _median_or_none([r.get("database_cpu_us_per_req") for r in mine]),
                 "runs": len(mine),
                 "bad_responses": sum(bad_responses(r) for r in mine),
             }
     return summary
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return statistics.median(known) if known else None
 
 
 def _versus(path: dict, mitm: dict, direct: dict) -> dict:
@@ -941,6 +975,14 @@ def print_report(result: dict) -> None:
                   f"added CPU {figures['added_cpu_us_per_req_vs_mitmproxy']:+.0f} us/req")
     if PG_PATH not in next(iter(summary.values())):
         print(f"\nkeybrake-pg: skipped ({SKIPPED_PG})")
+    else:
+        server = {concurrency: paths[PG_PATH]["database_cpu_us_per_req"] for concurrency, paths in summary.items()}
+        if all(value is not None for value in server.values()):
+            print("\nkeybrake-pg: the PostgreSQL server's own CPU (every postgres process on this host) per request: "
+                  + ", ".join(f"c={concurrency} {value:.0f} us" for concurrency, value in server.items())
+                  + " (on top of the proxy's; on a shared box both compete for the same cores)")
+        else:
+            print("\nkeybrake-pg: the PostgreSQL server is not on this host: its CPU per request is not measured")
     if result.get("metrics_cost"):
         scraper = result["metrics_scraper"]
         print(f"\nMetrics on (keybrake-metrics, scraped every {scraper['interval_s']:g} s: {scraper['scrapes']} scrapes, "
