@@ -96,17 +96,21 @@ def classify(result: Any) -> tuple[str, str]:
 
 
 def run_batch(n: int, call: Callable[[int], Any], *, workers: int = 50, lanes: int = 1, pace_s: float = 0.0,
-              on_done: Callable[[Call], None] | None = None) -> Batch:
-    """Run call(0) ... call(n-1) over `workers` threads split into `lanes`; never raises for a call."""
+              on_done: Callable[[Call], None] | None = None, stop: threading.Event | None = None) -> Batch:
+    """Run call(0) ... call(n-1) over `workers` threads split into `lanes`; never raises for a call.
+    Once `stop` is set, the calls not started yet are not made, and the batch holds only those made."""
     assert workers % lanes == 0, "workers must split evenly over the lanes"
     calls = [Call(i, i % lanes) for i in range(n)]
+    stop = stop or threading.Event()
     t0 = time.monotonic()
 
     def one(record: Call) -> None:
         if pace_s > 0:
             delay = t0 + record.index * pace_s - time.monotonic()
             if delay > 0:
-                time.sleep(delay)
+                stop.wait(delay)
+        if stop.is_set():
+            return
         record.started_wall = time.time()
         record.started = time.monotonic()
         try:
@@ -129,8 +133,9 @@ def run_batch(n: int, call: Callable[[int], Any], *, workers: int = 50, lanes: i
     finally:
         for pool in pools:
             pool.shutdown(wait=True, cancel_futures=True)
-    batch = Batch(calls, t0, time.monotonic())
-    batch.counts = Counter(c.outcome for c in calls)
+    made = [c for c in calls if c.outcome]
+    batch = Batch(made, t0, time.monotonic())
+    batch.counts = Counter(c.outcome for c in made)
     return batch
 
 
@@ -145,6 +150,11 @@ class Completion:
         with self._cond:
             self._count += 1
             self._cond.notify_all()
+
+    @property
+    def count(self) -> int:
+        with self._cond:
+            return self._count
 
     def wait_for(self, count: int, timeout_s: float) -> int:
         with self._cond:

@@ -355,14 +355,19 @@ def test_revoke_on_one_replica_stops_the_next_call_on_the_others(pg_url, tmp_pat
         # Calls keep flowing through replicas 1 and 2 while replica 0's home revokes the key.
         others_only = clients[1:]
         done = Completion()
-        background = Background(300, create_pi(others_only), workers=10, lanes=2, pace_s=0.01,
-                                on_done=done.done).start()
+        # Paced, and stopped only once 60 more calls have answered after the revoke returned: the CLI
+        # takes under a second here and several on a loaded box.
+        enough = threading.Event()
+        background = Background(6000, create_pi(others_only), workers=10, lanes=2, pace_s=0.01,
+                                on_done=done.done, stop=enough).start()
         done.wait_for(60, timeout_s=60)
         revoke_started = time.monotonic()
         revoked = cli(fleet.homes[0], pg_url, "revoke", key["key_id"])
         revoke_returned = time.monotonic()
         hits_at_revoke = slow_stripe.hits
         next_calls = [attempt(create_pi(clients), lane) for lane in (1, 2)]  # the very next call on each other replica
+        done.wait_for(done.count + 60, timeout_s=60)
+        enough.set()
         batch = background.join()
         hits_after = slow_stripe.hits
         alive = fleet.alive()
