@@ -92,6 +92,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 from _fingerprint import package_fingerprint  # scripts/ is sys.path[0] when run as a script
 
@@ -190,8 +191,6 @@ def postgres_cpu_seconds() -> float:
 
 def local_database(database_url: str) -> bool:
     """Whether the server runs on this host, so that its CPU can be read (a socket path, or loopback)."""
-    from urllib.parse import urlparse
-
     host = urlparse(database_url).hostname
     return host in (None, "", "localhost", "127.0.0.1", "::1") or host.startswith("/")
 

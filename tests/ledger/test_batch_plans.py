@@ -16,6 +16,7 @@ import psycopg
 
 from keybrake_addon.ledger.base import Resolution
 from keybrake_addon.ledger.postgres import PostgresLedger
+from keybrake_addon.ledger.sqlite import SqliteLedger
 
 from .conftest import admit, settle, with_key
 
@@ -23,10 +24,12 @@ TABLES = ("audit", "reservations")
 
 
 class CountingScans:
-    """The ledger's database, reading each write transaction's table scans just before it commits."""
+    """The ledger's database, reading counters of each write transaction just before it commits
+    (`read`: a dict of counters from the open transaction; by default its table scans)."""
 
-    def __init__(self, database) -> None:
+    def __init__(self, database, read=None) -> None:
         self._database = database
+        self._read = read or _scans
         self.scans: list[dict[str, int]] = []
 
     def __getattr__(self, name):
@@ -35,10 +38,10 @@ class CountingScans:
     @contextmanager
     def transaction(self, *, pipelined: bool = False):
         with self._database.transaction(pipelined=pipelined) as tx:
-            before = _scans(tx)
+            before = self._read(tx)
             yield tx
             # The counters also hold this connection's earlier transactions not flushed yet: a difference.
-            self.scans.append({table: count - before[table] for table, count in _scans(tx).items()})
+            self.scans.append({name: count - before[name] for name, count in self._read(tx).items()})
 
 
 def _scans(tx) -> dict[str, int]:
@@ -83,23 +86,13 @@ def test_each_batch_statement_is_planned_once_per_connection(pg_url):
     assert [row["statement"][:60] for row in prepared if row["custom_plans"]] == []
 
 
-class CountingFetches(CountingScans):
-    """The rows each write transaction's index scans fetched from `reservations`."""
-
-    @contextmanager
-    def transaction(self, *, pipelined: bool = False):
-        with self._database.transaction(pipelined=pipelined) as tx:
-            before = _fetched(tx)
-            yield tx
-            self.scans.append({"reservations": _fetched(tx) - before})
-
-
-def _fetched(tx) -> int:
-    # An index scan's rows are counted on its index, a bitmap scan's on the table: pg_stat_user_tables'
-    # idx_tup_fetch sums the two so.
-    return tx.row("SELECT pg_stat_get_xact_tuples_fetched('reservations'::regclass) + (SELECT CAST(COALESCE(SUM("
-                  "pg_stat_get_xact_tuples_fetched(indexrelid)), 0) AS BIGINT) FROM pg_index "
-                  "WHERE indrelid = 'reservations'::regclass) AS fetched")["fetched"]
+def _fetched(tx) -> dict[str, int]:
+    """The rows the transaction's index scans fetched from `reservations`. An index scan's rows are
+    counted on its index, a bitmap scan's on the table: pg_stat_user_tables' idx_tup_fetch sums the two so."""
+    return {"reservations": tx.row(
+        "SELECT pg_stat_get_xact_tuples_fetched('reservations'::regclass) + (SELECT CAST(COALESCE(SUM("
+        "pg_stat_get_xact_tuples_fetched(indexrelid)), 0) AS BIGINT) FROM pg_index "
+        "WHERE indrelid = 'reservations'::regclass) AS fetched")["fetched"]}
 
 
 def test_a_retry_is_found_by_its_idempotency_key_without_reading_the_keys_other_reservations(pg_url):
@@ -122,7 +115,7 @@ def test_a_retry_is_found_by_its_idempotency_key_without_reading_the_keys_other_
                 "SELECT nextval('reservations_id_seq'), 'kbk_test', 'old-' || n, 'POST /v1/payment_intents', "
                 "'2026-11-28', 1000000, 'settled', 0, '2026-11-28T11:00:00.000000Z', '2026-11-28T11:00:00.000000Z', "
                 "1000000 FROM generate_series(1, 5000) AS n")
-        counting = ledger.database = CountingFetches(ledger.database)
+        counting = ledger.database = CountingScans(ledger.database, read=_fetched)
         fresh = admit(ledger, 1, idem="call-new")
         retried = admit(ledger, 1, idem="call-3")
     finally:
@@ -131,3 +124,40 @@ def test_a_retry_is_found_by_its_idempotency_key_without_reading_the_keys_other_
     fetched = [scans["reservations"] for scans in counting.scans]
     # The old plan read 5,008 rows for each; the retry reads its own reservation (the count works).
     assert len(fetched) == 2 and fetched[1] >= 1 and max(fetched) < 20, fetched
+
+
+def test_sqlite_finds_a_retry_without_reading_the_keys_other_reservations(tmp_path):
+    """SQLite's side of the test above: it keeps its unique index `(key_id, idempotency_key)`, and
+    its planner (the ledger never runs ANALYZE) probes both columns. Measured in SQLite's virtual
+    machine steps: an admit on a key with 5,000 more reservations costs about what it did before."""
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    try:
+        with_key(ledger)
+        for index in range(8):
+            admission = admit(ledger, 1, idem=f"call-{index}")
+            settle(ledger, admission, Resolution.SETTLE, 1, f"pi_{index}")
+        connection = ledger.database._db  # the ledger's own connection: its statements are the ones counted
+        steps = [0]
+
+        def counted(idempotency_key: str) -> int:
+            steps[0] = 0
+            connection.set_progress_handler(lambda: steps.__setitem__(0, steps[0] + 1), 1)
+            try:
+                assert admit(ledger, 1, idem=idempotency_key).allowed
+            finally:
+                connection.set_progress_handler(None, 1)
+            return steps[0]
+
+        before = counted("call-3")
+        connection.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) "
+            "INSERT INTO reservations (id, key_id, idempotency_key, endpoint, day, reserved_micros, state, "
+            "attempts_open, created_at, settled_at, actual_micros) "
+            "SELECT (SELECT MAX(id) FROM reservations) + i, 'kbk_test', 'old-' || i, 'POST /v1/payment_intents', "
+            "'2026-11-28', 1000000, 'settled', 0, '2026-11-28T11:00:00.000000Z', '2026-11-28T11:00:00.000000Z', "
+            "1000000 FROM n")
+        after = counted("call-5")
+    finally:
+        ledger.close()
+    # Reading the key's 5,000 reservations would take tens of thousands of steps more.
+    assert after < before * 1.5, (before, after)
