@@ -521,6 +521,6 @@ def _vendor_request(flow: http.HTTPFlow) -> VendorRequest:
     return VendorRequest(
         method=request.method.upper(), path=path, query=query,
         headers=_lowered(request.headers),
-        body=request.get_content(strict=False) or b"",
+        body=request.raw_content or b"",  # the bytes the vendor gets: an encoded body is refused (body_framing.py)
         repeated_headers=repeated_single_valued_headers(request.headers.fields),
     )

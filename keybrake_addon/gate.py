@@ -15,6 +15,7 @@ from types import ModuleType
 from . import settlement
 from .access_log import ACCESS_LOG_OFF, AccessLog
 from .alerts.deliverer import Deliverer
+from .body_framing import encoded_body_reason
 from .installation import Installation
 from .keyless_audit import KeylessAudit
 from .keyless_refusals import LogBudget
@@ -164,6 +165,8 @@ class Gate:
             early = Refusal(RefusalKind.INVALID_REQUEST,
                             f"Keybrake refuses more than one {', '.join(request.repeated_headers)} header line: "
                             "the vendor could read another value than the one checked.")
+        if early is None and (reason := encoded_body_reason(request.headers)) is not None:
+            early = Refusal(RefusalKind.INVALID_REQUEST, loggable(reason, 400) + ".")
         if early is not None:  # no key known yet: audited within the bounds of keyless_refusals.py
             recorded = self._keyless.refused(call, early, client_address)
             return _refused(vendor, early, recorded=recorded)

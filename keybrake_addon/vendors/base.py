@@ -23,10 +23,10 @@ class VendorRequest:
     repeated_headers: tuple[str, ...] = ()
 
 
-# Headers whose value decides who pays, for what, and whether a call is a retry; a second line
-# of one could make the vendor read another value than the one Keybrake checked.
+# Headers whose value decides who pays, for what, whether a call is a retry, and how its body
+# reads; a second line of one could make the vendor read another value than the one Keybrake checked.
 SINGLE_VALUED_HEADERS = frozenset({"authorization", "idempotency-key", "stripe-account", "content-type",
-                                   "content-length"})
+                                   "content-length", "content-encoding", "transfer-encoding"})
 
 
 def repeated_single_valued_headers(fields: Iterable[tuple[bytes | str, bytes | str]]) -> tuple[str, ...]:

@@ -271,15 +271,13 @@ def _require_plain_form_body(request: VendorRequest) -> None:
     call priced from the body alone. Refusing them, rather than pricing the union of query and
     body, needs no guess at which one Stripe takes when both name a parameter, and costs real
     clients nothing: the SDKs never send a query string on POST. Likewise a body Keybrake reads
-    as an empty form but Stripe might read otherwise (JSON, a compressed form) is refused,
-    whatever the endpoint: even a free one, such as a PaymentIntent update, may change an amount.
+    as an empty form but Stripe might read otherwise (JSON) is refused, whatever the endpoint: even
+    a free one, such as a PaymentIntent update, may change an amount. (A compressed body never
+    gets here: the gate refuses it for every vendor, body_framing.py.)
     """
     if request.query:
         raise MalformedRequest("Stripe reads a POST's query parameters as body parameters, and Keybrake "
                                "prices the body only: send every parameter in the form body")
-    encoding = request.headers.get("content-encoding", "").strip().lower()
-    if encoding not in ("", "identity"):
-        raise MalformedRequest(f"a Stripe body must not be compressed (Content-Encoding: {encoding})")
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if request.body and media_type != "application/x-www-form-urlencoded":
         sent = f"Content-Type {media_type}" if media_type else "no Content-Type"
