@@ -14,6 +14,11 @@ Facts about Twilio's API this relies on (Twilio's REST API reference; twilio-pyt
 - A call takes its instructions from one of `Twiml` (inline, up to 4,000 characters), `Url`
   or `ApplicationSid` (fetched when the call connects, with `FallbackUrl` on error). Without
   `TimeLimit` (seconds) a call may last Twilio's default of 4 hours.
+- A call can also ask for features billed apart from its minutes: `Record=true` (recording, per
+  recorded minute) and `MachineDetection=Enable|DetectMessageEnd` (answering-machine detection,
+  per call; `AsyncAmd=true` runs it in the background). Their options (`RecordingChannels`,
+  `Trim`, `MachineDetectionTimeout`, `AsyncAmdStatusCallback`, ...) only shape that feature.
+  twilio-python lowercases `record` (true/false) and sends `async_amd` as given.
 - twilio-python raises TwilioRestException for every non-2xx answer and retries nothing.
 """
 
@@ -80,7 +85,7 @@ _CREDENTIAL_ENDPOINTS = (
 # by design; any MediaUrl makes an MMS, so its values do not matter.) Names are compared
 # without case so that `To` and `to` cannot smuggle a second destination past the check.
 _SINGLE_VALUED_FIELDS = ("To", "From", "Body", "MessagingServiceSid", "TimeLimit", "SendAsMms", "ContentSid",
-                         "Twiml", "Url", "ApplicationSid", "FallbackUrl")
+                         "Twiml", "Url", "ApplicationSid", "FallbackUrl", "Record", "MachineDetection", "AsyncAmd")
 # Fields that change the price: Twilio may read them from the query string of a POST too, where
 # the body-only estimate would not see them.
 _PRICED_FIELDS = frozenset(name.casefold() for name in (*_SINGLE_VALUED_FIELDS, "MediaUrl"))
@@ -91,7 +96,28 @@ _PRICED_FIELDS = frozenset(name.casefold() for name in (*_SINGLE_VALUED_FIELDS, 
 # What a call does once answered, and for how long. Written in another case (`timelimit`) a
 # field would escape the estimate, which reads these names as written, while Twilio might
 # still take it: refused.
-_CALL_FIELDS = ("TimeLimit", "Twiml", "Url", "ApplicationSid", "FallbackUrl")
+_CALL_FIELDS = ("TimeLimit", "Twiml", "Url", "ApplicationSid", "FallbackUrl", "Record", "MachineDetection", "AsyncAmd")
+# Switches for features Twilio bills apart from the call's minutes (recording per recorded minute,
+# answering-machine detection per call), for which Keybrake has no verified rate: only an explicit
+# false (in any case: twilio-python sends AsyncAmd as the caller wrote it, "False" for False) or
+# absence is let through. Anything else ("true", "1", "", " false") Twilio might read as on.
+# MachineDetection takes a mode, not a boolean: any value at all asks for detection.
+# The options of these features are left alone, in any case: RecordingChannels, RecordingTrack,
+# Trim, RecordingStatusCallback*, RecordingConfigurationId shape a recording that only Record
+# starts, and MachineDetectionTimeout/-Threshold and AsyncAmdStatusCallback* tune a detection that
+# only MachineDetection starts. Without their switch (checked here, exactly spelled, single-valued,
+# never in the query string) there is nothing for them to act on or bill.
+_CALL_BOOLEAN_FEATURES = {
+    "Record": "call recording (Record) is billed per recorded minute on top of the call's minutes, and "
+              "Keybrake has no rate for it: place the call without 'Record' (or with Record=false), and "
+              "record in your own system if you need a recording",
+    "AsyncAmd": "AsyncAmd asks for answering-machine detection, which is billed per call on top of the call's "
+                "minutes and which Keybrake has no rate for: place the call without 'AsyncAmd' (or with "
+                "AsyncAmd=false) and without 'MachineDetection'",
+}
+_MACHINE_DETECTION_REFUSAL = ("answering-machine detection (MachineDetection) is billed per call on top of the "
+                              "call's minutes, and Keybrake has no rate for it: place the call without "
+                              "'MachineDetection' (and without AsyncAmd)")
 # Instructions Twilio fetches when the call connects, unknown to Keybrake at pricing time.
 _FETCHED_INSTRUCTIONS = ("Url", "ApplicationSid", "FallbackUrl")
 _MAX_TWIML_CHARS = 4000  # Twilio's own limit on the Twiml parameter
@@ -213,6 +239,7 @@ def _call(form: Mapping[str, str], body: bytes, rates: "TwilioRates") -> CostEst
     """
     number = _destination(form)
     _require_exact_names(form, _CALL_FIELDS)
+    _check_call_features(form)
     _check_call_instructions(form, rates)
     forward_body = None
     if "TimeLimit" in form:
@@ -244,6 +271,15 @@ def _require_exact_names(form: Mapping[str, str], names: tuple[str, ...]) -> Non
         expected = by_folded.get(name.casefold())
         if expected is not None and name != expected:
             raise MalformedRequest(f"'{name}' must be written '{expected}'")
+
+
+def _check_call_features(form: Mapping[str, str]) -> None:
+    """Refuse a call that asks for a feature billed apart from its minutes (_CALL_BOOLEAN_FEATURES)."""
+    for name, refusal in _CALL_BOOLEAN_FEATURES.items():
+        if name in form and form[name].lower() != "false":
+            raise Unpriced(refusal)
+    if "MachineDetection" in form:
+        raise Unpriced(_MACHINE_DETECTION_REFUSAL)
 
 
 def _check_call_instructions(form: Mapping[str, str], rates: "TwilioRates") -> None:

@@ -378,6 +378,138 @@ def test_invalid_or_unpriceable_calls(form, error):
         twilio.estimate(req("POST", CALLS, form), RATES)
 
 
+# --- call features billed apart from the call's minutes ----------------------------------------
+# Recording (Record) is billed per recorded minute and answering-machine detection
+# (MachineDetection, AsyncAmd) per call. Keybrake has no verified rate for either, so a call that
+# asks for them is refused as unpriced rather than priced as a bare call.
+
+BARE_CALL = {"To": US, "From": "+14155550199", "Twiml": SAY, "TimeLimit": "60"}
+
+
+@pytest.mark.parametrize("field, value, advice", [
+    ("Record", "true", "without 'Record'"),
+    ("Record", "True", "without 'Record'"),
+    ("Record", "TRUE", "without 'Record'"),
+    ("Record", "1", "without 'Record'"),  # not an explicit false: Twilio may read it as true
+    ("Record", "yes", "without 'Record'"),
+    ("Record", "", "without 'Record'"),
+    ("Record", " false", "without 'Record'"),
+    ("MachineDetection", "Enable", "without 'MachineDetection'"),
+    ("MachineDetection", "DetectMessageEnd", "without 'MachineDetection'"),
+    ("MachineDetection", "enable", "without 'MachineDetection'"),
+    ("MachineDetection", "", "without 'MachineDetection'"),
+    ("MachineDetection", "none", "without 'MachineDetection'"),  # not a value Twilio documents
+    ("AsyncAmd", "true", "without 'AsyncAmd'"),
+    ("AsyncAmd", "True", "without 'AsyncAmd'"),  # what twilio-python sends for async_amd=True
+    ("AsyncAmd", "", "without 'AsyncAmd'"),
+])
+def test_call_features_billed_apart_are_refused_as_unpriced(field, value, advice):
+    with pytest.raises(Unpriced) as refused:
+        twilio.estimate(req("POST", CALLS, {**BARE_CALL, field: value}), RATES)
+    assert advice in str(refused.value)
+    # Not a question of rates or of fetched TwiML: no pricing setting lets it through.
+    generous = replace(RATES, allow_call_url=True, max_call_minutes=30, default_voice_usd_per_minute=Decimal("1"))
+    with pytest.raises(Unpriced):
+        twilio.estimate(req("POST", CALLS, {**BARE_CALL, field: value}), generous)
+
+
+def test_refusal_messages_say_what_to_do_instead():
+    with pytest.raises(Unpriced, match=r"recording.*billed.*Record=false.*your own system"):
+        twilio.estimate(req("POST", CALLS, {**BARE_CALL, "Record": "true"}), RATES)
+    with pytest.raises(Unpriced, match=r"answering-machine detection.*billed.*without 'MachineDetection'"):
+        twilio.estimate(req("POST", CALLS, {**BARE_CALL, "MachineDetection": "Enable"}), RATES)
+    with pytest.raises(Unpriced, match=r"answering-machine detection.*AsyncAmd=false"):
+        twilio.estimate(req("POST", CALLS, {**BARE_CALL, "AsyncAmd": "true"}), RATES)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("record", "true"),
+    ("RECORD", "true"),
+    ("record", "false"),  # refused too: only the exact name is read
+    ("ReCoRd", "true"),
+    ("machinedetection", "Enable"),
+    ("MACHINEDETECTION", "DetectMessageEnd"),
+    ("Machinedetection", "Enable"),
+    ("asyncamd", "true"),
+    ("ASYNCAMD", "true"),
+    ("AsyncAMD", "true"),
+])
+def test_call_feature_names_in_another_case_are_refused(field, value):
+    with pytest.raises(MalformedRequest, match="must be written"):
+        twilio.estimate(req("POST", CALLS, {**BARE_CALL, field: value}), RATES)
+
+
+@pytest.mark.parametrize("form, query", [
+    ([*BARE_CALL.items(), ("Record", "false"), ("Record", "true")], None),  # Twilio might read either
+    ([*BARE_CALL.items(), ("Record", "false"), ("record", "true")], None),
+    ([*BARE_CALL.items(), ("AsyncAmd", "false"), ("AsyncAmd", "true")], None),
+    ([*BARE_CALL.items(), ("MachineDetection", "Enable"), ("MachineDetection", "Enable")], None),
+    (BARE_CALL, {"Record": "true"}),  # where the body-only check would not see it
+    (BARE_CALL, {"MachineDetection": "Enable"}),
+    (BARE_CALL, {"asyncamd": "true"}),
+])
+def test_call_features_repeated_or_in_the_query_string_are_refused(form, query):
+    with pytest.raises(MalformedRequest):
+        twilio.estimate(req("POST", CALLS, form, query=query), RATES)
+
+
+@pytest.mark.parametrize("extra", [
+    {},
+    {"Record": "false"},
+    {"Record": "False"},  # twilio-python lowercases it; a false in any case is still false
+    {"AsyncAmd": "false"},
+    {"AsyncAmd": "False"},  # what twilio-python sends for async_amd=False
+    {"Record": "false", "AsyncAmd": "false"},
+    # Recording options do nothing without Record: there is no recording to split, trim or report.
+    {"RecordingChannels": "dual", "Trim": "do-not-trim", "RecordingTrack": "both",
+     "RecordingStatusCallback": "https://example.com/rec", "RecordingStatusCallbackEvent": "completed",
+     "RecordingStatusCallbackMethod": "POST", "RecordingConfigurationId": "RC" + "0" * 32},
+    {"Record": "false", "RecordingChannels": "dual", "Trim": "trim-silence"},
+    # Detection tuning does nothing without MachineDetection.
+    {"MachineDetectionTimeout": "30", "MachineDetectionSpeechThreshold": "2400",
+     "MachineDetectionSpeechEndThreshold": "1200", "MachineDetectionSilenceTimeout": "5000",
+     "AsyncAmdStatusCallback": "https://example.com/amd", "AsyncAmdStatusCallbackMethod": "POST"},
+    {"recordingchannels": "dual", "trim": "do-not-trim"},  # their case does not matter either
+])
+def test_calls_without_billed_features_are_priced_as_before(extra):
+    request = req("POST", CALLS, {**BARE_CALL, **extra})
+    assert twilio.estimate(request, RATES) == CostEstimate(usd_micros=14_000, currency="usd")
+    unbounded = req("POST", CALLS, {key: value for key, value in {**BARE_CALL, **extra}.items() if key != "TimeLimit"})
+    got = twilio.estimate(unbounded, replace(RATES, max_call_minutes=30))
+    assert got.usd_micros == 420_000 and got.forward_body == unbounded.body + b"&TimeLimit=1800"
+
+
+def test_the_reviews_call_with_recording_and_answering_machine_detection_is_refused():
+    # /tmp/review_gate: a bare call's estimate for a call that also records and detects machines.
+    from keybrake_addon.pricing import Pricing
+
+    body = ("To=%2B14155550100&From=%2B14155550199&TimeLimit=60&Twiml=%3CResponse%3E%3CSay%3Ehi%3C%2FSay%3E"
+            "%3C%2FResponse%3E&Record=true&RecordingChannels=dual&MachineDetection=DetectMessageEnd&AsyncAmd=true")
+    request = VendorRequest("POST", "/2010-04-01/Accounts/AC" + "0" * 32 + "/Calls.json", "",
+                            {"content-type": "application/x-www-form-urlencoded"}, body.encode())
+    with pytest.raises(Unpriced):
+        twilio.estimate(request, Pricing().twilio)
+
+
+@pytest.mark.parametrize("options, priced", [
+    ({}, True),
+    ({"record": False}, True),
+    ({"record": True}, False),
+    ({"machine_detection": "Enable"}, False),
+    ({"machine_detection": "DetectMessageEnd", "async_amd": "true"}, False),
+])
+def test_what_twilio_python_sends_for_call_features(options, priced):
+    call_json = {"sid": "CA" + "0" * 32, "status": "queued", "price": None, "price_unit": "USD"}
+    http = FakeTwilioHttp(201, json.dumps(call_json).encode(), {})
+    client = Client(ACCOUNT, VAULT_KEY, http_client=http)
+    client.calls.create(to=US, from_="+14155550199", twiml=SAY, time_limit=60, **options)
+    if priced:
+        assert twilio.estimate(http.sent[0], RATES).usd_micros == 14_000
+    else:
+        with pytest.raises(Unpriced):
+            twilio.estimate(http.sent[0], RATES)
+
+
 # --- routes ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
