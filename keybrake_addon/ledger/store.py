@@ -456,12 +456,15 @@ class SqlLedger(BudgetLedger):
         (new counters, new reservation columns, before, after, note) or raises. Returns the
         reservation row as it was, and the amounts before and after."""
         with self.database.transaction() as tx:
-            row = tx.row(f"SELECT {_RESERVATION_COLUMNS}, object_id, estimated FROM reservations WHERE id = ?",
-                         (reservation_id,))
-            if row is None:
+            owner = tx.row("SELECT key_id FROM reservations WHERE id = ?", (reservation_id,))
+            if owner is None:
                 raise LookupError(f"no reservation {reservation_id}")
             key_row = tx.row(f"SELECT {_KEY_COLUMNS} FROM vault_keys k WHERE k.key_id = ?" + self.database.lock_rows,
-                             (row["key_id"],))
+                             (owner["key_id"],))
+            # Read only now, under the key's lock: a reservation changes only under it, and a batch
+            # that held it may just have settled this one (PostgreSQL reads each statement afresh).
+            row = tx.row(f"SELECT {_RESERVATION_COLUMNS}, object_id, estimated FROM reservations WHERE id = ?",
+                         (reservation_id,))
             state = _key_state(key_row)
             locked, chain = {}, ()
             if state.spec.budget is not None:  # after the key's lock, as a batch takes them
