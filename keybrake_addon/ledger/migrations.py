@@ -424,7 +424,7 @@ def check_schema(database) -> None:
 def upgrade(database) -> list[Migration]:
     """Apply what the database lacks, in one transaction; returns it (empty: it was current)."""
     with database.transaction() as tx:
-        tx.lock_schema()
+        tx.lock_schema()  # on PostgreSQL, also lifts the statement timeout: an index rebuild takes what it takes
         todo = pending(schema_version(tx))
         apply(tx, todo)
         return todo

@@ -190,8 +190,21 @@ class _PostgresTx:
                                  "set_config('plan_cache_mode', 'force_generic_plan', true)")
 
     def lock_schema(self) -> None:
-        """One replica migrates at a time; the others wait, then find the schema current."""
-        self.row("SELECT pg_advisory_xact_lock(?) AS locked", (MIGRATION_LOCK,))
+        """One replica migrates at a time; the others wait, then find the schema current.
+
+        The transaction that takes this lock changes the schema (init, upgrade, a copy's target),
+        and runs without the statement timeout: rebuilding an index of a large ledger takes
+        minutes, and cancelled at 5 s an upgrade could never finish. SET LOCAL ends with this
+        transaction, so the pooled connection goes back to the gate with its own bound.
+
+        lock_timeout stays the connection's. While this transaction waits for a table's lock, the
+        server queues every later request for that table behind it, so each second it waits is a
+        second every replica's gate stalls. The gate's transactions hold their locks for
+        milliseconds, so the short wait is enough past them; what holds a lock longer (a report,
+        a prune, a copy) makes the upgrade fail, with nothing kept, and it can be run again.
+        """
+        self.row("SELECT set_config('statement_timeout', '0', true) AS timeout, "
+                 "pg_advisory_xact_lock(?) AS locked", (MIGRATION_LOCK,))
 
     def script(self, sql: str) -> None:
         self._connection.execute(sql)

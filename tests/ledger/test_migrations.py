@@ -9,6 +9,8 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
+from contextlib import ExitStack
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,8 +20,9 @@ import pytest
 from keybrake_addon.home import KeybrakeHome
 from keybrake_addon.installation import open_installation
 from keybrake_addon.ledger import migrations
-from keybrake_addon.ledger.base import AuditFilter, IssuanceIdempotency
+from keybrake_addon.ledger.base import AuditFilter, IssuanceIdempotency, LedgerUnavailable
 from keybrake_addon.ledger.opening import database_of, open_ledger, schema_version
+from keybrake_addon.ledger.postgres import POOL_SIZE, PostgresDatabase
 from keybrake_addon.ledger.times import to_text
 from keybrake_addon.ledger.urls import DatabaseUrl, parse_database_url
 
@@ -225,6 +228,99 @@ def test_init_gives_a_new_postgres_database_the_latest_schema(tmp_path, pg_url):
     assert schema_version(parse_database_url(pg_url)) == migrations.LATEST
     status = json.loads(keybrake(tmp_path / "fresh", "db", "status", "--json", database=pg_url).output)
     assert {m["state"] for m in status["migrations"]} == {"applied"}
+
+
+# A shortened statement timeout, and DDL made slower than it: what an index rebuild on a ledger of
+# millions of rows meets at the real 5 s, without the rows.
+SHORT_TIMEOUT_MS = 200
+SLOW_DDL_S = 0.6
+BEFORE_REBUILD = 13  # schema 14 rebuilds the reservations' unique index
+
+
+@pytest.mark.parametrize("work", ["upgrade", "create"])
+def test_migrating_runs_past_the_statement_timeout_which_the_gate_keeps(pg_url, work):
+    if work == "upgrade":
+        _migrate_to(pg_url, BEFORE_REBUILD)
+        _slow_ddl(pg_url, "ALTER TABLE")  # each of schema 14's two statements
+        database = PostgresDatabase(pg_url, where="test", statement_timeout_ms=SHORT_TIMEOUT_MS, pool_size=2,
+                                    create=False, check=False)
+    else:
+        _slow_ddl(pg_url, "CREATE SEQUENCE")  # the baseline's two, on PostgreSQL
+        database = None
+    try:
+        if work == "upgrade":
+            applied = migrations.upgrade(database)
+            assert [m.version for m in applied] == [m.version for m in migrations.MIGRATIONS
+                                                    if m.version > BEFORE_REBUILD]
+        else:  # a proxy creating the schema in an empty database, as it opens its ledger
+            database = PostgresDatabase(pg_url, where="test", statement_timeout_ms=SHORT_TIMEOUT_MS, pool_size=2)
+        assert schema_version(parse_database_url(pg_url)) == migrations.LATEST
+        # The migration's connection went back to the pool with the gate's bounds.
+        assert _timeouts(database, 2) == [("200ms", "200ms")] * 2
+        with pytest.raises(LedgerUnavailable, match="QueryCanceled"):
+            with database.transaction() as tx:
+                tx.row("SELECT pg_sleep(?) AS slept", (SLOW_DDL_S,))
+    finally:
+        if database is not None:
+            database.close()
+    # A replica opening the ledger checks the schema under the schema lock too; its gate keeps 5 s.
+    replica = PostgresDatabase(pg_url, where="test")
+    try:
+        assert _timeouts(replica, POOL_SIZE) == [("5s", "5s")] * POOL_SIZE
+    finally:
+        replica.close()
+
+
+def test_an_upgrade_waits_for_the_reservations_lock_no_longer_than_the_gate_would(pg_url):
+    _migrate_to(pg_url, BEFORE_REBUILD)
+    holder = PostgresDatabase(pg_url, where="test", create=False, check=False)
+    upgrader = PostgresDatabase(pg_url, where="test", statement_timeout_ms=SHORT_TIMEOUT_MS,
+                                create=False, check=False)
+    try:
+        with holder.transaction() as tx:
+            tx.run("LOCK TABLE reservations IN ROW EXCLUSIVE MODE")  # as an admit's insert holds it
+            started = time.monotonic()
+            with pytest.raises(LedgerUnavailable, match="LockNotAvailable"):
+                migrations.upgrade(upgrader)
+            assert time.monotonic() - started < 3
+        assert schema_version(parse_database_url(pg_url)) == BEFORE_REBUILD  # nothing kept
+        assert [m.version for m in migrations.upgrade(upgrader)][-1] == migrations.LATEST
+    finally:
+        upgrader.close()
+        holder.close()
+
+
+def _migrate_to(url: str, version: int) -> None:
+    database = PostgresDatabase(url, where="test", create=False, check=False)
+    try:
+        with database.transaction() as tx:
+            migrations.apply(tx, [m for m in migrations.MIGRATIONS if m.version <= version])
+    finally:
+        database.close()
+
+
+def _slow_ddl(url: str, tag: str) -> None:
+    """Each `tag` statement in that database takes SLOW_DDL_S longer (an event trigger sleeps)."""
+    database = PostgresDatabase(url, where="test", create=False, check=False)
+    try:
+        with database.transaction() as tx:
+            tx.script(f"""
+                CREATE FUNCTION test_slow_ddl() RETURNS event_trigger LANGUAGE plpgsql
+                    AS $$ BEGIN PERFORM pg_sleep({SLOW_DDL_S}); END $$;
+                CREATE EVENT TRIGGER test_slow_ddl ON ddl_command_end WHEN TAG IN ('{tag}')
+                    EXECUTE FUNCTION test_slow_ddl();
+            """)
+    finally:
+        database.close()
+
+
+def _timeouts(database: PostgresDatabase, connections: int) -> list[tuple[str, str]]:
+    """statement_timeout and lock_timeout on each of that many connections, held at once (the whole pool)."""
+    with ExitStack() as held:
+        transactions = [held.enter_context(database.transaction()) for _ in range(connections)]
+        rows = [tx.row("SELECT current_setting('statement_timeout') AS statement, "
+                       "current_setting('lock_timeout') AS lock") for tx in transactions]
+    return [(row["statement"], row["lock"]) for row in rows]
 
 
 def _columns(database: Path, table: str) -> list[dict]:
