@@ -224,7 +224,7 @@ class Gate:
         asyncio.get_running_loop().call_soon(self._ledger.settle, request)
         self.access_log.call(ticket, request)
         moved = dict(opened=ticket.opened, reserved_micros=ticket.reserved_micros, resolution=request.resolution,
-                     actual_micros=request.actual_micros)
+                     actual_micros=request.actual_micros, replayed=request.replayed)
         return balance_headers(decisions.balance_after(ticket.key, **moved),
                                decisions.headroom_after(ticket.budget_headroom_micros, **moved))
 
@@ -253,7 +253,7 @@ class Gate:
             vendor_request_id=outcome.vendor_request_id if outcome else None,
             amount_minor=outcome.amount_minor if outcome else None, currency=outcome.currency if outcome else None,
             replayed=outcome.replayed if outcome else False, duration_ms=(time.monotonic() - ticket.started) * 1000,
-            error=error)
+            error=error, opened=ticket.opened)
 
 
 def balance_headers(key: KeyRecord, budget_headroom_micros: int | None = None) -> dict[str, str]:

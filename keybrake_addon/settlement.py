@@ -23,9 +23,8 @@ def resolve(*, opened: bool, basis: PricingBasis | None, status: int | None,
     if 200 <= status < 300:
         if basis is PricingBasis.ALREADY_COUNTED:
             return Resolution.SETTLE, 0
-        if outcome is not None and outcome.replayed and opened:
-            # The vendor replayed a result saved before this reservation existed: nothing moved now.
-            return Resolution.SETTLE, 0
+        # A replay is passed on at its amount: whether it is this reservation's money (a retry of it
+        # charged first) or a result saved before the reservation existed, only the ledger can tell.
         return Resolution.SETTLE, outcome.usd_micros if outcome is not None else None
     if status < 200 or 300 <= status < 400:
         return Resolution.UNKNOWN, None  # no vendor answers a money call like this; stay safe

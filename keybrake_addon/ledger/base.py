@@ -205,6 +205,9 @@ class SettleRequest:
     replayed: bool
     duration_ms: float
     error: str | None = None
+    # This attempt opened the reservation's hold. A replay to it may be of a result the vendor
+    # saved before the reservation existed; a replay to a retry is of this reservation's own call.
+    opened: bool = False
 
 
 @frozen

@@ -439,9 +439,12 @@ def _settle_key(reservation: ReservationState, counters: KeyCounters, request: S
         return unchanged
 
     if resolution is Resolution.SETTLE:
-        actual = hold if request.actual_micros is None else request.actual_micros
+        if replays_an_older_call(request, state, attempts):
+            actual, estimated = 0, False
+        else:
+            actual, estimated = (hold, True) if request.actual_micros is None else (request.actual_micros, False)
         return SettlePlan(counters.move(reservation.day, spent=actual, reserved=-hold), "settled", actual, attempts,
-                          released_attempts, True, request.actual_micros is None, "settled", actual)
+                          released_attempts, True, estimated, "settled", actual)
     if resolution is Resolution.UNKNOWN:
         return SettlePlan(None, "unknown", None, attempts, released_attempts, False, False, "unknown", 0)
     if resolution is Resolution.RELEASE:
@@ -454,6 +457,15 @@ def _settle_key(reservation: ReservationState, counters: KeyCounters, request: S
         # Another attempt may still move money, or one already may have: the hold stays counted.
         return SettlePlan(None, state, None, attempts, released_attempts, False, False, "released_attempt", 0)
     return _released(reservation, counters, released_attempts)
+
+
+def replays_an_older_call(request: SettleRequest, state: str, other_attempts_open: int) -> bool:
+    """Whether a success the vendor replayed is of a call made before this reservation existed
+    (a call without Keybrake, or under the same Idempotency-Key more than a day ago): nothing
+    moved now. Only when the attempt that opened the hold gets it, and no other attempt of the
+    reservation could have made it: none is still open, and none was left unknown. (One that
+    charged and answered has settled the reservation already.)"""
+    return request.replayed and request.opened and state == "pending" and other_attempts_open == 0
 
 
 def _released(reservation: ReservationState, counters: KeyCounters, released_attempts: int) -> SettlePlan:
@@ -472,15 +484,17 @@ def _count_late_answer(reservation: ReservationState, counters: KeyCounters, req
 
 
 def balance_after(key: KeyRecord, *, opened: bool, reserved_micros: int, resolution: Resolution,
-                  actual_micros: int | None) -> KeyRecord:
+                  actual_micros: int | None, replayed: bool = False) -> KeyRecord:
     """The key's balance once this call settles, from the snapshot taken when it was admitted.
 
-    For the answer's headers only: the gate does not wait for the settlement to commit.
+    For the answer's headers only: the gate does not wait for the settlement to commit. (A
+    replay to the attempt that opened the hold is shown as nothing moved, its usual meaning; the
+    ledger counts it if a retry of the reservation made it: replays_an_older_call.)
     """
     if not opened:
         return key  # a retry: its hold was already in the snapshot
     if resolution is Resolution.SETTLE:
-        spent = reserved_micros if actual_micros is None else actual_micros
+        spent = 0 if replayed else reserved_micros if actual_micros is None else actual_micros
         return replace(key, spent_micros=key.spent_micros + spent, today_spent_micros=key.today_spent_micros + spent)
     if resolution is Resolution.UNKNOWN:
         return replace(key, reserved_micros=key.reserved_micros + reserved_micros,
@@ -489,13 +503,13 @@ def balance_after(key: KeyRecord, *, opened: bool, reserved_micros: int, resolut
 
 
 def headroom_after(headroom: int | None, *, opened: bool, reserved_micros: int, resolution: Resolution,
-                   actual_micros: int | None) -> int | None:
+                   actual_micros: int | None, replayed: bool = False) -> int | None:
     """A budget chain's headroom once this call settles, from the headroom before its hold (as
     `balance_after`, for the answer's headers only)."""
     if headroom is None or not opened:
         return headroom
     if resolution is Resolution.SETTLE:
-        used = reserved_micros if actual_micros is None else actual_micros
+        used = 0 if replayed else reserved_micros if actual_micros is None else actual_micros
     elif resolution is Resolution.UNKNOWN:
         used = reserved_micros
     else:

@@ -283,7 +283,7 @@ class AsyncLedger:
             self._queue_settle(SettleRequest(
                 admission.audit_id, admission.reservation_id,
                 Resolution.RELEASE if admission.opened else Resolution.LEAVE,
-                None, None, (), None, None, None, False, 0.0, error=f"not forwarded: {why}"))
+                None, None, (), None, None, None, False, 0.0, error=f"not forwarded: {why}", opened=admission.opened))
 
     def _release_if_committed(self, failure: LedgerUnavailable) -> None:
         """A batch whose COMMIT got no answer refused its admits; the holds it may have written go

@@ -607,7 +607,9 @@ class _PendingAdmission:
         plan = self.plan
         if plan.refusal is not None:
             return Admission(ids.get(self.audit_slot), plan.refusal, key=plan.key)
-        reservation_id = ids[self.reservation_slot] if self.reservation_slot is not None else plan.reservation_id
+        # A retry decided in the batch that opened its reservation attached to that reservation's slot.
+        reservation_id = ids[self.reservation_slot] if self.reservation_slot is not None else ids.get(
+            plan.reservation_id, plan.reservation_id)
         return Admission(ids[self.audit_slot], None, key=plan.key, reservation_id=reservation_id,
                          opened=plan.opened, reserved_micros=plan.reserved_micros,
                          basis=plan.basis if plan.opened else None, secret=plan.secret,

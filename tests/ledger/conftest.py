@@ -86,7 +86,7 @@ def settle(ledger, admission, resolution, actual_usd=None, object_id=None, *, re
     return ledger.settle(SettleRequest(
         admission.audit_id, admission.reservation_id, resolution,
         None if actual_usd is None else int(actual_usd * USD), status, (object_id,) if object_id else (),
-        None, None, None, replayed, 1.0))
+        None, None, None, replayed, 1.0, opened=admission.opened))
 
 
 def money(ledger, key_id="kbk_test") -> tuple[float, float]:

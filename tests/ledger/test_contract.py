@@ -6,9 +6,10 @@ from the year 2000 unless a test says otherwise: decisions use the database's cl
 
 from datetime import UTC, datetime, timedelta
 
+from keybrake_addon import settlement
 from keybrake_addon.ledger.base import AdmitRequest, AuditFilter, CallFacts, Resolution, SettleRequest
 from keybrake_addon.ledger.corrections import apply_final_price, resolve_by_hand
-from keybrake_addon.vendors.base import CostEstimate, PricingBasis, RefusalKind
+from keybrake_addon.vendors.base import CostEstimate, Outcome, PricingBasis, RefusalKind
 
 from .conftest import KEY_HASH, OTHER_HASH, USD, admit, money, settle, with_key
 
@@ -243,6 +244,64 @@ def test_a_replayed_refusal_releases_at_once(ledger):
     retry = admit(ledger, 100, idem="order-1")
     settle(ledger, retry, Resolution.RELEASE, replayed=True, status=402)  # the vendor's saved answer: declined
     assert money(ledger) == (0, 0)
+
+
+def answer(ledger, admission, status, outcome=None):
+    """Settle as the gate does: settlement.resolve reads the vendor's answer, the ledger applies it."""
+    resolution, actual = settlement.resolve(opened=admission.opened, basis=admission.basis, status=status,
+                                            outcome=outcome, request_sent=True)
+    ledger.settle(SettleRequest(admission.audit_id, admission.reservation_id, resolution, actual, status,
+                                outcome.object_ids if outcome else (), None, None, None,
+                                outcome.replayed if outcome else False, 1.0, opened=admission.opened))
+
+
+CHARGED = Outcome(usd_micros=50 * USD, object_ids=("pi_1",))
+REPLAYED = Outcome(usd_micros=50 * USD, object_ids=("pi_1",), replayed=True)
+
+
+def test_a_replay_to_the_first_attempt_of_its_own_retrys_charge_is_counted(ledger):
+    """The retry reached the vendor first and charged; the first attempt got the vendor's replay of
+    that charge. It is this reservation's money, not a result saved before the reservation."""
+    with_key(ledger, total=50 * USD)
+    first = admit(ledger, 50, idem="order-1")
+    retry = admit(ledger, 50, idem="order-1")  # a duplicate submit, or the SDK's retry after a timeout
+    assert first.opened and retry.allowed and not retry.opened
+    answer(ledger, first, 200, REPLAYED)
+    answer(ledger, retry, 200, CHARGED)
+    assert money(ledger) == (50, 0)
+    assert not admit(ledger, 50, idem="order-2").allowed
+
+
+def test_a_replay_to_the_first_attempt_after_its_retry_was_left_unknown_is_counted(ledger):
+    with_key(ledger, total=50 * USD)
+    first = admit(ledger, 50, idem="order-1")
+    retry = admit(ledger, 50, idem="order-1")
+    answer(ledger, retry, None)  # the retry charged; its answer was lost
+    answer(ledger, first, 200, REPLAYED)
+    assert money(ledger) == (50, 0)
+    assert not admit(ledger, 50, idem="order-2").allowed
+
+
+def test_a_replay_to_a_lone_first_attempt_counts_nothing(ledger):
+    """The vendor saved that result before this reservation existed (a call made without Keybrake,
+    or more than a day ago): nothing moved now."""
+    with_key(ledger, total=50 * USD)
+    first = admit(ledger, 50, idem="order-1")
+    answer(ledger, first, 200, REPLAYED)
+    assert money(ledger) == (0, 0)
+    assert admit(ledger, 50, idem="order-2").allowed
+
+
+def test_a_retry_decided_in_the_same_batch_as_its_first_attempt_shares_its_reservation(ledger):
+    with_key(ledger, total=100 * USD)
+    call = CallFacts("stripe", "POST", "/v1/payment_intents", "order-1", datetime(2000, 1, 1, tzinfo=UTC))
+    request = AdmitRequest(KEY_HASH, call, CostEstimate(usd_micros=50 * USD))
+    (first, retry), _ = ledger.apply_batch([request, request], [], [])
+    assert first.opened and retry.allowed and not retry.opened
+    assert retry.reservation_id == first.reservation_id > 0
+    settle(ledger, retry, Resolution.SETTLE, 50, "pi_1")  # the retry charged
+    settle(ledger, first, Resolution.UNKNOWN, status=None)
+    assert money(ledger) == (50, 0)
 
 
 # --- "already counted" belongs to a key -----------------------------------------------------------

@@ -65,10 +65,11 @@ def reservation(state: str = "pending", *, reserved: int = 500, day: str = TODAY
                             released_attempts, actual)
 
 
-def settle_request(resolution: Resolution, actual: int | None = None, *, replayed: bool = False) -> SettleRequest:
+def settle_request(resolution: Resolution, actual: int | None = None, *, replayed: bool = False,
+                   opened: bool = False) -> SettleRequest:
     return SettleRequest(audit_id=1, reservation_id=7, resolution=resolution, actual_micros=actual, status=None,
                          object_ids=(), vendor_request_id=None, amount_minor=None, currency=None,
-                         replayed=replayed, duration_ms=1.0)
+                         replayed=replayed, duration_ms=1.0, opened=opened)
 
 
 def admit(state: KeyState | None, req: AdmitRequest | None = None, now: datetime = NOW, **view_args):
@@ -468,6 +469,21 @@ S, R, U, L = Resolution.SETTLE, Resolution.RELEASE, Resolution.UNKNOWN, Resoluti
          "settled", 0),
         (reservation("unknown"), settle_request(S, 200), moved(200, -HOLD), "settled", 200, 0, 0, True, False,
          "settled", 200),
+        # a success replayed to the attempt that opened the hold: a call older than the reservation,
+        # unless another attempt of it could have made it (one open, or one left unknown)
+        (reservation(), settle_request(S, 300, replayed=True, opened=True), moved(0, -HOLD), "settled", 0, 0, 0,
+         True, False, "settled", 0),
+        (reservation(), settle_request(S, None, replayed=True, opened=True), moved(0, -HOLD), "settled", 0, 0, 0,
+         True, False, "settled", 0),
+        (reservation(attempts_open=2), settle_request(S, 300, replayed=True, opened=True), moved(300, -HOLD),
+         "settled", 300, 1, 0, True, False, "settled", 300),
+        (reservation("unknown"), settle_request(S, 300, replayed=True, opened=True), moved(300, -HOLD), "settled",
+         300, 0, 0, True, False, "settled", 300),
+        (reservation("unknown"), settle_request(S, None, replayed=True, opened=True), moved(HOLD, -HOLD),
+         "settled", HOLD, 0, 0, True, True, "settled", HOLD),
+        # ... and to a retry it is always the reservation's own call
+        (reservation(), settle_request(S, 300, replayed=True), moved(300, -HOLD), "settled", 300, 0, 0, True, False,
+         "settled", 300),
         # RELEASE gives the hold back only when no other attempt is open
         (reservation(), settle_request(R), moved(0, -HOLD), "released", None, 0, 1, True, False, "released", 0),
         (reservation(attempts_open=2), settle_request(R), None, "pending", None, 1, 1, False, False,

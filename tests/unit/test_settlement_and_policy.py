@@ -41,8 +41,9 @@ SILENT = Outcome(usd_micros=None)
         # 2xx
         (dict(opened=True, basis=FIXED, status=200, outcome=OK, request_sent=True),
          (Resolution.SETTLE, 42 * USD)),
+        # a replay is passed on at its amount: the ledger tells whose money it was (replays_an_older_call)
         (dict(opened=True, basis=FIXED, status=200, outcome=REPLAYED, request_sent=True),
-         (Resolution.SETTLE, 0)),
+         (Resolution.SETTLE, 42 * USD)),
         (dict(opened=False, basis=None, status=200, outcome=REPLAYED, request_sent=True),
          (Resolution.SETTLE, 42 * USD)),
         (dict(opened=True, basis=PricingBasis.ALREADY_COUNTED, status=200, outcome=OK, request_sent=True),
