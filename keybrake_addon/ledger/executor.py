@@ -54,6 +54,7 @@ SETTLE_LINGER_S = 0.02  # see the module's docstring: long enough for the next c
 DECISION_TIMEOUT_S = 6.0  # an admit answers within this, decided or not (then 503: nothing forwarded)
 SETTLE_RETRY_DELAYS_S = (0.2, 0.5, 1, 2, 5, 10, 30, 60)  # then every 60 s, for as long as the process lives
 REFUSAL_ROW_RETRIES = 3
+CLOSE_WAIT_S = 10.0  # at close, for the batch being applied (a hung database outlives it: see close)
 
 
 @dataclass
@@ -97,6 +98,7 @@ class AsyncLedger:
         self._crowded = False  # the last turn's transaction held several admits: see the docstring
         self._linger: asyncio.TimerHandle | None = None  # flushes lingering settlements if no admit takes them
         self._busy = False  # a batch is being applied
+        self._applying: list[_Settle] = []  # that batch's settlements
         self._down_until = 0.0  # see KNOWN_DOWN_S
         self._down_because: LedgerUnavailable | None = None
         self._stopping = False
@@ -299,7 +301,7 @@ class AsyncLedger:
     @property
     def unsettled(self) -> int:
         with self._condition:
-            return len(self._settles) + len(self._lingering) + (1 if self._busy else 0) + len(self._loop_settles)
+            return len(self._settles) + len(self._lingering) + len(self._applying) + len(self._loop_settles)
 
     async def drain(self, timeout_s: float) -> DrainReport:
         """Wait for queued work (settlements above all) to commit, for up to `timeout_s`."""
@@ -319,7 +321,7 @@ class AsyncLedger:
                     break
             await asyncio.sleep(0.02)
         with self._condition:
-            left = len(self._settles) + len(self._lingering)
+            left = len(self._settles) + len(self._lingering) + len(self._applying)
         return DrainReport(self._committed_settles - committed_before, left, time.monotonic() - started)
 
     def close(self) -> None:
@@ -327,12 +329,19 @@ class AsyncLedger:
         with self._condition:
             self._stopping = True
             self._condition.notify()
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=CLOSE_WAIT_S)
         with self._condition:
             self._closed = True
             left = [item.request for item in (*self._settles, *self._lingering)]
+            # The process exits with the thread: a batch still hanging on the database is reported
+            # now (it may yet commit), and a failure after this requeues nothing (_retry_later).
+            hanging = [item.request for item in self._applying] if self._thread.is_alive() else []
+            self._settles.clear()
+            self._lingering.clear()
         for request in left:
             _never_committed(request)
+        for request in hanging:
+            _never_committed(request, still_committing=True)
         if self._inline is not None:
             self._inline.close()
         self._store.close()
@@ -357,12 +366,12 @@ class AsyncLedger:
                 if admits or refusals or settles or self._lingering_due(now):
                     while self._lingering and len(settles) < MAX_BATCH:
                         settles.append(self._lingering.popleft())
-                self._busy = True
+                self._busy, self._applying = True, settles
             try:
                 self._apply(admits, settles, refusals)
             finally:
                 with self._condition:
-                    self._busy = False
+                    self._busy, self._applying = False, []
 
     def _ready(self) -> bool:
         now = time.monotonic()
@@ -429,6 +438,8 @@ class AsyncLedger:
                      failure: LedgerUnavailable) -> None:
         now = time.monotonic()
         with self._condition:
+            if self._closed:
+                return  # close() reported them: nobody is left to retry them
             for item in settles:
                 delay = SETTLE_RETRY_DELAYS_S[min(item.failures, len(SETTLE_RETRY_DELAYS_S) - 1)]
                 if item.failures == 0:
@@ -455,11 +466,13 @@ class AsyncLedger:
             _answer(item, result, self._release_late)
 
 
-def _never_committed(request: SettleRequest) -> None:
+def _never_committed(request: SettleRequest, *, still_committing: bool = False) -> None:
     # Never dropped silently: the hold stays counted, and the operator can settle it.
-    logger.error("keybrake: settlement of reservation %s (audit row %s, %s) was never committed; its hold "
-                 "stays counted: check the vendor, then `keybrake reconcile --reservation %s`",
-                 request.reservation_id, request.audit_id, request.resolution.value, request.reservation_id)
+    what = ("was still being committed when the ledger stopped waiting for the database; if it did not commit, "
+            "its hold stays counted" if still_committing else "was never committed; its hold stays counted")
+    logger.error("keybrake: settlement of reservation %s (audit row %s, %s) %s: check the vendor, then "
+                 "`keybrake reconcile --reservation %s`", request.reservation_id, request.audit_id,
+                 request.resolution.value, what, request.reservation_id)
 
 
 def _answer(item: _Admit, result, release_late) -> None:

@@ -555,3 +555,32 @@ def test_a_settlement_that_fails_alone_names_its_hold_and_how_to_settle_it(store
     assert len([b for b in store.batches if b[1]]) >= 2  # tried together, then alone
     [line] = [r.getMessage() for r in caplog.records if "was never committed" in r.getMessage()]
     assert f"keybrake reconcile --reservation {admission.reservation_id}" in line
+
+
+def test_a_settlement_whose_batch_still_hangs_at_close_is_counted_and_reported(store, caplog, monkeypatch):
+    """A hung database at shutdown: the batch the ledger thread is applying outlives close()'s
+    wait, and the process exits with it. Its settlements must be in the drain's count and in the
+    log, and a failure after close must not requeue them for a thread that is gone."""
+    monkeypatch.setattr("keybrake_addon.ledger.executor.CLOSE_WAIT_S", 0.2, raising=False)
+    monkeypatch.setattr("keybrake_addon.ledger.executor.SETTLE_LINGER_S", 0.0)
+
+    async def run():
+        ledger = AsyncLedger(store)  # no inline path: the settlement goes to the ledger thread
+        admission = await ledger.admit(request(50))
+        store.gate.clear()
+        store.entered.clear()
+        store.failures_left = 1
+        ledger.settle(settlement(admission, actual=50 * USD))
+        assert await asyncio.to_thread(store.entered.wait, 5)
+        report = await ledger.drain(0.2)
+        return ledger, admission, report
+
+    ledger, admission, report = asyncio.run(run())
+    assert report.left == 1
+    ledger.close()
+    store.gate.set()  # the hung statement fails only now
+    time.sleep(0.3)
+    reported = [r.getMessage() for r in caplog.records if f"reservation {admission.reservation_id}" in r.getMessage()]
+    assert len(reported) == 1 and "still being committed" in reported[0], reported
+    assert ledger.unsettled == 0  # nothing requeued for a thread that has stopped
+    assert money(SqliteLedger(store.store.database.path)) == (0, 50)  # the hold stays counted
