@@ -294,7 +294,7 @@ def _admit_retry(view: AdmitView, existing: ReservationState, key: KeyRecord, co
     change = ReservationChange(existing.id, existing.state, window, held, existing.attempts_open + 1,
                                existing.released_attempts, reopened=False)
     return AdmitPlan(None, key, counters=top_up(counters), change=change, reservation_id=existing.id,
-                     reserved_micros=extra, secret=view.secret, budgets=_each(budgets, top_up))
+                     reserved_micros=extra, basis=basis, secret=view.secret, budgets=_each(budgets, top_up))
 
 
 def resolve_cost(key: KeyRecord, estimate: CostEstimate | None,

@@ -612,7 +612,7 @@ class _PendingAdmission:
             plan.reservation_id, plan.reservation_id)
         return Admission(ids[self.audit_slot], None, key=plan.key, reservation_id=reservation_id,
                          opened=plan.opened, reserved_micros=plan.reserved_micros,
-                         basis=plan.basis if plan.opened else None, secret=plan.secret,
+                         basis=plan.basis, secret=plan.secret,
                          budget_headroom_micros=self.budget_headroom)
 
 

@@ -292,6 +292,22 @@ def test_a_replay_to_a_lone_first_attempt_counts_nothing(ledger):
     assert admit(ledger, 50, idem="order-2").allowed
 
 
+def test_a_retried_capture_of_a_counted_payment_intent_counts_nothing_more(ledger):
+    """A capture is free when its PaymentIntent was counted; its retry, attached to the capture's
+    hold, must be read the same way, not as a new charge of the PaymentIntent's amount."""
+    with_key(ledger, total=150 * USD)
+    answer(ledger, admit(ledger, 100), 200, Outcome(usd_micros=100 * USD, object_ids=("pi_1",)))
+    capture = CostEstimate(basis=PricingBasis.ALREADY_COUNTED, object_ref="pi_1")
+    path = "/v1/payment_intents/pi_1/capture"
+    first = admit(ledger, 0, idem="cap-1", path=path, estimate=capture)
+    answer(ledger, first, None)  # sent, no answer: unknown
+    retry = admit(ledger, 0, idem="cap-1", path=path, estimate=capture)
+    assert retry.allowed and not retry.opened
+    answer(ledger, retry, 200, Outcome(usd_micros=100 * USD, object_ids=("pi_1",), replayed=True))
+    assert money(ledger) == (100, 0)
+    assert admit(ledger, 50).allowed
+
+
 def test_a_retry_decided_in_the_same_batch_as_its_first_attempt_shares_its_reservation(ledger):
     with_key(ledger, total=100 * USD)
     call = CallFacts("stripe", "POST", "/v1/payment_intents", "order-1", datetime(2000, 1, 1, tzinfo=UTC))
