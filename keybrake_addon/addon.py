@@ -48,6 +48,7 @@ from .vendors.base import (
     RenderedResponse,
     VendorRequest,
     VendorResponse,
+    malformed_header_lines,
     repeated_single_valued_headers,
 )
 
@@ -523,4 +524,5 @@ def _vendor_request(flow: http.HTTPFlow) -> VendorRequest:
         headers=_lowered(request.headers),
         body=request.raw_content or b"",  # the bytes the vendor gets: an encoded body is refused (body_framing.py)
         repeated_headers=repeated_single_valued_headers(request.headers.fields),
+        malformed_headers=malformed_header_lines(request.headers.fields),
     )

@@ -165,6 +165,11 @@ class Gate:
             early = Refusal(RefusalKind.INVALID_REQUEST,
                             f"Keybrake refuses more than one {', '.join(request.repeated_headers)} header line: "
                             "the vendor could read another value than the one checked.")
+        if early is None and request.malformed_headers:
+            early = Refusal(RefusalKind.INVALID_REQUEST,
+                            f"Keybrake refuses a header line that is not well formed ({', '.join(request.malformed_headers)}"
+                            "): a space or tab in its name, or a line break in its value. The vendor could read it "
+                            "otherwise than Keybrake did.")
         if early is None and (reason := encoded_body_reason(request.headers)) is not None:
             early = Refusal(RefusalKind.INVALID_REQUEST, loggable(reason, 400) + ".")
         if early is not None:  # no key known yet: audited within the bounds of keyless_refusals.py

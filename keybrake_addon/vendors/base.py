@@ -4,6 +4,7 @@ A vendor module turns a request into a credential and a cost estimate, a respons
 outcome, and a refusal into a response the vendor's own SDK understands.
 """
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import field
 from enum import Enum
@@ -21,6 +22,8 @@ class VendorRequest:
     # Single-valued headers the request carried on more than one line (lower-cased): `headers`
     # keeps one of their values while every line reaches the vendor, so the gate refuses them.
     repeated_headers: tuple[str, ...] = ()
+    # Header lines that are not well formed (malformed_header_lines): refused, like repeated ones.
+    malformed_headers: tuple[str, ...] = ()
 
 
 # Headers whose value decides who pays, for what, whether a call is a retry, and how its body
@@ -39,6 +42,22 @@ def repeated_single_valued_headers(fields: Iterable[tuple[bytes | str, bytes | s
         if name in SINGLE_VALUED_HEADERS:
             (repeated if name in seen else seen).add(name)
     return tuple(sorted(repeated))
+
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def malformed_header_lines(fields: Iterable[tuple[bytes, bytes]]) -> tuple[str, ...]:
+    """The names (made printable) of header lines that are not well formed: a name that is not
+    an HTTP token (`Stripe-Account :` with a space before the colon), or a value holding a line
+    break (an obsolete folded line) or a NUL. mitmproxy forwards such lines as they came, and a
+    lenient server could read `Stripe-Account` where the gate saw another name, or unfold a value
+    the gate read whole."""
+    malformed = []
+    for name, value in fields:
+        if not _TOKEN.fullmatch(name) or any(c in value for c in (b"\r", b"\n", b"\0")):
+            malformed.append(name.decode("latin-1").encode("unicode_escape").decode("ascii")[:40])
+    return tuple(malformed[:5])  # enough to name the trouble in a refusal
 
 
 @frozen

@@ -1,5 +1,6 @@
 """Edges of the proxy: a locked database, strict egress, header hygiene."""
 
+import socket
 import sqlite3
 import ssl
 
@@ -125,4 +126,30 @@ def test_connected_accounts_query_strings_and_json_bodies_are_refused(proxy, fak
     assert "Stripe-Account" in connected.json()["error"]["message"]
     assert (queried.status_code, queried.json()["error"]["code"]) == (400, "keybrake_invalid_request")
     assert (as_json.status_code, as_json.json()["error"]["code"]) == (400, "keybrake_invalid_request")
+    assert fake_stripe.hits == 0
+
+
+@pytest.mark.parametrize("line", [
+    # An obsolete folded line, which mitmproxy forwarded as it came: a server that unfolds it
+    # reads "order-1 order-2" (or only order-2) where the gate matched retries on another value.
+    b"Idempotency-Key: order-1\r\n order-2",
+    b"Stripe-Account: acct_1Platform\r\n\tacct_1Connected",
+])
+def test_a_folded_header_line_is_refused(proxy, fake_stripe, home, issue, line):
+    """(A space before the colon is refused by mitmproxy itself; the gate's check, unit-tested in
+    tests/unit/test_vendor_base.py, refuses it too should that ever change.)"""
+    key = issue("--total-usd-cap", "500", "--allow", "POST /v1/payment_intents")
+    body = b"amount=5000&currency=usd"
+    host, port = proxy.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        raw.sendall(b"CONNECT api.stripe.com:443 HTTP/1.1\r\nHost: api.stripe.com:443\r\n\r\n")
+        assert b" 200 " in raw.recv(4096)
+        context = ssl.create_default_context(cafile=str(home / "certs" / "keybrake-ca.pem"))
+        with context.wrap_socket(raw, server_hostname="api.stripe.com") as tls:
+            tls.sendall(b"POST /v1/payment_intents HTTP/1.1\r\nHost: api.stripe.com\r\n"
+                        + f"Authorization: Bearer {key['vault_key']}\r\n".encode()
+                        + b"Content-Type: application/x-www-form-urlencoded\r\n" + line + b"\r\n"
+                        + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            head = tls.recv(65536).split(b"\r\n\r\n")[0].decode().lower()
+    assert head.startswith("http/1.1 400") and "x-keybrake-refusal: keybrake_invalid_request" in head
     assert fake_stripe.hits == 0
