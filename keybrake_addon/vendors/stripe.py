@@ -18,6 +18,9 @@ Facts about Stripe's API this relies on (Stripe's API reference; stripe-python a
 - `Idempotency-Key` (both SDKs send one on every POST): a replay returns the saved answer with
   `Idempotent-Replayed: true` and moves no money again.
 - SDKs obey `Stripe-Should-Retry` before their own rules, and otherwise retry 409 and 5xx.
+- A DELETE can move money: cancelling a subscription with `invoice_now=true` issues its final
+  invoice (un-invoiced metered usage, pending prorations) and collects it at once, and deleting a
+  subscription item with `proration_behavior=always_invoice` invoices the proration at once.
 """
 
 import json
@@ -42,7 +45,7 @@ from .base import (
 )
 from .currency import minor_to_usd_micros
 from .auth_headers import basic_credentials, bearer, bearer_token
-from .forms import parse_form, parse_json_object
+from .forms import parse_form, parse_form_pairs, parse_json_object
 
 NAME = "stripe"
 HOSTS = ("api.stripe.com",)
@@ -237,6 +240,25 @@ _POST_ROUTES: tuple[_Route, ...] = (
 )
 
 _READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+_INVOICING_DELETE = re.compile(r"^/v1/(?:subscriptions|subscription_items|customers/[^/]+/subscriptions)/[^/]+$")
+
+
+def _check_delete(request: VendorRequest) -> None:
+    """A DELETE is free unless it asks Stripe to invoice at once (see the module's facts)."""
+    if request.body:
+        raise MalformedRequest("a Stripe DELETE takes its parameters in the query string, as the SDKs send them; "
+                               "this one has a body")
+    if not _INVOICING_DELETE.match(request.path):
+        return
+    for name, value in parse_form_pairs(request.query.encode()):
+        name, value = name.strip().casefold(), value.strip().casefold()
+        if name == "invoice_now" and value != "false":
+            raise Unpriced("cancelling a subscription with invoice_now issues and collects its final invoice at "
+                           "once, an amount Keybrake cannot know beforehand: cancel without it (Stripe's default)")
+        if name == "proration_behavior" and value not in ("none", "create_prorations"):
+            raise Unpriced("deleting a subscription item with proration_behavior=always_invoice invoices and "
+                           "collects the proration at once, an amount Keybrake cannot know beforehand: use "
+                           "create_prorations or none")
 
 
 def _post_route(path: str) -> tuple[_Route, re.Match[str]] | None:
@@ -252,6 +274,8 @@ def estimate(request: VendorRequest, usd_rates: UsdRates) -> CostEstimate:
         raise OtherAccount("the Stripe-Context header can name any account of the platform or organisation, which "
                            "Keybrake cannot check; a key issued with --stripe-account acts for a connected account "
                            "through Stripe-Account")
+    if request.method == "DELETE":
+        _check_delete(request)
     if request.method in _READ_ONLY_METHODS:
         return CostEstimate()
     if request.method != "POST":

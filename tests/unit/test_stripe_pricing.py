@@ -195,11 +195,46 @@ def test_refund_without_target_is_malformed():
 
 # --- estimates: free, unpriced, malformed -----------------------------------------------------
 
-@pytest.mark.parametrize("method", ["GET", "DELETE", "HEAD", "OPTIONS"])
-def test_read_only_and_delete_cost_zero(method):
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS"])
+def test_reads_cost_zero(method):
     # Even with a body that would price a POST.
     got = stripe.estimate(req(method, "/v1/payment_intents", b"amount=5000&currency=usd"), RATES)
     assert got == CostEstimate(usd_micros=0, basis=PricingBasis.FIXED)
+
+
+@pytest.mark.parametrize("path, query", [
+    ("/v1/customers/cus_1", ""),
+    ("/v1/subscriptions/sub_1", ""),
+    ("/v1/subscriptions/sub_1", "invoice_now=false&prorate=true"),
+    ("/v1/subscriptions/sub_1", "invoice_now=False"),
+    ("/v1/subscription_items/si_1", "proration_behavior=create_prorations"),
+    ("/v1/subscription_items/si_1", "proration_behavior=none&clear_usage=true"),
+    ("/v1/customers/cus_1/subscriptions/sub_1", "prorate=true"),
+    ("/v1/invoiceitems/ii_1", "invoice_now=true"),  # no such parameter here: nothing to invoice
+])
+def test_a_delete_that_invoices_nothing_costs_zero(path, query):
+    assert stripe.estimate(req("DELETE", path, query=query), RATES) == CostEstimate(usd_micros=0,
+                                                                                 basis=PricingBasis.FIXED)
+
+
+@pytest.mark.parametrize("path, query", [
+    ("/v1/subscriptions/sub_1", "invoice_now=true"),
+    ("/v1/subscriptions/sub_1", "invoice_now=1"),
+    ("/v1/subscriptions/sub_1", "invoice_now="),
+    ("/v1/subscriptions/sub_1", "invoice_now=false&invoice_now=true"),
+    ("/v1/subscriptions/sub_1", "Invoice_Now=true"),
+    ("/v1/customers/cus_1/subscriptions/sub_1", "invoice_now=true"),
+    ("/v1/subscription_items/si_1", "proration_behavior=always_invoice"),
+])
+def test_a_delete_that_invoices_at_once_is_refused(path, query):
+    with pytest.raises(Unpriced, match="at once"):
+        stripe.estimate(req("DELETE", path, query=query), RATES)
+
+
+def test_a_delete_with_a_body_is_refused():
+    # The SDKs send a DELETE's parameters in its query string; a body is a second place to read.
+    with pytest.raises(MalformedRequest, match="query string"):
+        stripe.estimate(req("DELETE", "/v1/subscriptions/sub_1", b"invoice_now=true"), RATES)
 
 
 @pytest.mark.parametrize(
