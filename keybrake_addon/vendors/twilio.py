@@ -96,6 +96,9 @@ _PRICED_FIELDS = frozenset(name.casefold() for name in (*_SINGLE_VALUED_FIELDS, 
 # What a call does once answered, and for how long. Written in another case (`timelimit`) a
 # field would escape the estimate, which reads these names as written, while Twilio might
 # still take it: refused.
+# What a message is and how it is priced: as for a call, another case (`mediaurl`) would escape the
+# estimate, which reads these names as written (an MMS priced as an SMS), while Twilio might take it.
+_MESSAGE_FIELDS = ("To", "Body", "MediaUrl", "SendAsMms", "ContentSid")
 _CALL_FIELDS = ("TimeLimit", "Twiml", "Url", "ApplicationSid", "FallbackUrl", "Record", "MachineDetection", "AsyncAmd")
 # Switches for features Twilio bills apart from the call's minutes (recording per recorded minute,
 # answering-machine detection per call), for which Keybrake has no verified rate: only an explicit
@@ -208,6 +211,7 @@ def _priced_form(request: VendorRequest) -> dict[str, str]:
 
 
 def _message(form: Mapping[str, str], rates: "TwilioRates") -> CostEstimate:
+    _require_exact_names(form, _MESSAGE_FIELDS)
     number = _destination(form)
     if form.get("ContentSid"):
         raise Unpriced("messages from a content template (ContentSid) are not priced by Keybrake yet")

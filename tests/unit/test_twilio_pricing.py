@@ -439,6 +439,16 @@ def test_call_feature_names_in_another_case_are_refused(field, value):
         twilio.estimate(req("POST", CALLS, {**BARE_CALL, field: value}), RATES)
 
 
+@pytest.mark.parametrize("field, value", [("mediaurl", "https://example.com/a.png"), ("MEDIAURL", "https://x/y"),
+                                          ("sendasmms", "true"), ("SendAsMMS", "true"), ("contentsid", "HX1"),
+                                          ("body", "hi"), ("TO", "+14155550100")])
+def test_message_field_names_in_another_case_are_refused(field, value):
+    base = {"To": "+14155550100", "From": "+14155550199", "Body": "hello"}
+    form = {**{k: v for k, v in base.items() if k.casefold() != field.casefold()}, field: value}
+    with pytest.raises(MalformedRequest, match="must be written"):
+        twilio.estimate(req("POST", MESSAGES, form), RATES)
+
+
 @pytest.mark.parametrize("form, query", [
     ([*BARE_CALL.items(), ("Record", "false"), ("Record", "true")], None),  # Twilio might read either
     ([*BARE_CALL.items(), ("Record", "false"), ("record", "true")], None),
