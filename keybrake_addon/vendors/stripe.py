@@ -240,16 +240,19 @@ _POST_ROUTES: tuple[_Route, ...] = (
 )
 
 _READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
-_INVOICING_DELETE = re.compile(r"^/v1/(?:subscriptions|subscription_items|customers/[^/]+/subscriptions)/[^/]+$")
 
 
 def _check_delete(request: VendorRequest) -> None:
-    """A DELETE is free unless it asks Stripe to invoice at once (see the module's facts)."""
+    """A DELETE is free unless it asks Stripe to invoice at once (see the module's facts).
+
+    Read on every path, not only the subscription ones: a path spelled otherwise (a trailing
+    slash, another case, an escaped letter) may still reach them. A `;` would be a second
+    separator to a Rack-style query parser."""
     if request.body:
         raise MalformedRequest("a Stripe DELETE takes its parameters in the query string, as the SDKs send them; "
                                "this one has a body")
-    if not _INVOICING_DELETE.match(request.path):
-        return
+    if ";" in request.query or "%3b" in request.query.lower():
+        raise MalformedRequest("a Stripe DELETE's query string must not hold ';' (a second separator to some parsers)")
     for name, value in parse_form_pairs(request.query.encode()):
         name, value = name.strip().casefold(), value.strip().casefold()
         if name == "invoice_now" and value != "false":

@@ -210,7 +210,6 @@ def test_reads_cost_zero(method):
     ("/v1/subscription_items/si_1", "proration_behavior=create_prorations"),
     ("/v1/subscription_items/si_1", "proration_behavior=none&clear_usage=true"),
     ("/v1/customers/cus_1/subscriptions/sub_1", "prorate=true"),
-    ("/v1/invoiceitems/ii_1", "invoice_now=true"),  # no such parameter here: nothing to invoice
 ])
 def test_a_delete_that_invoices_nothing_costs_zero(path, query):
     assert stripe.estimate(req("DELETE", path, query=query), RATES) == CostEstimate(usd_micros=0,
@@ -225,10 +224,22 @@ def test_a_delete_that_invoices_nothing_costs_zero(path, query):
     ("/v1/subscriptions/sub_1", "Invoice_Now=true"),
     ("/v1/customers/cus_1/subscriptions/sub_1", "invoice_now=true"),
     ("/v1/subscription_items/si_1", "proration_behavior=always_invoice"),
+    # spelled otherwise, a path may still reach a subscription: the query is read on every DELETE
+    ("/v1/subscriptions/sub_1/", "invoice_now=true"),
+    ("/v1/Subscriptions/sub_1", "invoice_now=true"),
+    ("/v1/subscription%73/sub_1", "invoice_now=true"),
+    ("/v1/subscription_items/si_1/", "proration_behavior=always_invoice"),
+    ("/v1/invoiceitems/ii_1", "invoice_now=true"),
 ])
 def test_a_delete_that_invoices_at_once_is_refused(path, query):
     with pytest.raises(Unpriced, match="at once"):
         stripe.estimate(req("DELETE", path, query=query), RATES)
+
+
+@pytest.mark.parametrize("query", ["expand[]=x;invoice_now=true", "a=1%3Binvoice_now=true"])
+def test_a_delete_query_with_a_semicolon_is_refused(query):
+    with pytest.raises(MalformedRequest, match="';'"):
+        stripe.estimate(req("DELETE", "/v1/subscriptions/sub_1", query=query), RATES)
 
 
 def test_a_delete_with_a_body_is_refused():
