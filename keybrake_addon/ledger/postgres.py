@@ -190,7 +190,8 @@ class _PostgresTx:
                                  "set_config('plan_cache_mode', 'force_generic_plan', true)")
 
     def lock_schema(self) -> None:
-        """One replica migrates at a time; the others wait, then find the schema current.
+        """One replica migrates at a time; the others wait (up to the lock timeout, 5 s: a replica
+        opened during a long upgrade fails and must be started again), then find the schema current.
 
         The transaction that takes this lock changes the schema (init, upgrade, a copy's target),
         and runs without the statement timeout: rebuilding an index of a large ledger takes

@@ -461,10 +461,13 @@ class SqlLedger(BudgetLedger):
                 raise LookupError(f"no reservation {reservation_id}")
             key_row = tx.row(f"SELECT {_KEY_COLUMNS} FROM vault_keys k WHERE k.key_id = ?" + self.database.lock_rows,
                              (owner["key_id"],))
-            # Read only now, under the key's lock: a reservation changes only under it, and a batch
-            # that held it may just have settled this one (PostgreSQL reads each statement afresh).
+            # Read only now, under the key's lock: a reservation changes (or is pruned) only under
+            # it, and a batch that held it may just have settled this one (PostgreSQL reads each
+            # statement afresh).
             row = tx.row(f"SELECT {_RESERVATION_COLUMNS}, object_id, estimated FROM reservations WHERE id = ?",
                          (reservation_id,))
+            if row is None:
+                raise LookupError(f"no reservation {reservation_id}")
             state = _key_state(key_row)
             locked, chain = {}, ()
             if state.spec.budget is not None:  # after the key's lock, as a batch takes them

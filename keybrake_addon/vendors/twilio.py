@@ -90,15 +90,12 @@ _SINGLE_VALUED_FIELDS = ("To", "From", "Body", "MessagingServiceSid", "TimeLimit
 # the body-only estimate would not see them.
 _PRICED_FIELDS = frozenset(name.casefold() for name in (*_SINGLE_VALUED_FIELDS, "MediaUrl"))
 
-# Dot segments, empty segments and escaped separators could make the vendor route a request
-# elsewhere than the path we priced or checked; no SDK sends them.
-
-# What a call does once answered, and for how long. Written in another case (`timelimit`) a
-# field would escape the estimate, which reads these names as written, while Twilio might
-# still take it: refused.
 # What a message is and how it is priced: as for a call, another case (`mediaurl`) would escape the
 # estimate, which reads these names as written (an MMS priced as an SMS), while Twilio might take it.
 _MESSAGE_FIELDS = ("To", "Body", "MediaUrl", "SendAsMms", "ContentSid")
+# What a call does once answered, and for how long. Written in another case (`timelimit`) a
+# field would escape the estimate, which reads these names as written, while Twilio might
+# still take it: refused.
 _CALL_FIELDS = ("TimeLimit", "Twiml", "Url", "ApplicationSid", "FallbackUrl", "Record", "MachineDetection", "AsyncAmd")
 # Switches for features Twilio bills apart from the call's minutes (recording per recorded minute,
 # answering-machine detection per call), for which Keybrake has no verified rate: only an explicit

@@ -74,3 +74,32 @@ def test_a_release_by_hand_racing_the_settlement_moves_the_hold_once(pg_url, clo
     finally:
         gate.close()
         operator.close()
+
+
+def test_a_correction_of_a_reservation_pruned_while_it_waited_says_so(pg_url, clock):
+    gate = PostgresLedger(pg_url, where="gate", clock=clock)
+    operator = PostgresLedger(pg_url, where="cli", clock=clock)
+    try:
+        gate.put_secret("stripe", "default", b"n" * 12, b"sealed", "fp", None)
+        with_key(gate, total=100 * USD)
+        held = admit(gate, 10)
+        refused = []
+
+        def release_by_hand():
+            try:
+                resolve_by_hand(operator, held.reservation_id, None)
+            except NotCorrectable as error:
+                refused.append(str(error))
+
+        with psycopg.connect(pg_url) as pruner:  # as `keybrake audit prune` would, under the key's lock
+            pruner.execute("SELECT key_id FROM vault_keys WHERE key_id = 'kbk_test' FOR UPDATE")
+            releasing = threading.Thread(target=release_by_hand)
+            releasing.start()
+            wait_for_a_lock_wait(pg_url)
+            pruner.execute("DELETE FROM reservations WHERE id = %s", (held.reservation_id,))
+            pruner.commit()
+        releasing.join(10)
+        assert refused == [f"no reservation {held.reservation_id}"]
+    finally:
+        gate.close()
+        operator.close()

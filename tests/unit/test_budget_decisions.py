@@ -391,3 +391,5 @@ def test_a_budgets_headroom_after_a_call_follows_how_it_settles(resolution, actu
     assert decisions.headroom_after(None, **moved) is None  # no capped budget
     assert decisions.headroom_after(70_000_000, **{**moved, "opened": False}) == 70_000_000  # a retry's hold was in it
     assert decisions.headroom_after(10_000_000, **{**moved, "resolution": Resolution.UNKNOWN}) == 0  # never below 0
+    if resolution is Resolution.SETTLE:  # a replay to the opener: nothing moved, as balance_after shows it
+        assert decisions.headroom_after(70_000_000, **moved, replayed=True) == 70_000_000
