@@ -410,6 +410,7 @@ class AsyncLedger:
             return
         self._observe("batch", started)
         self._committed_settles += len(settles)
+        self._no_longer_applying(settles)
         self._down_until = 0.0
         self.outages.answered()
         self._deliver(list(zip(admits, admissions)))
@@ -431,6 +432,7 @@ class AsyncLedger:
                      "settlement's hold stays counted", type(failure).__name__,
                      f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else "?")
         self._deliver([(item, LedgerUnavailable("the ledger failed on this call")) for item in admits])
+        self._no_longer_applying(settles)
         for item in settles:
             _never_committed(item.request)  # which hold, and the command that settles it by hand
 
@@ -440,6 +442,7 @@ class AsyncLedger:
         with self._condition:
             if self._closed:
                 return  # close() reported them: nobody is left to retry them
+            self._no_longer_applying(settles)  # in the queue now: counted, and reported at close, once
             for item in settles:
                 delay = SETTLE_RETRY_DELAYS_S[min(item.failures, len(SETTLE_RETRY_DELAYS_S) - 1)]
                 if item.failures == 0:
@@ -452,6 +455,14 @@ class AsyncLedger:
                 else:  # no money: the call was refused either way; say it was not recorded
                     logger.warning("keybrake: a refusal of %s %s was not recorded: %s", loggable(refused.call.method, 16),
                                    loggable(refused.call.path), failure)
+
+    def _no_longer_applying(self, settles: list[_Settle]) -> None:
+        """Committed or queued again: no longer the hanging batch's (a batch applied item by item
+        after a failure commits some before others)."""
+        if settles:
+            with self._condition:
+                done = {id(item) for item in settles}
+                self._applying = [item for item in self._applying if id(item) not in done]
 
     def _deliver(self, results: list) -> None:
         if not results or self._loop is None:

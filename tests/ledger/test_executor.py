@@ -584,3 +584,35 @@ def test_a_settlement_whose_batch_still_hangs_at_close_is_counted_and_reported(s
     assert len(reported) == 1 and "still being committed" in reported[0], reported
     assert ledger.unsettled == 0  # nothing requeued for a thread that has stopped
     assert money(SqliteLedger(store.store.database.path)) == (0, 50)  # the hold stays counted
+
+
+def test_a_batch_applied_item_by_item_counts_only_what_is_still_uncommitted(store, monkeypatch):
+    """After a failed batch, its items are applied one by one: those committed are no longer the
+    batch's, so the drain's count (and close's report) names only the one still hanging."""
+    hang_on, released = threading.Event(), threading.Event()
+    hanging = {}  # the reservation whose settlement hangs
+    real_apply = store.apply_batch
+
+    def apply(admits, settles, refusals):
+        if len(settles) > 1:
+            raise ValueError("one bad item")  # -> applied item by item
+        if settles and settles[0].reservation_id == hanging["id"]:
+            hang_on.set()
+            released.wait(10)
+        return real_apply(admits, settles, refusals)
+
+    async def run():
+        ledger = AsyncLedger(store)
+        first, second = await ledger.admit(request(10)), await ledger.admit(request(20))
+        hanging["id"] = second.reservation_id
+        monkeypatch.setattr(store, "apply_batch", apply)
+        for admission in (first, second):  # lingering together on the ledger thread: one batch
+            ledger.settle(settlement(admission, actual=0))
+        assert await asyncio.to_thread(hang_on.wait, 5)
+        report = await ledger.drain(0.2)
+        released.set()
+        await ledger.drain(5)
+        ledger.close()
+        return report
+
+    assert asyncio.run(run()).left == 1
