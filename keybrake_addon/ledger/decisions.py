@@ -494,12 +494,19 @@ def balance_after(key: KeyRecord, *, opened: bool, reserved_micros: int, resolut
     if not opened:
         return key  # a retry: its hold was already in the snapshot
     if resolution is Resolution.SETTLE:
-        spent = 0 if replayed else reserved_micros if actual_micros is None else actual_micros
+        spent = _spent_by_answer(reserved_micros, actual_micros, replayed)
         return replace(key, spent_micros=key.spent_micros + spent, today_spent_micros=key.today_spent_micros + spent)
     if resolution is Resolution.UNKNOWN:
         return replace(key, reserved_micros=key.reserved_micros + reserved_micros,
                        today_reserved_micros=key.today_reserved_micros + reserved_micros)
     return key
+
+
+def _spent_by_answer(reserved_micros: int, actual_micros: int | None, replayed: bool) -> int:
+    """What a settled answer of the attempt that opened the hold spends, as the headers show it."""
+    if replayed:
+        return 0
+    return reserved_micros if actual_micros is None else actual_micros
 
 
 def headroom_after(headroom: int | None, *, opened: bool, reserved_micros: int, resolution: Resolution,
@@ -509,7 +516,7 @@ def headroom_after(headroom: int | None, *, opened: bool, reserved_micros: int, 
     if headroom is None or not opened:
         return headroom
     if resolution is Resolution.SETTLE:
-        used = 0 if replayed else reserved_micros if actual_micros is None else actual_micros
+        used = _spent_by_answer(reserved_micros, actual_micros, replayed)
     elif resolution is Resolution.UNKNOWN:
         used = reserved_micros
     else:

@@ -41,3 +41,16 @@ def send_endless_head(sock: socket.socket, head_start: bytes, timeout_s: float) 
     except OSError:
         pass
     return sent
+
+
+def exchange_through_proxy(proxy, home, host: str, request: bytes) -> str:
+    """Send `request` as written (no client library would write it) to `host` through the proxy's
+    CONNECT and TLS, trusting the home's CA; returns the answer's head, lower-cased."""
+    proxy_host, port = proxy.url.removeprefix("http://").split(":")
+    with socket.create_connection((proxy_host, int(port)), timeout=10) as raw:
+        raw.sendall(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n".encode())
+        assert b" 200 " in raw.recv(4096)
+        context = ssl.create_default_context(cafile=str(home / "certs" / "keybrake-ca.pem"))
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            tls.sendall(request)
+            return tls.recv(65536).split(b"\r\n\r\n")[0].decode().lower()

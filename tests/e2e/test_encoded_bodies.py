@@ -8,7 +8,6 @@ the last), and a gzip transfer coding that was forwarded as sent.
 
 import base64
 import gzip
-import socket
 import ssl
 import struct
 import zlib
@@ -21,6 +20,7 @@ from support.fakes.fake_twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, F
 from keybrake_addon.proxy_process import ProxyProcess
 
 from .helpers import keybrake, keybrake_json
+from .raw_sockets import exchange_through_proxy
 
 RESEND_SECRET = "re_" + "fakeupstream"
 CALLS = f"/2010-04-01/Accounts/{DEFAULT_ACCOUNT_SID}/Calls.json"
@@ -115,17 +115,10 @@ def test_a_gzip_transfer_coding_is_refused(gated, home):
     # Read raw, a one-segment form (in the gzip header's comment field); gunzipped, 11 segments.
     body = gzip_with_comment(b"To=%2B14155550100&From=%2B14155550199&Body=" + b"x" * 1600,
                              comment=b"&To=%2B14155550100&From=%2B14155550199&Body=hi&z=")
-    host, port = proxy.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as raw:
-        raw.sendall(b"CONNECT api.twilio.com:443 HTTP/1.1\r\nHost: api.twilio.com:443\r\n\r\n")
-        assert b" 200 " in raw.recv(4096)
-        context = ssl.create_default_context(cafile=str(home / "certs" / "keybrake-ca.pem"))
-        with context.wrap_socket(raw, server_hostname="api.twilio.com") as tls:
-            tls.sendall(f"POST {MESSAGES} HTTP/1.1\r\nHost: api.twilio.com\r\n"
-                        f"Authorization: {twilio_auth(key['vault_key'])}\r\n"
-                        "Content-Type: application/x-www-form-urlencoded\r\n"
-                        "Transfer-Encoding: gzip, chunked\r\n\r\n".encode()
-                        + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
-            head = tls.recv(65536).split(b"\r\n\r\n")[0].decode().lower()
+    head = exchange_through_proxy(proxy, home, "api.twilio.com", (
+        f"POST {MESSAGES} HTTP/1.1\r\nHost: api.twilio.com\r\n"
+        f"Authorization: {twilio_auth(key['vault_key'])}\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        "Transfer-Encoding: gzip, chunked\r\n\r\n").encode() + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
     assert head.startswith("http/1.1 400") and "x-keybrake-refusal: keybrake_invalid_request" in head
     assert fakes["twilio"].received == []

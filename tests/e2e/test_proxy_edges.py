@@ -1,6 +1,5 @@
 """Edges of the proxy: a locked database, strict egress, header hygiene."""
 
-import socket
 import sqlite3
 import ssl
 
@@ -9,6 +8,8 @@ import pytest
 import stripe
 
 from keybrake_addon.proxy_process import ProxyProcess
+
+from .raw_sockets import exchange_through_proxy
 
 PI = {"amount": 5000, "currency": "usd", "confirm": True, "payment_method": "pm_card_visa"}
 
@@ -140,16 +141,10 @@ def test_a_folded_header_line_is_refused(proxy, fake_stripe, home, issue, line):
     tests/unit/test_vendor_base.py, refuses it too should that ever change.)"""
     key = issue("--total-usd-cap", "500", "--allow", "POST /v1/payment_intents")
     body = b"amount=5000&currency=usd"
-    host, port = proxy.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as raw:
-        raw.sendall(b"CONNECT api.stripe.com:443 HTTP/1.1\r\nHost: api.stripe.com:443\r\n\r\n")
-        assert b" 200 " in raw.recv(4096)
-        context = ssl.create_default_context(cafile=str(home / "certs" / "keybrake-ca.pem"))
-        with context.wrap_socket(raw, server_hostname="api.stripe.com") as tls:
-            tls.sendall(b"POST /v1/payment_intents HTTP/1.1\r\nHost: api.stripe.com\r\n"
-                        + f"Authorization: Bearer {key['vault_key']}\r\n".encode()
-                        + b"Content-Type: application/x-www-form-urlencoded\r\n" + line + b"\r\n"
-                        + b"Content-Length: %d\r\n\r\n" % len(body) + body)
-            head = tls.recv(65536).split(b"\r\n\r\n")[0].decode().lower()
+    head = exchange_through_proxy(proxy, home, "api.stripe.com", (
+        b"POST /v1/payment_intents HTTP/1.1\r\nHost: api.stripe.com\r\n"
+        + f"Authorization: Bearer {key['vault_key']}\r\n".encode()
+        + b"Content-Type: application/x-www-form-urlencoded\r\n" + line + b"\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(body) + body))
     assert head.startswith("http/1.1 400") and "x-keybrake-refusal: keybrake_invalid_request" in head
     assert fake_stripe.hits == 0

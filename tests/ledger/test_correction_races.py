@@ -32,74 +32,69 @@ def wait_for_a_lock_wait(url: str, timeout_s: float = 10.0) -> None:
     pytest.fail("the correction never waited for the key's lock")
 
 
-def test_a_release_by_hand_racing_the_settlement_moves_the_hold_once(pg_url, clock, monkeypatch):
+@pytest.fixture
+def gate_and_operator(pg_url, clock):
+    """Two connections to one ledger holding kbk_test ($100 cap): the gate's, and the CLI's."""
     gate = PostgresLedger(pg_url, where="gate", clock=clock)
     operator = PostgresLedger(pg_url, where="cli", clock=clock)
-    try:
-        gate.put_secret("stripe", "default", b"n" * 12, b"sealed", "fp", None)
-        with_key(gate, total=100 * USD)
-        first, second = admit(gate, 10), admit(gate, 50)
-        assert first.allowed and second.allowed and money(gate) == (0, 60)
+    gate.put_secret("stripe", "default", b"n" * 12, b"sealed", "fp", None)
+    with_key(gate, total=100 * USD)
+    yield gate, operator
+    gate.close()
+    operator.close()
 
-        written, go_on = threading.Event(), threading.Event()
-        write = store._Batch.write
 
-        def write_then_hold_the_lock(batch):
-            write(batch)
-            if threading.current_thread().name == "gate-settling":
-                written.set()  # the key is locked, the settlement written and not yet committed
-                assert go_on.wait(10)
+def release_by_hand_meanwhile(operator, reservation_id: int) -> tuple[threading.Thread, list[str]]:
+    """`keybrake reconcile --reservation ID --release` on a thread of its own; the list gets its refusal."""
+    refused: list[str] = []
 
-        monkeypatch.setattr(store._Batch, "write", write_then_hold_the_lock)
-        settling = threading.Thread(name="gate-settling", target=settle, args=(gate, first, Resolution.SETTLE, 10))
-        settling.start()
-        assert written.wait(10)
-        refused = []
+    def release() -> None:
+        try:
+            resolve_by_hand(operator, reservation_id, None)
+        except NotCorrectable as error:
+            refused.append(str(error))
 
-        def release_by_hand():
-            try:
-                resolve_by_hand(operator, first.reservation_id, None)
-            except NotCorrectable as error:
-                refused.append(str(error))
+    releasing = threading.Thread(target=release)
+    releasing.start()
+    return releasing, refused
 
-        releasing = threading.Thread(target=release_by_hand)
-        releasing.start()
+
+def test_a_release_by_hand_racing_the_settlement_moves_the_hold_once(gate_and_operator, pg_url, monkeypatch):
+    gate, operator = gate_and_operator
+    first, second = admit(gate, 10), admit(gate, 50)
+    assert first.allowed and second.allowed and money(gate) == (0, 60)
+
+    written, go_on = threading.Event(), threading.Event()
+    write = store._Batch.write
+
+    def write_then_hold_the_lock(batch):
+        write(batch)
+        if threading.current_thread().name == "gate-settling":
+            written.set()  # the key is locked, the settlement written and not yet committed
+            assert go_on.wait(10)
+
+    monkeypatch.setattr(store._Batch, "write", write_then_hold_the_lock)
+    settling = threading.Thread(name="gate-settling", target=settle, args=(gate, first, Resolution.SETTLE, 10))
+    settling.start()
+    assert written.wait(10)
+    releasing, refused = release_by_hand_meanwhile(operator, first.reservation_id)
+    wait_for_a_lock_wait(pg_url)
+    go_on.set()
+    settling.join(10)
+    releasing.join(10)
+    assert refused == [f"reservation {first.reservation_id} is already settled"]
+    assert money(gate) == (10, 50)  # the second call's $50 still held
+    assert not admit(gate, 50).allowed  # $10 spent + $50 held + $50 > $100
+
+
+def test_a_correction_of_a_reservation_pruned_while_it_waited_says_so(gate_and_operator, pg_url):
+    gate, operator = gate_and_operator
+    held = admit(gate, 10)
+    with psycopg.connect(pg_url) as pruner:  # as `keybrake audit prune` would, under the key's lock
+        pruner.execute("SELECT key_id FROM vault_keys WHERE key_id = 'kbk_test' FOR UPDATE")
+        releasing, refused = release_by_hand_meanwhile(operator, held.reservation_id)
         wait_for_a_lock_wait(pg_url)
-        go_on.set()
-        settling.join(10)
-        releasing.join(10)
-        assert refused == [f"reservation {first.reservation_id} is already settled"]
-        assert money(gate) == (10, 50)  # the second call's $50 still held
-        assert not admit(gate, 50).allowed  # $10 spent + $50 held + $50 > $100
-    finally:
-        gate.close()
-        operator.close()
-
-
-def test_a_correction_of_a_reservation_pruned_while_it_waited_says_so(pg_url, clock):
-    gate = PostgresLedger(pg_url, where="gate", clock=clock)
-    operator = PostgresLedger(pg_url, where="cli", clock=clock)
-    try:
-        gate.put_secret("stripe", "default", b"n" * 12, b"sealed", "fp", None)
-        with_key(gate, total=100 * USD)
-        held = admit(gate, 10)
-        refused = []
-
-        def release_by_hand():
-            try:
-                resolve_by_hand(operator, held.reservation_id, None)
-            except NotCorrectable as error:
-                refused.append(str(error))
-
-        with psycopg.connect(pg_url) as pruner:  # as `keybrake audit prune` would, under the key's lock
-            pruner.execute("SELECT key_id FROM vault_keys WHERE key_id = 'kbk_test' FOR UPDATE")
-            releasing = threading.Thread(target=release_by_hand)
-            releasing.start()
-            wait_for_a_lock_wait(pg_url)
-            pruner.execute("DELETE FROM reservations WHERE id = %s", (held.reservation_id,))
-            pruner.commit()
-        releasing.join(10)
-        assert refused == [f"no reservation {held.reservation_id}"]
-    finally:
-        gate.close()
-        operator.close()
+        pruner.execute("DELETE FROM reservations WHERE id = %s", (held.reservation_id,))
+        pruner.commit()
+    releasing.join(10)
+    assert refused == [f"no reservation {held.reservation_id}"]
