@@ -30,6 +30,12 @@ from .store import SqlLedger
 CONNECT_TIMEOUT_S = 2
 STATEMENT_TIMEOUT_MS = 5000
 POOL_SIZE = 4
+# A session idle inside a transaction is ended after this. Shorter than the lock wait: a process
+# frozen holding a key's lock (SIGSTOP, a debugger, Ctrl-Z, a paused host; its kernel still answers
+# keepalives) would otherwise fail every other replica's batches that touch that key, for as long
+# as it stays frozen. The gate's transactions pause between statements for milliseconds.
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 2000
+SCHEMA_IDLE_TIMEOUT_MS = 60_000  # `db copy` reads its source between writes in the schema transaction
 # How text taken out of JSON becomes each column type the batch writes use (not bytea: its text
 # form is an escape format, not the bytes).
 _FROM_JSON_TEXT = {"text": "", "bigint": "::bigint", "integer": "::integer", "double precision": "::double precision"}
@@ -59,16 +65,26 @@ class _PostgresTx:
         self._prefetched: tuple[dict[str, int], dict] | None = None  # those counts, and the row that drew them
 
     def rows(self, sql: str, params: Sequence = ()) -> list[dict]:
-        return self._connection.execute(_pyformat(sql), tuple(params)).fetchall()
+        return self._answered(self._connection.execute(_pyformat(sql), tuple(params))).fetchall()
 
     def row(self, sql: str, params: Sequence = ()) -> dict | None:
-        return self._connection.execute(_pyformat(sql), tuple(params)).fetchone()
+        return self._answered(self._connection.execute(_pyformat(sql), tuple(params))).fetchone()
 
     def run(self, sql: str, params: Sequence = ()) -> int:
-        cursor = self._connection.execute(_pyformat(sql), tuple(params))
-        if self._pipeline is not None:
-            self._pipeline.sync()  # the count is known once the server has answered
-        return cursor.rowcount
+        return self._answered(self._connection.execute(_pyformat(sql), tuple(params))).rowcount
+
+    def _answered(self, cursor: psycopg.Cursor, pipeline: psycopg.Pipeline | None = None) -> psycopg.Cursor:
+        """The cursor once the server has answered everything sent before it.
+
+        In a pipeline, by a Sync rather than the Flush psycopg sends to read a result: after a Sync
+        the server counts the session idle in its transaction until the next statement, so the
+        idle bound (IDLE_IN_TRANSACTION_TIMEOUT_MS) ends a process frozen between two round trips
+        of a batch. After a Flush it waits for the rest of the pipeline with no bound at all, and
+        the key rows the batch locked stay locked for as long as the process stays frozen. Either
+        is one round trip."""
+        if (pipeline := pipeline or self._pipeline) is not None:
+            pipeline.sync()
+        return cursor
 
     def run_many(self, sql: str, params: Iterable[Sequence]) -> None:
         with self._connection.cursor() as cursor:
@@ -112,9 +128,9 @@ class _PostgresTx:
         types = self._column_types.get(table)
         if types is None or any(name not in types for name in columns):
             # Read once per table and process (a read in a pipeline costs a round trip).
-            types = {row["name"]: row["type"] for row in self._connection.execute(
+            types = {row["name"]: row["type"] for row in self._answered(self._connection.execute(
                 "SELECT attname AS name, format_type(atttypid, atttypmod) AS type FROM pg_attribute "
-                "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped", (table,)).fetchall()}
+                "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped", (table,))).fetchall()}
             self._column_types[table] = types
         unpacked = []
         for place, name in enumerate(columns):
@@ -143,7 +159,7 @@ class _PostgresTx:
             row = prefetched[1]  # came back with an earlier round trip
         else:
             columns, params = _ids_columns(counts)
-            row = self._connection.execute("SELECT " + columns, params).fetchone()
+            row = self._answered(self._connection.execute("SELECT " + columns, params)).fetchone()
         # Ids drawn and not used are a gap in the sequence, as a rolled-back batch's are.
         return {table: list(row[table])[:count] if count else [] for table, count in counts.items()}
 
@@ -151,7 +167,7 @@ class _PostgresTx:
         if self._clock is not None:  # a test's clock
             return self._clock()
         # clock_timestamp(), not now(): the time of this statement, after the locks were taken.
-        return self._connection.execute("SELECT clock_timestamp() AS now").fetchone()["now"]
+        return self._answered(self._connection.execute("SELECT clock_timestamp() AS now")).fetchone()["now"]
 
     def now_and_rows(self, queries: Sequence[tuple[str, Sequence] | None], *,
                      clock_after: int = 0) -> tuple[datetime, list[list[dict]]]:
@@ -166,10 +182,11 @@ class _PostgresTx:
         if wanted:
             ids_sql, clock_params = _ids_columns(wanted)
             clock_sql.append(ids_sql)
-        with nullcontext() if self._pipeline is not None else self._connection.pipeline():
+        with nullcontext(self._pipeline) if self._pipeline is not None else self._connection.pipeline() as pipeline:
             cursors = [send(query) for query in queries[:clock_after]]
             clock = self._connection.execute("SELECT " + ", ".join(clock_sql), clock_params) if clock_sql else None
             cursors += [send(query) for query in queries[clock_after:]]
+            self._answered(clock, pipeline)
             clock_row = clock.fetchone() if clock is not None else None
             if wanted:
                 self._prefetched = wanted, clock_row
@@ -195,8 +212,10 @@ class _PostgresTx:
 
         The transaction that takes this lock changes the schema (init, upgrade, a copy's target),
         and runs without the statement timeout: rebuilding an index of a large ledger takes
-        minutes, and cancelled at 5 s an upgrade could never finish. SET LOCAL ends with this
-        transaction, so the pooled connection goes back to the gate with its own bound.
+        minutes, and cancelled at 5 s an upgrade could never finish. It may also pause between
+        statements longer than the gate's idle bound (a copy reads its source between writes), so
+        that bound is SCHEMA_IDLE_TIMEOUT_MS here. SET LOCAL ends with this transaction, so the
+        pooled connection goes back to the gate with its own bounds.
 
         lock_timeout stays the connection's. While this transaction waits for a table's lock, the
         server queues every later request for that table behind it, so each second it waits is a
@@ -205,7 +224,8 @@ class _PostgresTx:
         a prune, a copy) makes the upgrade fail, with nothing kept, and it can be run again.
         """
         self.row("SELECT set_config('statement_timeout', '0', true) AS timeout, "
-                 "pg_advisory_xact_lock(?) AS locked", (MIGRATION_LOCK,))
+                 "set_config('idle_in_transaction_session_timeout', ?, true) AS idle, "
+                 "pg_advisory_xact_lock(?) AS locked", (str(SCHEMA_IDLE_TIMEOUT_MS), MIGRATION_LOCK))
 
     def script(self, sql: str) -> None:
         self._connection.execute(sql)
@@ -226,7 +246,7 @@ class PostgresDatabase:
         self._statements: dict[tuple, str] = {}
         self._connect_timeout_s = connect_timeout_s
         options = (f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={statement_timeout_ms} "
-                   f"-c idle_in_transaction_session_timeout={statement_timeout_ms * 4}")
+                   f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}")
         self._pool = psycopg_pool.ConnectionPool(
             conninfo, min_size=1, max_size=pool_size, open=False, timeout=connect_timeout_s,
             reconnect_timeout=0,  # keep trying for ever: a replica recovers by itself when the server is back

@@ -545,6 +545,83 @@ def test_kill_9_of_one_replica_the_others_serve_and_nothing_is_under_counted(pg_
            fake_charged_usd=usd(moved * MICROS_PER_CENT), elapsed_s=round(batch.wall_s, 2))
 
 
+# ----- 5b. one replica frozen (SIGSTOP) while it holds the hot key's lock -------------------------
+
+FREEZE_S = 6.0  # past the lock wait (5 s): before the idle bound, every survivor batch failed then
+
+
+def waiting_on_a_silent_holder(url: str) -> int:
+    """Sessions waiting for a lock held by a session that has waited for its client for a while: the
+    replicas' own transactions send their next statement within milliseconds, so only a frozen
+    process holds a lock that long."""
+    return db_rows(url, "SELECT count(*) FROM pg_stat_activity w CROSS JOIN LATERAL unnest(pg_blocking_pids(w.pid)) "
+                        "AS b(pid) JOIN pg_stat_activity h ON h.pid = b.pid WHERE h.wait_event = 'ClientRead' "
+                        "AND clock_timestamp() - h.state_change > interval '50 ms'")[0][0]
+
+
+def freeze_holding_the_lock(process, url: str, tries: int = 300) -> bool:
+    """SIGSTOP the process at a moment its open transaction holds a lock the other replicas wait for
+    (a batch's first statement locks its keys; a read, such as the alert poll's, locks nothing)."""
+    for _ in range(tries):
+        process.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:
+            if waiting_on_a_silent_holder(url):
+                return True
+            time.sleep(0.02)
+        process.send_signal(signal.SIGCONT)
+        time.sleep(random.uniform(0.005, 0.04))
+    return False
+
+
+def test_a_replica_frozen_holding_the_keys_lock_does_not_fail_the_others(pg_url, tmp_path, monkeypatch, figures):
+    origin = initialised_home(tmp_path, pg_url)
+    key = issue(origin, pg_url, "--total-usd-cap", "100000", "--label", "fleet-frozen")
+    trust_the_fleet_ca(origin, pg_url, monkeypatch)
+    with FakeStripe(secret=REAL_SECRET, latency_s=LATENCY_S) as fake:
+        fleet = start_fleet(origin, pg_url, fake, tmp_path)
+        victim = fleet.proxies[0]
+        try:
+            done = Completion()
+            background = Background(600, create_pi(fleet.clients(key["vault_key"]), idempotency=True),
+                                    workers=WORKERS, lanes=REPLICAS, on_done=done.done).start()
+            done.wait_for(60, timeout_s=60)
+            frozen = freeze_holding_the_lock(victim.process, pg_url)
+            frozen_at = time.monotonic()
+            if frozen:
+                time.sleep(FREEZE_S)
+            victim.process.send_signal(signal.SIGCONT)
+            thawed_at = time.monotonic()
+            batch = background.join(timeout_s=300)
+            record = fleet.settled(key["key_id"])
+            open_holds = fleet.ledger.open_reservations(key["key_id"])
+            alive = fleet.alive()
+        finally:
+            victim.process.send_signal(signal.SIGCONT)
+            fleet.stop()
+        charged = fake.money_moved_minor
+    assert frozen, "the victim was never caught holding a lock the others wait for"
+    assert_clean_log(*fleet.proxies[1:])
+
+    assert alive == [True, True, True]
+    survivors = [c for c in batch.calls if c.lane != 0]
+    assert all(c.outcome == OK for c in survivors), describe([c for c in survivors if c.outcome != OK], fleet)
+    during = [c for c in survivors if frozen_at < c.started and c.finished < thawed_at]
+    assert during, "no survivor call ran while the victim was frozen"
+    # The victim's calls: passed, or refused with the vendor's 503 when its ended session failed a batch.
+    victim_failed = [c for c in batch.calls if c.lane == 0 and c.outcome != OK]
+    assert all(unavailable(c) for c in victim_failed), describe(victim_failed, fleet)
+    assert open_holds == [], open_holds
+    assert record.reserved_micros == 0
+    assert record.spent_micros == charged * MICROS_PER_CENT  # books exact
+    assert len(batch.having(OK)) * 5000 == charged
+    report(figures, "one replica frozen 6 s holding the hot key's lock", calls=len(batch.calls),
+           passed=batch.counts[OK], survivors_passed=len(survivors), survivor_calls_during_freeze=len(during),
+           slowest_survivor_s=round(max(c.elapsed for c in survivors), 2), victim_refused_503=len(victim_failed),
+           spent_usd=usd(record.spent_micros), fake_charged_usd=usd(charged * MICROS_PER_CENT),
+           elapsed_s=round(batch.wall_s, 2))
+
+
 # ----- 6. a replica whose clock is skewed ------------------------------------------------------------
 
 
