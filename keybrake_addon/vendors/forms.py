@@ -3,6 +3,8 @@
 import json
 from urllib.parse import parse_qsl
 
+from .base import MalformedRequest
+
 
 def parse_form(body: bytes) -> dict[str, str]:
     """Flat `key -> value` view of a form body; bracketed keys stay as written (`a[b]`).
@@ -26,5 +28,35 @@ def parse_json_object(body: bytes) -> dict | list | None:
         return None
     try:
         return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    found: dict = {}
+    for key, value in pairs:
+        if key in found:
+            raise _RepeatedKey(key)
+        found[key] = value
+    return found
+
+
+def parse_json_request(body: bytes) -> dict | list | None:
+    """A request body's JSON (None if it is not JSON), refused where two readers could disagree on
+    what it says: an object naming a key twice (Python keeps the last value, another reader the
+    first, or both), or nesting deep enough to exhaust the parser. Responses are read with
+    parse_json_object: an odd answer is still an answer."""
+    if not body:
+        return None
+    try:
+        return json.loads(body, object_pairs_hook=_unique_keys)
+    except _RepeatedKey as repeated:
+        raise MalformedRequest(f"the JSON body names {str(repeated)[:40]!r} more than once in one object") from None
+    except RecursionError:
+        raise MalformedRequest("the JSON body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError):
         return None

@@ -34,7 +34,7 @@ from .base import (
     VendorResponse,
 )
 from .auth_headers import bearer, bearer_token
-from .forms import parse_json_object
+from .forms import parse_json_object, parse_json_request
 
 if TYPE_CHECKING:  # pricing imports the vendors package: a runtime import here would be circular
     from ..pricing import ResendRates
@@ -103,9 +103,9 @@ def estimate(request: VendorRequest, rates: "ResendRates") -> CostEstimate:
         return CostEstimate()
     path = request.path
     if request.method == "POST" and _SEND.match(path):
-        return _emails([_email(parse_json_object(request.body))], rates)
+        return _emails([_email(parse_json_request(request.body))], rates)
     if request.method == "POST" and _SEND_BATCH.match(path):
-        return _emails(_batch(parse_json_object(request.body)), rates)
+        return _emails(_batch(parse_json_request(request.body)), rates)
     if _free_write(request.method, path):
         return CostEstimate()
     raise Unpriced("Keybrake prices only sending email (/emails, /emails/batch) on Resend")
@@ -122,16 +122,42 @@ def _batch(document) -> list[dict]:
     return [_email(item) for item in document]
 
 
+_RECIPIENT_FIELDS = ("to", "cc", "bcc")
+
+
 def _email(document) -> dict:
     if not isinstance(document, dict):
         raise MalformedRequest("an email is a JSON object")
+    _require_lower_case_recipient_fields(document)
+    _refuse_recipient_headers(document.get("headers"))
     if not document.get("to"):
         raise MalformedRequest("an email needs 'to'")
     return document
 
 
+def _require_lower_case_recipient_fields(email: dict) -> None:
+    """Only the exact lower-case `to`, `cc` and `bcc` are counted. Whether Resend also reads `CC`
+    or `Bcc` is not documented; if it did, recipients under such a key would be sent uncounted."""
+    for key in email:
+        folded = key.strip().casefold()
+        if folded in _RECIPIENT_FIELDS and key != folded:
+            raise MalformedRequest(f"the recipient field {key[:20]!r} must be spelled exactly {folded!r}, "
+                                   "in lower case")
+
+
+def _refuse_recipient_headers(headers) -> None:
+    """An email's custom `headers` are passed to the message as written; a To, Cc or Bcc header
+    there could add recipients the count never saw."""
+    if not isinstance(headers, dict):
+        return
+    for name in headers:
+        if isinstance(name, str) and name.strip().casefold() in _RECIPIENT_FIELDS:
+            raise MalformedRequest(f"custom headers must not set {name.strip()[:20]!r}: put recipients in "
+                                   "'to', 'cc' or 'bcc', where Keybrake counts them")
+
+
 def _recipients(email: dict) -> int:
-    return sum(_addresses(email.get(field), field) for field in ("to", "cc", "bcc"))
+    return sum(_addresses(email.get(field), field) for field in _RECIPIENT_FIELDS)
 
 
 def _addresses(value, field: str) -> int:

@@ -284,6 +284,8 @@ def estimate(request: VendorRequest, usd_rates: UsdRates) -> CostEstimate:
     if request.method != "POST":
         raise Unpriced(f"{request.method} is not a method Stripe's API uses")
     _require_plain_form_body(request)
+    _refuse_overcapture(request.body)
+    _refuse_in_person(request.body)
     found = _post_route(request.path)
     if found is None:
         raise Unpriced(f"POST {request.path} is not an endpoint Keybrake knows the cost of")
@@ -309,6 +311,39 @@ def _require_plain_form_body(request: VendorRequest) -> None:
     if request.body and media_type != "application/x-www-form-urlencoded":
         sent = f"Content-Type {media_type}" if media_type else "no Content-Type"
         raise MalformedRequest(f"a Stripe body must be application/x-www-form-urlencoded; this one has {sent}")
+
+
+def _refuse_overcapture(body: bytes) -> None:
+    """Over-capture lets a later capture take more than the authorised amount, and a capture is
+    priced as already counted at the creation's amount: the difference would never be counted.
+
+    Read on every POST, since the option can be set when a PaymentIntent is created, updated or
+    confirmed, or through a Checkout Session. Every repeat of the parameter is read, whichever one
+    Stripe keeps, and the name is matched ignoring case and position, so that no spelling Stripe
+    might accept slips past; `never` is Stripe's default and stays allowed.
+
+    Requesting incremental authorisation (`request_incremental_authorization`, card_present's
+    `request_incremental_authorization_support`) is left alone: the increment itself is a call to
+    /increment_authorization, refused as unpriced. Extended authorisation and multicapture keep the
+    authorised amount as the ceiling of what is captured.
+    """
+    for name, value in parse_form_pairs(body):
+        if "request_overcapture" in name.casefold() and value != "never":
+            raise Unpriced(f"{name[:80]}={value[:20]!r} requests over-capture, which lets a capture take more than the "
+                           "authorised amount Keybrake counted: leave it out or send 'never' (Stripe's default)")
+
+
+_IN_PERSON_TYPES = frozenset({"card_present", "interac_present"})
+
+
+def _refuse_in_person(body: bytes) -> None:
+    """A Terminal PaymentIntent may be captured above its authorisation with no parameter asking
+    for it first (on-receipt tips in the US: up to the greater of 50 % or $50 more), and a capture
+    is priced as already counted. Keybrake fronts unattended workers, not card readers: refused."""
+    for name, value in parse_form_pairs(body):
+        if value.strip().casefold() in _IN_PERSON_TYPES and name.strip().casefold().startswith("payment_method"):
+            raise Unpriced(f"{name[:60]}={value[:20]!r} makes an in-person (Terminal) payment, which may be captured "
+                           "for more than it authorised; Keybrake does not price in-person payments")
 
 
 # --- outcomes --------------------------------------------------------------------------------

@@ -77,6 +77,33 @@ def test_send_email_costs_one_email_per_recipient(message, usd_micros):
     assert got == CostEstimate(usd_micros=usd_micros, currency="usd")
 
 
+FIFTY = [f"r{i}@example.com" for i in range(50)]
+
+
+@pytest.mark.parametrize(
+    "path, body, key",
+    [
+        ("/emails", email(CC=FIFTY), "CC"),
+        ("/emails", email(Bcc=FIFTY), "Bcc"),
+        ("/emails", {"from": "a@acme.dev", "TO": FIFTY, "subject": "hi"}, "TO"),
+        ("/emails", email(**{"To": FIFTY}), "To"),  # beside an exact `to`
+        ("/emails", email(**{" cc": FIFTY}), " cc"),
+        ("/emails/batch", [email(), email(bCC=FIFTY)], "bCC"),
+    ],
+)
+def test_recipient_fields_spelled_in_another_case_are_refused(path, body, key):
+    # If Resend matched keys regardless of case, these recipients would be sent but not counted.
+    with pytest.raises(MalformedRequest, match="must be spelled exactly") as info:
+        resend.estimate(req("POST", path, body), RATES)
+    assert repr(key) in str(info.value)
+
+
+def test_lower_case_recipient_fields_are_priced_as_before_and_other_keys_in_any_case_pass():
+    message = email(to=["a@example.com", "b@example.com"], cc="c@example.com", bcc=["d@example.com"],
+                    Reply_To=FIFTY, Subject="x")  # reply_to sends nothing, whatever its case
+    assert resend.estimate(req("POST", "/emails", message), RATES) == CostEstimate(usd_micros=3_600, currency="usd")
+
+
 @pytest.mark.parametrize(
     "batch, usd_micros",
     [
@@ -403,3 +430,41 @@ def test_resend_sdk_raises_invalid_api_key_error_for_a_revoked_vault_key(sdk):
         resend_sdk.Emails.send(email())
     assert raised.value.message == "Keybrake vault key kbk_1 was revoked."
     assert raised.value.headers["x-keybrake-refusal"] == "keybrake_key_revoked"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # Python keeps a repeated key's last value; a reader that keeps the first sends 50 more.
+        b'{"from": "a@acme.dev", "to": "a@example.com", "cc": ' + json.dumps(FIFTY).encode()
+        + b', "cc": "c@example.com", "subject": "hi"}',
+        b'{"from": "a@acme.dev", "to": ' + json.dumps(FIFTY).encode() + b', "to": "a@example.com"}',
+    ],
+)
+def test_an_email_naming_a_field_twice_is_refused(body):
+    with pytest.raises(MalformedRequest, match="more than once"):
+        resend.estimate(req("POST", "/emails", body), RATES)
+
+
+def test_json_nested_past_any_email_is_refused_as_malformed():
+    with pytest.raises(MalformedRequest):
+        resend.estimate(req("POST", "/emails", b'{"to": "a@example.com", "tags": ' + b"[" * 100_000 + b"]" * 100_000
+                            + b"}"), RATES)
+
+
+@pytest.mark.parametrize("name", ["Bcc", "cc", "TO", " Cc "])
+def test_recipients_in_custom_headers_are_refused(name):
+    with pytest.raises(MalformedRequest, match="headers"):
+        resend.estimate(req("POST", "/emails", email(headers={name: ", ".join(FIFTY)})), RATES)
+
+
+def test_other_custom_headers_pass():
+    got = resend.estimate(req("POST", "/emails", email(headers={"X-Entity-Ref-ID": "123", "Reply-To": "r@x.dev"})),
+                          RATES)
+    assert got == CostEstimate(usd_micros=900, currency="usd")
+
+
+def test_a_repeated_key_in_a_response_is_read_as_before():
+    """Only requests are refused for it: a response's ids are read as Python reads them."""
+    got = resend.outcome(req("POST", "/emails", email()), resp(200, b'{"id": "e1", "id": "e2"}'), RATES)
+    assert got.object_ids == ("e2",)

@@ -299,6 +299,56 @@ def test_payment_intent_update_changing_currency_is_not_free():
         stripe.estimate(req("POST", "/v1/payment_intents/pi_1", b"currency=usd"), RATES)
 
 
+OVERCAPTURE = b"payment_method_options[card][request_overcapture]"
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/payment_intents", b"amount=5000&currency=usd&capture_method=manual&" + OVERCAPTURE + b"=if_available"),
+        ("/v1/payment_intents", b"amount=5000&currency=usd&"
+                                b"payment_method_options%5Bcard%5D%5Brequest_overcapture%5D=if_available"),
+        ("/v1/payment_intents", b"amount=5000&currency=usd&"
+                                b"Payment_Method_Options[Card][Request_OverCapture]=if_available"),
+        ("/v1/payment_intents", b"amount=5000&currency=usd&payment_method_options[card][request%5Fovercapture]=x"),
+        # every repeat is read, whichever one Stripe keeps
+        ("/v1/payment_intents", b"amount=5000&currency=usd&" + OVERCAPTURE + b"=if_available&" + OVERCAPTURE
+                                + b"=never"),
+        ("/v1/payment_intents", b"amount=5000&currency=usd&" + OVERCAPTURE + b"="),
+        ("/v1/payment_intents/pi_1", OVERCAPTURE + b"=if_available"),  # update: otherwise free
+        ("/v1/payment_intents/pi_1/confirm", OVERCAPTURE + b"=if_available"),  # otherwise already counted
+        ("/v1/checkout/sessions", b"mode=payment&line_items[0][price_data][unit_amount]=1000"
+                                  b"&line_items[0][price_data][currency]=usd&" + OVERCAPTURE + b"=if_available"),
+    ],
+)
+def test_a_post_requesting_overcapture_is_refused(path, body):
+    # A capture is priced as already counted at the authorised amount; over-capture would take more.
+    with pytest.raises(Unpriced, match="over-capture"):
+        stripe.estimate(req("POST", path, body), RATES)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        OVERCAPTURE + b"=never",
+        b"payment_method_options[card][request_incremental_authorization]=if_available",
+        b"payment_method_options[card][request_extended_authorization]=if_available",
+        b"payment_method_options[card][request_multicapture]=if_available",
+        b"payment_method_options[card_present][request_incremental_authorization_support]=true",
+        b"payment_method_options[card_present][request_extended_authorization]=true",
+    ],
+)
+def test_other_authorisation_options_and_overcapture_never_are_priced_as_before(options):
+    # An increment is a call of its own to /increment_authorization, refused as unpriced.
+    plain = stripe.estimate(req("POST", "/v1/payment_intents", b"amount=5000&currency=usd&capture_method=manual"),
+                            RATES)
+    got = stripe.estimate(req("POST", "/v1/payment_intents",
+                              b"amount=5000&currency=usd&capture_method=manual&" + options), RATES)
+    assert got == plain == CostEstimate(usd_micros=50_000_000, amount_minor=5000, currency="usd")
+    assert stripe.estimate(req("POST", "/v1/payment_intents/pi_1/confirm", options), RATES).basis \
+        is PricingBasis.ALREADY_COUNTED
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -563,3 +613,27 @@ def test_stripe_context_is_refused_for_every_call(method, path, body, context):
     headers = {**(FORM if method == "POST" else {}), "stripe-context": context}
     with pytest.raises(OtherAccount, match="Stripe-Context"):
         stripe.estimate(req(method, path, body, headers=headers), RATES)
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/payment_intents", b"amount=5000&currency=usd&capture_method=manual&payment_method_types[]=card_present"),
+        ("/v1/payment_intents", b"amount=5000&currency=usd&payment_method_types[0]=card&"
+                                b"payment_method_types[1]=Card_Present"),
+        ("/v1/payment_intents", b"amount=5000&currency=cad&payment_method_types%5B%5D=interac_present"),
+        ("/v1/payment_intents/pi_1", b"payment_method_types[]=card_present"),  # update: otherwise free
+        ("/v1/payment_intents", b"amount=5000&currency=usd&payment_method_data[type]=card_present"),
+    ],
+)
+def test_an_in_person_payment_intent_is_refused(path, body):
+    """A Terminal (card_present) PaymentIntent in the US may be captured for more than it
+    authorised, to add an on-receipt tip, with no parameter asking for it beforehand."""
+    with pytest.raises(Unpriced, match="in-person"):
+        stripe.estimate(req("POST", path, body), RATES)
+
+
+def test_online_payment_method_types_are_priced_as_before():
+    got = stripe.estimate(req("POST", "/v1/payment_intents", b"amount=5000&currency=usd&payment_method_types[]=card"
+                                                              b"&payment_method_types[]=us_bank_account"), RATES)
+    assert got.usd_micros == 50 * 1_000_000
