@@ -63,15 +63,44 @@ class _PostgresTx:
         self._statements = {} if statements is None else statements
         self._ids_wanted: dict[str, int] | None = None  # see prefetch_ids: drawn with the clock
         self._prefetched: tuple[dict[str, int], dict] | None = None  # those counts, and the row that drew them
+        self._held: list[tuple[str, Sequence | list[Sequence], bool]] = []  # see _hold: (sql, params, many)
 
     def rows(self, sql: str, params: Sequence = ()) -> list[dict]:
-        return self._answered(self._connection.execute(_pyformat(sql), tuple(params))).fetchall()
+        return self._answered(self._send(_pyformat(sql), tuple(params))).fetchall()
 
     def row(self, sql: str, params: Sequence = ()) -> dict | None:
-        return self._answered(self._connection.execute(_pyformat(sql), tuple(params))).fetchone()
+        return self._answered(self._send(_pyformat(sql), tuple(params))).fetchone()
 
     def run(self, sql: str, params: Sequence = ()) -> int:
-        return self._answered(self._connection.execute(_pyformat(sql), tuple(params))).rowcount
+        return self._answered(self._send(_pyformat(sql), tuple(params))).rowcount
+
+    def _send(self, sql: str, params: Sequence = ()) -> psycopg.Cursor:
+        """A statement whose answer is wanted: the writes held before it go first, in order."""
+        self.send_held()
+        return self._connection.execute(sql, params)
+
+    def _hold(self, sql: str, params: Sequence | list[Sequence], *, many: bool = False) -> None:
+        """A write nobody reads the answer of. In a pipeline it is held until the next read or the
+        COMMIT, then sent with it: psycopg sends a pipelined statement at once, and the server,
+        having had a statement with no Sync after it, waits for the rest with no bound. A process
+        frozen while building a batch's writes would hold its keys' locks for as long as it stays
+        frozen; held, the writes leave the session idle in its transaction (see _answered)."""
+        if self._pipeline is None:
+            self._write(sql, params, many)
+        else:
+            self._held.append((sql, params, many))
+
+    def send_held(self) -> None:
+        held, self._held = self._held, []
+        for sql, params, many in held:
+            self._write(sql, params, many)
+
+    def _write(self, sql: str, params, many: bool) -> None:
+        if many:
+            with self._connection.cursor() as cursor:
+                cursor.executemany(sql, params)
+        else:
+            self._connection.execute(sql, params)
 
     def _answered(self, cursor: psycopg.Cursor, pipeline: psycopg.Pipeline | None = None) -> psycopg.Cursor:
         """The cursor once the server has answered everything sent before it.
@@ -87,8 +116,7 @@ class _PostgresTx:
         return cursor
 
     def run_many(self, sql: str, params: Iterable[Sequence]) -> None:
-        with self._connection.cursor() as cursor:
-            cursor.executemany(_pyformat(sql), [tuple(p) for p in params])
+        self._hold(_pyformat(sql), [tuple(p) for p in params], many=True)
 
     # A batch's rows go as one JSON array of arrays, unpacked by the server: one statement for the
     # whole batch. executemany costs a Bind and an Execute per row, and psycopg's array parameters
@@ -101,7 +129,7 @@ class _PostgresTx:
             sql = self._statements[statement] = (
                 f"INSERT INTO {_identifier(table)} ({', '.join(map(_identifier, columns))}) "
                 f"SELECT {self._unpacked(table, columns)} FROM json_array_elements(%s::json) AS r")
-        self._connection.execute(sql, (_json_rows(rows, len(columns)),))
+        self._hold(sql, (_json_rows(rows, len(columns)),))
 
     def update_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence], *,
                     keep_if_null: frozenset[str] = frozenset()) -> None:
@@ -121,14 +149,14 @@ class _PostgresTx:
                 f"UPDATE {_identifier(table)} AS t SET {assignments} FROM (SELECT "
                 f"{self._unpacked(table, [*columns, 'id'])} FROM json_array_elements(%s::json) AS r) AS v "
                 "WHERE t.id = v.id AND t.id = ANY(%s::bigint[])")
-        self._connection.execute(sql, (_json_rows(rows, len(columns) + 1), [row[-1] for row in rows]))
+        self._hold(sql, (_json_rows(rows, len(columns) + 1), [row[-1] for row in rows]))
 
     def _unpacked(self, table: str, columns: Sequence[str]) -> str:
         """Each column from its place in a row `r` (a JSON array), cast to the column's type."""
         types = self._column_types.get(table)
         if types is None or any(name not in types for name in columns):
             # Read once per table and process (a read in a pipeline costs a round trip).
-            types = {row["name"]: row["type"] for row in self._answered(self._connection.execute(
+            types = {row["name"]: row["type"] for row in self._answered(self._send(
                 "SELECT attname AS name, format_type(atttypid, atttypmod) AS type FROM pg_attribute "
                 "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped", (table,))).fetchall()}
             self._column_types[table] = types
@@ -159,7 +187,7 @@ class _PostgresTx:
             row = prefetched[1]  # came back with an earlier round trip
         else:
             columns, params = _ids_columns(counts)
-            row = self._answered(self._connection.execute("SELECT " + columns, params)).fetchone()
+            row = self._answered(self._send("SELECT " + columns, params)).fetchone()
         # Ids drawn and not used are a gap in the sequence, as a rolled-back batch's are.
         return {table: list(row[table])[:count] if count else [] for table, count in counts.items()}
 
@@ -167,7 +195,7 @@ class _PostgresTx:
         if self._clock is not None:  # a test's clock
             return self._clock()
         # clock_timestamp(), not now(): the time of this statement, after the locks were taken.
-        return self._answered(self._connection.execute("SELECT clock_timestamp() AS now")).fetchone()["now"]
+        return self._answered(self._send("SELECT clock_timestamp() AS now")).fetchone()["now"]
 
     def now_and_rows(self, queries: Sequence[tuple[str, Sequence] | None], *,
                      clock_after: int = 0) -> tuple[datetime, list[list[dict]]]:
@@ -177,6 +205,7 @@ class _PostgresTx:
         def send(query):
             return None if query is None else self._connection.execute(_pyformat(query[0]), tuple(query[1]))
 
+        self.send_held()
         wanted, self._ids_wanted = self._ids_wanted, None
         clock_sql, clock_params = ([] if self._clock is not None else ["clock_timestamp() AS now"]), ()
         if wanted:
@@ -228,7 +257,7 @@ class _PostgresTx:
                  "pg_advisory_xact_lock(?) AS locked", (str(SCHEMA_IDLE_TIMEOUT_MS), MIGRATION_LOCK))
 
     def script(self, sql: str) -> None:
-        self._connection.execute(sql)
+        self._send(sql)
 
 
 class PostgresDatabase:
@@ -250,7 +279,8 @@ class PostgresDatabase:
         self._pool = psycopg_pool.ConnectionPool(
             conninfo, min_size=1, max_size=pool_size, open=False, timeout=connect_timeout_s,
             reconnect_timeout=0,  # keep trying for ever: a replica recovers by itself when the server is back
-            kwargs={"row_factory": dict_row, "connect_timeout": max(1, int(connect_timeout_s)), "options": options,
+            # autocommit: transaction() sends BEGIN either way, and a pipelined batch sends its own.
+            kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": max(1, int(connect_timeout_s)), "options": options,
                     "application_name": "keybrake", "keepalives": 1, "keepalives_idle": 5,
                     "keepalives_interval": 2, "keepalives_count": 2, "tcp_user_timeout": statement_timeout_ms},
             check=psycopg_pool.ConnectionPool.check_connection)
@@ -275,8 +305,10 @@ class PostgresDatabase:
     def transaction(self, *, pipelined: bool = False) -> Iterator[_PostgresTx]:
         with self._connection() as connection:
             try:
-                with connection.pipeline() if pipelined else nullcontext() as pipeline, connection.transaction():
-                    yield _PostgresTx(connection, self._clock, pipeline, self._column_types, self._statements)
+                with _pipelined_transaction(connection) if pipelined else _transaction(connection) as pipeline:
+                    tx = _PostgresTx(connection, self._clock, pipeline, self._column_types, self._statements)
+                    yield tx
+                    tx.send_held()  # then the COMMIT, in one burst
             except (errors.DeadlockDetected, errors.SerializationFailure) as error:
                 raise LedgerConflict(f"the ledger aborted a transaction: {type(error).__name__}") from error
             except errors.DataError as error:
@@ -296,6 +328,46 @@ class PostgresDatabase:
                                     f"{self._connect_timeout_s:g} s") from error
         except psycopg.OperationalError as error:
             raise LedgerUnavailable(f"the ledger at {self.where} is unavailable: {_describe(error)}") from error
+
+
+@contextmanager
+def _transaction(connection: psycopg.Connection) -> Iterator[None]:
+    with connection.transaction():
+        yield None
+
+
+@contextmanager
+def _pipelined_transaction(connection: psycopg.Connection) -> Iterator[psycopg.Pipeline]:
+    """BEGIN and COMMIT sent as statements of the pipeline, the COMMIT with the writes before it.
+
+    psycopg's own transaction() in a pipeline ends with a round trip of its own before the COMMIT
+    (a Sync, then a Flush). A Flush read after the Sync stops the server's idle-in-transaction
+    timer, so a process frozen while that round trip's answer waits for it kept its keys' locks
+    with no bound; and that round trip was one of a batch's few. Here the writes, the COMMIT and
+    one Sync go together. The connection is in autocommit mode (see PostgresDatabase), so BEGIN
+    and COMMIT are ours to send."""
+    with connection.pipeline() as pipeline:
+        connection.execute("BEGIN")
+        try:
+            yield pipeline
+            connection.execute("COMMIT")
+            pipeline.sync()
+        except BaseException:
+            _roll_back(connection, pipeline)
+            raise
+
+
+def _roll_back(connection: psycopg.Connection, pipeline: psycopg.Pipeline) -> None:
+    """End a failed pipelined transaction, so that its connection goes back to the pool clean."""
+    try:
+        try:
+            pipeline.sync()  # the server skips what follows an error until a Sync
+        except psycopg.Error:
+            pass  # the error being raised, or what it aborted
+        connection.execute("ROLLBACK")
+        pipeline.sync()
+    except psycopg.Error:
+        pass  # the pool rolls back (or discards) a connection returned inside a transaction
 
 
 def _ids_columns(counts: dict[str, int]) -> tuple[str, tuple]:

@@ -47,18 +47,24 @@ def test_the_idle_bound_is_shorter_than_the_lock_wait():
     assert IDLE_IN_TRANSACTION_TIMEOUT_MS < STATEMENT_TIMEOUT_MS
 
 
-def freeze_mid_batch(frozen, monkeypatch) -> tuple[threading.Thread, threading.Event, list]:
+def freeze_mid_batch(frozen, monkeypatch, moment: str) -> tuple[threading.Thread, threading.Event, list]:
     """Replica A's batch on a thread of its own, stopped once its key is locked and its decision
-    made, before it writes: what the server sees of a replica frozen mid-batch. The list gets how
-    the batch ended once it is let go."""
+    made, before or after it writes its rows (short of the COMMIT): what the server sees of a
+    replica frozen mid-batch. The list gets how the batch ended once it is let go."""
     locked, thaw, ended = threading.Event(), threading.Event(), []
     write = store._Batch.write
 
-    def write_after_a_freeze(batch):
+    def freeze() -> None:
         if threading.current_thread().name == "replica-a":
             locked.set()
             assert thaw.wait(30)
+
+    def write_with_a_freeze(batch):
+        if moment == "before its writes":
+            freeze()
         write(batch)
+        if moment == "after its writes":
+            freeze()
 
     def run() -> None:
         try:
@@ -66,16 +72,17 @@ def freeze_mid_batch(frozen, monkeypatch) -> tuple[threading.Thread, threading.E
         except LedgerUnavailable as error:
             ended.append(error)
 
-    monkeypatch.setattr(store._Batch, "write", write_after_a_freeze)
+    monkeypatch.setattr(store._Batch, "write", write_with_a_freeze)
     batch = threading.Thread(name="replica-a", target=run)
     batch.start()
     assert locked.wait(10)
     return batch, thaw, ended
 
 
-def test_a_replica_frozen_mid_batch_stalls_the_others_briefly_and_fails_none(two_replicas, monkeypatch):
+@pytest.mark.parametrize("moment", ["before its writes", "after its writes"])
+def test_a_replica_frozen_mid_batch_stalls_the_others_briefly_and_fails_none(two_replicas, monkeypatch, moment):
     frozen, serving = two_replicas
-    batch, thaw, ended = freeze_mid_batch(frozen, monkeypatch)
+    batch, thaw, ended = freeze_mid_batch(frozen, monkeypatch, moment)
     try:
         started = time.monotonic()
         admissions, _ = serving.apply_batch([admit_request(KEY_HASH, 10), admit_request(OTHER_HASH, 20)], [], [])
