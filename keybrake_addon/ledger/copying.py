@@ -68,7 +68,9 @@ def copy_ledger(source: DatabaseUrl, target: DatabaseUrl) -> dict[str, int]:
 
 def _copy(reader: SqlLedger, writer: SqlLedger) -> dict[str, int]:
     copied: dict[str, int] = {}
-    with _snapshot(reader) as source, writer.database.transaction() as tx:
+    # The source's snapshot inside the target's transaction: should the source fail, even at its
+    # own end, the target rolls back rather than having committed a copy reported as failed.
+    with writer.database.transaction() as tx, _snapshot(reader) as source:
         tx.lock_schema()
         _prepare_target(tx, writer.database.where, _meta(source))
         for table, key in TABLES.items():
@@ -96,6 +98,7 @@ def _snapshot(ledger: SqlLedger) -> Iterator:
                 tx.run("COMMIT")
         else:
             tx.run("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            tx.allow_long_pauses()  # it waits for the target's writes between its reads
             yield tx
 
 

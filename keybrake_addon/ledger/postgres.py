@@ -256,8 +256,15 @@ class _PostgresTx:
                  "set_config('idle_in_transaction_session_timeout', ?, true) AS idle, "
                  "pg_advisory_xact_lock(?) AS locked", (str(SCHEMA_IDLE_TIMEOUT_MS), MIGRATION_LOCK))
 
+    def allow_long_pauses(self) -> None:
+        """This transaction may pause between statements for up to SCHEMA_IDLE_TIMEOUT_MS (a copy's
+        source, read between the target's writes), not the gate's idle bound."""
+        self.row("SELECT set_config('idle_in_transaction_session_timeout', ?, true) AS idle",
+                 (str(SCHEMA_IDLE_TIMEOUT_MS),))
+
     def script(self, sql: str) -> None:
-        self._send(sql)
+        self.send_held()
+        self._connection.execute(sql)  # no parameters: a `%` in the script is SQL, not a placeholder
 
 
 class PostgresDatabase:
@@ -341,33 +348,33 @@ def _pipelined_transaction(connection: psycopg.Connection) -> Iterator[psycopg.P
     """BEGIN and COMMIT sent as statements of the pipeline, the COMMIT with the writes before it.
 
     psycopg's own transaction() in a pipeline ends with a round trip of its own before the COMMIT
-    (a Sync, then a Flush). A Flush read after the Sync stops the server's idle-in-transaction
-    timer, so a process frozen while that round trip's answer waits for it kept its keys' locks
-    with no bound; and that round trip was one of a batch's few. Here the writes, the COMMIT and
-    one Sync go together. The connection is in autocommit mode (see PostgresDatabase), so BEGIN
-    and COMMIT are ours to send."""
-    with connection.pipeline() as pipeline:
-        connection.execute("BEGIN")
-        try:
-            yield pipeline
-            connection.execute("COMMIT")
-            pipeline.sync()
-        except BaseException:
-            _roll_back(connection, pipeline)
-            raise
-
-
-def _roll_back(connection: psycopg.Connection, pipeline: psycopg.Pipeline) -> None:
-    """End a failed pipelined transaction, so that its connection goes back to the pool clean."""
+    (a Sync, then a Flush). A Flush read after a Sync stops the server's idle-in-transaction
+    timer, so a process frozen while that round trip's answer waited kept its keys' locks with no
+    bound; and that round trip was one of a batch's few. Here the writes, the COMMIT and the Sync
+    that leaving the pipeline sends go together: one round trip. The connection is in autocommit
+    mode (see PostgresDatabase), so BEGIN and COMMIT are ours to send."""
     try:
+        with connection.pipeline() as pipeline:
+            connection.execute("BEGIN")
+            yield pipeline
+            commit = connection.execute("COMMIT")
+    except BaseException:
+        _roll_back(connection)
+        raise
+    if commit.statusmessage != "COMMIT":
+        # The server answers COMMIT in a failed transaction with ROLLBACK, and no error: only a
+        # failed statement whose error was swallowed gets here, and nothing was committed.
+        raise LedgerUnavailable(f"the ledger rolled the transaction back at COMMIT ({commit.statusmessage})")
+
+
+def _roll_back(connection: psycopg.Connection) -> None:
+    """End a failed pipelined transaction, so that its connection goes back to the pool clean."""
+    if connection.info.transaction_status in (psycopg.pq.TransactionStatus.INTRANS,
+                                              psycopg.pq.TransactionStatus.INERROR):
         try:
-            pipeline.sync()  # the server skips what follows an error until a Sync
+            connection.execute("ROLLBACK")
         except psycopg.Error:
-            pass  # the error being raised, or what it aborted
-        connection.execute("ROLLBACK")
-        pipeline.sync()
-    except psycopg.Error:
-        pass  # the pool rolls back (or discards) a connection returned inside a transaction
+            pass  # a connection that cannot roll back is discarded by the pool on return
 
 
 def _ids_columns(counts: dict[str, int]) -> tuple[str, tuple]:

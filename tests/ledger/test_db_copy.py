@@ -5,12 +5,14 @@ admin tokens; after the copy both databases must read the same through the same 
 """
 
 import json
+import time
 
+import psycopg
 import pytest
 
 from keybrake_addon.home import KeybrakeHome
 from keybrake_addon.ledger import copying
-from keybrake_addon.ledger.base import AuditFilter
+from keybrake_addon.ledger.base import AuditFilter, LedgerUnavailable
 from keybrake_addon.ledger.opening import database_of, schema_version
 from keybrake_addon.ledger.postgres import PostgresLedger
 from keybrake_addon.ledger.sqlite import SqliteLedger
@@ -136,3 +138,56 @@ def test_a_missing_source_is_refused_without_creating_it(tmp_path, pg_url):
     refused = keybrake(tmp_path / "nowhere", "db", "copy", "--to", pg_url, ok=False)
     assert refused.exit_code == 1 and "nothing to copy" in refused.output
     assert not database_of(None, tmp_path / "nowhere" / "keybrake.db").path.exists()
+
+
+# --- a PostgreSQL source ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_databases(postgres_server):
+    """A PostgreSQL ledger holding a key (the source) and an empty database (the target)."""
+    from support.postgres import fresh_database
+
+    with fresh_database(postgres_server.url) as source_url, fresh_database(postgres_server.url) as target_url:
+        source = PostgresLedger(source_url, where="source")
+        source.put_secret("stripe", "default", b"n" * 12, b"sealed", "fp", None)
+        source.close()
+        yield parse_database_url(source_url), parse_database_url(target_url)
+
+
+def chunks_with(monkeypatch, after_each) -> None:
+    chunks = copying._chunks
+
+    def reading_then(source, table, key):
+        for rows in chunks(source, table, key):
+            yield rows
+            after_each(source, table)
+
+    monkeypatch.setattr(copying, "_chunks", reading_then)
+
+
+def test_a_postgresql_source_may_wait_for_a_slow_target(two_databases, monkeypatch):
+    """The source's snapshot waits while the target writes each chunk: longer than the gate's
+    idle bound (2 s) on a slow or distant target."""
+    source, target = two_databases
+    chunks_with(monkeypatch, lambda tx, table: time.sleep(2.5) if table == "secrets" else None)
+    copied = copying.copy_ledger(source, target)
+    assert copied["secrets"] == 1
+
+
+def test_a_source_lost_at_its_end_leaves_the_target_empty(two_databases, monkeypatch):
+    source, target = two_databases
+    copy_table = copying._copy_table
+
+    def copy_then_lose_the_source_after_the_last(source_tx, tx, table, key):
+        copied = copy_table(source_tx, tx, table, key)
+        if table == TABLES[-1]:  # every read done: only the two COMMITs are left
+            pid = source_tx.row("SELECT pg_backend_pid() AS pid")["pid"]
+            with psycopg.connect(target.conninfo, autocommit=True) as other:
+                other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        return copied
+
+    monkeypatch.setattr(copying, "_copy_table", copy_then_lose_the_source_after_the_last)
+    with pytest.raises(LedgerUnavailable):
+        copying.copy_ledger(source, target)
+    assert schema_version(target) is None  # rolled back whole: the copy can be run again
