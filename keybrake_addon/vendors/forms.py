@@ -6,18 +6,12 @@ from urllib.parse import parse_qsl
 from .base import MalformedRequest
 
 
-def parse_form(body: bytes) -> dict[str, str]:
-    """Flat `key -> value` view of a form body; bracketed keys stay as written (`a[b]`).
-
-    parse_qsl unescapes `%5B`/`%5D`, so stripe-python's raw brackets and other clients'
-    escaped ones come out the same. A repeated key keeps its last value, as Stripe does.
-    """
-    return dict(parse_form_pairs(body))
-
-
 def parse_form_pairs(body: bytes) -> list[tuple[str, str]]:
-    """Every `(key, value)` of a form body (or a query string) in order, repeats included, for
-    vendors that do not document which of a repeated key's values they use."""
+    """Every `(key, value)` of a form body (or a query string) in order, repeats included; bracketed
+    keys stay as written (`a[b]`). `dict()` of it keeps a repeated key's last value, as Stripe does.
+
+    parse_qsl unescapes `%5B`/`%5D`, so stripe-python's raw brackets and other clients' escaped
+    ones come out the same."""
     if not body:
         return []
     return parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)

@@ -45,7 +45,7 @@ from .base import (
 )
 from .currency import minor_to_usd_micros
 from .auth_headers import basic_credentials, bearer, bearer_token
-from .forms import parse_form, parse_form_pairs, parse_json_object
+from .forms import parse_form_pairs, parse_json_object
 
 NAME = "stripe"
 HOSTS = ("api.stripe.com",)
@@ -284,13 +284,14 @@ def estimate(request: VendorRequest, usd_rates: UsdRates) -> CostEstimate:
     if request.method != "POST":
         raise Unpriced(f"{request.method} is not a method Stripe's API uses")
     _require_plain_form_body(request)
-    _refuse_overcapture(request.body)
-    _refuse_in_person(request.body)
+    pairs = parse_form_pairs(request.body)  # every repeat, for the checks; the route reads the last of each
+    _refuse_overcapture(pairs)
+    _refuse_in_person(pairs)
     found = _post_route(request.path)
     if found is None:
         raise Unpriced(f"POST {request.path} is not an endpoint Keybrake knows the cost of")
     route, match = found
-    return route.estimate(parse_form(request.body), match, usd_rates)
+    return route.estimate(dict(pairs), match, usd_rates)
 
 
 def _require_plain_form_body(request: VendorRequest) -> None:
@@ -313,7 +314,7 @@ def _require_plain_form_body(request: VendorRequest) -> None:
         raise MalformedRequest(f"a Stripe body must be application/x-www-form-urlencoded; this one has {sent}")
 
 
-def _refuse_overcapture(body: bytes) -> None:
+def _refuse_overcapture(pairs: list[tuple[str, str]]) -> None:
     """Over-capture lets a later capture take more than the authorised amount, and a capture is
     priced as already counted at the creation's amount: the difference would never be counted.
 
@@ -327,7 +328,7 @@ def _refuse_overcapture(body: bytes) -> None:
     /increment_authorization, refused as unpriced. Extended authorisation and multicapture keep the
     authorised amount as the ceiling of what is captured.
     """
-    for name, value in parse_form_pairs(body):
+    for name, value in pairs:
         if "request_overcapture" in name.casefold() and value != "never":
             raise Unpriced(f"{name[:80]}={value[:20]!r} requests over-capture, which lets a capture take more than the "
                            "authorised amount Keybrake counted: leave it out or send 'never' (Stripe's default)")
@@ -336,11 +337,11 @@ def _refuse_overcapture(body: bytes) -> None:
 _IN_PERSON_TYPES = frozenset({"card_present", "interac_present"})
 
 
-def _refuse_in_person(body: bytes) -> None:
+def _refuse_in_person(pairs: list[tuple[str, str]]) -> None:
     """A Terminal PaymentIntent may be captured above its authorisation with no parameter asking
     for it first (on-receipt tips in the US: up to the greater of 50 % or $50 more), and a capture
     is priced as already counted. Keybrake fronts unattended workers, not card readers: refused."""
-    for name, value in parse_form_pairs(body):
+    for name, value in pairs:
         if value.strip().casefold() in _IN_PERSON_TYPES and name.strip().casefold().startswith("payment_method"):
             raise Unpriced(f"{name[:60]}={value[:20]!r} makes an in-person (Terminal) payment, which may be captured "
                            "for more than it authorised; Keybrake does not price in-person payments")

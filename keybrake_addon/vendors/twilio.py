@@ -204,7 +204,7 @@ def _priced_form(request: VendorRequest) -> dict[str, str]:
     for name, _ in parse_form_pairs(request.query.encode()):
         if name.casefold() in _PRICED_FIELDS:
             raise MalformedRequest(f"'{name}' must be sent in the form body, not in the query string")
-    return dict(pairs)  # what parse_form gives, without parsing the body twice
+    return dict(pairs)  # a repeated name keeps its last value
 
 
 def _message(form: Mapping[str, str], rates: "TwilioRates") -> CostEstimate:
@@ -213,7 +213,7 @@ def _message(form: Mapping[str, str], rates: "TwilioRates") -> CostEstimate:
     if form.get("ContentSid"):
         raise Unpriced("messages from a content template (ContentSid) are not priced by Keybrake yet")
     body = form.get("Body", "")
-    # parse_form keeps the last of repeated MediaUrl values, possibly an empty one: presence decides.
+    # dict(pairs) keeps the last of repeated MediaUrl values, possibly an empty one: presence decides.
     if "MediaUrl" in form or form.get("SendAsMms", "").lower() == "true":
         per_message = _country_rate(number, rates.mms_usd_per_message, rates.default_mms_usd_per_message,
                                     "MMS", "mms_usd_per_message")
