@@ -252,13 +252,14 @@ class _PostgresTx:
         milliseconds, so the short wait is enough past them; what holds a lock longer (a report,
         a prune, a copy) makes the upgrade fail, with nothing kept, and it can be run again.
         """
+        self.allow_long_pauses()
         self.row("SELECT set_config('statement_timeout', '0', true) AS timeout, "
-                 "set_config('idle_in_transaction_session_timeout', ?, true) AS idle, "
-                 "pg_advisory_xact_lock(?) AS locked", (str(SCHEMA_IDLE_TIMEOUT_MS), MIGRATION_LOCK))
+                 "pg_advisory_xact_lock(?) AS locked", (MIGRATION_LOCK,))
 
     def allow_long_pauses(self) -> None:
-        """This transaction may pause between statements for up to SCHEMA_IDLE_TIMEOUT_MS (a copy's
-        source, read between the target's writes), not the gate's idle bound."""
+        """This transaction may pause between statements for up to SCHEMA_IDLE_TIMEOUT_MS, not the
+        gate's idle bound: a schema change, and both sides of a copy (the source is read between
+        the target's writes)."""
         self.row("SELECT set_config('idle_in_transaction_session_timeout', ?, true) AS idle",
                  (str(SCHEMA_IDLE_TIMEOUT_MS),))
 

@@ -18,6 +18,8 @@ from keybrake_addon.ledger.postgres import PostgresLedger
 from keybrake_addon.ledger.sqlite import SqliteLedger
 from keybrake_addon.ledger.urls import parse_database_url
 
+from support.postgres import fresh_database
+
 from .homes import admit, copy_home_v3, facts, key_hash, keybrake, raw_rows, settle
 
 TABLES = tuple(copying.TABLES)
@@ -145,9 +147,7 @@ def test_a_missing_source_is_refused_without_creating_it(tmp_path, pg_url):
 
 @pytest.fixture
 def two_databases(postgres_server):
-    """A PostgreSQL ledger holding a key (the source) and an empty database (the target)."""
-    from support.postgres import fresh_database
-
+    """A PostgreSQL ledger holding a secret (the source) and an empty database (the target)."""
     with fresh_database(postgres_server.url) as source_url, fresh_database(postgres_server.url) as target_url:
         source = PostgresLedger(source_url, where="source")
         source.put_secret("stripe", "default", b"n" * 12, b"sealed", "fp", None)

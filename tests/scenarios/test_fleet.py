@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -551,10 +552,11 @@ FREEZE_S = 6.0  # past the lock wait (5 s): before the idle bound, every survivo
 FROZEN_CALLS = 1500  # enough for several seconds of load before the freeze is caught, and after it
 
 
-def waiting_on_an_idle_holder(url: str, ports: list[int]) -> int:
-    """Sessions waiting for a lock held by one of `ports`' sessions idle in its transaction for a while: the
-    replicas' own transactions send their next statement within milliseconds, so only a frozen
-    process holds a lock that long.
+def waiting_on(url: str, ports: list[int], *, idle_in_transaction: bool = False) -> bool:
+    """Whether a session of this database waits for a lock held by a session on one of `ports`;
+    with idle_in_transaction, one idle inside its transaction for a while. The replicas' own
+    transactions send their next statement within milliseconds, so only a frozen process is idle
+    in one that long.
 
     Idle in its transaction: frozen between two round trips of a batch. A process frozen in the
     fraction of a millisecond in which psycopg hands one round trip's statements to the socket
@@ -562,15 +564,16 @@ def waiting_on_an_idle_holder(url: str, ports: list[int]) -> int:
     replica"); such a catch is let go and tried again. (Before session 22 a batch was never idle in
     its transaction, read by Flush rather than Sync: this scenario fails there at the catch. With any
     silent holder caught instead, it failed on the survivors' 503s, in 2 runs of 2.)"""
+    idle = (" AND h.state = 'idle in transaction' AND clock_timestamp() - h.state_change > interval '50 ms'"
+            if idle_in_transaction else "")
     return db_rows(url, "SELECT count(*) FROM pg_stat_activity w CROSS JOIN LATERAL unnest(pg_blocking_pids(w.pid)) "
                         "AS b(pid) JOIN pg_stat_activity h ON h.pid = b.pid WHERE w.datname = current_database() "
-                        "AND h.client_port = ANY(%s) AND h.state = 'idle in transaction' "
-                        "AND clock_timestamp() - h.state_change > interval '50 ms'", ports)[0][0]
+                        "AND h.client_port = ANY(%s)" + idle, ports)[0][0] > 0
 
 
-def ledger_ports(process) -> list[int]:
-    """The local ports of the process's TCP connections to port 5432 (pg_stat_activity.client_port),
-    read from /proc: its sockets' inodes, then the kernel's table of TCP connections."""
+def ledger_ports(process, server_port: int) -> list[int]:
+    """The local ports of the process's TCP connections to `server_port` (pg_stat_activity's
+    client_port), read from /proc: its sockets' inodes, then the kernel's table of TCP connections."""
     inodes = set()
     for fd in Path(f"/proc/{process.pid}/fd").iterdir():
         try:
@@ -584,28 +587,23 @@ def ledger_ports(process) -> list[int]:
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
             local, remote, inode = fields[1], fields[2], fields[9]
-            if inode in inodes and remote.endswith(":1538"):  # 5432 in hex
+            if inode in inodes and int(remote.rsplit(":", 1)[1], 16) == server_port:
                 ports.append(int(local.rsplit(":", 1)[1], 16))
     return ports
-
-
-def others_wait_on(url: str, ports: list[int]) -> bool:
-    return db_rows(url, "SELECT count(*) FROM pg_stat_activity w CROSS JOIN LATERAL unnest(pg_blocking_pids(w.pid)) "
-                        "AS b(pid) JOIN pg_stat_activity h ON h.pid = b.pid WHERE h.client_port = ANY(%s)",
-                   ports)[0][0] > 0
 
 
 def freeze_holding_the_lock(process, url: str, load: Completion) -> bool:
     """SIGSTOP the process at a moment its open transaction holds a lock the other replicas wait for:
     just after another replica was seen waiting for it, let go again if it had moved on by then."""
+    server_port = urlsplit(url).port or 5432  # the shared server, or a throwaway cluster's own port
     while load.count < FROZEN_CALLS * 0.8:  # else too little load is left to show anything
-        ports = ledger_ports(process)
-        if not others_wait_on(url, ports):
+        ports = ledger_ports(process, server_port)
+        if not waiting_on(url, ports):
             continue
         process.send_signal(signal.SIGSTOP)
         deadline = time.monotonic() + 0.1
         while time.monotonic() < deadline:
-            if waiting_on_an_idle_holder(url, ports):
+            if waiting_on(url, ports, idle_in_transaction=True):
                 return True
             time.sleep(0.01)
         process.send_signal(signal.SIGCONT)
